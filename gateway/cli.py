@@ -1,0 +1,113 @@
+"""`gateway serve|check|schema`: settings → uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+
+from gateway.config import DEFAULT_CONFIG_NAME, Settings, default_settings, json_schema, load_settings
+from gateway.errors import ConfigError
+from gateway.memory import ModelFacts, inspect_models, resolve_budget
+from gateway.units import format_bytes
+
+log = logging.getLogger("gateway")
+
+
+def _settings(config: Path | None) -> Settings:
+    if config is not None:
+        return load_settings(config)
+    local = Path.cwd() / DEFAULT_CONFIG_NAME
+    if local.is_file():
+        return load_settings(local)
+    return default_settings(Path.cwd())
+
+
+def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
+    # uvicorn re-raises the signal after its graceful shutdown; a drained SIGTERM is a clean exit.
+    raise SystemExit(0)
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from gateway.app import create_app
+
+    settings = _settings(args.config)
+    facts = inspect_models(settings)
+    app = create_app(settings, facts=facts)
+    grace = settings.gateway.shutdown_grace
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        timeout_graceful_shutdown=int(grace) + 2,
+        lifespan="on",
+    )
+    signal.signal(signal.SIGTERM, _exit_cleanly)
+    uvicorn.Server(config).run()
+    return 0
+
+
+def check(args: argparse.Namespace) -> int:
+    settings = _settings(args.config)
+    facts = inspect_models(settings)
+    budget = resolve_budget(settings.gateway.memory_budget)
+    print(f"memory budget: {format_bytes(budget)}")
+    for model_id, fact in facts.items():
+        print(_describe(model_id, settings, fact))
+    return 0
+
+
+def _describe(model_id: str, settings: Settings, fact: ModelFacts) -> str:
+    entry = settings.models[model_id]
+    info, est = fact.info, fact.estimate
+    template = (
+        f"chat_format {entry.model.chat_format}"
+        if entry.model.chat_format
+        else ("GGUF template" if info.has_chat_template else "NONE (set model.chat_format)")
+    )
+    return (
+        f"{model_id}: {info.path} ({format_bytes(info.file_bytes)}, {info.architecture}, {info.quantization}), "
+        f"n_ctx {entry.model.n_ctx}, chat template: {template}, estimate {format_bytes(est.total)} "
+        f"(weights {format_bytes(est.weights)} + KV {format_bytes(est.kv_cache)} "
+        f"+ overhead {format_bytes(est.overhead)})"
+    )
+
+
+def schema(args: argparse.Namespace) -> int:
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway", description="OpenAI-compatible gateway for local GGUF models")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("serve", help="serve the API")
+    run.add_argument("--config", type=Path, default=None, help="models.yaml (default: ./models.yaml)")
+    run.add_argument("--host", default="127.0.0.1")
+    run.add_argument("--port", type=int, default=8000)
+    run.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    run.set_defaults(func=serve)
+    chk = sub.add_parser("check", help="validate the configuration and show memory estimates")
+    chk.add_argument("--config", type=Path, default=None)
+    chk.set_defaults(func=check)
+    sch = sub.add_parser("schema", help="print the JSON schema of models.yaml")
+    sch.set_defaults(func=schema)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        code: int = args.func(args)
+    except ConfigError as exc:
+        print(f"gateway: configuration error:\n{exc}", file=sys.stderr)
+        return 2
+    return code

@@ -1,0 +1,211 @@
+"""models.yaml → immutable, validated settings.
+
+Validation errors name the YAML path of each problem (`models.mistral-7b.sampling.temprature`), and
+relative model paths are resolved against the directory of the configuration file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
+
+from gateway.errors import ConfigError
+from gateway.units import parse_bytes, parse_duration
+
+DEFAULT_CONFIG_NAME = "models.yaml"
+
+
+def _budget(value: Any) -> Any:
+    if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+        return None
+    return parse_bytes(value)
+
+
+ByteSize = Annotated[
+    int,
+    BeforeValidator(parse_bytes),
+    WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "examples": ["512MiB", "4GiB"]}]}),
+]
+Budget = Annotated[
+    int | None,
+    BeforeValidator(_budget),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": 0},
+                {"type": "string", "examples": ["auto", "4GiB", "512MiB"]},
+            ]
+        }
+    ),
+]
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    WithJsonSchema({"anyOf": [{"type": "number", "minimum": 0}, {"type": "string", "examples": ["30s", "10m", "1h"]}]}),
+]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSection(_Section):
+    """How llama.cpp loads the file."""
+
+    path: Path = Field(description="GGUF file, relative to the configuration file")
+    n_ctx: int = Field(2048, ge=16, description="context window in tokens")
+    n_gpu_layers: int = Field(0, ge=-1, description="-1 offloads all layers, 0 none, N that many")
+    n_batch: int = Field(512, ge=1, description="prompt-processing batch size")
+    chat_format: str | None = Field(
+        None, description="llama-cpp-python chat format name; default: the GGUF's tokenizer.chat_template"
+    )
+    use_mmap: bool = True
+
+
+class SamplingSection(_Section):
+    """Defaults for requests that do not set these fields."""
+
+    temperature: float = Field(0.8, ge=0, le=2)
+    top_p: float = Field(0.95, ge=0, le=1)
+    top_k: int = Field(40, ge=0)
+    min_p: float = Field(0.05, ge=0, le=1)
+    repeat_penalty: float = Field(1.0, ge=0)
+    repeat_last_n: int = Field(64, ge=0)
+    presence_penalty: float = Field(0.0, ge=-2, le=2)
+    frequency_penalty: float = Field(0.0, ge=-2, le=2)
+    seed: int | None = None
+
+
+class RuntimeSection(_Section):
+    thread_count: int | None = Field(None, ge=1, description="threads for generation; default: half the cores")
+    verbose: bool = False
+
+
+class OutputSection(_Section):
+    max_tokens: int | None = Field(
+        None, ge=1, description="default completion length; default: until the context is full"
+    )
+
+
+class ModelEntry(_Section):
+    """One model clients can name in `model`."""
+
+    aliases: list[str] = Field(default_factory=list)
+    pinned: bool = Field(False, description="loaded at start and never evicted")
+    ttl: Duration | None = Field(None, description="idle time before unloading; absent: until evicted")
+    max_queue: int | None = Field(
+        None, ge=1, description="requests running or waiting for this model; default gateway.max_queue"
+    )
+    model: ModelSection
+    sampling: SamplingSection = SamplingSection()
+    runtime: RuntimeSection = RuntimeSection()
+    output: OutputSection = OutputSection()
+
+
+class GatewaySection(_Section):
+    memory_budget: Budget = Field(
+        None, description="bytes all loaded models may use together, or 'auto' (80% of physical memory)"
+    )
+    max_loaded: int | None = Field(None, ge=1, description="cap on resident models")
+    max_queue: int = Field(16, ge=1, description="per model: requests running or waiting before 429")
+    room_wait: Duration = Field(30.0, description="how long a request waits for busy models to free memory before 503")
+    load_timeout: Duration = Field(300.0, description="longest a model load may take")
+    failure_cooldown: Duration = Field(5.0, description="after a failed load, requests get 503 this long")
+    shutdown_grace: Duration = Field(30.0, description="on SIGTERM, how long in-flight streams may finish")
+
+
+class Settings(_Section):
+    gateway: GatewaySection = GatewaySection()
+    models: dict[str, ModelEntry] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _names_are_unique(self) -> Settings:
+        seen: dict[str, str] = {}
+        for model_id, entry in self.models.items():
+            for name in (model_id, *entry.aliases):
+                if not name.strip():
+                    raise ValueError(f"models.{model_id}: model names and aliases cannot be empty")
+                if name in seen and not (name == model_id and seen[name] == model_id):
+                    raise ValueError(f"models.{model_id}: the name '{name}' is already used by '{seen[name]}'")
+                seen[name] = model_id
+        return self
+
+    def resolve(self, name: str) -> str | None:
+        """The configured model id for a client-sent name or alias."""
+        if name in self.models:
+            return name
+        for model_id, entry in self.models.items():
+            if name in entry.aliases:
+                return model_id
+        return None
+
+
+def _format_validation_error(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        path = ".".join(str(part) for part in item["loc"])
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"{path}: {message}" if path else message)
+    return "\n".join(lines)
+
+
+def parse_settings(data: Any, base_dir: Path, *, check_files: bool = True) -> Settings:
+    """Validate a parsed YAML document and resolve model paths against `base_dir`."""
+    if not isinstance(data, dict):
+        raise ConfigError("the configuration must be a mapping with a 'models' section")
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc)) from None
+    resolved: dict[str, ModelEntry] = {}
+    problems = []
+    for model_id, entry in settings.models.items():
+        path = (base_dir / entry.model.path.expanduser()).resolve()
+        if check_files and not path.is_file():
+            problems.append(f"models.{model_id}.model.path: file not found: {path}")
+        resolved[model_id] = entry.model_copy(update={"model": entry.model.model_copy(update={"path": path})})
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return settings.model_copy(update={"models": resolved})
+
+
+def load_settings(path: Path, *, check_files: bool = True) -> Settings:
+    """Read and validate a models.yaml file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    return parse_settings(data, path.resolve().parent, check_files=check_files)
+
+
+def default_settings(cwd: Path) -> Settings:
+    """The embedded default: the bundled small instruct model, fetched into ./models by scripts/serve."""
+    from importlib.resources import files
+
+    data = yaml.safe_load(files("gateway").joinpath("default_models.yaml").read_text(encoding="utf-8"))
+    return parse_settings(data, cwd)
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON schema of models.yaml, published as schema/models.schema.json."""
+    schema = Settings.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "Gateway models.yaml"
+    return schema

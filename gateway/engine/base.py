@@ -1,0 +1,157 @@
+"""The engine interface: load a model, stream generations from it, stop it."""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from gateway.config import ModelEntry
+from gateway.errors import GatewayError
+from gateway.protocol import ChatCompletionRequest
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """One generation, in plain values that cross a process boundary."""
+
+    messages: list[dict[str, str]]
+    max_tokens: int | None
+    temperature: float
+    top_p: float
+    top_k: int
+    min_p: float
+    repeat_penalty: float
+    presence_penalty: float
+    frequency_penalty: float
+    stop: list[str]
+    seed: int | None
+
+    def to_wire(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> GenerationParams:
+        return cls(**data)
+
+
+def chat_params(request: ChatCompletionRequest, entry: ModelEntry) -> GenerationParams:
+    """Request fields over the model entry's `sampling` and `output` defaults."""
+    defaults = entry.sampling
+
+    def pick(value: Any, default: Any) -> Any:
+        return default if value is None else value
+
+    return GenerationParams(
+        # Chat templates know "system"; OpenAI's newer "developer" role means the same.
+        messages=[
+            {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in request.messages
+        ],
+        max_tokens=pick(request.completion_limit, entry.output.max_tokens),
+        temperature=pick(request.temperature, defaults.temperature),
+        top_p=pick(request.top_p, defaults.top_p),
+        top_k=pick(request.top_k, defaults.top_k),
+        min_p=pick(request.min_p, defaults.min_p),
+        repeat_penalty=pick(request.repeat_penalty, defaults.repeat_penalty),
+        presence_penalty=pick(request.presence_penalty, defaults.presence_penalty),
+        frequency_penalty=pick(request.frequency_penalty, defaults.frequency_penalty),
+        stop=request.stop_list,
+        seed=pick(request.seed, defaults.seed),
+    )
+
+
+@dataclass(frozen=True)
+class Started:
+    """The prompt was rendered, tokenized and fits the context: generation is under way."""
+
+    prompt_tokens: int
+
+
+@dataclass(frozen=True)
+class Delta:
+    text: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    finish_reason: str  # "stop" | "length" | "cancelled"
+    prompt_tokens: int
+    completion_tokens: int
+
+
+Event = Started | Delta | Finished
+
+
+class Generation:
+    """Events of one generation, fed by its engine; errors arrive as GatewayError."""
+
+    def __init__(self, request_id: int, on_cancel: Callable[[int], None]) -> None:
+        self.request_id = request_id
+        self._queue: asyncio.Queue[Event | GatewayError] = asyncio.Queue()
+        self._on_cancel = on_cancel
+        self.done = False
+
+    def feed(self, item: Event | GatewayError) -> None:
+        self._queue.put_nowait(item)
+
+    async def next_event(self) -> Event:
+        if self.done:
+            raise StopAsyncIteration
+        item = await self._queue.get()
+        if isinstance(item, GatewayError):
+            self.done = True
+            raise item
+        if isinstance(item, Finished):
+            self.done = True
+        return item
+
+    def __aiter__(self) -> Generation:
+        return self
+
+    async def __anext__(self) -> Event:
+        return await self.next_event()
+
+    def cancel(self) -> None:
+        """Stop generating (the client went away); harmless once finished."""
+        if not self.done:
+            self.done = True
+            self._on_cancel(self.request_id)
+
+
+class Engine(ABC):
+    """A loaded model. One generation runs at a time; others wait in order."""
+
+    def __init__(self) -> None:
+        self._exit_callback: Callable[[str], None] | None = None
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Load the model; raises GatewayError when it cannot be loaded."""
+
+    @abstractmethod
+    def generate(self, params: GenerationParams) -> Generation: ...
+
+    @abstractmethod
+    async def stop(self) -> None:
+        """Unload: the model's memory is returned to the system when this returns."""
+
+    @property
+    @abstractmethod
+    def alive(self) -> bool: ...
+
+    @abstractmethod
+    def measured_bytes(self) -> int | None:
+        """Memory the loaded model holds now, or None before it is loaded."""
+
+    def on_exit(self, callback: Callable[[str], None]) -> None:
+        """Register a callback for an unexpected exit (crash); the argument says why."""
+        self._exit_callback = callback
+
+    def _report_exit(self, reason: str) -> None:
+        if self._exit_callback is not None:
+            self._exit_callback(reason)
+
+
+EngineFactory = Callable[[str, ModelEntry], Engine]

@@ -1,0 +1,138 @@
+"""A deterministic in-process engine for fast tests of the gateway's own logic (no llama.cpp).
+
+Prompt tokens are whitespace-separated words; the reply is `tok0 tok1 ...`. Loading, token timing,
+load failures and crashes are scripted per model with `FakeScript`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from gateway.config import ModelEntry
+from gateway.engine.base import Delta, Engine, Finished, Generation, GenerationParams, Started
+from gateway.engine.stops import StopMatcher
+from gateway.errors import context_length_exceeded, load_failed, worker_died
+
+
+@dataclass
+class FakeScript:
+    reply_tokens: int = 8
+    token_delay: float = 0.0
+    load_delay: float = 0.0
+    fail_load: str | None = None
+    crash_after_tokens: int | None = None
+    memory_bytes: int | None = None
+
+
+@dataclass
+class FakeEngineFactory:
+    """Creates fake engines and records what happened to them, for assertions."""
+
+    scripts: dict[str, FakeScript] = field(default_factory=dict)
+    loads: dict[str, int] = field(default_factory=dict)
+    engines: list[FakeEngine] = field(default_factory=list)
+
+    def __call__(self, model_id: str, entry: ModelEntry) -> FakeEngine:
+        self.loads[model_id] = self.loads.get(model_id, 0) + 1
+        engine = FakeEngine(model_id, entry, self.scripts.get(model_id, FakeScript()))
+        self.engines.append(engine)
+        return engine
+
+    def live(self) -> list[str]:
+        return [e.model_id for e in self.engines if e.alive]
+
+
+class FakeEngine(Engine):
+    def __init__(self, model_id: str, entry: ModelEntry, script: FakeScript) -> None:
+        super().__init__()
+        self.model_id = model_id
+        self.entry = entry
+        self.script = script
+        self.started = False
+        self.stopped = False
+        self.crashed = False
+        self.cancelled: list[int] = []
+        self.completed: list[int] = []
+        self._lock = asyncio.Lock()
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._next_id = 0
+
+    @property
+    def alive(self) -> bool:
+        return self.started and not self.stopped and not self.crashed
+
+    async def start(self) -> None:
+        await asyncio.sleep(self.script.load_delay)
+        if self.script.fail_load:
+            raise load_failed(self.model_id, self.script.fail_load, None)
+        self.started = True
+
+    def measured_bytes(self) -> int | None:
+        return self.script.memory_bytes if self.alive else None
+
+    def generate(self, params: GenerationParams) -> Generation:
+        self._next_id += 1
+        generation = Generation(self._next_id, self._cancel)
+        self._tasks[generation.request_id] = asyncio.create_task(self._run(generation, params))
+        return generation
+
+    def _cancel(self, request_id: int) -> None:
+        task = self._tasks.pop(request_id, None)
+        if task is not None:
+            self.cancelled.append(request_id)
+            task.cancel()
+
+    def crash(self, reason: str = "killed by signal 9") -> None:
+        """Simulate the worker dying: every generation fails, the registry is told."""
+        self.crashed = True
+        for task in self._tasks.values():
+            task.cancel()
+        self._report_exit(reason)
+
+    async def _run(self, generation: Generation, params: GenerationParams) -> None:
+        try:
+            async with self._lock:
+                await self._produce(generation, params)
+        except asyncio.CancelledError:
+            if self.crashed:
+                generation.feed(worker_died(self.model_id, "killed by signal 9"))
+        finally:
+            self._tasks.pop(generation.request_id, None)
+
+    async def _produce(self, generation: Generation, params: GenerationParams) -> None:
+        prompt_tokens = sum(len(m["content"].split()) for m in params.messages)
+        n_ctx = self.entry.model.n_ctx
+        if prompt_tokens >= n_ctx:
+            generation.feed(context_length_exceeded(prompt_tokens, n_ctx))
+            return
+        limit = min(params.max_tokens or n_ctx, n_ctx - prompt_tokens)
+        generation.feed(Started(prompt_tokens))
+        matcher = StopMatcher(params.stop)
+        produced = 0
+        finish = "stop"
+        for i in range(self.script.reply_tokens):
+            if produced >= limit:
+                finish = "length"
+                break
+            if self.script.crash_after_tokens is not None and produced >= self.script.crash_after_tokens:
+                self.crash()
+                await asyncio.sleep(3600)  # cancelled by crash()
+            await asyncio.sleep(self.script.token_delay)
+            produced += 1
+            text, hit = matcher.feed(f"tok{i} ")
+            if text:
+                generation.feed(Delta(text))
+            if hit:
+                break
+        else:
+            rest = matcher.flush()
+            if rest:
+                generation.feed(Delta(rest))
+        self.completed.append(generation.request_id)
+        generation.feed(Finished(finish, prompt_tokens, produced))
+
+    async def stop(self) -> None:
+        self.stopped = True
+        for task in list(self._tasks.values()):
+            task.cancel()

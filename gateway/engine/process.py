@@ -1,0 +1,209 @@
+"""Parent-side handle of a worker process (see `engine/worker.py` for the pipe protocol).
+
+The pipe is read from the event loop with `add_reader`, so no thread sits between a token and the
+client. A worker that exits unexpectedly fails every generation it held, and the registry is told.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import multiprocessing
+from multiprocessing.connection import Connection
+from typing import Any
+
+from gateway.config import ModelEntry
+from gateway.engine import worker
+from gateway.engine.base import Delta, Engine, Finished, Generation, GenerationParams, Started
+from gateway.errors import GatewayError, load_failed, worker_died
+from gateway.memory import process_rss
+
+log = logging.getLogger(__name__)
+_STOP_WAIT = 5.0
+
+
+def worker_config(entry: ModelEntry) -> dict[str, Any]:
+    return {
+        "path": str(entry.model.path),
+        "n_ctx": entry.model.n_ctx,
+        "n_batch": entry.model.n_batch,
+        "n_gpu_layers": entry.model.n_gpu_layers,
+        "chat_format": entry.model.chat_format,
+        "use_mmap": entry.model.use_mmap,
+        "n_threads": entry.runtime.thread_count,
+        "verbose": entry.runtime.verbose,
+        "repeat_last_n": entry.sampling.repeat_last_n,
+    }
+
+
+class ProcessEngine(Engine):
+    def __init__(self, model_id: str, entry: ModelEntry, load_timeout: float = 300.0) -> None:
+        super().__init__()
+        self.model_id = model_id
+        self._entry = entry
+        self._load_timeout = load_timeout
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self._conn: Connection | None = None
+        self._loaded: asyncio.Future[dict[str, Any]] | None = None
+        self._generations: dict[int, Generation] = {}
+        self._ids = itertools.count(1)
+        self._stopping = False
+        self._dead_reason: str | None = None
+        self._peak_rss: int | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    @property
+    def alive(self) -> bool:
+        return self._dead_reason is None and self._process is not None and not self._stopping
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        ctx = multiprocessing.get_context("spawn")
+        parent_conn, child_conn = ctx.Pipe(duplex=True)
+        process = ctx.Process(
+            target=worker.main,
+            args=(child_conn, worker_config(self._entry)),
+            name=f"gateway-worker[{self.model_id}]",
+            daemon=True,
+        )
+        self._loaded = loop.create_future()
+        # Spawning writes the pickled start-up data to the child: off the event loop.
+        await asyncio.to_thread(process.start)
+        child_conn.close()  # only the child holds its end now, so its exit reads as EOF here
+        self._process, self._conn = process, parent_conn
+        loop.add_reader(parent_conn.fileno(), self._on_readable)
+        try:
+            info = await asyncio.wait_for(asyncio.shield(self._loaded), self._load_timeout)
+        except TimeoutError:
+            await self.stop()
+            raise load_failed(self.model_id, f"loading took longer than {self._load_timeout:.0f}s", None) from None
+        except GatewayError:
+            await self.stop()
+            raise
+        log.info("model %s loaded in worker pid %s (n_ctx=%s)", self.model_id, process.pid, info["n_ctx"])
+        self._sample_memory()
+
+    def generate(self, params: GenerationParams) -> Generation:
+        generation = Generation(next(self._ids), self._cancel)
+        if not self.alive or self._conn is None:
+            generation.feed(worker_died(self.model_id, self._dead_reason or "not running"))
+            return generation
+        self._generations[generation.request_id] = generation
+        self._send(("generate", generation.request_id, params.to_wire()))
+        return generation
+
+    def _cancel(self, request_id: int) -> None:
+        if self._generations.pop(request_id, None) is not None:
+            self._send(("cancel", request_id))
+
+    def _send(self, message: tuple[Any, ...]) -> None:
+        if self._conn is None:
+            return
+        try:
+            self._conn.send(message)
+        except OSError:
+            self._on_dead("its pipe closed")
+
+    def measured_bytes(self) -> int | None:
+        return self._peak_rss
+
+    def _sample_memory(self) -> None:
+        if self.pid is None:
+            return
+        rss = process_rss(self.pid)
+        if rss is not None:
+            self._peak_rss = max(rss, self._peak_rss or 0)
+
+    def _on_readable(self) -> None:
+        conn = self._conn
+        if conn is None:
+            return
+        try:
+            while conn.poll():
+                self._dispatch(conn.recv())
+        except (EOFError, OSError):
+            self._on_dead(self._exit_description())
+
+    def _dispatch(self, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == "loaded":
+            if self._loaded and not self._loaded.done():
+                self._loaded.set_result(message[1])
+            return
+        if kind == "load_failed":
+            if self._loaded and not self._loaded.done():
+                self._loaded.set_exception(load_failed(self.model_id, message[1], None))
+            return
+        generation = self._generations.get(message[1])
+        if generation is None:
+            return  # cancelled: the worker's last words about it are not needed
+        if kind == "delta":
+            generation.feed(Delta(message[2]))
+        elif kind == "started":
+            generation.feed(Started(message[2]))
+        elif kind == "finished":
+            del self._generations[message[1]]
+            generation.feed(Finished(message[2], message[3], message[4]))
+            self._sample_memory()
+        elif kind == "error":
+            del self._generations[message[1]]
+            generation.feed(GatewayError.from_wire(message[2]))
+
+    def _exit_description(self) -> str:
+        process = self._process
+        if process is None:
+            return "not started"
+        process.join(timeout=0.1)  # EOF means it is exiting; the code is normally there at once
+        code = process.exitcode
+        if code is None:
+            return "its pipe closed"
+        if code < 0:
+            return f"killed by signal {-code}"
+        return f"exit code {code}"
+
+    def _on_dead(self, reason: str) -> None:
+        if self._dead_reason is not None:
+            return
+        self._dead_reason = reason
+        self._detach()
+        error = worker_died(self.model_id, reason)
+        if self._loaded and not self._loaded.done():
+            self._loaded.set_exception(load_failed(self.model_id, f"the worker exited while loading ({reason})", None))
+        for generation in self._generations.values():
+            generation.feed(error)
+        self._generations.clear()
+        if not self._stopping:
+            log.warning("worker for model %s stopped unexpectedly: %s", self.model_id, reason)
+            self._report_exit(reason)
+
+    def _detach(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(RuntimeError, ValueError, OSError):
+                asyncio.get_running_loop().remove_reader(self._conn.fileno())
+            self._conn.close()
+            self._conn = None
+
+    async def stop(self) -> None:
+        self._stopping = True
+        process = self._process
+        if process is None:
+            return
+        self._send(("shutdown",))
+        self._on_dead("stopped")
+        if not await asyncio.to_thread(_join, process, _STOP_WAIT):
+            log.warning("worker %s for model %s did not exit; killing it", process.pid, self.model_id)
+            process.kill()
+            await asyncio.to_thread(_join, process, _STOP_WAIT)
+        if process.exitcode is not None:
+            process.close()
+        self._process = None
+
+
+def _join(process: multiprocessing.process.BaseProcess, timeout: float) -> bool:
+    process.join(timeout)
+    return process.exitcode is not None

@@ -1,0 +1,180 @@
+"""The worker process: owns one `llama_cpp.Llama` and runs one generation at a time.
+
+Started with the `spawn` method by `engine/process.py`. Protocol over the pipe (tuples):
+
+parent → worker: ("generate", id, params) | ("cancel", id) | ("shutdown",)
+worker → parent: ("loaded", info) | ("load_failed", reason)
+                 ("started", id, prompt_tokens) | ("delta", id, text)
+                 ("finished", id, finish_reason, prompt_tokens, completion_tokens) | ("error", id, error)
+
+A reader thread takes commands so that a cancel reaches the generation loop between two tokens.
+The worker exits when its parent goes away (the pipe reaches EOF).
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+import queue
+import random
+import threading
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+from gateway.engine.base import GenerationParams
+from gateway.engine.stops import StopMatcher
+from gateway.errors import GatewayError, context_length_exceeded, internal_error, invalid_request
+
+Send = Callable[[tuple[Any, ...]], None]
+Formatter = Callable[..., Any]
+
+
+def main(conn: Connection, config: dict[str, Any]) -> None:
+    """Entry point of the worker process."""
+    try:
+        llm, formatter = _load(config)
+    except Exception as exc:  # anything llama.cpp raises is a load failure to report, not a crash
+        conn.send(("load_failed", f"{type(exc).__name__}: {exc}"))
+        return
+    conn.send(("loaded", {"n_ctx": llm.n_ctx(), "pid": os.getpid()}))
+
+    jobs: queue.SimpleQueue[tuple[int, dict[str, Any]]] = queue.SimpleQueue()
+    cancelled: set[int] = set()
+    threading.Thread(target=_read_commands, args=(conn, jobs, cancelled), daemon=True).start()
+    while True:
+        request_id, params = jobs.get()
+        try:
+            _generate(llm, formatter, request_id, GenerationParams.from_wire(params), conn.send, cancelled)
+        except GatewayError as exc:
+            conn.send(("error", request_id, exc.to_wire()))
+        except (BrokenPipeError, EOFError):
+            os._exit(0)
+        except Exception as exc:
+            conn.send(("error", request_id, internal_error(f"{type(exc).__name__}: {exc}").to_wire()))
+        cancelled.discard(request_id)
+
+
+def _read_commands(conn: Connection, jobs: queue.SimpleQueue[tuple[int, dict[str, Any]]], cancelled: set[int]) -> None:
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            os._exit(0)  # the gateway is gone: nobody will read what we produce
+        kind = message[0]
+        if kind == "generate":
+            jobs.put((message[1], message[2]))
+        elif kind == "cancel":
+            cancelled.add(message[1])
+        elif kind == "shutdown":
+            # Unloading means returning the memory now; the OS reclaims everything at exit.
+            os._exit(0)
+
+
+def _load(config: dict[str, Any]) -> tuple[Any, Formatter | None]:
+    import llama_cpp
+
+    llm = llama_cpp.Llama(
+        model_path=config["path"],
+        n_ctx=config["n_ctx"],
+        n_batch=min(config["n_batch"], config["n_ctx"]),
+        n_gpu_layers=config["n_gpu_layers"],
+        n_threads=config["n_threads"],
+        use_mmap=config["use_mmap"],
+        last_n_tokens_size=config["repeat_last_n"],
+        verbose=config["verbose"],
+    )
+    return llm, _formatter(llm, config["chat_format"])
+
+
+def _formatter(llm: Any, chat_format: str | None) -> Formatter | None:
+    """The chat formatter: a named llama-cpp-python format, else the GGUF's own template."""
+    from llama_cpp import llama_chat_format
+
+    if chat_format:
+        for name in (chat_format, chat_format.replace("-", "_"), chat_format.replace("-", "")):
+            candidate = getattr(llama_chat_format, f"format_{name}", None)
+            if callable(candidate):
+                return candidate  # type: ignore[no-any-return]
+        raise ValueError(f"unknown chat_format '{chat_format}'")
+    template = llm.metadata.get("tokenizer.chat_template")
+    if not template:
+        return None  # the gateway refuses chat requests for this model before they get here
+
+    def token_text(token: int) -> str:
+        return "" if token < 0 else llm.detokenize([token], special=True).decode("utf-8", errors="replace")
+
+    return llama_chat_format.Jinja2ChatFormatter(
+        template=template,
+        eos_token=token_text(llm.token_eos()),
+        bos_token=token_text(llm.token_bos()),
+        stop_token_ids=[llm.token_eos()],
+    )
+
+
+def _generate(
+    llm: Any,
+    formatter: Formatter | None,
+    request_id: int,
+    params: GenerationParams,
+    send: Send,
+    cancelled: set[int],
+) -> None:
+    import llama_cpp
+
+    if request_id in cancelled:
+        send(("finished", request_id, "cancelled", 0, 0))
+        return
+    if formatter is None:
+        raise invalid_request("This model has no chat template; set model.chat_format in models.yaml.")
+    try:
+        rendered = formatter(messages=params.messages)
+    except Exception as exc:  # templates raise for message orders they do not support
+        raise invalid_request(f"The model's chat template rejected the messages: {exc}", "messages") from None
+    prompt = llm.tokenize(rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special, special=True)
+    n_ctx = llm.n_ctx()
+    if len(prompt) >= n_ctx:
+        raise context_length_exceeded(len(prompt), n_ctx)
+    room = n_ctx - len(prompt)
+    limit = min(params.max_tokens, room) if params.max_tokens else room
+    template_stops = rendered.stop if isinstance(rendered.stop, list) else [rendered.stop] if rendered.stop else []
+    matcher = StopMatcher([*params.stop, *template_stops])
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    send(("started", request_id, len(prompt)))
+
+    llm.set_seed(params.seed if params.seed is not None else random.randrange(2**31))
+    vocab = llm._model.vocab
+    finish_reason = "length"
+    matched_stop = False
+    produced = 0
+    for token in llm.generate(
+        prompt,
+        top_k=params.top_k,
+        top_p=params.top_p,
+        min_p=params.min_p,
+        temp=params.temperature,
+        repeat_penalty=params.repeat_penalty,
+        presence_penalty=params.presence_penalty,
+        frequency_penalty=params.frequency_penalty,
+    ):
+        if request_id in cancelled:
+            finish_reason = "cancelled"
+            break
+        if llama_cpp.llama_vocab_is_eog(vocab, token):
+            finish_reason = "stop"
+            break
+        produced += 1
+        text, hit_stop = matcher.feed(decoder.decode(llm.detokenize([token])))
+        if text:
+            send(("delta", request_id, text))
+        if hit_stop:
+            finish_reason, matched_stop = "stop", True
+            break
+        if produced >= limit:
+            break
+    if not matched_stop and finish_reason != "cancelled":
+        # Text held back as a possible stop-sequence start turned out not to be one.
+        rest = matcher.feed(decoder.decode(b"", final=True))[0] + matcher.flush()
+        if rest:
+            send(("delta", request_id, rest))
+    send(("finished", request_id, finish_reason, len(prompt), produced))

@@ -1,0 +1,189 @@
+"""Reads what the gateway needs from a GGUF file's header without loading the model.
+
+`gguf.GGUFReader` materialises every metadata array (a 262k-entry vocabulary takes seconds), so this
+walks the header with `struct` over an mmap and skips arrays, using the `gguf` package's constants
+for value types and tensor block sizes.
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, LlamaFileType
+
+_SCALARS: dict[int, str] = {
+    GGUFValueType.UINT8: "<B",
+    GGUFValueType.INT8: "<b",
+    GGUFValueType.UINT16: "<H",
+    GGUFValueType.INT16: "<h",
+    GGUFValueType.UINT32: "<I",
+    GGUFValueType.INT32: "<i",
+    GGUFValueType.FLOAT32: "<f",
+    GGUFValueType.BOOL: "<?",
+    GGUFValueType.UINT64: "<Q",
+    GGUFValueType.INT64: "<q",
+    GGUFValueType.FLOAT64: "<d",
+}
+# Arrays longer than this (vocabularies, merges) are skipped, not decoded.
+_MAX_DECODED_ARRAY = 4096
+
+
+class GGUFFormatError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class GGUFInfo:
+    path: Path
+    file_bytes: int
+    architecture: str
+    metadata: dict[str, Any] = field(repr=False)
+    tensor_bytes: int
+    tensor_count: int
+
+    @property
+    def block_count(self) -> int:
+        return int(self.metadata.get(f"{self.architecture}.block_count", 0))
+
+    @property
+    def context_length(self) -> int | None:
+        value = self.metadata.get(f"{self.architecture}.context_length")
+        return int(value) if value is not None else None
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(self.metadata.get("tokenizer.chat_template"))
+
+    @property
+    def quantization(self) -> str:
+        file_type = self.metadata.get("general.file_type")
+        if file_type is None:
+            return "unknown"
+        try:
+            return LlamaFileType(int(file_type)).name.removeprefix("MOSTLY_")
+        except ValueError:
+            return f"file_type {file_type}"
+
+    def kv_bytes_per_token(self, cache_type_bytes: int = 2) -> int:
+        """Bytes of K and V cache one token of context costs across all layers."""
+        arch = self.architecture
+        layers = self.block_count
+        heads = self.metadata.get(f"{arch}.attention.head_count", 0)
+        heads_kv = self.metadata.get(f"{arch}.attention.head_count_kv", heads)
+        embedding = int(self.metadata.get(f"{arch}.embedding_length", 0))
+        first_heads = heads[0] if isinstance(heads, list) and heads else heads
+        head_dim = embedding // int(first_heads) if first_heads else 0
+        key_length = int(self.metadata.get(f"{arch}.attention.key_length", head_dim))
+        value_length = int(self.metadata.get(f"{arch}.attention.value_length", head_dim))
+        per_layer_kv = heads_kv if isinstance(heads_kv, list) else [heads_kv] * layers
+        return sum(int(n) * (key_length + value_length) * cache_type_bytes for n in per_layer_kv[:layers])
+
+
+class _Cursor:
+    def __init__(self, buf: mmap.mmap) -> None:
+        self.buf = buf
+        self.pos = 0
+
+    def unpack(self, fmt: str) -> Any:
+        try:
+            (value,) = struct.unpack_from(fmt, self.buf, self.pos)
+        except struct.error:
+            raise GGUFFormatError("file is truncated") from None
+        self.pos += struct.calcsize(fmt)
+        return value
+
+    def string(self) -> str:
+        length = self.unpack("<Q")
+        if self.pos + length > len(self.buf):
+            raise GGUFFormatError("file is truncated")
+        raw = self.buf[self.pos : self.pos + length]
+        self.pos += length
+        return raw.decode("utf-8", errors="replace")
+
+    def skip_string(self) -> None:
+        length = self.unpack("<Q")
+        self.pos += length
+
+    def value(self, value_type: int) -> Any:
+        if value_type == GGUFValueType.STRING:
+            return self.string()
+        if value_type == GGUFValueType.ARRAY:
+            item_type = self.unpack("<I")
+            count = self.unpack("<Q")
+            if count > _MAX_DECODED_ARRAY:
+                self._skip_array(item_type, count)
+                return None
+            return [self.value(item_type) for _ in range(count)]
+        fmt = _SCALARS.get(value_type)
+        if fmt is None:
+            raise GGUFFormatError(f"unknown metadata value type {value_type}")
+        return self.unpack(fmt)
+
+    def _skip_array(self, item_type: int, count: int) -> None:
+        if item_type == GGUFValueType.STRING:
+            unpack_from, buf = struct.unpack_from, self.buf
+            pos = self.pos
+            for _ in range(count):
+                pos += 8 + unpack_from("<Q", buf, pos)[0]
+            self.pos = pos
+        elif item_type in _SCALARS:
+            self.pos += struct.calcsize(_SCALARS[item_type]) * count
+        else:
+            for _ in range(count):
+                self.value(item_type)
+
+
+def read_gguf_info(path: Path) -> GGUFInfo:
+    """Parse the header of a GGUF file; raises GGUFFormatError for anything that is not valid GGUF."""
+    with path.open("rb") as handle:
+        try:
+            buf = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        except ValueError:
+            raise GGUFFormatError("file is empty") from None
+        with buf:
+            return _parse(path, buf)
+
+
+def _parse(path: Path, buf: mmap.mmap) -> GGUFInfo:
+    cur = _Cursor(buf)
+    if buf[:4] != b"GGUF":
+        raise GGUFFormatError("not a GGUF file (bad magic)")
+    cur.pos = 4
+    version = cur.unpack("<I")
+    if version < 2:
+        raise GGUFFormatError(f"unsupported GGUF version {version}")
+    tensor_count = cur.unpack("<Q")
+    kv_count = cur.unpack("<Q")
+    metadata: dict[str, Any] = {}
+    for _ in range(kv_count):
+        key = cur.string()
+        metadata[key] = cur.value(cur.unpack("<I"))
+    tensor_bytes = 0
+    for _ in range(tensor_count):
+        cur.skip_string()
+        n_dims = cur.unpack("<I")
+        elements = 1
+        for _ in range(n_dims):
+            elements *= cur.unpack("<Q")
+        ggml_type = cur.unpack("<I")
+        cur.unpack("<Q")  # offset
+        try:
+            block_size, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(ggml_type)]
+        except (ValueError, KeyError):
+            raise GGUFFormatError(f"unknown tensor type {ggml_type}") from None
+        tensor_bytes += elements // block_size * type_size
+    architecture = metadata.get("general.architecture")
+    if not isinstance(architecture, str):
+        raise GGUFFormatError("general.architecture is missing")
+    return GGUFInfo(
+        path=path,
+        file_bytes=len(buf),
+        architecture=architecture,
+        metadata=metadata,
+        tensor_bytes=tensor_bytes,
+        tensor_count=tensor_count,
+    )

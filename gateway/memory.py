@@ -1,0 +1,88 @@
+"""Memory estimates from GGUF metadata, measured worker memory, and the budget.
+
+An estimate stands in for a model's size until its worker has loaded and its resident memory can be
+measured. It counts what the worker process will hold: the interpreter with llama.cpp imported, the
+weights, the KV cache for the configured context, and llama.cpp's compute buffers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psutil
+
+from gateway.config import ModelEntry, Settings
+from gateway.errors import ConfigError
+from gateway.gguf_info import GGUFFormatError, GGUFInfo, read_gguf_info
+
+# Resident memory of a worker with llama_cpp imported and no model loaded (measured: ~48 MiB).
+WORKER_BASELINE_BYTES = 48 * 2**20
+# llama.cpp's compute buffers grow with the model; measured 10-15% of the weights on small models.
+COMPUTE_FRACTION = 0.15
+KV_CACHE_TYPE_BYTES = 2  # f16, llama.cpp's default cache type
+AUTO_BUDGET_FRACTION = 0.8
+
+
+@dataclass(frozen=True)
+class Estimate:
+    weights: int
+    kv_cache: int
+    overhead: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv_cache + self.overhead
+
+
+def estimate(info: GGUFInfo, n_ctx: int) -> Estimate:
+    return Estimate(
+        weights=info.tensor_bytes,
+        kv_cache=n_ctx * info.kv_bytes_per_token(KV_CACHE_TYPE_BYTES),
+        overhead=WORKER_BASELINE_BYTES + int(info.tensor_bytes * COMPUTE_FRACTION),
+    )
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the gateway knows about a configured model before loading it."""
+
+    info: GGUFInfo
+    estimate: Estimate
+
+    @property
+    def has_chat_template(self) -> bool:
+        return self.info.has_chat_template
+
+
+def inspect_model(entry: ModelEntry) -> ModelFacts:
+    info = read_gguf_info(entry.model.path)
+    return ModelFacts(info=info, estimate=estimate(info, entry.model.n_ctx))
+
+
+def inspect_models(settings: Settings) -> dict[str, ModelFacts]:
+    """Read every model's GGUF header; an unreadable file is a configuration error."""
+    facts: dict[str, ModelFacts] = {}
+    problems = []
+    for model_id, entry in settings.models.items():
+        try:
+            facts[model_id] = inspect_model(entry)
+        except (OSError, GGUFFormatError) as exc:
+            problems.append(f"models.{model_id}.model.path: cannot read GGUF {entry.model.path}: {exc}")
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return facts
+
+
+def resolve_budget(configured: int | None) -> int:
+    """The budget in bytes; `None` (auto) is a share of physical memory."""
+    if configured is not None:
+        return configured
+    return int(psutil.virtual_memory().total * AUTO_BUDGET_FRACTION)
+
+
+def process_rss(pid: int) -> int | None:
+    """Resident memory of a process, or None when it is gone."""
+    try:
+        return int(psutil.Process(pid).memory_info().rss)
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None

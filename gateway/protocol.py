@@ -1,0 +1,218 @@
+"""OpenAI wire formats: request validation and response/chunk builders. Pure: no I/O."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from gateway.errors import invalid_request
+
+
+class _Strict(BaseModel):
+    # strict: "5" is not an integer and 1 is not a boolean, as in OpenAI's API.
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+
+class TextPart(_Strict):
+    type: Literal["text"]
+    text: str
+
+
+class Message(_Strict):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = False
+
+
+class ResponseFormat(_Strict):
+    type: Literal["text"]
+
+
+# Fields OpenAI defines that this gateway does not implement yet: refused by name, never ignored.
+UNSUPPORTED_FIELDS = (
+    "tools",
+    "tool_choice",
+    "functions",
+    "function_call",
+    "logit_bias",
+    "audio",
+    "prediction",
+    "web_search_options",
+)
+
+
+class ChatCompletionRequest(_Strict):
+    model: str = Field(min_length=1)
+    messages: list[Message] = Field(min_length=1)
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    n: Annotated[int, Field(ge=1, le=1)] | None = None
+    logprobs: Literal[False] | None = None
+    response_format: ResponseFormat | None = None
+    modalities: list[Literal["text"]] | None = None
+    user: str | None = None
+    # llama.cpp sampling extensions
+    top_k: Annotated[int, Field(ge=0)] | None = None
+    min_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    repeat_penalty: Annotated[float, Field(ge=0)] | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_list(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and len(value) > 4:
+            raise ValueError("at most 4 stop sequences are allowed")
+        return value
+
+    @property
+    def stop_list(self) -> list[str]:
+        if self.stop is None:
+            return []
+        stops = [self.stop] if isinstance(self.stop, str) else self.stop
+        return [s for s in stops if s]
+
+    @property
+    def completion_limit(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+def _param_name(loc: tuple[int | str, ...]) -> str:
+    name = ""
+    for part in loc:
+        if isinstance(part, int):
+            name += f"[{part}]"
+        elif part in {"str", "list[TextPart]", "TextPart", "int", "float", "bool", "none"} or "[" in part:
+            continue  # union branch labels pydantic adds to the location
+        else:
+            name += f".{part}" if name else part
+    return name
+
+
+def _describe(error: dict[str, Any]) -> str:
+    kind = error["type"]
+    if kind == "missing":
+        return "is required"
+    if kind == "literal_error" and error["loc"][-1] == "role":
+        return f"{error['input']!r} is not a supported role (system, developer, user, assistant)"
+    return str(error["msg"]).replace("Input should be", "should be")
+
+
+def parse_chat_request(body: bytes) -> ChatCompletionRequest:
+    """Parse and validate a chat completion request body, or raise a 400 naming the bad param."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise invalid_request(f"The request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise invalid_request("The request body must be a JSON object.")
+    for name in UNSUPPORTED_FIELDS:
+        if data.get(name) is not None:
+            raise invalid_request(f"'{name}' is not supported by this gateway yet.", param=name)
+    if data.get("n") not in (None, 1) and isinstance(data.get("n"), int) and data["n"] >= 1:
+        raise invalid_request("'n' greater than 1 is not supported by this gateway yet.", param="n")
+    if data.get("logprobs") is True:
+        raise invalid_request("'logprobs' is not supported by this gateway yet.", param="logprobs")
+    if data.get("stream_options") is not None and not data.get("stream"):
+        raise invalid_request("'stream_options' is only allowed when 'stream' is true.", param="stream_options")
+    try:
+        return ChatCompletionRequest.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = _param_name(first["loc"])
+        message = f"Invalid value for '{param}': {_describe(dict(first))}." if param else str(first["msg"])
+        raise invalid_request(message, param=param or None) from None
+
+
+class ChatResponder:
+    """Builds the response body or stream chunks for one chat completion."""
+
+    def __init__(self, model: str) -> None:
+        self.id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        self.created = int(time.time())
+        self.model = model
+
+    def _chunk(self, choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> dict[str, Any]:
+        chunk: dict[str, Any] = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        }
+        if usage is not None:
+            chunk["usage"] = usage
+        return chunk
+
+    def role_chunk(self) -> dict[str, Any]:
+        return self._chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+
+    def content_chunk(self, text: str) -> dict[str, Any]:
+        return self._chunk([{"index": 0, "delta": {"content": text}, "finish_reason": None}])
+
+    def finish_chunk(self, finish_reason: str) -> dict[str, Any]:
+        return self._chunk([{"index": 0, "delta": {}, "finish_reason": finish_reason}])
+
+    def usage_chunk(self, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+        return self._chunk([], usage(prompt_tokens, completion_tokens))
+
+    def completion(self, text: str, finish_reason: str, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text, "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": finish_reason,
+                }
+            ],
+            "usage": usage(prompt_tokens, completion_tokens),
+        }
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def model_card(model_id: str, created: int, status: str, memory_bytes: int) -> dict[str, Any]:
+    return {
+        "id": model_id,
+        "object": "model",
+        "created": created,
+        "owned_by": "gateway",
+        "status": {"value": status},
+        "memory_bytes": memory_bytes,
+    }

@@ -1,0 +1,371 @@
+"""Which models are loaded: on-demand single-flight loads, leases, LRU eviction under a memory budget, TTL.
+
+The eviction choice is `plan_room`, a pure function of (what is needed, the residents, the limits).
+Everything else here is bookkeeping on the event loop: state changes happen synchronously between
+awaits, so no lock is needed to keep two loads from claiming the same room.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from gateway.config import ModelEntry, Settings
+from gateway.engine.base import Engine, EngineFactory
+from gateway.errors import (
+    GatewayError,
+    load_failed,
+    model_not_found,
+    never_fits,
+    no_room,
+    queue_full,
+    shutting_down,
+)
+from gateway.memory import ModelFacts
+
+log = logging.getLogger(__name__)
+
+QUEUE_RETRY_AFTER = 1.0
+ROOM_RETRY_AFTER = 5.0
+
+
+class State(str, enum.Enum):
+    UNLOADED = "unloaded"
+    LOADING = "loading"
+    LOADED = "loaded"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Resident:
+    """A model holding memory, as the eviction policy sees it."""
+
+    model_id: str
+    bytes: int
+    busy: bool  # requests in flight or queued, or still loading: never evicted
+    pinned: bool
+    last_used: float
+
+
+@dataclass(frozen=True)
+class Plan:
+    evict: tuple[str, ...] = ()
+    wait: bool = False  # fits only once busy models go idle
+    never: bool = False  # cannot fit even with every unpinned model unloaded
+
+
+def plan_room(need: int, residents: Sequence[Resident], budget: int, max_loaded: int | None) -> Plan:
+    """Least recently used idle models to unload so that `need` more bytes (one more model) fit."""
+
+    def fits(used: int, count: int) -> bool:
+        return used + need <= budget and (max_loaded is None or count + 1 <= max_loaded)
+
+    pinned = [r for r in residents if r.pinned]
+    if not fits(sum(r.bytes for r in pinned), len(pinned)):
+        return Plan(never=True)
+    used = sum(r.bytes for r in residents)
+    count = len(residents)
+    evict: list[str] = []
+    for resident in sorted((r for r in residents if not r.busy and not r.pinned), key=lambda r: r.last_used):
+        if fits(used, count):
+            break
+        evict.append(resident.model_id)
+        used -= resident.bytes
+        count -= 1
+    if fits(used, count):
+        return Plan(evict=tuple(evict))
+    return Plan(wait=True)
+
+
+@dataclass
+class Slot:
+    """One configured model and its runtime state."""
+
+    model_id: str
+    entry: ModelEntry
+    facts: ModelFacts
+    state: State = State.UNLOADED
+    engine: Engine | None = None
+    leases: int = 0
+    last_used: float = 0.0
+    load_task: asyncio.Task[None] | None = None
+    failed_until: float = 0.0
+    failure: str = ""
+
+    @property
+    def resident(self) -> bool:
+        return self.state in (State.LOADING, State.LOADED)
+
+    @property
+    def memory_bytes(self) -> int:
+        measured = self.engine.measured_bytes() if self.engine is not None else None
+        return measured if measured is not None else self.facts.estimate.total
+
+
+class Lease:
+    """A request's hold on a loaded model: while any lease is held, the model is not evicted."""
+
+    def __init__(self, registry: Registry, slot: Slot, engine: Engine) -> None:
+        self._registry = registry
+        self._slot = slot
+        self.engine = engine
+        self._released = False
+
+    @property
+    def model_id(self) -> str:
+        return self._slot.model_id
+
+    @property
+    def entry(self) -> ModelEntry:
+        return self._slot.entry
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._registry._release(self._slot)
+
+
+class Registry:
+    def __init__(
+        self,
+        settings: Settings,
+        facts: dict[str, ModelFacts],
+        engine_factory: EngineFactory,
+        budget: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.budget = budget
+        self._factory = engine_factory
+        self._clock = clock
+        self._slots = {model_id: Slot(model_id, entry, facts[model_id]) for model_id, entry in settings.models.items()}
+        self._change = asyncio.Event()
+        self._closing = False
+        self._background: set[asyncio.Task[None]] = set()
+        self._reaper: asyncio.Task[None] | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self, reap_interval: float = 0.5) -> None:
+        """Begin loading pinned models and expiring idle ones (TTL)."""
+        self._reaper = asyncio.create_task(self._reap_forever(reap_interval))
+        for slot in self._slots.values():
+            if slot.entry.pinned:
+                self._spawn(self._warm(slot))
+
+    async def close(self) -> None:
+        """Stop every worker; no model stays loaded."""
+        self._closing = True
+        tasks = [t for t in (self._reaper, *self._background) if t is not None]
+        tasks += [s.load_task for s in self._slots.values() if s.load_task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*(self._unload(s, "shutdown") for s in self._slots.values() if s.engine))
+
+    # -- queries -------------------------------------------------------------------------------
+
+    def resolve(self, name: str) -> Slot:
+        model_id = self.settings.resolve(name)
+        if model_id is None:
+            raise model_not_found(name)
+        return self._slots[model_id]
+
+    def slots(self) -> list[Slot]:
+        return list(self._slots.values())
+
+    def resident_bytes(self) -> int:
+        return sum(s.memory_bytes for s in self._slots.values() if s.resident)
+
+    # -- leases --------------------------------------------------------------------------------
+
+    async def acquire(self, name: str) -> Lease:
+        """Hold the model for one request, loading it first if needed.
+
+        Raises 404 for unknown names, 429 when the model's queue is full, 503 when it cannot be
+        loaded now (busy memory, failed load) or ever (too large for the budget).
+        """
+        slot = self.resolve(name)
+        if self._closing:
+            raise shutting_down()
+        limit = slot.entry.max_queue or self.settings.gateway.max_queue
+        if slot.leases >= limit:
+            raise queue_full(slot.model_id, limit, QUEUE_RETRY_AFTER)
+        slot.leases += 1
+        try:
+            engine = await self._ensure_loaded(slot)
+        except BaseException:
+            self._release(slot)
+            raise
+        slot.last_used = self._clock()
+        return Lease(self, slot, engine)
+
+    def _release(self, slot: Slot) -> None:
+        slot.leases -= 1
+        slot.last_used = self._clock()
+        self._changed()
+
+    async def _ensure_loaded(self, slot: Slot) -> Engine:
+        while True:
+            if slot.state is State.LOADED and slot.engine is not None and slot.engine.alive:
+                return slot.engine
+            if slot.state is State.FAILED:
+                remaining = slot.failed_until - self._clock()
+                if remaining > 0:
+                    raise load_failed(slot.model_id, slot.failure, remaining)
+            if slot.load_task is None:
+                slot.load_task = asyncio.create_task(self._load(slot))
+                slot.load_task.add_done_callback(_consume_exception)
+            # Shielded: a client that goes away does not cancel a load others may be waiting on.
+            await asyncio.shield(slot.load_task)
+
+    # -- loading and unloading -----------------------------------------------------------------
+
+    async def _load(self, slot: Slot) -> None:
+        try:
+            await self._make_room(slot)
+            engine = self._factory(slot.model_id, slot.entry)
+            engine.on_exit(lambda reason: self._on_exit(slot, engine, reason))
+            slot.engine = engine
+            started = time.perf_counter()
+            await engine.start()
+            slot.state = State.LOADED
+            slot.last_used = self._clock()
+            log.info("loaded %s in %.2fs", slot.model_id, time.perf_counter() - started)
+            await self._rebalance(keep=slot)
+        except GatewayError as exc:
+            slot.engine = None
+            if exc.code == "model_load_failed":
+                slot.state = State.FAILED
+                slot.failure = exc.message.split(": ", 1)[-1]
+                slot.failed_until = self._clock() + self.settings.gateway.failure_cooldown
+                log.error("loading %s failed: %s", slot.model_id, slot.failure)
+            else:
+                slot.state = State.UNLOADED
+            raise
+        except BaseException:
+            if slot.engine is not None:
+                await slot.engine.stop()
+            slot.engine = None
+            slot.state = State.UNLOADED
+            raise
+        finally:
+            slot.load_task = None
+            self._changed()
+
+    async def _make_room(self, slot: Slot) -> None:
+        wait = self.settings.gateway.room_wait
+        deadline = self._clock() + wait
+        need = slot.facts.estimate.total if slot.engine is None else slot.memory_bytes
+        while True:
+            plan = plan_room(need, self._residents(), self.budget, self.settings.gateway.max_loaded)
+            if plan.never:
+                raise never_fits(slot.model_id, need, self.budget)
+            if not plan.wait:
+                # Claim the room before the first await so no other load can plan with it.
+                slot.state = State.LOADING
+                victims = [self._slots[model_id] for model_id in plan.evict]
+                await asyncio.gather(*(self._unload(v, "lru") for v in victims))
+                return
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                raise no_room(slot.model_id, wait, ROOM_RETRY_AFTER)
+            change = self._change
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(change.wait(), remaining)
+
+    def _residents(self) -> list[Resident]:
+        return [
+            Resident(
+                model_id=s.model_id,
+                bytes=s.memory_bytes,
+                busy=s.leases > 0 or s.state is State.LOADING,
+                pinned=s.entry.pinned,
+                last_used=s.last_used,
+            )
+            for s in self._slots.values()
+            if s.resident
+        ]
+
+    async def _rebalance(self, keep: Slot) -> None:
+        """A model measured larger than its estimate may push the total over budget: evict idle ones."""
+        others = [r for r in self._residents() if r.model_id != keep.model_id]
+        plan = plan_room(keep.memory_bytes, others, self.budget, self.settings.gateway.max_loaded)
+        if plan.evict and not plan.wait:
+            await asyncio.gather(*(self._unload(self._slots[m], "lru") for m in plan.evict))
+
+    async def _unload(self, slot: Slot, reason: str) -> None:
+        engine = slot.engine
+        slot.engine = None
+        slot.state = State.UNLOADED
+        self._changed()
+        if engine is not None:
+            log.info("unloading %s (%s)", slot.model_id, reason)
+            await engine.stop()
+
+    def _on_exit(self, slot: Slot, engine: Engine, reason: str) -> None:
+        if slot.engine is engine:
+            log.warning("model %s lost its worker (%s); the next request starts a new one", slot.model_id, reason)
+            slot.engine = None
+            slot.state = State.UNLOADED
+            self._spawn(engine.stop())
+            self._changed()
+
+    async def _warm(self, slot: Slot) -> None:
+        try:
+            lease = await self.acquire(slot.model_id)
+        except GatewayError as exc:
+            log.error("could not load pinned model %s: %s", slot.model_id, exc.message)
+            return
+        lease.release()
+
+    # -- TTL -----------------------------------------------------------------------------------
+
+    def expired(self) -> list[Slot]:
+        now = self._clock()
+        return [
+            s
+            for s in self._slots.values()
+            if s.state is State.LOADED
+            and s.leases == 0
+            and not s.entry.pinned
+            and s.entry.ttl is not None
+            and now - s.last_used >= s.entry.ttl
+        ]
+
+    async def reap(self) -> list[str]:
+        """Unload models idle longer than their TTL; returns their ids."""
+        victims = self.expired()
+        await asyncio.gather(*(self._unload(s, "ttl") for s in victims))
+        return [s.model_id for s in victims]
+
+    async def _reap_forever(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.reap()
+            except Exception:
+                log.exception("TTL reaper failed")
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _changed(self) -> None:
+        self._change.set()
+        self._change = asyncio.Event()
+
+    def _spawn(self, coro: object) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[call-overload]
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+
+def _consume_exception(task: asyncio.Task[None]) -> None:
+    # Every waiter sees the failure through shield(); this keeps asyncio from reporting it as lost
+    # when all of them went away.
+    if not task.cancelled():
+        task.exception()
