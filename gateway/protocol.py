@@ -143,7 +143,8 @@ def parse_chat_request(body: bytes) -> ChatCompletionRequest:
     try:
         return ChatCompletionRequest.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
+        # Within a union (content: str | parts) the deepest error is the one that explains the problem.
+        first = max(exc.errors(), key=lambda e: len(e["loc"]))
         param = _param_name(first["loc"])
         message = f"Invalid value for '{param}': {_describe(dict(first))}." if param else str(first["msg"])
         raise invalid_request(message, param=param or None) from None

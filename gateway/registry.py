@@ -260,8 +260,9 @@ class Registry:
 
     async def _make_room(self, slot: Slot) -> None:
         wait = self.settings.gateway.room_wait
-        deadline = self._clock() + wait
-        need = slot.facts.estimate.total if slot.engine is None else slot.memory_bytes
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait  # a real wait, whatever clock drives LRU and TTL
+        need = slot.facts.estimate.total
         while True:
             plan = plan_room(need, self._residents(), self.budget, self.settings.gateway.max_loaded)
             if plan.never:
@@ -272,7 +273,7 @@ class Registry:
                 victims = [self._slots[model_id] for model_id in plan.evict]
                 await asyncio.gather(*(self._unload(v, "lru") for v in victims))
                 return
-            remaining = deadline - self._clock()
+            remaining = deadline - loop.time()
             if remaining <= 0:
                 raise no_room(slot.model_id, wait, ROOM_RETRY_AFTER)
             change = self._change

@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from gateway.config import json_schema, load_settings, parse_settings
+from gateway.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_nested_layout_and_gateway_keys(make_config: Any, tmp_path: Path) -> None:
+    doc = make_config(
+        {
+            "m": {
+                "aliases": ["gpt-4o-mini"],
+                "pinned": True,
+                "ttl": "10m",
+                "sampling": {"temperature": 0.2, "top_k": 10, "repeat_penalty": 1.1, "repeat_last_n": 32},
+                "runtime": {"thread_count": 2, "verbose": False},
+                "output": {"max_tokens": 99},
+                "model": {"n_gpu_layers": -1, "chat_format": "chatml"},
+            }
+        },
+        gateway={"memory_budget": "512MiB", "max_loaded": 2},
+    )
+    settings = parse_settings(doc, tmp_path)
+    entry = settings.models["m"]
+    assert settings.gateway.memory_budget == 512 * 2**20
+    assert settings.gateway.max_loaded == 2
+    assert entry.ttl == 600
+    assert entry.sampling.temperature == 0.2
+    assert entry.output.max_tokens == 99
+    assert entry.model.chat_format == "chatml"
+    assert settings.resolve("gpt-4o-mini") == "m"
+    assert settings.resolve("nope") is None
+
+
+def test_auto_budget_is_none(make_config: Any, tmp_path: Path) -> None:
+    settings = parse_settings(make_config({"m": {}}, gateway={"memory_budget": "auto"}), tmp_path)
+    assert settings.gateway.memory_budget is None
+
+
+def test_unknown_key_names_yaml_path(make_config: Any, tmp_path: Path) -> None:
+    doc = make_config({"mistral-7b": {"sampling": {"temprature": 0.7}}})
+    with pytest.raises(ConfigError, match=r"models\.mistral-7b\.sampling\.temprature: unknown key"):
+        parse_settings(doc, tmp_path)
+
+
+def test_bad_value_names_yaml_path(make_config: Any, tmp_path: Path) -> None:
+    doc = make_config({"m": {}}, gateway={"memory_budget": "lots"})
+    with pytest.raises(ConfigError, match=r"gateway\.memory_budget: .*not a size"):
+        parse_settings(doc, tmp_path)
+    doc = make_config({"m": {"model": {"n_ctx": "big"}}})
+    with pytest.raises(ConfigError, match=r"models\.m\.model\.n_ctx"):
+        parse_settings(doc, tmp_path)
+
+
+def test_missing_file_reported_at_load(tmp_path: Path) -> None:
+    doc = {"models": {"ghost": {"model": {"path": "missing.gguf"}}}}
+    with pytest.raises(ConfigError, match=r"models\.ghost\.model\.path: file not found: .*missing\.gguf"):
+        parse_settings(doc, tmp_path)
+
+
+def test_paths_are_relative_to_the_config_file(tmp_path: Path, tiny_gguf: Path) -> None:
+    sub = tmp_path / "conf"
+    sub.mkdir()
+    (sub / "models.yaml").write_text(yaml.safe_dump({"models": {"m": {"model": {"path": "../tiny.gguf"}}}}))
+    settings = load_settings(sub / "models.yaml")
+    assert settings.models["m"].model.path == tiny_gguf.resolve()
+
+
+def test_alias_collisions_are_errors(make_config: Any, tmp_path: Path) -> None:
+    doc = make_config({"a": {"aliases": ["b"]}, "b": {}})
+    with pytest.raises(ConfigError, match="already used"):
+        parse_settings(doc, tmp_path)
+
+
+def test_empty_models_and_invalid_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="models"):
+        parse_settings({"models": {}}, tmp_path)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models: [unclosed")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_settings(bad)
+
+
+def test_repo_models_yaml_is_valid() -> None:
+    settings = load_settings(REPO / "models.yaml", check_files=False)
+    assert settings.models["gemma-3-270m"].model.chat_format == "gemma"
+    assert len(settings.models) == 3
+
+
+def test_published_schema_is_current() -> None:
+    published = json.loads((REPO / "schema" / "models.schema.json").read_text())
+    assert published == json_schema(), "run: gateway schema > schema/models.schema.json"
+
+
+def test_schema_forbids_unknown_keys() -> None:
+    schema = json_schema()
+    assert schema["additionalProperties"] is False
+    assert schema["$defs"]["SamplingSection"]["additionalProperties"] is False
