@@ -25,14 +25,18 @@ def error_of(raw: bytes) -> GatewayError:
 
 
 def test_valid_request_and_defaults() -> None:
-    req = parse_chat_request(body(max_completion_tokens=5, stop="x", stream=True, stream_options={"include_usage": True}))
+    req = parse_chat_request(
+        body(max_completion_tokens=5, stop="x", stream=True, stream_options={"include_usage": True})
+    )
     assert req.completion_limit == 5
     assert req.stop_list == ["x"]
     assert req.include_usage
 
 
 def test_content_parts_are_joined() -> None:
-    req = parse_chat_request(body(messages=[{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]))
+    req = parse_chat_request(
+        body(messages=[{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}])
+    )
     assert req.messages[0].text() == "ab"
 
 
@@ -66,7 +70,10 @@ def test_malformed_json() -> None:
         (body(logprobs=True), "logprobs"),
         (body(stream_options={"include_usage": True}), "stream_options"),
         (body(response_format={"type": "json_object"}), "response_format.type"),
-        (body(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]), "messages[0].content[0].type"),
+        (
+            body(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]),
+            "messages[0].content[0].type",
+        ),
     ],
 )
 def test_bad_fields_name_their_param(raw: bytes, param: str) -> None:

@@ -189,7 +189,11 @@ async def test_crashed_worker_is_replaced_on_next_request(make_config: Any, tmp_
 
 async def test_failed_load_cools_down(make_config: Any, tmp_path: Path) -> None:
     registry, factory, clock = build(
-        make_config, tmp_path, {"a": {}}, gateway={"failure_cooldown": 5}, scripts={"a": FakeScript(fail_load="bad tensor")}
+        make_config,
+        tmp_path,
+        {"a": {}},
+        gateway={"failure_cooldown": 5},
+        scripts={"a": FakeScript(fail_load="bad tensor")},
     )
     for _ in range(2):
         with pytest.raises(GatewayError) as info:

@@ -5,7 +5,14 @@ from gateway.units import format_bytes, parse_bytes, parse_duration
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("4GiB", 4 * 2**30), ("512MiB", 512 * 2**20), ("1.5GB", 1_500_000_000), (1024, 1024), ("100", 100), ("2 kib", 2048)],
+    [
+        ("4GiB", 4 * 2**30),
+        ("512MiB", 512 * 2**20),
+        ("1.5GB", 1_500_000_000),
+        (1024, 1024),
+        ("100", 100),
+        ("2 kib", 2048),
+    ],
 )
 def test_parse_bytes(text: str | int, expected: int) -> None:
     assert parse_bytes(text) == expected

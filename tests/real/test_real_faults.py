@@ -1,0 +1,157 @@
+"""Budgets, crashes and shutdown on the real server, with real worker processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import psutil
+import pytest
+from openai import OpenAI
+
+from tests.ggufgen import write_tiny_gguf
+from tests.real.conftest import model, one_fits_config, standard_config
+from tests.real.server import SMOLLM
+
+pytestmark = pytest.mark.real
+
+COUNT = [{"role": "user", "content": "Count from 1 to 200, separated by commas."}]
+HELLO = [{"role": "user", "content": "Say hello."}]
+
+
+def sdk(server: Any) -> OpenAI:
+    return OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def wait_for(predicate: Any, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_alternating_models_under_a_budget_that_fits_one(fresh_server: Any) -> None:
+    server = fresh_server(one_fits_config())
+    client = sdk(server)
+    for name in ["smollm2", "smollm2-q8", "smollm2", "smollm2-q8"]:
+        reply = client.chat.completions.create(model=name, messages=HELLO, max_tokens=4)
+        assert reply.model == name
+        loaded = [m for m, state in server.statuses().items() if state == "loaded"]
+        assert loaded == [name]
+        assert wait_for(lambda: len(server.worker_pids()) == 1)
+
+
+def test_busy_model_is_not_evicted_for_another(fresh_server: Any) -> None:
+    config = one_fits_config()
+    config["gateway"]["room_wait"] = 0.2  # well under the stream's length
+    server = fresh_server(config)
+    client = sdk(server)
+    stream = client.chat.completions.create(model="smollm2", messages=COUNT, max_tokens=400, stream=True, temperature=0)
+    chunks = [next(stream) for _ in range(3)]
+    with pytest.raises(openai.APIStatusError) as info:
+        client.chat.completions.create(model="smollm2-q8", messages=HELLO, max_tokens=4)
+    assert info.value.status_code == 503
+    assert info.value.response.headers["retry-after"]
+    chunks += list(stream)
+    finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert len(finish) == 1
+    # Once the stream is over, the other model gets the room.
+    assert client.chat.completions.create(model="smollm2-q8", messages=HELLO, max_tokens=4).model == "smollm2-q8"
+
+
+def test_killed_worker_fails_only_its_stream(fresh_server: Any) -> None:
+    server = fresh_server(one_fits_config())
+    body = {"model": "smollm2", "messages": COUNT, "max_tokens": 400, "stream": True, "temperature": 0}
+    payloads: list[str] = []
+    with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=body, timeout=60) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                payloads.append(line[6:])
+                if len(payloads) == 3:
+                    (pid,) = server.worker_pids()
+                    os.kill(pid, signal.SIGKILL)
+    assert payloads[-1] == "[DONE]"
+    error = json.loads(payloads[-2])["error"]
+    assert error["code"] == "model_worker_crashed"
+    assert "signal 9" in error["message"]
+    assert httpx.get(f"{server.base_url}/health").status_code == 200
+    # The next request starts a fresh worker.
+    reply = sdk(server).chat.completions.create(model="smollm2", messages=HELLO, max_tokens=4)
+    assert reply.choices[0].message.content is not None
+    assert server.worker_pids() != [pid]
+
+
+def test_model_that_fails_to_load_does_not_hurt_others(fresh_server: Any, tmp_path: Path) -> None:
+    broken = write_tiny_gguf(tmp_path / "broken.gguf")  # valid header, nothing llama.cpp can run
+    config = standard_config()
+    config["models"] = {"smollm2": config["models"]["smollm2"], "broken": model(broken)}
+    server = fresh_server(config)
+    client = sdk(server)
+    with pytest.raises(openai.APIStatusError) as info:
+        client.chat.completions.create(model="broken", messages=HELLO, max_tokens=4)
+    assert info.value.status_code == 503
+    assert info.value.code == "model_load_failed"
+    assert server.statuses()["broken"] == "failed"
+    assert client.chat.completions.create(model="smollm2", messages=HELLO, max_tokens=4).choices
+
+
+def test_sigterm_finishes_streams_and_leaves_no_worker(fresh_server: Any) -> None:
+    server = fresh_server(standard_config())
+    client = sdk(server)
+    client.chat.completions.create(model="smollm2-q8", messages=HELLO, max_tokens=2)  # a second idle worker
+    result: dict[str, Any] = {}
+    first_chunk = threading.Event()
+
+    def stream() -> None:
+        body = {"model": "smollm2", "messages": COUNT, "max_tokens": 80, "stream": True, "temperature": 0}
+        payloads = []
+        with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=body, timeout=60) as response:
+            for line in response.iter_lines():
+                if line.startswith("data: "):
+                    payloads.append(line[6:])
+                    first_chunk.set()
+        result["payloads"] = payloads
+
+    thread = threading.Thread(target=stream)
+    thread.start()
+    assert first_chunk.wait(60)
+    workers = server.worker_pids()
+    assert len(workers) == 2
+    code = server.stop(signal.SIGTERM)
+    thread.join(60)
+    assert code == 0, server.log()
+    payloads = result["payloads"]
+    assert payloads[-1] == "[DONE]"
+    last = json.loads(payloads[-2])
+    assert "error" not in last and last["choices"][0]["finish_reason"] in ("length", "stop")
+    assert not [pid for pid in workers if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
+
+
+def test_start_up_rejects_a_bad_config(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    bad = tmp_path / "models.yaml"
+    bad.write_text(f"models:\n  m:\n    model: {{path: {SMOLLM}}}\n    sampling: {{temprature: 1}}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(bad)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert "models.m.sampling.temprature: unknown key" in result.stderr
+    missing = tmp_path / "missing.yaml"
+    missing.write_text("models:\n  m:\n    model: {path: nowhere.gguf}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(missing)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert "models.m.model.path: file not found" in result.stderr
