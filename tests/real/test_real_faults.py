@@ -22,7 +22,8 @@ from tests.real.server import SMOLLM
 
 pytestmark = pytest.mark.real
 
-COUNT = [{"role": "user", "content": "Count from 1 to 200, separated by commas."}]
+# Greedy SmolLM2 answers this with hundreds of tokens before any end of turn.
+LONG = [{"role": "user", "content": "Repeat the word 'apple' 500 times."}]
 HELLO = [{"role": "user", "content": "Say hello."}]
 
 
@@ -55,7 +56,7 @@ def test_busy_model_is_not_evicted_for_another(fresh_server: Any) -> None:
     config["gateway"]["room_wait"] = 0.2  # well under the stream's length
     server = fresh_server(config)
     client = sdk(server)
-    stream = client.chat.completions.create(model="smollm2", messages=COUNT, max_tokens=400, stream=True, temperature=0)
+    stream = client.chat.completions.create(model="smollm2", messages=LONG, max_tokens=400, stream=True, temperature=0)
     chunks = [next(stream) for _ in range(3)]
     with pytest.raises(openai.APIStatusError) as info:
         client.chat.completions.create(model="smollm2-q8", messages=HELLO, max_tokens=4)
@@ -70,7 +71,7 @@ def test_busy_model_is_not_evicted_for_another(fresh_server: Any) -> None:
 
 def test_killed_worker_fails_only_its_stream(fresh_server: Any) -> None:
     server = fresh_server(one_fits_config())
-    body = {"model": "smollm2", "messages": COUNT, "max_tokens": 400, "stream": True, "temperature": 0}
+    body = {"model": "smollm2", "messages": LONG, "max_tokens": 400, "stream": True, "temperature": 0}
     payloads: list[str] = []
     with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=body, timeout=60) as response:
         assert response.status_code == 200
@@ -113,7 +114,7 @@ def test_sigterm_finishes_streams_and_leaves_no_worker(fresh_server: Any) -> Non
     first_chunk = threading.Event()
 
     def stream() -> None:
-        body = {"model": "smollm2", "messages": COUNT, "max_tokens": 80, "stream": True, "temperature": 0}
+        body = {"model": "smollm2", "messages": LONG, "max_tokens": 80, "stream": True, "temperature": 0}
         payloads = []
         with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=body, timeout=60) as response:
             for line in response.iter_lines():
@@ -155,3 +156,68 @@ def test_start_up_rejects_a_bad_config(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "models.m.model.path: file not found" in result.stderr
+
+
+def test_queue_full_and_never_fits(fresh_server: Any) -> None:
+    from tests.real.server import GEMMA
+
+    config = one_fits_config()
+    config["models"]["smollm2"]["max_queue"] = 1
+    config["models"]["gemma"] = model(GEMMA, model={"chat_format": "gemma"})  # estimate above 300MiB
+    server = fresh_server(config)
+    client = sdk(server)
+    stream = client.chat.completions.create(model="smollm2", messages=LONG, max_tokens=400, stream=True)
+    next(stream)
+    with pytest.raises(openai.RateLimitError) as full:
+        client.chat.completions.create(model="smollm2", messages=HELLO, max_tokens=4)
+    assert full.value.code == "queue_full"
+    assert full.value.response.headers["retry-after"] == "1"
+    stream.close()
+    with pytest.raises(openai.APIStatusError) as never:
+        client.chat.completions.create(model="gemma", messages=HELLO, max_tokens=4)
+    assert never.value.status_code == 503
+    assert never.value.code == "model_exceeds_memory_budget"
+    assert "300 MiB" in never.value.message
+    assert "retry-after" not in never.value.response.headers
+
+
+def test_disconnect_frees_the_model_for_the_next_request(fresh_server: Any) -> None:
+    server = fresh_server(one_fits_config())
+    client = sdk(server)
+    long = {"model": "smollm2", "messages": LONG, "max_tokens": 450, "temperature": 0}
+    started = time.monotonic()
+    full = client.chat.completions.create(**long)  # type: ignore[call-overload]
+    full_time = time.monotonic() - started
+    assert full.usage is not None and full.usage.completion_tokens > 300
+    stream = client.chat.completions.create(stream=True, **long)  # type: ignore[call-overload]
+    for _ in range(3):
+        next(stream)
+    stream.close()  # the client goes away
+    started = time.monotonic()
+    client.chat.completions.create(model="smollm2", messages=HELLO, max_tokens=2)
+    # Had the abandoned generation run on, this request would have queued behind all of it.
+    assert time.monotonic() - started < full_time / 2
+
+
+def test_health_answers_while_models_generate_and_load(fresh_server: Any) -> None:
+    server = fresh_server(standard_config())
+    client = sdk(server)
+    stream = client.chat.completions.create(model="smollm2", messages=LONG, max_tokens=400, stream=True)
+    next(stream)
+    loader = threading.Thread(
+        target=lambda: client.chat.completions.create(model="gemma", messages=HELLO, max_tokens=2)
+    )
+    loader.start()
+    for _ in range(10):
+        assert httpx.get(f"{server.base_url}/health", timeout=0.5).status_code == 200
+    loader.join(60)
+    list(stream)
+
+
+def test_workers_exit_when_the_gateway_is_killed(fresh_server: Any) -> None:
+    server = fresh_server(one_fits_config())
+    sdk(server).chat.completions.create(model="smollm2", messages=HELLO, max_tokens=2)
+    (pid,) = server.worker_pids()
+    server.process.kill()
+    server.process.wait()
+    assert wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie")
