@@ -1,0 +1,65 @@
+"""Module dependencies point downward only (DESIGN.md §2), checked by parsing imports."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[2] / "gateway"
+
+ALLOWED: dict[str, set[str]] = {
+    "errors": set(),
+    "units": set(),
+    "gguf_info": set(),
+    "config": {"errors", "units"},
+    "protocol": {"errors"},
+    "memory": {"config", "errors", "gguf_info"},
+    "engine.stops": set(),
+    "engine.base": {"config", "errors", "protocol"},
+    "engine.fake": {"config", "errors", "engine.base", "engine.stops"},
+    "engine.worker": {"errors", "engine.base", "engine.stops"},
+    "engine.process": {"config", "errors", "memory", "engine.base", "engine.worker"},
+    "registry": {"config", "errors", "memory", "engine.base"},
+    "streaming": {"errors", "protocol", "registry", "engine.base"},
+    "routes": {"errors", "protocol", "registry", "streaming", "engine.base"},
+    "app": {"config", "errors", "memory", "registry", "routes", "engine.base", "engine.process"},
+    "cli": {"config", "errors", "memory", "units", "app"},
+    "__main__": {"cli"},
+    "__init__": set(),
+    "engine.__init__": set(),
+}
+
+
+def module_name(path: Path) -> str:
+    return ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
+
+
+def imports_of(path: Path) -> set[str]:
+    """Imported module names; `from a import b` counts as `a.b` when b is a module of ours, else `a`."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            for alias in node.names:
+                submodule = f"{node.module}.{alias.name}"
+                found.add(submodule if submodule.removeprefix("gateway.") in ALLOWED else node.module)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+    return found
+
+
+def test_every_module_is_listed() -> None:
+    assert {module_name(p) for p in PACKAGE.rglob("*.py")} == set(ALLOWED)
+
+
+def test_dependencies_point_downward() -> None:
+    for path in PACKAGE.rglob("*.py"):
+        name = module_name(path)
+        ours = {i.removeprefix("gateway.") for i in imports_of(path) if i.startswith("gateway.")}
+        ours.discard(name)
+        assert ours <= ALLOWED[name], f"{name} imports {sorted(ours - ALLOWED[name])}"
+
+
+def test_llama_cpp_is_imported_only_by_the_worker() -> None:
+    for path in PACKAGE.rglob("*.py"):
+        uses = any(i == "llama_cpp" or i.startswith("llama_cpp.") for i in imports_of(path))
+        assert not uses or module_name(path) == "engine.worker", module_name(path)
