@@ -13,8 +13,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway import routes
-from gateway.config import Settings
-from gateway.engine.base import EngineFactory
+from gateway.config import ModelEntry, Settings
+from gateway.engine.base import Engine, EngineFactory
 from gateway.errors import GatewayError, internal_error
 from gateway.memory import ModelFacts, inspect_models, resolve_budget
 from gateway.registry import Registry
@@ -22,11 +22,19 @@ from gateway.registry import Registry
 log = logging.getLogger(__name__)
 
 
-def _process_engine_factory(settings: Settings) -> EngineFactory:
-    from gateway.engine.process import ProcessEngine
+class _ProcessEngines:
+    """Worker-process engines, with spare workers started ahead of need."""
 
-    timeout = settings.gateway.load_timeout
-    return lambda model_id, entry: ProcessEngine(model_id, entry, timeout)
+    def __init__(self, settings: Settings) -> None:
+        from gateway.engine.process import SparePool
+
+        self._timeout = settings.gateway.load_timeout
+        self.spares = SparePool(settings.gateway.spare_workers)
+
+    def __call__(self, model_id: str, entry: ModelEntry) -> Engine:
+        from gateway.engine.process import ProcessEngine
+
+        return ProcessEngine(model_id, entry, self._timeout, self.spares)
 
 
 async def _gateway_error(request: Request, exc: Exception) -> Response:
@@ -55,20 +63,27 @@ def create_app(
     budget: int | None = None,
 ) -> Starlette:
     """Build the gateway. Tests pass a fake `engine_factory`; production uses worker processes."""
+    processes = None
+    if engine_factory is None:
+        processes = engine_factory = _ProcessEngines(settings)
     registry = Registry(
         settings,
         facts if facts is not None else inspect_models(settings),
-        engine_factory or _process_engine_factory(settings),
+        engine_factory,
         budget if budget is not None else resolve_budget(settings.gateway.memory_budget),
     )
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if processes is not None:
+            processes.spares.refill()
         await registry.start()
         try:
             yield
         finally:
             await registry.close()
+            if processes is not None:
+                await processes.spares.close()
 
     app = Starlette(
         routes=[

@@ -38,12 +38,82 @@ def worker_config(entry: ModelEntry) -> dict[str, Any]:
     }
 
 
+Spawned = tuple[multiprocessing.process.BaseProcess, Connection]
+
+
+async def spawn_worker() -> Spawned:
+    """Start a worker process that imports llama_cpp and waits for its model."""
+    ctx = multiprocessing.get_context("spawn")
+    parent_conn, child_conn = ctx.Pipe(duplex=True)
+    process = ctx.Process(target=worker.main, args=(child_conn,), name="gateway-worker", daemon=True)
+    # Spawning writes the pickled start-up data to the child: off the event loop.
+    await asyncio.to_thread(process.start)
+    child_conn.close()  # only the child holds its end now, so its exit reads as EOF here
+    return process, parent_conn
+
+
+class SparePool:
+    """Keeps started workers waiting for a model, so a load skips interpreter start and imports.
+
+    A spare costs the memory of an interpreter with llama_cpp imported (~50 MB) and no model.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._spares: list[Spawned] = []
+        self._filling: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def take(self) -> Spawned:
+        spawned = None
+        while self._spares and spawned is None:
+            process, conn = self._spares.pop(0)
+            if process.is_alive():
+                spawned = (process, conn)
+            else:
+                conn.close()
+        self.refill()
+        return spawned if spawned is not None else await spawn_worker()
+
+    def refill(self) -> None:
+        if self._size > 0 and not self._closed and (self._filling is None or self._filling.done()):
+            self._filling = asyncio.create_task(self._fill())
+
+    async def _fill(self) -> None:
+        while len(self._spares) < self._size and not self._closed:
+            spawned = await spawn_worker()
+            if self._closed:
+                _discard(spawned)
+            else:
+                self._spares.append(spawned)
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._filling is not None:
+            self._filling.cancel()
+            await asyncio.gather(self._filling, return_exceptions=True)
+        for spawned in self._spares:
+            _discard(spawned)
+        self._spares.clear()
+
+
+def _discard(spawned: Spawned) -> None:
+    process, conn = spawned
+    conn.close()  # the worker exits at EOF
+    process.join(1.0)
+    if process.exitcode is None:
+        process.kill()
+
+
 class ProcessEngine(Engine):
-    def __init__(self, model_id: str, entry: ModelEntry, load_timeout: float = 300.0) -> None:
+    def __init__(
+        self, model_id: str, entry: ModelEntry, load_timeout: float = 300.0, spares: SparePool | None = None
+    ) -> None:
         super().__init__()
         self.model_id = model_id
         self._entry = entry
         self._load_timeout = load_timeout
+        self._spares = spares
         self._process: multiprocessing.process.BaseProcess | None = None
         self._conn: Connection | None = None
         self._loaded: asyncio.Future[dict[str, Any]] | None = None
@@ -63,20 +133,11 @@ class ProcessEngine(Engine):
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        ctx = multiprocessing.get_context("spawn")
-        parent_conn, child_conn = ctx.Pipe(duplex=True)
-        process = ctx.Process(
-            target=worker.main,
-            args=(child_conn, worker_config(self._entry)),
-            name=f"gateway-worker[{self.model_id}]",
-            daemon=True,
-        )
         self._loaded = loop.create_future()
-        # Spawning writes the pickled start-up data to the child: off the event loop.
-        await asyncio.to_thread(process.start)
-        child_conn.close()  # only the child holds its end now, so its exit reads as EOF here
-        self._process, self._conn = process, parent_conn
-        loop.add_reader(parent_conn.fileno(), self._on_readable)
+        process, conn = await (self._spares.take() if self._spares else spawn_worker())
+        self._process, self._conn = process, conn
+        loop.add_reader(conn.fileno(), self._on_readable)
+        self._send(("load", worker_config(self._entry)))
         try:
             info = await asyncio.wait_for(asyncio.shield(self._loaded), self._load_timeout)
         except TimeoutError:

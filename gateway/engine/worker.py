@@ -2,13 +2,14 @@
 
 Started with the `spawn` method by `engine/process.py`. Protocol over the pipe (tuples):
 
-parent → worker: ("generate", id, params) | ("cancel", id) | ("shutdown",)
+parent → worker: ("load", config) first, then ("generate", id, params) | ("cancel", id) | ("shutdown",)
 worker → parent: ("loaded", info) | ("load_failed", reason)
                  ("started", id, prompt_tokens) | ("delta", id, text)
                  ("finished", id, finish_reason, prompt_tokens, completion_tokens) | ("error", id, error)
 
-A reader thread takes commands so that a cancel reaches the generation loop between two tokens.
-The worker exits when its parent goes away (the pipe reaches EOF).
+A worker imports llama_cpp as soon as it starts and then waits for its model, so a spare one can be
+started ahead of need. A reader thread takes commands so that a cancel reaches the generation loop
+between two tokens. The worker exits when its parent goes away (the pipe reaches EOF).
 """
 
 from __future__ import annotations
@@ -30,10 +31,18 @@ Send = Callable[[tuple[Any, ...]], None]
 Formatter = Callable[..., Any]
 
 
-def main(conn: Connection, config: dict[str, Any]) -> None:
+def main(conn: Connection) -> None:
     """Entry point of the worker process."""
+    import llama_cpp  # noqa: F401  (the slow part of a cold start, done before a model is asked for)
+
     try:
-        llm, formatter = _load(config)
+        message = conn.recv()
+    except (EOFError, OSError):
+        return
+    if message[0] != "load":
+        return
+    try:
+        llm, formatter = _load(message[1])
     except Exception as exc:  # anything llama.cpp raises is a load failure to report, not a crash
         conn.send(("load_failed", f"{type(exc).__name__}: {exc}"))
         return

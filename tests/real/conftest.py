@@ -34,7 +34,7 @@ def standard_config() -> dict[str, Any]:
 def one_fits_config() -> dict[str, Any]:
     """A budget with room for one of the two SmolLM2 variants, never both."""
     return {
-        "gateway": {"memory_budget": "300MiB", "room_wait": 1},
+        "gateway": {"memory_budget": "300MiB", "room_wait": 1, "spare_workers": 0},
         "models": {"smollm2": model(SMOLLM), "smollm2-q8": model(SMOLLM_Q8)},
     }
 
