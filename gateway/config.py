@@ -123,6 +123,11 @@ class GatewaySection(_Section):
     load_timeout: Duration = Field(300.0, description="longest a model load may take")
     failure_cooldown: Duration = Field(5.0, description="after a failed load, requests get 503 this long")
     shutdown_grace: Duration = Field(30.0, description="on SIGTERM, how long in-flight streams may finish")
+    cpu_threads: int | None = Field(
+        None,
+        ge=0,
+        description="CPU threads generations may use at once across models (default: all cores; 0: no limit)",
+    )
     spare_workers: int = Field(
         1, ge=0, le=4, description="workers started ahead of need (llama.cpp imported, no model) to cut cold starts"
     )

@@ -44,6 +44,7 @@ class GGUFInfo:
     metadata: dict[str, Any] = field(repr=False)
     tensor_bytes: int
     tensor_count: int
+    array_lengths: dict[str, int] = field(default_factory=dict, repr=False)  # arrays skipped, not decoded
 
     @property
     def block_count(self) -> int:
@@ -53,6 +54,11 @@ class GGUFInfo:
     def context_length(self) -> int | None:
         value = self.metadata.get(f"{self.architecture}.context_length")
         return int(value) if value is not None else None
+
+    @property
+    def vocab_size(self) -> int:
+        declared = self.metadata.get(f"{self.architecture}.vocab_size")
+        return int(declared) if declared is not None else self.array_lengths.get("tokenizer.ggml.tokens", 0)
 
     @property
     def has_chat_template(self) -> bool:
@@ -87,6 +93,7 @@ class _Cursor:
     def __init__(self, buf: mmap.mmap) -> None:
         self.buf = buf
         self.pos = 0
+        self.skipped_length = 0  # length of the array the last value() call skipped
 
     def unpack(self, fmt: str) -> Any:
         try:
@@ -116,6 +123,7 @@ class _Cursor:
             count = self.unpack("<Q")
             if count > _MAX_DECODED_ARRAY:
                 self._skip_array(item_type, count)
+                self.skipped_length = count
                 return None
             return [self.value(item_type) for _ in range(count)]
         fmt = _SCALARS.get(value_type)
@@ -159,9 +167,13 @@ def _parse(path: Path, buf: mmap.mmap) -> GGUFInfo:
     tensor_count = cur.unpack("<Q")
     kv_count = cur.unpack("<Q")
     metadata: dict[str, Any] = {}
+    array_lengths: dict[str, int] = {}
     for _ in range(kv_count):
         key = cur.string()
+        cur.skipped_length = 0
         metadata[key] = cur.value(cur.unpack("<I"))
+        if cur.skipped_length:
+            array_lengths[key] = cur.skipped_length
     tensor_bytes = 0
     for _ in range(tensor_count):
         cur.skip_string()
@@ -186,4 +198,5 @@ def _parse(path: Path, buf: mmap.mmap) -> GGUFInfo:
         metadata=metadata,
         tensor_bytes=tensor_bytes,
         tensor_count=tensor_count,
+        array_lengths=array_lengths,
     )

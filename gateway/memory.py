@@ -15,10 +15,12 @@ from gateway.config import ModelEntry, Settings
 from gateway.errors import ConfigError
 from gateway.gguf_info import GGUFFormatError, GGUFInfo, read_gguf_info
 
-# Resident memory of a worker with llama_cpp imported and no model loaded (measured: ~48 MiB).
-WORKER_BASELINE_BYTES = 48 * 2**20
-# llama.cpp's compute buffers grow with the model; measured 10-15% of the weights on small models.
-COMPUTE_FRACTION = 0.15
+# Resident memory of a worker with llama_cpp imported and no model loaded (measured: 57 MiB).
+WORKER_BASELINE_BYTES = 57 * 2**20
+# What a loaded model holds beyond weights and KV cache: compute buffers and the vocabulary's tables.
+# Fitted on CPU to SmolLM2 (49k vocab, +27 MiB) and Gemma-3 (262k vocab, +69 MiB) at several n_ctx.
+COMPUTE_BASE_BYTES = 17 * 2**20
+BYTES_PER_VOCAB_TOKEN = 200
 KV_CACHE_TYPE_BYTES = 2  # f16, llama.cpp's default cache type
 AUTO_BUDGET_FRACTION = 0.8
 
@@ -38,7 +40,7 @@ def estimate(info: GGUFInfo, n_ctx: int) -> Estimate:
     return Estimate(
         weights=info.tensor_bytes,
         kv_cache=n_ctx * info.kv_bytes_per_token(KV_CACHE_TYPE_BYTES),
-        overhead=WORKER_BASELINE_BYTES + int(info.tensor_bytes * COMPUTE_FRACTION),
+        overhead=WORKER_BASELINE_BYTES + COMPUTE_BASE_BYTES + BYTES_PER_VOCAB_TOKEN * info.vocab_size,
     )
 
 

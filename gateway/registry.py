@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from gateway.compute import CpuThreads, default_threads
 from gateway.config import ModelEntry, Settings
 from gateway.engine.base import Engine, EngineFactory
 from gateway.errors import (
@@ -115,6 +116,14 @@ class Lease:
         self._slot = slot
         self.engine = engine
         self._released = False
+        self._cpu_granted = 0
+
+    async def reserve_cpu(self) -> None:
+        """Wait for this model's share of CPU threads before generating; held until release()."""
+        entry = self._slot.entry
+        threads = entry.runtime.thread_count or default_threads()
+        # Offloaded models do their work on the GPU; their CPU threads mostly wait.
+        self._cpu_granted = await self._registry.cpu.acquire(threads if entry.model.n_gpu_layers == 0 else 1)
 
     @property
     def model_id(self) -> str:
@@ -127,6 +136,8 @@ class Lease:
     def release(self) -> None:
         if not self._released:
             self._released = True
+            if self._cpu_granted:
+                self._registry.cpu.release(self._cpu_granted)
             self._registry._release(self._slot)
 
 
@@ -148,6 +159,7 @@ class Registry:
         self._closing = False
         self._background: set[asyncio.Task[None]] = set()
         self._reaper: asyncio.Task[None] | None = None
+        self.cpu = CpuThreads(settings.gateway.cpu_threads)
 
     # -- lifecycle -----------------------------------------------------------------------------
 

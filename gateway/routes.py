@@ -62,6 +62,7 @@ async def chat_completions(request: Request) -> Response:
         )
     lease = await registry.acquire(chat.model)
     try:
+        await lease.reserve_cpu()
         generation = lease.engine.generate(chat_params(chat, lease.entry))
         try:
             # Rendering, tokenizing and the context check happen before this event: errors are

@@ -6,11 +6,13 @@ import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gateway.config import ModelEntry
 from gateway.errors import GatewayError
-from gateway.protocol import ChatCompletionRequest
+
+if TYPE_CHECKING:  # the worker process imports this module: keep pydantic out of it
+    from gateway.config import ModelEntry
+    from gateway.protocol import ChatCompletionRequest
 
 
 @dataclass(frozen=True)
@@ -154,4 +156,4 @@ class Engine(ABC):
             self._exit_callback(reason)
 
 
-EngineFactory = Callable[[str, ModelEntry], Engine]
+EngineFactory = Callable[[str, "ModelEntry"], Engine]
