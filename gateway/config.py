@@ -128,6 +128,10 @@ class GatewaySection(_Section):
         ge=0,
         description="CPU threads generations may use at once across models (default: all cores; 0: no limit)",
     )
+    stream_interval: Duration = Field(
+        0.015,
+        description="streams coalesce tokens produced within this interval into one chunk (0: a chunk per token)",
+    )
     spare_workers: int = Field(
         1, ge=0, le=4, description="workers started ahead of need (llama.cpp imported, no model) to cut cold starts"
     )

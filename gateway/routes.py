@@ -63,7 +63,8 @@ async def chat_completions(request: Request) -> Response:
     lease = await registry.acquire(chat.model)
     try:
         await lease.reserve_cpu()
-        generation = lease.engine.generate(chat_params(chat, lease.entry))
+        interval = registry.settings.gateway.stream_interval
+        generation = lease.engine.generate(chat_params(chat, lease.entry, interval))
         try:
             # Rendering, tokenizing and the context check happen before this event: errors are
             # still answered with their own status, not inside a 200 stream.

@@ -30,6 +30,7 @@ class GenerationParams:
     frequency_penalty: float
     stop: list[str]
     seed: int | None
+    delta_interval: float = 0.0  # seconds the engine may coalesce streamed text over
 
     def to_wire(self) -> dict[str, Any]:
         return asdict(self)
@@ -39,7 +40,7 @@ class GenerationParams:
         return cls(**data)
 
 
-def chat_params(request: ChatCompletionRequest, entry: ModelEntry) -> GenerationParams:
+def chat_params(request: ChatCompletionRequest, entry: ModelEntry, delta_interval: float = 0.0) -> GenerationParams:
     """Request fields over the model entry's `sampling` and `output` defaults."""
     defaults = entry.sampling
 
@@ -61,6 +62,7 @@ def chat_params(request: ChatCompletionRequest, entry: ModelEntry) -> Generation
         frequency_penalty=pick(request.frequency_penalty, defaults.frequency_penalty),
         stop=request.stop_list,
         seed=pick(request.seed, defaults.seed),
+        delta_interval=delta_interval if request.stream else 0.0,
     )
 
 

@@ -24,6 +24,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from gateway.engine.base import GenerationParams
+from gateway.engine.deltas import DeltaBatcher
 from gateway.engine.stops import StopMatcher
 from gateway.errors import GatewayError, context_length_exceeded, internal_error, invalid_request
 
@@ -150,6 +151,7 @@ def _generate(
     matcher = StopMatcher([*params.stop, *template_stops])
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     send(("started", request_id, len(prompt)))
+    batcher = DeltaBatcher(lambda text: send(("delta", request_id, text)), params.delta_interval)
 
     llm.set_seed(params.seed if params.seed is not None else random.randrange(2**31))
     vocab = llm._model.vocab
@@ -174,16 +176,15 @@ def _generate(
             break
         produced += 1
         text, hit_stop = matcher.feed(decoder.decode(llm.detokenize([token])))
-        if text:
-            send(("delta", request_id, text))
+        batcher.add(text)
         if hit_stop:
             finish_reason, matched_stop = "stop", True
             break
         if produced >= limit:
             break
-    if not matched_stop and finish_reason != "cancelled":
-        # Text held back as a possible stop-sequence start turned out not to be one.
-        rest = matcher.feed(decoder.decode(b"", final=True))[0] + matcher.flush()
-        if rest:
-            send(("delta", request_id, rest))
+    if finish_reason != "cancelled":
+        if not matched_stop:
+            # Text held back as a possible stop-sequence start turned out not to be one.
+            batcher.add(matcher.feed(decoder.decode(b"", final=True))[0] + matcher.flush())
+        batcher.flush()
     send(("finished", request_id, finish_reason, len(prompt), produced))
