@@ -353,7 +353,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             model = ("smollm2", "smollm2-q8")[i % 2]
             measured = i < 2 * rounds and model == "smollm2"
             if measured:
-                time.sleep(1.0)  # let the spare worker start, as between real-world switches
+                time.sleep(2.0)  # let the spare worker start, as between real-world switches
             seconds = first_token_seconds(client, cold.url, model)
             if measured:
                 gw_cold.append(seconds)

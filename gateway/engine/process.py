@@ -55,11 +55,14 @@ async def spawn_worker() -> Spawned:
 class SparePool:
     """Keeps started workers waiting for a model, so a load skips interpreter start and imports.
 
-    A spare costs the memory of an interpreter with llama_cpp imported (~50 MB) and no model.
+    A spare costs the memory of an interpreter with llama_cpp imported (~57 MB) and no model. The
+    replacement for a spare that was taken starts `refill_delay` seconds later: starting it at once
+    would compete for the cores with the load and first tokens it was taken for.
     """
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, refill_delay: float = 1.0) -> None:
         self._size = size
+        self._refill_delay = refill_delay
         self._spares: list[Spawned] = []
         self._filling: asyncio.Task[None] | None = None
         self._closed = False
@@ -72,7 +75,7 @@ class SparePool:
                 spawned = (process, conn)
             else:
                 conn.close()
-        self.refill()
+        asyncio.get_running_loop().call_later(self._refill_delay, self.refill)
         return spawned if spawned is not None else await spawn_worker()
 
     def refill(self) -> None:
