@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -62,7 +63,8 @@ def chat_params(request: ChatCompletionRequest, entry: ModelEntry, delta_interva
         frequency_penalty=pick(request.frequency_penalty, defaults.frequency_penalty),
         stop=request.stop_list,
         seed=pick(request.seed, defaults.seed),
-        delta_interval=delta_interval if request.stream else 0.0,
+        # Nobody sees the pieces of a non-streamed answer: send them in one message at the end.
+        delta_interval=delta_interval if request.stream else math.inf,
     )
 
 
