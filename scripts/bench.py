@@ -474,6 +474,7 @@ def chart(r: dict[str, Any], path: Path) -> None:
     axes[1][1].plot([int(k) for k in conc], list(conc.values()), marker="o")
     axes[1][1].set_title("Aggregate tokens/s vs concurrent streams")
     axes[1][1].set_xscale("log", base=2)
+    axes[1][1].set_ylim(bottom=0)
     fig.suptitle(f"Gateway benchmark ({r['settings']['model']}, {r['settings']['threads']} threads)")
     fig.tight_layout()
     fig.savefig(path, dpi=90)

@@ -1,0 +1,126 @@
+"""Prometheus collectors for the gateway, in a registry of their own (no global state).
+
+Request figures are recorded as requests finish; model state (queue depth, in-flight requests,
+memory, budget) is read from the registry at scrape time through `state`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_RATE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
+
+
+@dataclass(frozen=True)
+class ModelState:
+    model: str
+    state: str
+    in_flight: int  # requests generating
+    queued: int  # requests holding the model and waiting for their turn
+    estimated_bytes: int
+    measured_bytes: int | None
+
+
+class _StateCollector(Collector):
+    def __init__(self, state: Callable[[], tuple[list[ModelState], int]]) -> None:
+        self._state = state
+
+    def collect(self) -> Iterator[Metric]:
+        models, budget = self._state()
+        loaded = GaugeMetricFamily("gateway_model_loaded", "1 when the model is loaded", labels=["model"])
+        in_flight = GaugeMetricFamily("gateway_in_flight_requests", "requests generating", labels=["model"])
+        queued = GaugeMetricFamily("gateway_queue_depth", "requests waiting for the model", labels=["model"])
+        estimated = GaugeMetricFamily("gateway_model_estimated_bytes", "estimate from GGUF metadata", labels=["model"])
+        measured = GaugeMetricFamily("gateway_model_measured_bytes", "worker resident memory", labels=["model"])
+        for m in models:
+            loaded.add_metric([m.model], 1.0 if m.state == "loaded" else 0.0)
+            in_flight.add_metric([m.model], m.in_flight)
+            queued.add_metric([m.model], m.queued)
+            estimated.add_metric([m.model], m.estimated_bytes)
+            if m.measured_bytes is not None:
+                measured.add_metric([m.model], m.measured_bytes)
+        yield from (loaded, in_flight, queued, estimated, measured)
+        yield GaugeMetricFamily("gateway_memory_budget_bytes", "gateway.memory_budget", value=budget)
+        used = sum((m.measured_bytes or m.estimated_bytes) for m in models if m.state in ("loaded", "loading"))
+        yield GaugeMetricFamily("gateway_memory_used_bytes", "memory held by resident models", value=used)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "gateway_requests", "HTTP requests answered", ["model", "endpoint", "status"], registry=r
+        )
+        self.ttft = Histogram(
+            "gateway_time_to_first_token_seconds", "request to first token", ["model"], buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.latency = Histogram(
+            "gateway_request_duration_seconds", "request to last byte", ["model", "endpoint"],
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.prompt_tokens = Counter("gateway_prompt_tokens", "prompt tokens processed", ["model"], registry=r)
+        self.completion_tokens = Counter("gateway_completion_tokens", "tokens generated", ["model"], registry=r)
+        self.tokens_per_second = Histogram(
+            "gateway_tokens_per_second", "decode rate per request", ["model"], buckets=_RATE_BUCKETS, registry=r
+        )
+        self.loads = Counter("gateway_model_loads", "model loads by outcome", ["model", "outcome"], registry=r)
+        self.load_duration = Histogram(
+            "gateway_model_load_duration_seconds", "worker start to model ready", ["model"],
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.unloads = Counter(
+            "gateway_model_unloads", "unloads by reason (lru, ttl, admin, crash, reload, shutdown)",
+            ["model", "reason"], registry=r,
+        )
+        self.crashes = Counter("gateway_worker_crashes", "workers that exited unexpectedly", ["model"], registry=r)
+
+    def watch(self, state: Callable[[], tuple[list[ModelState], int]]) -> None:
+        self.registry.register(_StateCollector(state))
+
+    # Registry observer -------------------------------------------------------------------------
+
+    def model_loaded(self, model: str, seconds: float) -> None:
+        self.loads.labels(model, "ok").inc()
+        self.load_duration.labels(model).observe(seconds)
+
+    def model_load_failed(self, model: str) -> None:
+        self.loads.labels(model, "failed").inc()
+
+    def model_unloaded(self, model: str, reason: str) -> None:
+        self.unloads.labels(model, reason).inc()
+
+    def worker_crashed(self, model: str) -> None:
+        self.crashes.labels(model).inc()
+        self.unloads.labels(model, "crash").inc()
+
+    # Requests ----------------------------------------------------------------------------------
+
+    def request_done(self, model: str, endpoint: str, status: int, seconds: float) -> None:
+        self.requests.labels(model, endpoint, str(status)).inc()
+        self.latency.labels(model, endpoint).observe(seconds)
+
+    def generation_done(
+        self, model: str, ttft: float | None, prompt_tokens: int, completion_tokens: int, decode_seconds: float
+    ) -> None:
+        if ttft is not None:
+            self.ttft.labels(model).observe(ttft)
+        self.prompt_tokens.labels(model).inc(prompt_tokens)
+        self.completion_tokens.labels(model).inc(completion_tokens)
+        if completion_tokens > 1 and decode_seconds > 0:
+            self.tokens_per_second.labels(model).observe((completion_tokens - 1) / decode_seconds)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def families(metrics: Iterable[Metric]) -> dict[str, Metric]:
+    return {m.name: m for m in metrics}
