@@ -6,7 +6,7 @@ memory, budget) is read from the registry at scrape time through `state`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -60,12 +60,18 @@ class Metrics:
             "gateway_requests", "HTTP requests answered", ["model", "endpoint", "status"], registry=r
         )
         self.ttft = Histogram(
-            "gateway_time_to_first_token_seconds", "request to first token", ["model"], buckets=_LATENCY_BUCKETS,
+            "gateway_time_to_first_token_seconds",
+            "request to first token",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
             registry=r,
         )
         self.latency = Histogram(
-            "gateway_request_duration_seconds", "request to last byte", ["model", "endpoint"],
-            buckets=_LATENCY_BUCKETS, registry=r,
+            "gateway_request_duration_seconds",
+            "request to last byte",
+            ["model", "endpoint"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.prompt_tokens = Counter("gateway_prompt_tokens", "prompt tokens processed", ["model"], registry=r)
         self.completion_tokens = Counter("gateway_completion_tokens", "tokens generated", ["model"], registry=r)
@@ -74,12 +80,17 @@ class Metrics:
         )
         self.loads = Counter("gateway_model_loads", "model loads by outcome", ["model", "outcome"], registry=r)
         self.load_duration = Histogram(
-            "gateway_model_load_duration_seconds", "worker start to model ready", ["model"],
-            buckets=_LATENCY_BUCKETS, registry=r,
+            "gateway_model_load_duration_seconds",
+            "worker start to model ready",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.unloads = Counter(
-            "gateway_model_unloads", "unloads by reason (lru, ttl, admin, crash, reload, shutdown)",
-            ["model", "reason"], registry=r,
+            "gateway_model_unloads",
+            "unloads by reason (lru, ttl, admin, crash, reload, shutdown)",
+            ["model", "reason"],
+            registry=r,
         )
         self.crashes = Counter("gateway_worker_crashes", "workers that exited unexpectedly", ["model"], registry=r)
 
@@ -120,7 +131,3 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
-
-
-def families(metrics: Iterable[Metric]) -> dict[str, Metric]:
-    return {m.name: m for m in metrics}

@@ -21,6 +21,7 @@ ALLOWED: dict[str, set[str]] = {
     "engine.worker": {"errors", "engine.base", "engine.stops", "engine.deltas"},
     "engine.process": {"config", "errors", "memory", "engine.base", "engine.worker"},
     "compute": set(),
+    "metrics": set(),
     "registry": {"compute", "config", "errors", "memory", "engine.base"},
     "streaming": {"errors", "protocol", "registry", "engine.base"},
     "routes": {"errors", "protocol", "registry", "streaming", "engine.base"},
