@@ -2,24 +2,57 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway import routes
-from gateway.config import ModelEntry, Settings
+from gateway import admin, routes
+from gateway.accesslog import AccessLog
+from gateway.auth import KeyRing, RateLimiter
+from gateway.config import ModelEntry, Settings, load_settings
 from gateway.engine.base import Engine, EngineFactory
-from gateway.errors import GatewayError, internal_error
+from gateway.errors import ConfigError, GatewayError, internal_error
 from gateway.memory import ModelFacts, inspect_models, resolve_budget
+from gateway.metrics import Metrics, ModelState
+from gateway.middleware import Gate, GatewayMiddleware
+from gateway.record import RequestRecord
 from gateway.registry import Registry
 
 log = logging.getLogger(__name__)
+
+# Paths as metric labels: fixed names, so unknown paths cannot blow up the label set.
+_ENDPOINTS = {
+    "/v1/chat/completions",
+    "/v1/models",
+    "/health",
+    "/health/ready",
+    "/metrics",
+    "/admin/models",
+    "/admin/reload",
+}
+
+
+def endpoint_label(path: str) -> str:
+    if path in _ENDPOINTS:
+        return path
+    if path.startswith("/v1/models/"):
+        return "/v1/models/{model}"
+    if path.startswith("/admin/models/"):
+        return "/admin/models/{model}/" + path.rsplit("/", 1)[-1]
+    return "other"
 
 
 class _ProcessEngines:
@@ -61,8 +94,14 @@ def create_app(
     engine_factory: EngineFactory | None = None,
     facts: dict[str, ModelFacts] | None = None,
     budget: int | None = None,
+    config_path: Path | None = None,
+    handle_sighup: bool = False,
 ) -> Starlette:
-    """Build the gateway. Tests pass a fake `engine_factory`; production uses worker processes."""
+    """Build the gateway. Tests pass a fake `engine_factory`; production uses worker processes.
+
+    `config_path` is what a reload (SIGHUP with `handle_sighup`, or POST /admin/reload) reads again.
+    """
+    metrics = Metrics()
     processes = None
     if engine_factory is None:
         processes = engine_factory = _ProcessEngines(settings)
@@ -71,12 +110,59 @@ def create_app(
         facts if facts is not None else inspect_models(settings),
         engine_factory,
         budget if budget is not None else resolve_budget(settings.gateway.memory_budget),
+        observer=metrics,
     )
+    metrics.watch(lambda: _model_states(registry))
+    access_log = AccessLog(settings.gateway.access_log, settings.gateway.log_content)
+    gate = Gate(KeyRing(settings), RateLimiter(), settings.gateway.max_body_bytes, settings.gateway.log_content)
+    reload_lock = asyncio.Lock()
+
+    def finish(record: RequestRecord) -> None:
+        seconds = record.decode_seconds
+        metrics.request_done(record.model or "", endpoint_label(record.path), record.status or 0, record.elapsed)
+        if record.completion_tokens is not None:
+            metrics.generation_done(
+                record.model or "", record.ttft, record.prompt_tokens or 0, record.completion_tokens, seconds
+            )
+        access_log.write(record)
+
+    async def reload() -> dict[str, Any]:
+        """Apply the configuration file again; an invalid one changes nothing and says why."""
+        async with reload_lock:
+            if config_path is None:
+                raise GatewayError(400, "Nothing to reload: the gateway serves its embedded default configuration.")
+            try:
+                new = await asyncio.to_thread(load_settings, config_path)
+                new_facts = await asyncio.to_thread(inspect_models, new)
+            except ConfigError as exc:
+                log.error("configuration not reloaded, keeping the running one: %s", exc)
+                raise GatewayError(
+                    400, f"The configuration was not reloaded (the running one stays): {exc}", code="invalid_config"
+                ) from None
+            summary = registry.apply(new, new_facts, resolve_budget(new.gateway.memory_budget))
+            gate.keyring = KeyRing(new)
+            gate.max_body_bytes = new.gateway.max_body_bytes
+            app.state.shutdown_grace = new.gateway.shutdown_grace
+            log.info("configuration reloaded: %s", summary)
+            return summary
+
+    reloads: set[asyncio.Task[None]] = set()
+
+    def on_sighup() -> None:
+        async def run() -> None:
+            with contextlib.suppress(GatewayError):  # already logged; the running configuration stays
+                await reload()
+
+        task = asyncio.ensure_future(run())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if processes is not None:
             processes.spares.refill()
+        if handle_sighup:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_sighup)
         await registry.start()
         try:
             yield
@@ -84,13 +170,30 @@ def create_app(
             await registry.close()
             if processes is not None:
                 await processes.spares.close()
+            access_log.close()
 
     app = Starlette(
         routes=[
             Route("/health", routes.health, methods=["GET"]),
+            Route("/health/ready", routes.ready, methods=["GET"]),
+            Route("/metrics", routes.metrics, methods=["GET"]),
             Route("/v1/models", routes.list_models, methods=["GET"]),
             Route("/v1/models/{model:path}", routes.get_model, methods=["GET"]),
             Route("/v1/chat/completions", routes.chat_completions, methods=["POST"]),
+            Route("/admin/models", admin.list_running, methods=["GET"]),
+            Route("/admin/models/{model:path}/load", admin.load, methods=["POST"]),
+            Route("/admin/models/{model:path}/unload", admin.unload, methods=["POST"]),
+            Route("/admin/reload", admin.reload, methods=["POST"]),
+        ],
+        middleware=[
+            Middleware(
+                CORSMiddleware,
+                allow_origins=settings.gateway.cors_origins,
+                allow_methods=["GET", "POST", "OPTIONS"],
+                allow_headers=["authorization", "content-type", "x-api-key", "x-request-id"],
+                expose_headers=["x-request-id", "retry-after"],
+            ),
+            Middleware(GatewayMiddleware, gate=gate, on_finish=finish),
         ],
         exception_handlers={
             GatewayError: _gateway_error,
@@ -100,5 +203,15 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.registry = registry
+    app.state.metrics = metrics
+    app.state.reload = reload
     app.state.shutdown_grace = settings.gateway.shutdown_grace
     return app
+
+
+def _model_states(registry: Registry) -> tuple[list[ModelState], int]:
+    states = [
+        ModelState(s.model_id, s.state.value, s.generating, s.queued, s.facts.estimate.total, s.measured_bytes)
+        for s in registry.slots()
+    ]
+    return states, registry.budget

@@ -18,13 +18,17 @@ from gateway.units import format_bytes
 log = logging.getLogger("gateway")
 
 
-def _settings(config: Path | None) -> Settings:
+def _config_path(config: Path | None) -> Path | None:
+    """--config, else ./models.yaml, else None (the embedded default)."""
     if config is not None:
-        return load_settings(config)
+        return config
     local = Path.cwd() / DEFAULT_CONFIG_NAME
-    if local.is_file():
-        return load_settings(local)
-    return default_settings(Path.cwd())
+    return local if local.is_file() else None
+
+
+def _settings(config: Path | None) -> Settings:
+    path = _config_path(config)
+    return load_settings(path) if path else default_settings(Path.cwd())
 
 
 def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
@@ -37,9 +41,10 @@ def serve(args: argparse.Namespace) -> int:
 
     from gateway.app import create_app
 
-    settings = _settings(args.config)
+    config_path = _config_path(args.config)
+    settings = load_settings(config_path) if config_path else default_settings(Path.cwd())
     facts = inspect_models(settings)
-    app = create_app(settings, facts=facts)
+    app = create_app(settings, facts=facts, config_path=config_path, handle_sighup=True)
     grace = settings.gateway.shutdown_grace
     config = uvicorn.Config(
         app,
@@ -48,6 +53,7 @@ def serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         timeout_graceful_shutdown=int(grace) + 2,
         lifespan="on",
+        access_log=False,  # the gateway writes its own structured access log
     )
     signal.signal(signal.SIGTERM, _exit_cleanly)
     uvicorn.Server(config).run()

@@ -6,6 +6,9 @@ relative model paths are resolved against the directory of the configuration fil
 
 from __future__ import annotations
 
+import os
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -113,6 +116,23 @@ class ModelEntry(_Section):
     output: OutputSection = OutputSection()
 
 
+class ApiKey(_Section):
+    """A client key. Give the key itself (it may reference an environment variable, `${NAME}`), or its
+    sha256 hex digest so the file holds no secret."""
+
+    id: str = Field(min_length=1, description="name for logs and metrics")
+    key: str | None = Field(None, min_length=8)
+    sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
+    models: list[str] | None = Field(None, description="models (ids or aliases) this key may use; absent: all")
+    rpm: int | None = Field(None, ge=1, description="requests per minute")
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> ApiKey:
+        if (self.key is None) == (self.sha256 is None):
+            raise ValueError("give exactly one of 'key' and 'sha256'")
+        return self
+
+
 class GatewaySection(_Section):
     memory_budget: Budget = Field(
         None, description="bytes all loaded models may use together, or 'auto' (80% of physical memory)"
@@ -132,6 +152,13 @@ class GatewaySection(_Section):
         0.015,
         description="streams coalesce tokens produced within this interval into one chunk (0: a chunk per token)",
     )
+    api_keys: list[ApiKey] = Field(default_factory=list, description="absent or empty: no authentication")
+    admin_key: str | None = Field(None, min_length=8, description="guards /admin; may reference ${NAME}")
+    admin_key_sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
+    cors_origins: list[str] = Field(default_factory=list, description="origins allowed by CORS; default none")
+    max_body_bytes: ByteSize = Field(8 * 2**20, description="larger request bodies get 413")
+    access_log: str | None = Field("stderr", description="'stderr', a file path, or null for none")
+    log_content: bool = Field(False, description="include prompts and outputs in access logs")
     spare_workers: int = Field(
         1, ge=0, le=4, description="workers started ahead of need (llama.cpp imported, no model) to cut cold starts"
     )
@@ -140,6 +167,17 @@ class GatewaySection(_Section):
 class Settings(_Section):
     gateway: GatewaySection = GatewaySection()
     models: dict[str, ModelEntry] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _keys_name_known_models(self) -> Settings:
+        for i, key in enumerate(self.gateway.api_keys):
+            for name in key.models or []:
+                if self.resolve(name) is None:
+                    raise ValueError(f"gateway.api_keys.{i}.models: no model or alias named '{name}'")
+        ids = [k.id for k in self.gateway.api_keys]
+        if len(ids) != len(set(ids)):
+            raise ValueError("gateway.api_keys: key ids must be unique")
+        return self
 
     @model_validator(mode="after")
     def _names_are_unique(self) -> Settings:
@@ -174,10 +212,34 @@ def _format_validation_error(error: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def parse_settings(data: Any, base_dir: Path, *, check_files: bool = True) -> Settings:
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _expand_env(value: Any, path: str, environ: Mapping[str, str]) -> Any:
+    """Replace `${NAME}` in strings with environment variables; a missing one is an error naming its path."""
+    if isinstance(value, dict):
+        return {k: _expand_env(v, f"{path}.{k}" if path else str(k), environ) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v, f"{path}.{i}", environ) for i, v in enumerate(value)]
+    if isinstance(value, str):
+
+        def lookup(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in environ:
+                raise ConfigError(f"{path}: environment variable {name} is not set")
+            return environ[name]
+
+        return _ENV_REF.sub(lookup, value)
+    return value
+
+
+def parse_settings(
+    data: Any, base_dir: Path, *, check_files: bool = True, environ: Mapping[str, str] | None = None
+) -> Settings:
     """Validate a parsed YAML document and resolve model paths against `base_dir`."""
     if not isinstance(data, dict):
         raise ConfigError("the configuration must be a mapping with a 'models' section")
+    data = _expand_env(data, "", os.environ if environ is None else environ)
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from gateway.compute import CpuThreads, default_threads
 from gateway.config import ModelEntry, Settings
@@ -83,6 +84,29 @@ def plan_room(need: int, residents: Sequence[Resident], budget: int, max_loaded:
     return Plan(wait=True)
 
 
+class Observer(Protocol):
+    """Told about model lifecycle events (metrics implement this)."""
+
+    def model_loaded(self, model: str, seconds: float) -> None: ...
+    def model_load_failed(self, model: str) -> None: ...
+    def model_unloaded(self, model: str, reason: str) -> None: ...
+    def worker_crashed(self, model: str) -> None: ...
+
+
+class _NoObserver:
+    def model_loaded(self, model: str, seconds: float) -> None:
+        pass
+
+    def model_load_failed(self, model: str) -> None:
+        pass
+
+    def model_unloaded(self, model: str, reason: str) -> None:
+        pass
+
+    def worker_crashed(self, model: str) -> None:
+        pass
+
+
 @dataclass
 class Slot:
     """One configured model and its runtime state."""
@@ -97,14 +121,28 @@ class Slot:
     load_task: asyncio.Task[None] | None = None
     failed_until: float = 0.0
     failure: str = ""
+    generating: int = 0  # leases that hold CPU threads: running, not waiting in the queue
+    draining: bool = False  # being unloaded once its requests finish; new requests wait
+    removed: bool = False  # dropped from the configuration by a reload
+    last_measured: int | None = None
+
+    @property
+    def queued(self) -> int:
+        return self.leases - self.generating
 
     @property
     def resident(self) -> bool:
         return self.state in (State.LOADING, State.LOADED)
 
     @property
-    def memory_bytes(self) -> int:
+    def measured_bytes(self) -> int | None:
         measured = self.engine.measured_bytes() if self.engine is not None else None
+        return measured if measured is not None else self.last_measured
+
+    @property
+    def memory_bytes(self) -> int:
+        """Measured once the model has been loaded, the GGUF estimate before."""
+        measured = self.measured_bytes
         return measured if measured is not None else self.facts.estimate.total
 
 
@@ -117,6 +155,7 @@ class Lease:
         self.engine = engine
         self._released = False
         self._cpu_granted = 0
+        self._generating = False
 
     async def reserve_cpu(self) -> None:
         """Wait for this model's share of CPU threads before generating; held until release()."""
@@ -124,6 +163,8 @@ class Lease:
         threads = entry.runtime.thread_count or default_threads()
         # Offloaded models do their work on the GPU; their CPU threads mostly wait.
         self._cpu_granted = await self._registry.cpu.acquire(threads if entry.model.n_gpu_layers == 0 else 1)
+        self._slot.generating += 1
+        self._generating = True
 
     @property
     def model_id(self) -> str:
@@ -138,6 +179,8 @@ class Lease:
             self._released = True
             if self._cpu_granted:
                 self._registry.cpu.release(self._cpu_granted)
+            if self._generating:
+                self._slot.generating -= 1
             self._registry._release(self._slot)
 
 
@@ -149,12 +192,15 @@ class Registry:
         engine_factory: EngineFactory,
         budget: int,
         clock: Callable[[], float] = time.monotonic,
+        observer: Observer | None = None,
     ) -> None:
         self.settings = settings
+        self.observer: Observer = observer or _NoObserver()
         self.budget = budget
         self._factory = engine_factory
         self._clock = clock
         self._slots = {model_id: Slot(model_id, entry, facts[model_id]) for model_id, entry in settings.models.items()}
+        self._retiring: list[Slot] = []  # replaced or removed by a reload, still serving requests
         self._change = asyncio.Event()
         self._closing = False
         self._background: set[asyncio.Task[None]] = set()
@@ -178,7 +224,8 @@ class Registry:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await asyncio.gather(*(self._unload(s, "shutdown") for s in self._slots.values() if s.engine))
+        every = [*self._slots.values(), *self._retiring]
+        await asyncio.gather(*(self._unload(s, "shutdown") for s in every if s.engine))
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -192,7 +239,7 @@ class Registry:
         return list(self._slots.values())
 
     def resident_bytes(self) -> int:
-        return sum(s.memory_bytes for s in self._slots.values() if s.resident)
+        return sum(s.memory_bytes for s in [*self._slots.values(), *self._retiring] if s.resident)
 
     # -- leases --------------------------------------------------------------------------------
 
@@ -224,6 +271,11 @@ class Registry:
 
     async def _ensure_loaded(self, slot: Slot) -> Engine:
         while True:
+            if slot.removed:
+                raise model_not_found(slot.model_id)
+            if slot.draining:
+                await self._change.wait()
+                continue
             if slot.state is State.LOADED and slot.engine is not None and slot.engine.alive:
                 return slot.engine
             if slot.state is State.FAILED:
@@ -248,11 +300,14 @@ class Registry:
             await engine.start()
             slot.state = State.LOADED
             slot.last_used = self._clock()
-            log.info("loaded %s in %.2fs", slot.model_id, time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            log.info("loaded %s in %.2fs", slot.model_id, seconds)
+            self.observer.model_loaded(slot.model_id, seconds)
             await self._rebalance(keep=slot)
         except GatewayError as exc:
             slot.engine = None
             if exc.code == "model_load_failed":
+                self.observer.model_load_failed(slot.model_id)
                 slot.state = State.FAILED
                 slot.failure = exc.message.split(": ", 1)[-1]
                 slot.failed_until = self._clock() + self.settings.gateway.failure_cooldown
@@ -297,11 +352,11 @@ class Registry:
             Resident(
                 model_id=s.model_id,
                 bytes=s.memory_bytes,
-                busy=s.leases > 0 or s.state is State.LOADING,
+                busy=s.leases > 0 or s.state is State.LOADING or s in self._retiring,
                 pinned=s.entry.pinned,
                 last_used=s.last_used,
             )
-            for s in self._slots.values()
+            for s in [*self._slots.values(), *self._retiring]
             if s.resident
         ]
 
@@ -314,16 +369,20 @@ class Registry:
 
     async def _unload(self, slot: Slot, reason: str) -> None:
         engine = slot.engine
+        if engine is not None:
+            slot.last_measured = engine.measured_bytes() or slot.last_measured
         slot.engine = None
         slot.state = State.UNLOADED
         self._changed()
         if engine is not None:
             log.info("unloading %s (%s)", slot.model_id, reason)
+            self.observer.model_unloaded(slot.model_id, reason)
             await engine.stop()
 
     def _on_exit(self, slot: Slot, engine: Engine, reason: str) -> None:
         if slot.engine is engine:
             log.warning("model %s lost its worker (%s); the next request starts a new one", slot.model_id, reason)
+            self.observer.worker_crashed(slot.model_id)
             slot.engine = None
             slot.state = State.UNLOADED
             self._spawn(engine.stop())
@@ -336,6 +395,88 @@ class Registry:
             log.error("could not load pinned model %s: %s", slot.model_id, exc.message)
             return
         lease.release()
+
+    # -- operations (admin endpoints, reload) --------------------------------------------------
+
+    def ready(self) -> bool:
+        """Every pinned model is loaded."""
+        return all(s.state is State.LOADED for s in self._slots.values() if s.entry.pinned)
+
+    def idle_expiry(self, slot: Slot) -> float | None:
+        """Seconds until the TTL unloads an idle model, or None."""
+        if slot.state is not State.LOADED or slot.leases or slot.entry.pinned or slot.entry.ttl is None:
+            return None
+        return max(0.0, slot.entry.ttl - (self._clock() - slot.last_used))
+
+    async def warm(self, name: str) -> Slot:
+        """Load a model without a request (admin)."""
+        lease = await self.acquire(name)
+        lease.release()
+        return self.resolve(name)
+
+    async def unload(self, name: str, *, force: bool = False, reason: str = "admin") -> None:
+        """Unload a model; waits for its requests to finish unless `force` (they then fail)."""
+        slot = self.resolve(name)
+        if force:
+            await self._unload(slot, reason)
+        else:
+            await self._drain(slot, reason)
+
+    async def _drain(self, slot: Slot, reason: str) -> None:
+        slot.draining = True
+        self._changed()
+        try:
+            while slot.leases > 0 or slot.load_task is not None:
+                await self._change.wait()
+            await self._unload(slot, reason)
+        finally:
+            slot.draining = False
+            self._changed()
+
+    def apply(self, settings: Settings, facts: dict[str, ModelFacts], budget: int) -> dict[str, list[str]]:
+        """Switch to a new configuration (reload). New models appear; removed ones drain and unload;
+        changed ones drain and reload on their next request; unchanged loaded ones stay loaded."""
+        old = self._slots
+        added = [m for m in settings.models if m not in old]
+        removed = [m for m in old if m not in settings.models]
+        changed = [m for m in settings.models if m in old and old[m].entry != settings.models[m]]
+        unchanged = [m for m in settings.models if m in old and m not in changed]
+        slots = {m: old[m] for m in unchanged}
+        for model_id in added:
+            slots[model_id] = Slot(model_id, settings.models[model_id], facts[model_id])
+        for model_id in changed:
+            # The old slot keeps serving its in-flight requests, then unloads; the new one waits for it.
+            stale = old[model_id]
+            fresh = Slot(model_id, settings.models[model_id], facts[model_id], draining=True)
+            slots[model_id] = fresh
+            self._spawn(self._retire(stale, fresh))
+        for model_id in removed:
+            old[model_id].removed = True
+            self._spawn(self._retire(old[model_id], None))
+        self.settings = settings
+        self.budget = budget
+        self._slots = slots
+        self.cpu.capacity = CpuThreads(settings.gateway.cpu_threads).capacity
+        self._changed()
+        for model_id in added:
+            if settings.models[model_id].pinned:
+                self._spawn(self._warm(slots[model_id]))
+        return {"added": added, "removed": removed, "changed": changed, "unchanged": unchanged}
+
+    async def _retire(self, stale: Slot, successor: Slot | None) -> None:
+        stale.draining = True
+        self._retiring.append(stale)
+        try:
+            while stale.leases > 0 or stale.load_task is not None:
+                await self._change.wait()
+            await self._unload(stale, "reload")
+        finally:
+            self._retiring.remove(stale)
+            if successor is not None:
+                successor.draining = False
+            self._changed()
+        if successor is not None and successor.entry.pinned:
+            await self._warm(successor)
 
     # -- TTL -----------------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from typing import Any
 from gateway.engine.base import Delta, Finished, Generation
 from gateway.errors import GatewayError, internal_error
 from gateway.protocol import ChatResponder
+from gateway.record import RequestRecord
 from gateway.registry import Lease
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ async def chat_stream(
     responder: ChatResponder,
     generation: Generation,
     lease: Lease,
+    record: RequestRecord | None,
     *,
     include_usage: bool,
 ) -> AsyncIterator[str]:
@@ -41,8 +43,12 @@ async def chat_stream(
         try:
             async for event in generation:
                 if isinstance(event, Delta):
+                    if record is not None:
+                        record.token(event.text)
                     yield encode(responder.content_chunk(event.text))
                 elif isinstance(event, Finished):
+                    if record is not None:
+                        record.finished(event.prompt_tokens, event.completion_tokens)
                     yield encode(responder.finish_chunk(client_finish_reason(event.finish_reason)))
                     if include_usage:
                         yield encode(responder.usage_chunk(event.prompt_tokens, event.completion_tokens))
@@ -57,12 +63,16 @@ async def chat_stream(
         lease.release()
 
 
-async def collect(generation: Generation) -> tuple[str, Finished]:
+async def collect(generation: Generation, record: RequestRecord | None) -> tuple[str, Finished]:
     """Run a generation to the end for a non-streaming response."""
     parts: list[str] = []
     async for event in generation:
         if isinstance(event, Delta):
             parts.append(event.text)
+            if record is not None:
+                record.token(event.text)
         elif isinstance(event, Finished):
+            if record is not None:
+                record.finished(event.prompt_tokens, event.completion_tokens)
             return "".join(parts), event
     raise internal_error("generation ended without finishing")

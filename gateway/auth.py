@@ -1,0 +1,105 @@
+"""API keys: who may call, which models they may use, and how often.
+
+Presented keys are hashed and compared against every configured digest with `hmac.compare_digest`,
+so neither a match nor a miss returns early.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import hmac
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from gateway.config import Settings
+
+WINDOW_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class Principal:
+    key_id: str
+    models: frozenset[str] | None  # canonical model ids; None: all
+    rpm: int | None
+
+    def may_use(self, model_id: str) -> bool:
+        return self.models is None or model_id in self.models
+
+
+ANONYMOUS = Principal("anonymous", None, None)
+
+
+def _digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode("utf-8")).digest()
+
+
+class KeyRing:
+    def __init__(self, settings: Settings) -> None:
+        self._keys: list[tuple[bytes, Principal]] = []
+        for key in settings.gateway.api_keys:
+            digest = bytes.fromhex(key.sha256) if key.sha256 else _digest(key.key or "")
+            models = None
+            if key.models is not None:
+                models = frozenset(m for m in (settings.resolve(name) for name in key.models) if m is not None)
+            self._keys.append((digest, Principal(key.id, models, key.rpm)))
+        gateway = settings.gateway
+        self._admin: bytes | None = None
+        if gateway.admin_key_sha256:
+            self._admin = bytes.fromhex(gateway.admin_key_sha256)
+        elif gateway.admin_key:
+            self._admin = _digest(gateway.admin_key)
+
+    @property
+    def required(self) -> bool:
+        """Whether /v1 needs a key (any configured)."""
+        return bool(self._keys)
+
+    def authenticate(self, presented: str | None) -> Principal | None:
+        if not self._keys:
+            return ANONYMOUS
+        if not presented:
+            return None
+        digest = _digest(presented)
+        found = None
+        for stored, principal in self._keys:
+            if hmac.compare_digest(stored, digest) and found is None:
+                found = principal
+        return found
+
+    def is_admin(self, presented: str | None) -> bool:
+        """Admin endpoints take the admin key; with no admin key and no API keys they are open."""
+        if self._admin is None:
+            return not self._keys
+        return presented is not None and hmac.compare_digest(self._admin, _digest(presented))
+
+
+class RateLimiter:
+    """Sliding one-minute window of request times per key."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._seen: dict[str, collections.deque[float]] = {}
+
+    def check(self, principal: Principal) -> float | None:
+        """Record a request; returns seconds to wait when the key is over its limit (not recorded)."""
+        if principal.rpm is None:
+            return None
+        now = self._clock()
+        window = self._seen.setdefault(principal.key_id, collections.deque())
+        while window and now - window[0] >= WINDOW_SECONDS:
+            window.popleft()
+        if len(window) >= principal.rpm:
+            return WINDOW_SECONDS - (now - window[0])
+        window.append(now)
+        return None
+
+
+def presented_key(authorization: str | None, x_api_key: str | None) -> str | None:
+    """The key from `Authorization: Bearer KEY` or `x-api-key: KEY`."""
+    if authorization:
+        scheme, _, value = authorization.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    return x_api_key.strip() if x_api_key else None
