@@ -61,13 +61,49 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def check(args: argparse.Namespace) -> int:
+    """Validate the configuration and report what each model needs; exit 1 on any problem."""
+    from gateway.engine.worker import backend_info
+
     settings = _settings(args.config)
     facts = inspect_models(settings)
     budget = resolve_budget(settings.gateway.memory_budget)
-    print(f"memory budget: {format_bytes(budget)}")
+    backend = backend_info()
+    offload = "supported" if backend["gpu_offload"] else "not supported"
+    print(f"llama.cpp backend: {backend['backend']} (GPU offload {offload})")
+    print(f"memory budget: {format_bytes(budget)}, max_loaded: {settings.gateway.max_loaded or 'no limit'}")
+    problems = 0
     for model_id, fact in facts.items():
         print(_describe(model_id, settings, fact))
-    return 0
+        entry = settings.models[model_id]
+        if entry.model.n_gpu_layers != 0 and not backend["gpu_offload"]:
+            print(
+                f"  warning: {model_id} asks for GPU offload (n_gpu_layers={entry.model.n_gpu_layers}) but this "
+                "llama.cpp build cannot offload; it will run on the CPU"
+            )
+        if not fact.has_chat_template and not entry.model.chat_format:
+            print(f"  warning: {model_id} has no chat template: chat requests will be refused")
+        if fact.estimate.total > budget:
+            print(f"  problem: {model_id} needs {format_bytes(fact.estimate.total)} and can never fit the budget")
+            problems += 1
+    _print_fits(settings, facts, budget)
+    return 1 if problems else 0
+
+
+def _print_fits(settings: Settings, facts: dict[str, ModelFacts], budget: int) -> None:
+    sizes = {m: f.estimate.total for m, f in facts.items()}
+    total = sum(sizes.values())
+    limit = settings.gateway.max_loaded
+    if total <= budget and (limit is None or len(sizes) <= limit):
+        print(f"all models fit together ({format_bytes(total)} of {format_bytes(budget)})")
+        return
+    print(f"not all models fit together ({format_bytes(total)} of {format_bytes(budget)}); each fit together with:")
+    for model_id, size in sizes.items():
+        partners = [
+            other
+            for other, other_size in sizes.items()
+            if other != model_id and size + other_size <= budget and (limit is None or limit >= 2)
+        ]
+        print(f"  {model_id}: {', '.join(partners) if partners else 'none (alone only)'}")
 
 
 def _describe(model_id: str, settings: Settings, fact: ModelFacts) -> str:

@@ -65,6 +65,18 @@ def main(conn: Connection) -> None:
         cancelled.discard(request_id)
 
 
+def backend_info() -> dict[str, Any]:
+    """What this llama.cpp build can run on (for `gateway check`); imports llama_cpp here, in the caller."""
+    import llama_cpp
+
+    system = llama_cpp.llama_print_system_info()
+    text = system.decode("utf-8", errors="replace") if isinstance(system, bytes) else str(system)
+    gpu = bool(llama_cpp.llama_supports_gpu_offload())
+    upper = text.upper()
+    name = next((b for b in ("CUDA", "Metal", "Vulkan", "ROCm", "SYCL") if b.upper() in upper), "CPU")
+    return {"backend": name if gpu else "CPU", "gpu_offload": gpu, "system_info": text.strip()}
+
+
 def _read_commands(conn: Connection, jobs: queue.SimpleQueue[tuple[int, dict[str, Any]]], cancelled: set[int]) -> None:
     while True:
         try:

@@ -61,8 +61,8 @@ def fresh_server(tmp_path: Path) -> Iterator[Any]:
     """Starts servers for one test and stops whatever is left at the end."""
     started: list[GatewayServer] = []
 
-    def start(config: dict[str, Any]) -> GatewayServer:
-        gateway = GatewayServer(config, tmp_path)
+    def start(config: dict[str, Any], env: dict[str, str] | None = None) -> GatewayServer:
+        gateway = GatewayServer(config, tmp_path, env)
         started.append(gateway)
         return gateway
 

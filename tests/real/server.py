@@ -34,7 +34,7 @@ def free_port() -> int:
 
 
 class GatewayServer:
-    def __init__(self, config: dict[str, Any], workdir: Path) -> None:
+    def __init__(self, config: dict[str, Any], workdir: Path, env: dict[str, str] | None = None) -> None:
         self.config_path = workdir / "models.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
         self.port = free_port()
@@ -46,7 +46,7 @@ class GatewayServer:
             cwd=REPO,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
         self._wait_ready()
 

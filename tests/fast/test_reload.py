@@ -1,0 +1,109 @@
+"""Reloading the configuration: the diff is applied without dropping anyone's request."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from starlette.testclient import TestClient
+
+from gateway.app import create_app
+from gateway.config import parse_settings
+from gateway.engine.fake import FakeEngineFactory
+from gateway.errors import GatewayError
+from gateway.memory import inspect_models
+from gateway.registry import Registry, State
+
+MSG = [{"role": "user", "content": "hi"}]
+
+
+def loaded(registry: Registry) -> set[str]:
+    return {s.model_id for s in registry.slots() if s.state is State.LOADED}
+
+
+@pytest.mark.anyio
+async def test_apply_diff_keeps_requests_running(make_config: Any, tmp_path: Path) -> None:
+    before = parse_settings(make_config({"same": {}, "changed": {}, "gone": {}}), tmp_path)
+    factory = FakeEngineFactory()
+    registry = Registry(before, inspect_models(before), factory, budget=2**40)
+    same = await registry.acquire("same")
+    changed = await registry.acquire("changed")
+    gone = await registry.acquire("gone")
+    same_engine, changed_engine = same.engine, changed.engine
+
+    after = parse_settings(make_config({"same": {}, "changed": {"model": {"n_ctx": 128}}, "new": {}}), tmp_path)
+    summary = registry.apply(after, inspect_models(after), 2**40)
+    assert summary == {"added": ["new"], "removed": ["gone"], "changed": ["changed"], "unchanged": ["same"]}
+
+    # In-flight requests keep their engines until they finish.
+    assert same_engine.alive and changed_engine.alive and gone.engine.alive
+    with pytest.raises(GatewayError) as info:
+        await registry.acquire("gone")
+    assert info.value.code == "model_not_found"
+    # A new request for the changed model waits for the old one to drain, then loads the new entry.
+    waiting = asyncio.create_task(registry.acquire("changed"))
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    changed.release()
+    fresh = await asyncio.wait_for(waiting, 5)
+    assert fresh.engine is not changed_engine and not changed_engine.alive
+    assert fresh.entry.model.n_ctx == 128
+    fresh.release()
+    gone.release()
+    await asyncio.sleep(0.01)
+    assert not gone.engine.alive
+    # The unchanged model was never touched.
+    assert same.engine is same_engine and same_engine.alive
+    same.release()
+    (await registry.acquire("new")).release()
+    assert loaded(registry) == {"same", "changed", "new"}
+    assert factory.loads == {"same": 1, "changed": 2, "gone": 1, "new": 1}
+    await registry.close()
+    assert factory.live() == []
+
+
+def write(path: Path, doc: dict[str, Any]) -> None:
+    path.write_text(yaml.safe_dump(doc))
+
+
+def test_reload_endpoint_applies_valid_and_refuses_invalid(make_config: Any, tmp_path: Path) -> None:
+    config = tmp_path / "models.yaml"
+    write(config, make_config({"a": {}}))
+    settings = parse_settings(make_config({"a": {}}), tmp_path)
+    app = create_app(settings, engine_factory=FakeEngineFactory(), config_path=config)
+    with TestClient(app) as client:
+        assert client.post("/v1/chat/completions", json={"model": "a", "messages": MSG}).status_code == 200
+        config.write_text("models:\n  a:\n    model: {path: nowhere.gguf}\n")
+        refused = client.post("/admin/reload")
+        assert refused.status_code == 400
+        error = refused.json()["error"]
+        assert error["code"] == "invalid_config" and "file not found" in error["message"]
+        assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["a"]
+        assert client.post("/v1/chat/completions", json={"model": "a", "messages": MSG}).status_code == 200
+
+        write(config, make_config({"a": {}, "b": {}}))
+        applied = client.post("/admin/reload").json()
+        assert applied == {"reloaded": True, "added": ["b"], "removed": [], "changed": [], "unchanged": ["a"]}
+        assert client.post("/v1/chat/completions", json={"model": "b", "messages": MSG}).status_code == 200
+        states = {m["id"]: m["status"]["value"] for m in client.get("/v1/models").json()["data"]}
+        assert states == {"a": "loaded", "b": "loaded"}
+
+
+def test_reload_replaces_keys(make_config: Any, tmp_path: Path) -> None:
+    config = tmp_path / "models.yaml"
+    doc = make_config(
+        {"a": {}}, gateway={"api_keys": [{"id": "one", "key": "first-key-123"}], "admin_key": "admin-123456"}
+    )
+    write(config, doc)
+    app = create_app(parse_settings(doc, tmp_path), engine_factory=FakeEngineFactory(), config_path=config)
+    with TestClient(app) as client:
+        admin = {"authorization": "Bearer admin-123456"}
+        assert client.get("/v1/models", headers={"authorization": "Bearer first-key-123"}).status_code == 200
+        doc["gateway"]["api_keys"] = [{"id": "two", "key": "second-key-123"}]
+        write(config, doc)
+        assert client.post("/admin/reload", headers=admin).status_code == 200
+        assert client.get("/v1/models", headers={"authorization": "Bearer first-key-123"}).status_code == 401
+        assert client.get("/v1/models", headers={"authorization": "Bearer second-key-123"}).status_code == 200
