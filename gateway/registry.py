@@ -122,8 +122,8 @@ class Slot:
     failed_until: float = 0.0
     failure: str = ""
     generating: int = 0  # leases that hold CPU threads: running, not waiting in the queue
-    draining: bool = False  # being unloaded once its requests finish; new requests wait
-    removed: bool = False  # dropped from the configuration by a reload
+    draining: bool = False  # being unloaded once the requests it has admitted finish
+    blocked: bool = False  # new requests wait: a drain is under way, or the old version still drains
     last_measured: int | None = None
 
     @property
@@ -252,6 +252,9 @@ class Registry:
         slot = self.resolve(name)
         if self._closing:
             raise shutting_down()
+        while slot.blocked:
+            await self._change.wait()
+            slot = self.resolve(name)  # a reload may have replaced or removed it meanwhile
         limit = slot.entry.max_queue or self.settings.gateway.max_queue
         if slot.leases >= limit:
             raise queue_full(slot.model_id, limit, QUEUE_RETRY_AFTER)
@@ -271,11 +274,6 @@ class Registry:
 
     async def _ensure_loaded(self, slot: Slot) -> Engine:
         while True:
-            if slot.removed:
-                raise model_not_found(slot.model_id)
-            if slot.draining:
-                await self._change.wait()
-                continue
             if slot.state is State.LOADED and slot.engine is not None and slot.engine.alive:
                 return slot.engine
             if slot.state is State.FAILED:
@@ -423,14 +421,14 @@ class Registry:
             await self._drain(slot, reason)
 
     async def _drain(self, slot: Slot, reason: str) -> None:
-        slot.draining = True
+        slot.draining = slot.blocked = True
         self._changed()
         try:
             while slot.leases > 0 or slot.load_task is not None:
                 await self._change.wait()
             await self._unload(slot, reason)
         finally:
-            slot.draining = False
+            slot.draining = slot.blocked = False
             self._changed()
 
     def apply(self, settings: Settings, facts: dict[str, ModelFacts], budget: int) -> dict[str, list[str]]:
@@ -447,12 +445,11 @@ class Registry:
         for model_id in changed:
             # The old slot keeps serving its in-flight requests, then unloads; the new one waits for it.
             stale = old[model_id]
-            fresh = Slot(model_id, settings.models[model_id], facts[model_id], draining=True)
+            fresh = Slot(model_id, settings.models[model_id], facts[model_id], blocked=True)
             slots[model_id] = fresh
-            self._spawn(self._retire(stale, fresh))
+            self._spawn(self._retire(stale))
         for model_id in removed:
-            old[model_id].removed = True
-            self._spawn(self._retire(old[model_id], None))
+            self._spawn(self._retire(old[model_id]))
         self.settings = settings
         self.budget = budget
         self._slots = slots
@@ -463,20 +460,25 @@ class Registry:
                 self._spawn(self._warm(slots[model_id]))
         return {"added": added, "removed": removed, "changed": changed, "unchanged": unchanged}
 
-    async def _retire(self, stale: Slot, successor: Slot | None) -> None:
+    async def _retire(self, stale: Slot) -> None:
+        """Unload a replaced or removed model once its admitted requests finish; the version now
+        configured (if any) opens to requests when no older version of it is left."""
         stale.draining = True
         self._retiring.append(stale)
+        current = None
         try:
             while stale.leases > 0 or stale.load_task is not None:
                 await self._change.wait()
             await self._unload(stale, "reload")
         finally:
             self._retiring.remove(stale)
-            if successor is not None:
-                successor.draining = False
+            stale.draining = False
+            current = self._slots.get(stale.model_id)
+            if current is not None and not any(r.model_id == stale.model_id for r in self._retiring):
+                current.blocked = False
             self._changed()
-        if successor is not None and successor.entry.pinned:
-            await self._warm(successor)
+        if current is not None and not current.blocked and current.entry.pinned:
+            await self._warm(current)
 
     # -- TTL -----------------------------------------------------------------------------------
 

@@ -107,3 +107,31 @@ def test_reload_replaces_keys(make_config: Any, tmp_path: Path) -> None:
         assert client.post("/admin/reload", headers=admin).status_code == 200
         assert client.get("/v1/models", headers={"authorization": "Bearer first-key-123"}).status_code == 401
         assert client.get("/v1/models", headers={"authorization": "Bearer second-key-123"}).status_code == 200
+
+
+@pytest.mark.anyio
+async def test_reload_racing_a_load_and_another_reload(make_config: Any, tmp_path: Path) -> None:
+    from gateway.engine.fake import FakeScript
+
+    before = parse_settings(make_config({"m": {}}), tmp_path)
+    factory = FakeEngineFactory(scripts={"m": FakeScript(load_delay=0.05)})
+    registry = Registry(before, inspect_models(before), factory, budget=2**40)
+    loading = asyncio.create_task(registry.acquire("m"))
+    await asyncio.sleep(0.01)
+    first = parse_settings(make_config({"m": {"model": {"n_ctx": 100}}}), tmp_path)
+    second = parse_settings(make_config({"m": {"model": {"n_ctx": 200}}}), tmp_path)
+    registry.apply(first, inspect_models(first), 2**40)
+    registry.apply(second, inspect_models(second), 2**40)
+    old = await asyncio.wait_for(loading, 5)  # the request that started the load is served by it
+    assert old.entry.model.n_ctx == 64
+    waiting = asyncio.create_task(registry.acquire("m"))
+    await asyncio.sleep(0.2)  # several load delays: the new version must not start before the old drains
+    assert not waiting.done()
+    assert factory.loads == {"m": 1}
+    old.release()
+    fresh = await asyncio.wait_for(waiting, 5)
+    assert fresh.entry.model.n_ctx == 200
+    assert factory.loads == {"m": 2}
+    fresh.release()
+    await registry.close()
+    assert factory.live() == []
