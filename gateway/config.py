@@ -99,6 +99,9 @@ class OutputSection(_Section):
     max_tokens: int | None = Field(
         None, ge=1, description="default completion length; default: until the context is full"
     )
+    grammar_schema: dict[str, Any] | None = Field(
+        None, description="JSON schema every answer must follow unless the request sets response_format"
+    )
 
 
 class ModelEntry(_Section):

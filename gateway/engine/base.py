@@ -32,6 +32,8 @@ class GenerationParams:
     stop: list[str]
     seed: int | None
     delta_interval: float = 0.0  # seconds the engine may coalesce streamed text over
+    # Output constraint enforced with a grammar: {"json_object": True} or {"json_schema": {...}}.
+    constraint: dict[str, Any] | None = None
 
     def to_wire(self) -> dict[str, Any]:
         return asdict(self)
@@ -63,9 +65,18 @@ def chat_params(request: ChatCompletionRequest, entry: ModelEntry, delta_interva
         frequency_penalty=pick(request.frequency_penalty, defaults.frequency_penalty),
         stop=request.stop_list,
         seed=pick(request.seed, defaults.seed),
+        constraint=_constraint(request, entry),
         # Nobody sees the pieces of a non-streamed answer: send them in one message at the end.
         delta_interval=delta_interval if request.stream else math.inf,
     )
+
+
+def _constraint(request: ChatCompletionRequest, entry: ModelEntry) -> dict[str, Any] | None:
+    if request.response_format is not None:
+        return request.response_format.constraint()
+    if entry.output.grammar_schema is not None:
+        return {"json_schema": entry.output.grammar_schema}
+    return None
 
 
 @dataclass(frozen=True)

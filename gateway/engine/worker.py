@@ -15,6 +15,7 @@ between two tokens. The worker exits when its parent goes away (the pipe reaches
 from __future__ import annotations
 
 import codecs
+import json
 import os
 import queue
 import random
@@ -134,6 +135,24 @@ def _formatter(llm: Any, chat_format: str | None) -> Formatter | None:
     )
 
 
+def _grammar(constraint: dict[str, Any] | None) -> Any:
+    """A llama.cpp grammar for the response format; a schema it cannot express is the client's 400."""
+    if not constraint:
+        return None
+    from llama_cpp import llama_grammar
+
+    if constraint.get("json_object"):
+        return llama_grammar.LlamaGrammar.from_string(llama_grammar.JSON_GBNF, verbose=False)
+    try:
+        text = json.dumps(constraint["json_schema"])
+        return llama_grammar.LlamaGrammar.from_json_schema(text, verbose=False)
+    except Exception as exc:  # the converter raises plain exceptions for schemas it cannot handle
+        raise invalid_request(
+            f"response_format.json_schema cannot be enforced with a grammar: {type(exc).__name__}: {exc}",
+            param="response_format",
+        ) from None
+
+
 def _generate(
     llm: Any,
     formatter: Formatter | None,
@@ -157,6 +176,7 @@ def _generate(
     n_ctx = llm.n_ctx()
     if len(prompt) >= n_ctx:
         raise context_length_exceeded(len(prompt), n_ctx)
+    grammar = _grammar(params.constraint)
     room = n_ctx - len(prompt)
     limit = min(params.max_tokens, room) if params.max_tokens else room
     template_stops = rendered.stop if isinstance(rendered.stop, list) else [rendered.stop] if rendered.stop else []
@@ -179,6 +199,7 @@ def _generate(
         repeat_penalty=params.repeat_penalty,
         presence_penalty=params.presence_penalty,
         frequency_penalty=params.frequency_penalty,
+        grammar=grammar,
     ):
         if request_id in cancelled:
             finish_reason = "cancelled"

@@ -69,7 +69,12 @@ def test_malformed_json() -> None:
         (body(logit_bias={"1": 5}), "logit_bias"),
         (body(logprobs=True), "logprobs"),
         (body(stream_options={"include_usage": True}), "stream_options"),
-        (body(response_format={"type": "json_object"}), "response_format.type"),
+        (body(response_format={"type": "xml"}), "response_format.type"),
+        (body(response_format={"type": "json_schema"}), "response_format"),
+        (
+            body(response_format={"type": "json_schema", "json_schema": {"name": "x"}}),
+            "response_format.json_schema.schema",
+        ),
         (
             body(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]),
             "messages[0].content[0].type",
