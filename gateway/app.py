@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 # Paths as metric labels: fixed names, so unknown paths cannot blow up the label set.
 _ENDPOINTS = {
     "/v1/chat/completions",
+    "/v1/completions",
+    "/extras/tokenize",
+    "/extras/detokenize",
     "/v1/models",
     "/health",
     "/health/ready",
@@ -180,6 +183,9 @@ def create_app(
             Route("/v1/models", routes.list_models, methods=["GET"]),
             Route("/v1/models/{model:path}", routes.get_model, methods=["GET"]),
             Route("/v1/chat/completions", routes.chat_completions, methods=["POST"]),
+            Route("/v1/completions", routes.completions, methods=["POST"]),
+            Route("/extras/tokenize", routes.tokenize, methods=["POST"]),
+            Route("/extras/detokenize", routes.detokenize, methods=["POST"]),
             Route("/admin/models", admin.list_running, methods=["GET"]),
             Route("/admin/models/{model:path}/load", admin.load, methods=["POST"]),
             Route("/admin/models/{model:path}/unload", admin.unload, methods=["POST"]),

@@ -95,12 +95,12 @@ def model_not_found(model: str) -> GatewayError:
     )
 
 
-def context_length_exceeded(prompt_tokens: int, n_ctx: int) -> GatewayError:
+def context_length_exceeded(prompt_tokens: int, n_ctx: int, param: str = "messages") -> GatewayError:
     return GatewayError(
         400,
-        f"This model's maximum context length is {n_ctx} tokens. However, your messages resulted in "
-        f"{prompt_tokens} tokens. Please reduce the length of the messages.",
-        param="messages",
+        f"This model's maximum context length is {n_ctx} tokens. However, your {param} resulted in "
+        f"{prompt_tokens} tokens. Please reduce the length of the {param}.",
+        param=param,
         code="context_length_exceeded",
     )
 

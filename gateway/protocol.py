@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import time
-import uuid
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -65,6 +63,8 @@ class ResponseFormat(_Strict):
         return None
 
 
+_Model = TypeVar("_Model", bound=BaseModel)
+
 # Fields OpenAI defines that this gateway does not implement yet: refused by name, never ignored.
 UNSUPPORTED_FIELDS = (
     "tools",
@@ -78,13 +78,13 @@ UNSUPPORTED_FIELDS = (
 )
 
 
-class ChatCompletionRequest(_Strict):
+class _GenerationRequest(_Strict):
+    """Fields chat and text completions share."""
+
     model: str = Field(min_length=1)
-    messages: list[Message] = Field(min_length=1)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     max_tokens: Annotated[int, Field(ge=1)] | None = None
-    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(ge=0, le=1)] | None = None
     presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
@@ -92,9 +92,6 @@ class ChatCompletionRequest(_Strict):
     seed: int | None = None
     stop: str | list[str] | None = None
     n: Annotated[int, Field(ge=1, le=1)] | None = None
-    logprobs: Literal[False] | None = None
-    response_format: ResponseFormat | None = None
-    modalities: list[Literal["text"]] | None = None
     user: str | None = None
     # llama.cpp sampling extensions
     top_k: Annotated[int, Field(ge=0)] | None = None
@@ -117,11 +114,35 @@ class ChatCompletionRequest(_Strict):
 
     @property
     def completion_limit(self) -> int | None:
-        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+        return self.max_tokens
 
     @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class ChatCompletionRequest(_GenerationRequest):
+    messages: list[Message] = Field(min_length=1)
+    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    logprobs: Literal[False] | None = None
+    response_format: ResponseFormat | None = None
+    modalities: list[Literal["text"]] | None = None
+
+    @property
+    def completion_limit(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+
+class CompletionRequest(_GenerationRequest):
+    prompt: str | Annotated[list[str], Field(min_length=1)]
+    echo: bool = False
+    suffix: str | None = None
+    logprobs: Annotated[int, Field(ge=0, le=0)] | None = None
+    best_of: Annotated[int, Field(ge=1, le=1)] | None = None
+
+    @property
+    def prompts(self) -> list[str]:
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
 
 
 def _param_name(loc: tuple[int | str, ...]) -> str:
@@ -145,25 +166,30 @@ def _describe(error: dict[str, Any]) -> str:
     return str(error["msg"]).replace("Input should be", "should be")
 
 
-def parse_chat_request(body: bytes) -> ChatCompletionRequest:
-    """Parse and validate a chat completion request body, or raise a 400 naming the bad param."""
+def _load_json(body: bytes) -> dict[str, Any]:
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise invalid_request(f"The request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise invalid_request("The request body must be a JSON object.")
-    for name in UNSUPPORTED_FIELDS:
+    return data
+
+
+def _refuse(data: dict[str, Any], unsupported: tuple[str, ...]) -> None:
+    """Fields OpenAI defines that this gateway does not implement: a 400 naming them, never ignored."""
+    for name in unsupported:
         if data.get(name) is not None:
             raise invalid_request(f"'{name}' is not supported by this gateway yet.", param=name)
-    if data.get("n") not in (None, 1) and isinstance(data.get("n"), int) and data["n"] >= 1:
+    if isinstance(data.get("n"), int) and data["n"] > 1:
         raise invalid_request("'n' greater than 1 is not supported by this gateway yet.", param="n")
-    if data.get("logprobs") is True:
-        raise invalid_request("'logprobs' is not supported by this gateway yet.", param="logprobs")
     if data.get("stream_options") is not None and not data.get("stream"):
         raise invalid_request("'stream_options' is only allowed when 'stream' is true.", param="stream_options")
+
+
+def _validate(cls: type[_Model], data: dict[str, Any]) -> _Model:
     try:
-        return ChatCompletionRequest.model_validate(data)
+        return cls.model_validate(data)
     except ValidationError as exc:
         # Within a union (content: str | parts) the deepest error is the one that explains the problem.
         first = max(exc.errors(), key=lambda e: len(e["loc"]))
@@ -172,70 +198,44 @@ def parse_chat_request(body: bytes) -> ChatCompletionRequest:
         raise invalid_request(message, param=param or None) from None
 
 
-class ChatResponder:
-    """Builds the response body or stream chunks for one chat completion."""
-
-    def __init__(self, model: str) -> None:
-        self.id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
-        self.created = int(time.time())
-        self.model = model
-
-    def _chunk(self, choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> dict[str, Any]:
-        chunk: dict[str, Any] = {
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": choices,
-        }
-        if usage is not None:
-            chunk["usage"] = usage
-        return chunk
-
-    def role_chunk(self) -> dict[str, Any]:
-        return self._chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
-
-    def content_chunk(self, text: str) -> dict[str, Any]:
-        return self._chunk([{"index": 0, "delta": {"content": text}, "finish_reason": None}])
-
-    def finish_chunk(self, finish_reason: str) -> dict[str, Any]:
-        return self._chunk([{"index": 0, "delta": {}, "finish_reason": finish_reason}])
-
-    def usage_chunk(self, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
-        return self._chunk([], usage(prompt_tokens, completion_tokens))
-
-    def completion(self, text: str, finish_reason: str, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "object": "chat.completion",
-            "created": self.created,
-            "model": self.model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text, "refusal": None},
-                    "logprobs": None,
-                    "finish_reason": finish_reason,
-                }
-            ],
-            "usage": usage(prompt_tokens, completion_tokens),
-        }
+def parse_chat_request(body: bytes) -> ChatCompletionRequest:
+    """Parse and validate a chat completion request body, or raise a 400 naming the bad param."""
+    data = _load_json(body)
+    _refuse(data, UNSUPPORTED_FIELDS)
+    if data.get("logprobs") is True:
+        raise invalid_request("'logprobs' is not supported by this gateway yet.", param="logprobs")
+    return _validate(ChatCompletionRequest, data)
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }
+def parse_completion_request(body: bytes) -> CompletionRequest:
+    """Parse and validate a legacy text completion request body, or raise a 400 naming the bad param."""
+    data = _load_json(body)
+    _refuse(data, ("logit_bias",))
+    if data.get("suffix"):
+        raise invalid_request("'suffix' (insertion) is not supported by this gateway.", param="suffix")
+    if isinstance(data.get("logprobs"), int) and data["logprobs"] > 0:
+        raise invalid_request("'logprobs' is not supported by this gateway yet.", param="logprobs")
+    if isinstance(data.get("best_of"), int) and data["best_of"] > 1:
+        raise invalid_request("'best_of' greater than 1 is not supported by this gateway yet.", param="best_of")
+    prompt = data.get("prompt")
+    if isinstance(prompt, list) and prompt and not all(isinstance(p, str) for p in prompt):
+        raise invalid_request("'prompt' as token arrays is not supported yet; send text.", param="prompt")
+    return _validate(CompletionRequest, data)
 
 
-def model_card(model_id: str, created: int, status: str, memory_bytes: int) -> dict[str, Any]:
-    return {
-        "id": model_id,
-        "object": "model",
-        "created": created,
-        "owned_by": "gateway",
-        "status": {"value": status},
-        "memory_bytes": memory_bytes,
-    }
+class TokenizeRequest(_Strict):
+    model: str = Field(min_length=1)
+    input: str
+
+
+class DetokenizeRequest(_Strict):
+    model: str = Field(min_length=1)
+    tokens: list[Annotated[int, Field(ge=0)]]
+
+
+def parse_tokenize_request(body: bytes) -> TokenizeRequest:
+    return _validate(TokenizeRequest, _load_json(body))
+
+
+def parse_detokenize_request(body: bytes) -> DetokenizeRequest:
+    return _validate(DetokenizeRequest, _load_json(body))

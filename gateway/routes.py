@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import anyio
 from sse_starlette.sse import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from gateway.auth import ANONYMOUS, Principal
-from gateway.engine.base import Started, chat_params
-from gateway.errors import internal_error, invalid_request, model_not_found
+from gateway.engine.base import Generation, GenerationParams, Started, chat_params, completion_params
+from gateway.errors import context_length_exceeded, internal_error, invalid_request, model_not_found
 from gateway.metrics import CONTENT_TYPE, Metrics
-from gateway.protocol import ChatResponder, model_card, parse_chat_request
+from gateway.protocol import (
+    parse_chat_request,
+    parse_completion_request,
+    parse_detokenize_request,
+    parse_tokenize_request,
+)
 from gateway.record import RequestRecord
-from gateway.registry import Registry, Slot
-from gateway.streaming import chat_stream, client_finish_reason, collect
+from gateway.registry import Lease, Registry, Slot
+from gateway.responses import ChatResponder, CompletionResponder, model_card
+from gateway.streaming import client_finish_reason, collect, event_stream
 
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 SSE_PING_SECONDS = 15
@@ -79,6 +87,46 @@ async def get_model(request: Request) -> Response:
     return JSONResponse(_card(resolve_for(request, request.path_params["model"])))
 
 
+async def _hold(registry: Registry, model_id: str) -> Lease:
+    """A lease on a loaded model plus its share of the CPU, for one generating request."""
+    lease = await registry.acquire(model_id)
+    try:
+        await lease.reserve_cpu()
+    except BaseException:
+        lease.release()
+        raise
+    return lease
+
+
+async def _start(lease: Lease, params: GenerationParams) -> Generation:
+    """Send a generation and wait until it has begun. Rendering, tokenizing and the context check
+    happen before that, so their errors are still answered with their own status, not in a 200 stream."""
+    generation = lease.engine.generate(params)
+    try:
+        first = await generation.next_event()
+        if not isinstance(first, Started):
+            raise internal_error(f"unexpected first event {type(first).__name__}")
+    except BaseException:
+        generation.cancel()
+        raise
+    return generation
+
+
+def _sse(request: Request, events: AsyncIterator[str]) -> Response:
+    return EventSourceResponse(
+        events,
+        headers=STREAM_HEADERS,
+        sep="\n",
+        ping=SSE_PING_SECONDS,
+        shutdown_event=anyio.Event(),
+        shutdown_grace_period=request.app.state.shutdown_grace,
+    )
+
+
+async def _one(generation: Generation) -> AsyncIterator[tuple[int, Generation]]:
+    yield 0, generation
+
+
 async def chat_completions(request: Request) -> Response:
     chat = parse_chat_request(await request.body())
     record = _record(request)
@@ -95,41 +143,90 @@ async def chat_completions(request: Request) -> Response:
             code="chat_template_missing",
         )
     registry = registry_of(request)
-    lease = await registry.acquire(slot.model_id)
+    lease = await _hold(registry, slot.model_id)
     try:
-        await lease.reserve_cpu()
-        interval = registry.settings.gateway.stream_interval
-        generation = lease.engine.generate(chat_params(chat, lease.entry, interval))
-        try:
-            # Rendering, tokenizing and the context check happen before this event: errors are
-            # still answered with their own status, not inside a 200 stream.
-            first = await generation.next_event()
-        except BaseException:
-            generation.cancel()
-            raise
-        if not isinstance(first, Started):
-            raise internal_error(f"unexpected first event {type(first).__name__}")
+        generation = await _start(lease, chat_params(chat, lease.entry, registry.settings.gateway.stream_interval))
     except BaseException:
         lease.release()
         raise
-
     responder = ChatResponder(lease.model_id)
     if chat.stream:
-        return EventSourceResponse(
-            chat_stream(responder, generation, lease, record, include_usage=chat.include_usage),
-            headers=STREAM_HEADERS,
-            sep="\n",
-            ping=SSE_PING_SECONDS,
-            shutdown_event=anyio.Event(),
-            shutdown_grace_period=request.app.state.shutdown_grace,
-        )
+        return _sse(request, event_stream(responder, _one(generation), lease, record, include_usage=chat.include_usage))
     try:
         text, finished = await collect(generation, record)
     finally:
-        generation.cancel()
         lease.release()
+    if record is not None:
+        record.finished(finished.prompt_tokens, finished.completion_tokens)
     return JSONResponse(
         responder.completion(
             text, client_finish_reason(finished.finish_reason), finished.prompt_tokens, finished.completion_tokens
         )
     )
+
+
+async def completions(request: Request) -> Response:
+    """Legacy text completions: the prompt is sent as is, without a chat template; one choice per prompt."""
+    body = parse_completion_request(await request.body())
+    record = _record(request)
+    slot = resolve_for(request, body.model)
+    if record is not None:
+        record.model = slot.model_id
+    registry = registry_of(request)
+    interval = registry.settings.gateway.stream_interval
+    prompts = body.prompts
+    lease = await _hold(registry, slot.model_id)
+    try:
+        # Later prompts start after the response has begun: check they fit before it does.
+        for prompt in prompts[1:]:
+            count = len(await lease.engine.tokenize(prompt)) + 1  # + BOS
+            if count >= lease.entry.model.n_ctx:
+                raise context_length_exceeded(count, lease.entry.model.n_ctx, "prompt")
+        first = await _start(lease, completion_params(body, prompts[0], lease.entry, interval))
+    except BaseException:
+        lease.release()
+        raise
+
+    async def generations() -> AsyncIterator[tuple[int, Generation]]:
+        yield 0, first
+        for index, prompt in enumerate(prompts[1:], start=1):
+            yield index, await _start(lease, completion_params(body, prompt, lease.entry, interval))
+
+    responder = CompletionResponder(lease.model_id, echo=prompts if body.echo else None)
+    if body.stream:
+        return _sse(request, event_stream(responder, generations(), lease, record, include_usage=body.include_usage))
+    choices: list[tuple[str, str]] = []
+    prompt_tokens = completion_tokens = 0
+    try:
+        async for _, generation in generations():
+            text, finished = await collect(generation, record)
+            choices.append((text, client_finish_reason(finished.finish_reason)))
+            prompt_tokens += finished.prompt_tokens
+            completion_tokens += finished.completion_tokens
+    finally:
+        lease.release()
+    if record is not None:
+        record.finished(prompt_tokens, completion_tokens)
+    return JSONResponse(responder.completion(choices, prompt_tokens, completion_tokens))
+
+
+async def tokenize(request: Request) -> Response:
+    body = parse_tokenize_request(await request.body())
+    slot = resolve_for(request, body.model)
+    lease = await registry_of(request).acquire(slot.model_id)
+    try:
+        tokens = await lease.engine.tokenize(body.input)
+    finally:
+        lease.release()
+    return JSONResponse({"model": slot.model_id, "tokens": tokens, "count": len(tokens)})
+
+
+async def detokenize(request: Request) -> Response:
+    body = parse_detokenize_request(await request.body())
+    slot = resolve_for(request, body.model)
+    lease = await registry_of(request).acquire(slot.model_id)
+    try:
+        text = await lease.engine.detokenize(body.tokens)
+    finally:
+        lease.release()
+    return JSONResponse({"model": slot.model_id, "text": text})

@@ -1,4 +1,4 @@
-"""Engine events → OpenAI chat completion chunks, as SSE `data:` payloads.
+"""Engine events → OpenAI stream chunks (chat or text completion), as SSE `data:` payloads.
 
 The response has already been committed (status 200) when this runs, so a failure is sent in-band
 as `data: {"error": ...}` followed by `data: [DONE]`. When the client goes away, sse-starlette
@@ -10,16 +10,22 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Protocol
 
 from gateway.engine.base import Delta, Finished, Generation
 from gateway.errors import GatewayError, internal_error
-from gateway.protocol import ChatResponder
 from gateway.record import RequestRecord
 from gateway.registry import Lease
 
 log = logging.getLogger(__name__)
 DONE = "[DONE]"
+
+
+class StreamResponder(Protocol):
+    def begin_chunks(self, index: int) -> list[dict[str, Any]]: ...
+    def text_chunk(self, index: int, text: str) -> dict[str, Any]: ...
+    def finish_chunk(self, index: int, finish_reason: str) -> dict[str, Any]: ...
+    def usage_chunk(self, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]: ...
 
 
 def encode(payload: dict[str, Any]) -> str:
@@ -30,49 +36,58 @@ def client_finish_reason(reason: str) -> str:
     return "length" if reason == "length" else "stop"
 
 
-async def chat_stream(
-    responder: ChatResponder,
-    generation: Generation,
+async def event_stream(
+    responder: StreamResponder,
+    generations: AsyncIterator[tuple[int, Generation]],
     lease: Lease,
     record: RequestRecord | None,
     *,
     include_usage: bool,
 ) -> AsyncIterator[str]:
+    """Stream each (choice index, generation) in turn, then the usage chunk and [DONE]."""
+    prompt_tokens = completion_tokens = 0
     try:
-        yield encode(responder.role_chunk())
         try:
-            async for event in generation:
-                if isinstance(event, Delta):
-                    if record is not None:
-                        record.token(event.text)
-                    yield encode(responder.content_chunk(event.text))
-                elif isinstance(event, Finished):
-                    if record is not None:
-                        record.finished(event.prompt_tokens, event.completion_tokens)
-                    yield encode(responder.finish_chunk(client_finish_reason(event.finish_reason)))
-                    if include_usage:
-                        yield encode(responder.usage_chunk(event.prompt_tokens, event.completion_tokens))
+            async for index, generation in generations:
+                try:
+                    for chunk in responder.begin_chunks(index):
+                        yield encode(chunk)
+                    async for event in generation:
+                        if isinstance(event, Delta):
+                            if record is not None:
+                                record.token(event.text)
+                            yield encode(responder.text_chunk(index, event.text))
+                        elif isinstance(event, Finished):
+                            prompt_tokens += event.prompt_tokens
+                            completion_tokens += event.completion_tokens
+                            yield encode(responder.finish_chunk(index, client_finish_reason(event.finish_reason)))
+                finally:
+                    generation.cancel()
+            if record is not None:
+                record.finished(prompt_tokens, completion_tokens)
+            if include_usage:
+                yield encode(responder.usage_chunk(prompt_tokens, completion_tokens))
         except GatewayError as exc:
             yield encode(exc.body())
         except Exception as exc:  # a bug of ours: still end the stream in the OpenAI way
-            log.exception("chat stream failed")
+            log.exception("stream failed")
             yield encode(internal_error(type(exc).__name__).body())
         yield DONE
     finally:
-        generation.cancel()
         lease.release()
 
 
 async def collect(generation: Generation, record: RequestRecord | None) -> tuple[str, Finished]:
     """Run a generation to the end for a non-streaming response."""
     parts: list[str] = []
-    async for event in generation:
-        if isinstance(event, Delta):
-            parts.append(event.text)
-            if record is not None:
-                record.token(event.text)
-        elif isinstance(event, Finished):
-            if record is not None:
-                record.finished(event.prompt_tokens, event.completion_tokens)
-            return "".join(parts), event
+    try:
+        async for event in generation:
+            if isinstance(event, Delta):
+                parts.append(event.text)
+                if record is not None:
+                    record.token(event.text)
+            elif isinstance(event, Finished):
+                return "".join(parts), event
+    finally:
+        generation.cancel()
     raise internal_error("generation ended without finishing")

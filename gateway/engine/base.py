@@ -13,14 +13,16 @@ from gateway.errors import GatewayError
 
 if TYPE_CHECKING:  # the worker process imports this module: keep pydantic out of it
     from gateway.config import ModelEntry
-    from gateway.protocol import ChatCompletionRequest
+    from gateway.protocol import ChatCompletionRequest, CompletionRequest, _GenerationRequest
+
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for the legacy endpoint
 
 
 @dataclass(frozen=True)
 class GenerationParams:
     """One generation, in plain values that cross a process boundary."""
 
-    messages: list[dict[str, str]]
+    messages: list[dict[str, str]] | None  # a chat, formatted with the model's template
     max_tokens: int | None
     temperature: float
     top_p: float
@@ -34,6 +36,7 @@ class GenerationParams:
     delta_interval: float = 0.0  # seconds the engine may coalesce streamed text over
     # Output constraint enforced with a grammar: {"json_object": True} or {"json_schema": {...}}.
     constraint: dict[str, Any] | None = None
+    prompt: str | None = None  # raw text completion instead of a chat
 
     def to_wire(self) -> dict[str, Any]:
         return asdict(self)
@@ -43,31 +46,49 @@ class GenerationParams:
         return cls(**data)
 
 
+def _pick(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+def _sampling(request: _GenerationRequest, entry: ModelEntry, delta_interval: float) -> dict[str, Any]:
+    """Request fields over the model entry's `sampling` defaults."""
+    defaults = entry.sampling
+    return {
+        "temperature": _pick(request.temperature, defaults.temperature),
+        "top_p": _pick(request.top_p, defaults.top_p),
+        "top_k": _pick(request.top_k, defaults.top_k),
+        "min_p": _pick(request.min_p, defaults.min_p),
+        "repeat_penalty": _pick(request.repeat_penalty, defaults.repeat_penalty),
+        "presence_penalty": _pick(request.presence_penalty, defaults.presence_penalty),
+        "frequency_penalty": _pick(request.frequency_penalty, defaults.frequency_penalty),
+        "stop": request.stop_list,
+        "seed": _pick(request.seed, defaults.seed),
+        # Nobody sees the pieces of a non-streamed answer: send them in one message at the end.
+        "delta_interval": delta_interval if request.stream else math.inf,
+    }
+
+
 def chat_params(request: ChatCompletionRequest, entry: ModelEntry, delta_interval: float = 0.0) -> GenerationParams:
     """Request fields over the model entry's `sampling` and `output` defaults."""
-    defaults = entry.sampling
-
-    def pick(value: Any, default: Any) -> Any:
-        return default if value is None else value
-
     return GenerationParams(
         # Chat templates know "system"; OpenAI's newer "developer" role means the same.
         messages=[
             {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in request.messages
         ],
-        max_tokens=pick(request.completion_limit, entry.output.max_tokens),
-        temperature=pick(request.temperature, defaults.temperature),
-        top_p=pick(request.top_p, defaults.top_p),
-        top_k=pick(request.top_k, defaults.top_k),
-        min_p=pick(request.min_p, defaults.min_p),
-        repeat_penalty=pick(request.repeat_penalty, defaults.repeat_penalty),
-        presence_penalty=pick(request.presence_penalty, defaults.presence_penalty),
-        frequency_penalty=pick(request.frequency_penalty, defaults.frequency_penalty),
-        stop=request.stop_list,
-        seed=pick(request.seed, defaults.seed),
+        max_tokens=_pick(request.completion_limit, entry.output.max_tokens),
         constraint=_constraint(request, entry),
-        # Nobody sees the pieces of a non-streamed answer: send them in one message at the end.
-        delta_interval=delta_interval if request.stream else math.inf,
+        **_sampling(request, entry, delta_interval),
+    )
+
+
+def completion_params(
+    request: CompletionRequest, prompt: str, entry: ModelEntry, delta_interval: float = 0.0
+) -> GenerationParams:
+    return GenerationParams(
+        messages=None,
+        prompt=prompt,
+        max_tokens=_pick(request.max_tokens, COMPLETIONS_DEFAULT_MAX_TOKENS),
+        **_sampling(request, entry, delta_interval),
     )
 
 
@@ -157,6 +178,13 @@ class Engine(ABC):
     @property
     @abstractmethod
     def alive(self) -> bool: ...
+
+    @abstractmethod
+    async def tokenize(self, text: str) -> list[int]:
+        """The model's tokens for `text` (no BOS), computed without waiting behind generations."""
+
+    @abstractmethod
+    async def detokenize(self, tokens: list[int]) -> str: ...
 
     @abstractmethod
     def measured_bytes(self) -> int | None:

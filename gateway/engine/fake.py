@@ -57,6 +57,14 @@ class FakeEngine(Engine):
         self._lock = asyncio.Lock()
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._next_id = 0
+        self._vocab: dict[str, int] = {}
+
+    async def tokenize(self, text: str) -> list[int]:
+        return [self._vocab.setdefault(word, len(self._vocab) + 1) for word in text.split()]
+
+    async def detokenize(self, tokens: list[int]) -> str:
+        words = {i: w for w, i in self._vocab.items()}
+        return " ".join(words.get(t, "?") for t in tokens)
 
     @property
     def alive(self) -> bool:
@@ -101,10 +109,13 @@ class FakeEngine(Engine):
             self._tasks.pop(generation.request_id, None)
 
     async def _produce(self, generation: Generation, params: GenerationParams) -> None:
-        prompt_tokens = sum(len(m["content"].split()) for m in params.messages)
+        if params.prompt is not None:
+            prompt_tokens, param = len(params.prompt.split()), "prompt"
+        else:
+            prompt_tokens, param = sum(len(m["content"].split()) for m in params.messages or []), "messages"
         n_ctx = self.entry.model.n_ctx
         if prompt_tokens >= n_ctx:
-            generation.feed(context_length_exceeded(prompt_tokens, n_ctx))
+            generation.feed(context_length_exceeded(prompt_tokens, n_ctx, param))
             return
         limit = min(params.max_tokens or n_ctx, n_ctx - prompt_tokens)
         generation.feed(Started(prompt_tokens))

@@ -121,6 +121,7 @@ class ProcessEngine(Engine):
         self._conn: Connection | None = None
         self._loaded: asyncio.Future[dict[str, Any]] | None = None
         self._generations: dict[int, Generation] = {}
+        self._calls: dict[int, asyncio.Future[Any]] = {}
         self._ids = itertools.count(1)
         self._stopping = False
         self._dead_reason: str | None = None
@@ -160,6 +161,26 @@ class ProcessEngine(Engine):
         self._generations[generation.request_id] = generation
         self._send(("generate", generation.request_id, params.to_wire()))
         return generation
+
+    async def tokenize(self, text: str) -> list[int]:
+        tokens: list[int] = await self._call("tokenize", text)
+        return tokens
+
+    async def detokenize(self, tokens: list[int]) -> str:
+        text: str = await self._call("detokenize", tokens)
+        return text
+
+    async def _call(self, op: str, argument: Any) -> Any:
+        if not self.alive:
+            raise worker_died(self.model_id, self._dead_reason or "not running")
+        call_id = next(self._ids)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._calls[call_id] = future
+        self._send(("call", call_id, op, argument))
+        try:
+            return await future
+        finally:
+            self._calls.pop(call_id, None)
 
     def _cancel(self, request_id: int) -> None:
         if self._generations.pop(request_id, None) is not None:
@@ -203,6 +224,15 @@ class ProcessEngine(Engine):
             if self._loaded and not self._loaded.done():
                 self._loaded.set_exception(load_failed(self.model_id, message[1], None))
             return
+        call = self._calls.get(message[1])
+        if call is not None:
+            if call.done():
+                return
+            if kind == "result":
+                call.set_result(message[2])
+            elif kind == "error":
+                call.set_exception(GatewayError.from_wire(message[2]))
+            return
         generation = self._generations.get(message[1])
         if generation is None:
             return  # cancelled: the worker's last words about it are not needed
@@ -241,6 +271,9 @@ class ProcessEngine(Engine):
         for generation in self._generations.values():
             generation.feed(error)
         self._generations.clear()
+        for call in self._calls.values():
+            if not call.done():
+                call.set_exception(error)
         if not self._stopping:
             log.warning("worker for model %s stopped unexpectedly: %s", self.model_id, reason)
             self._report_exit(reason)

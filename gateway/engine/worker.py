@@ -2,10 +2,12 @@
 
 Started with the `spawn` method by `engine/process.py`. Protocol over the pipe (tuples):
 
-parent → worker: ("load", config) first, then ("generate", id, params) | ("cancel", id) | ("shutdown",)
+parent → worker: ("load", config) first, then ("generate", id, params) | ("cancel", id)
+                 | ("call", id, op, argument) | ("shutdown",)
 worker → parent: ("loaded", info) | ("load_failed", reason)
                  ("started", id, prompt_tokens) | ("delta", id, text)
                  ("finished", id, finish_reason, prompt_tokens, completion_tokens) | ("error", id, error)
+                 ("result", id, value)   (answer to a call: tokenize or detokenize)
 
 A worker imports llama_cpp as soon as it starts and then waits for its model, so a spare one can be
 started ahead of need. A reader thread takes commands so that a cancel reaches the generation loop
@@ -52,17 +54,23 @@ def main(conn: Connection) -> None:
 
     jobs: queue.SimpleQueue[tuple[int, dict[str, Any]]] = queue.SimpleQueue()
     cancelled: set[int] = set()
-    threading.Thread(target=_read_commands, args=(conn, jobs, cancelled), daemon=True).start()
+    lock = threading.Lock()
+
+    def send(message: tuple[Any, ...]) -> None:
+        with lock:  # both threads answer on the one pipe
+            conn.send(message)
+
+    threading.Thread(target=_read_commands, args=(conn, send, jobs, cancelled, llm), daemon=True).start()
     while True:
         request_id, params = jobs.get()
         try:
-            _generate(llm, formatter, request_id, GenerationParams.from_wire(params), conn.send, cancelled)
+            _generate(llm, formatter, request_id, GenerationParams.from_wire(params), send, cancelled)
         except GatewayError as exc:
-            conn.send(("error", request_id, exc.to_wire()))
+            send(("error", request_id, exc.to_wire()))
         except (BrokenPipeError, EOFError):
             os._exit(0)
         except Exception as exc:
-            conn.send(("error", request_id, internal_error(f"{type(exc).__name__}: {exc}").to_wire()))
+            send(("error", request_id, internal_error(f"{type(exc).__name__}: {exc}").to_wire()))
         cancelled.discard(request_id)
 
 
@@ -78,7 +86,9 @@ def backend_info() -> dict[str, Any]:
     return {"backend": name if gpu else "CPU", "gpu_offload": gpu, "system_info": text.strip()}
 
 
-def _read_commands(conn: Connection, jobs: queue.SimpleQueue[tuple[int, dict[str, Any]]], cancelled: set[int]) -> None:
+def _read_commands(
+    conn: Connection, send: Send, jobs: queue.SimpleQueue[tuple[int, dict[str, Any]]], cancelled: set[int], llm: Any
+) -> None:
     while True:
         try:
             message = conn.recv()
@@ -89,9 +99,30 @@ def _read_commands(conn: Connection, jobs: queue.SimpleQueue[tuple[int, dict[str
             jobs.put((message[1], message[2]))
         elif kind == "cancel":
             cancelled.add(message[1])
+        elif kind == "call":
+            # Tokenizing reads only the vocabulary: answered here, not queued behind generations.
+            _, call_id, op, argument = message
+            try:
+                send(("result", call_id, _call(llm, op, argument)))
+            except (BrokenPipeError, EOFError):
+                os._exit(0)
+            except Exception as exc:
+                send(("error", call_id, invalid_request(f"{op} failed: {exc}", "tokens").to_wire()))
         elif kind == "shutdown":
             # Unloading means returning the memory now; the OS reclaims everything at exit.
             os._exit(0)
+
+
+def _call(llm: Any, op: str, argument: Any) -> Any:
+    if op == "tokenize":
+        return llm.tokenize(str(argument).encode("utf-8"), add_bos=False, special=True)
+    if op == "detokenize":
+        n_vocab = llm.n_vocab()
+        bad = [t for t in argument if not isinstance(t, int) or not 0 <= t < n_vocab]
+        if bad:
+            raise ValueError(f"token ids out of range 0..{n_vocab - 1}: {bad[:5]}")
+        return llm.detokenize(list(argument), special=True).decode("utf-8", errors="replace")
+    raise ValueError(f"unknown call {op!r}")
 
 
 def _load(config: dict[str, Any]) -> tuple[Any, Formatter | None]:
@@ -135,6 +166,12 @@ def _formatter(llm: Any, chat_format: str | None) -> Formatter | None:
     )
 
 
+def _stops(stop: str | list[str] | None) -> list[str]:
+    if stop is None:
+        return []
+    return [stop] if isinstance(stop, str) else list(stop)
+
+
 def _grammar(constraint: dict[str, Any] | None) -> Any:
     """A llama.cpp grammar for the response format; a schema it cannot express is the client's 400."""
     if not constraint:
@@ -166,20 +203,24 @@ def _generate(
     if request_id in cancelled:
         send(("finished", request_id, "cancelled", 0, 0))
         return
-    if formatter is None:
-        raise invalid_request("This model has no chat template; set model.chat_format in models.yaml.")
-    try:
-        rendered = formatter(messages=params.messages)
-    except Exception as exc:  # templates raise for message orders they do not support
-        raise invalid_request(f"The model's chat template rejected the messages: {exc}", "messages") from None
-    prompt = llm.tokenize(rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special, special=True)
+    template_stops: list[str] = []
+    if params.prompt is not None:
+        prompt = llm.tokenize(params.prompt.encode("utf-8"), add_bos=True, special=True)
+    else:
+        if formatter is None:
+            raise invalid_request("This model has no chat template; set model.chat_format in models.yaml.")
+        try:
+            rendered = formatter(messages=params.messages)
+        except Exception as exc:  # templates raise for message orders they do not support
+            raise invalid_request(f"The model's chat template rejected the messages: {exc}", "messages") from None
+        prompt = llm.tokenize(rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special, special=True)
+        template_stops = _stops(rendered.stop)
     n_ctx = llm.n_ctx()
     if len(prompt) >= n_ctx:
-        raise context_length_exceeded(len(prompt), n_ctx)
+        raise context_length_exceeded(len(prompt), n_ctx, "messages" if params.prompt is None else "prompt")
     grammar = _grammar(params.constraint)
     room = n_ctx - len(prompt)
     limit = min(params.max_tokens, room) if params.max_tokens else room
-    template_stops = rendered.stop if isinstance(rendered.stop, list) else [rendered.stop] if rendered.stop else []
     matcher = StopMatcher([*params.stop, *template_stops])
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     send(("started", request_id, len(prompt)))

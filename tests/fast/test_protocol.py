@@ -6,7 +6,8 @@ import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from gateway.errors import GatewayError
-from gateway.protocol import ChatResponder, parse_chat_request
+from gateway.protocol import parse_chat_request
+from gateway.responses import ChatResponder
 
 OK = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -93,9 +94,9 @@ def test_response_shapes_validate_with_sdk_types() -> None:
     responder = ChatResponder("m")
     ChatCompletion.model_validate(responder.completion("hello", "stop", 3, 1))
     chunks = [
-        responder.role_chunk(),
-        responder.content_chunk("he"),
-        responder.finish_chunk("length"),
+        *responder.begin_chunks(0),
+        responder.text_chunk(0, "he"),
+        responder.finish_chunk(0, "length"),
         responder.usage_chunk(3, 1),
     ]
     parsed = [ChatCompletionChunk.model_validate(c) for c in chunks]
