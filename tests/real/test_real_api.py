@@ -1,0 +1,167 @@
+"""API breadth on the real server: structured output, text completions, tokenizer helpers, refusals."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import jsonschema
+import openai
+import pytest
+from openai import OpenAI
+
+from tests.real.conftest import model, standard_config
+from tests.real.server import GEMMA, SMOLLM, GatewayServer
+
+pytestmark = pytest.mark.real
+
+PERSON = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 24},
+        "age": {"type": "integer", "minimum": 0, "maximum": 120},
+        "role": {"type": "string", "enum": ["admin", "editor", "viewer"]},
+        "skills": {"type": "array", "items": {"type": "string", "maxLength": 16}, "maxItems": 3},
+        "address": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string", "maxLength": 24},
+                "zip": {"type": "string", "pattern": "^[0-9]{5}$"},
+            },
+            "required": ["city", "zip"],
+        },
+    },
+    "required": ["name", "age", "role", "skills", "address"],
+}
+ASK = [{"role": "user", "content": "Invent a user profile."}]
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    config = standard_config()
+    config["models"]["smollm2-json"] = model(SMOLLM, output={"grammar_schema": PERSON})
+    config["models"]["gemma-base"] = model(GEMMA)  # no chat template, no chat_format: text completions only
+    server = GatewayServer(config, tmp_path_factory.mktemp("api"))
+    yield server
+    server.stop()
+
+
+def sdk(server: GatewayServer) -> OpenAI:
+    return OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def test_json_schema_outputs_always_validate(api: GatewayServer) -> None:
+    client = sdk(api)
+    fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON, "strict": True}}
+    for seed in range(6):
+        reply = client.chat.completions.create(
+            model="smollm2",
+            messages=ASK,
+            response_format=fmt,
+            max_tokens=300,
+            temperature=0.9,
+            seed=seed,  # type: ignore[arg-type]
+        )
+        assert reply.choices[0].finish_reason == "stop"
+        jsonschema.validate(json.loads(reply.choices[0].message.content or ""), PERSON)
+
+
+def test_json_schema_streamed(api: GatewayServer) -> None:
+    fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}}
+    stream = sdk(api).chat.completions.create(
+        model="smollm2",
+        messages=ASK,
+        response_format=fmt,
+        max_tokens=300,
+        stream=True,
+        seed=3,  # type: ignore[arg-type]
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    jsonschema.validate(json.loads(text), PERSON)
+
+
+def test_model_default_grammar_schema(api: GatewayServer) -> None:
+    reply = sdk(api).chat.completions.create(model="smollm2-json", messages=ASK, max_tokens=300, seed=1)
+    jsonschema.validate(json.loads(reply.choices[0].message.content or ""), PERSON)
+
+
+def test_json_object(api: GatewayServer) -> None:
+    reply = sdk(api).chat.completions.create(
+        model="smollm2",
+        messages=[{"role": "user", "content": "Reply with a JSON object with the keys name and age for Bob, 30."}],
+        response_format={"type": "json_object"},
+        max_tokens=300,
+        temperature=0,
+    )
+    assert reply.choices[0].finish_reason == "stop"
+    assert isinstance(json.loads(reply.choices[0].message.content or ""), dict)
+
+
+def test_schema_the_grammar_cannot_express_is_400(api: GatewayServer) -> None:
+    fmt = {"type": "json_schema", "json_schema": {"name": "odd", "schema": {"type": "frobnicate"}}}
+    for stream in (False, True):
+        with pytest.raises(openai.BadRequestError) as info:
+            result = sdk(api).chat.completions.create(
+                model="smollm2",
+                messages=ASK,
+                response_format=fmt,
+                stream=stream,  # type: ignore[call-overload]
+            )
+            list(result) if stream else None
+        assert info.value.param == "response_format"
+
+
+def test_text_completions(api: GatewayServer) -> None:
+    client = sdk(api)
+    completion = client.completions.create(
+        model="gemma-base",
+        prompt=["The capital of France is", "Two plus two is"],
+        max_tokens=6,
+        temperature=0,
+        echo=True,
+    )
+    assert [c.index for c in completion.choices] == [0, 1]
+    assert completion.choices[0].text.startswith("The capital of France is")
+    assert completion.choices[1].text.startswith("Two plus two is")
+    assert completion.usage is not None and completion.usage.completion_tokens == 12
+    with pytest.raises(openai.BadRequestError) as info:  # a base model without a template: no chat
+        client.chat.completions.create(model="gemma-base", messages=ASK)
+    assert info.value.code == "chat_template_missing"
+    chunks = list(
+        client.completions.create(
+            model="smollm2",
+            prompt="Once upon a time",
+            max_tokens=8,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 8
+    assert "".join(c.choices[0].text for c in chunks if c.choices)
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model="smollm2", prompt="x" * 5000)
+    assert info.value.code == "context_length_exceeded"
+
+
+def test_tokenizer_helpers_round_trip(api: GatewayServer) -> None:
+    text = "Hello, tokenizer!"
+    tokens = httpx.post(f"{api.base_url}/extras/tokenize", json={"model": "smollm2", "input": text}).json()
+    assert tokens["count"] == len(tokens["tokens"]) > 2
+    back = httpx.post(f"{api.base_url}/extras/detokenize", json={"model": "smollm2", "tokens": tokens["tokens"]})
+    assert back.json()["text"] == text
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"n": 2}, "n"),
+        ({"logprobs": True}, "logprobs"),
+        ({"logit_bias": {"1": 1}}, "logit_bias"),
+        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]}, "tools"),
+    ],
+)
+def test_unsupported_fields_are_refused_by_name(api: GatewayServer, extra: dict[str, Any], param: str) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        sdk(api).chat.completions.create(model="smollm2", messages=ASK, max_tokens=2, **extra)
+    assert info.value.param == param
