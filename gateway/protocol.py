@@ -71,11 +71,12 @@ UNSUPPORTED_FIELDS = (
     "tool_choice",
     "functions",
     "function_call",
-    "logit_bias",
     "audio",
     "prediction",
     "web_search_options",
 )
+
+MAX_CHOICES = 16  # n: choices are generated one after another on the model's worker
 
 
 class _GenerationRequest(_Strict):
@@ -91,7 +92,8 @@ class _GenerationRequest(_Strict):
     frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
     seed: int | None = None
     stop: str | list[str] | None = None
-    n: Annotated[int, Field(ge=1, le=1)] | None = None
+    n: Annotated[int, Field(ge=1, le=MAX_CHOICES)] | None = None
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
     user: str | None = None
     # llama.cpp sampling extensions
     top_k: Annotated[int, Field(ge=0)] | None = None
@@ -104,6 +106,18 @@ class _GenerationRequest(_Strict):
         if isinstance(value, list) and len(value) > 4:
             raise ValueError("at most 4 stop sequences are allowed")
         return value
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_ids(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for key in value or {}:
+            if not key.isdigit():
+                raise ValueError(f"keys must be token ids, got {key!r}")
+        return value
+
+    @property
+    def choices(self) -> int:
+        return self.n or 1
 
     @property
     def stop_list(self) -> list[str]:
@@ -124,7 +138,8 @@ class _GenerationRequest(_Strict):
 class ChatCompletionRequest(_GenerationRequest):
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
-    logprobs: Literal[False] | None = None
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     response_format: ResponseFormat | None = None
     modalities: list[Literal["text"]] | None = None
 
@@ -137,7 +152,7 @@ class CompletionRequest(_GenerationRequest):
     prompt: str | Annotated[list[str], Field(min_length=1)]
     echo: bool = False
     suffix: str | None = None
-    logprobs: Annotated[int, Field(ge=0, le=0)] | None = None
+    logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
     best_of: Annotated[int, Field(ge=1, le=1)] | None = None
 
     @property
@@ -181,8 +196,6 @@ def _refuse(data: dict[str, Any], unsupported: tuple[str, ...]) -> None:
     for name in unsupported:
         if data.get(name) is not None:
             raise invalid_request(f"'{name}' is not supported by this gateway yet.", param=name)
-    if isinstance(data.get("n"), int) and data["n"] > 1:
-        raise invalid_request("'n' greater than 1 is not supported by this gateway yet.", param="n")
     if data.get("stream_options") is not None and not data.get("stream"):
         raise invalid_request("'stream_options' is only allowed when 'stream' is true.", param="stream_options")
 
@@ -202,19 +215,19 @@ def parse_chat_request(body: bytes) -> ChatCompletionRequest:
     """Parse and validate a chat completion request body, or raise a 400 naming the bad param."""
     data = _load_json(body)
     _refuse(data, UNSUPPORTED_FIELDS)
-    if data.get("logprobs") is True:
-        raise invalid_request("'logprobs' is not supported by this gateway yet.", param="logprobs")
+    if data.get("top_logprobs") is not None and data.get("logprobs") is not True:
+        raise invalid_request("'top_logprobs' needs 'logprobs': true.", param="top_logprobs")
     return _validate(ChatCompletionRequest, data)
 
 
 def parse_completion_request(body: bytes) -> CompletionRequest:
     """Parse and validate a legacy text completion request body, or raise a 400 naming the bad param."""
     data = _load_json(body)
-    _refuse(data, ("logit_bias",))
+    _refuse(data, ())
     if data.get("suffix"):
         raise invalid_request("'suffix' (insertion) is not supported by this gateway.", param="suffix")
-    if isinstance(data.get("logprobs"), int) and data["logprobs"] > 0:
-        raise invalid_request("'logprobs' is not supported by this gateway yet.", param="logprobs")
+    if data.get("echo") is True and data.get("logprobs") is not None:
+        raise invalid_request("'logprobs' for the echoed prompt is not supported; drop 'echo'.", param="logprobs")
     if isinstance(data.get("best_of"), int) and data["best_of"] > 1:
         raise invalid_request("'best_of' greater than 1 is not supported by this gateway yet.", param="best_of")
     prompt = data.get("prompt")

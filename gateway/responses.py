@@ -6,6 +6,17 @@ import time
 import uuid
 from typing import Any
 
+Logprobs = list[dict[str, Any]]  # per token: token, logprob, bytes, top_logprobs
+
+
+class Choice:
+    """One finished choice of a non-streamed answer."""
+
+    def __init__(self, text: str, finish_reason: str, logprobs: Logprobs | None = None) -> None:
+        self.text = text
+        self.finish_reason = finish_reason
+        self.logprobs = logprobs
+
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     return {
@@ -49,13 +60,19 @@ class ChatResponder(_Responder):
     def begin_chunks(self, index: int) -> list[dict[str, Any]]:
         return [self._chunk([{"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])]
 
-    def text_chunk(self, index: int, text: str) -> dict[str, Any]:
-        return self._chunk([{"index": index, "delta": {"content": text}, "finish_reason": None}])
+    def text_chunk(self, index: int, text: str, logprobs: Logprobs | None = None) -> dict[str, Any]:
+        choice = {
+            "index": index,
+            "delta": {"content": text},
+            "logprobs": _chat_logprobs(logprobs),
+            "finish_reason": None,
+        }
+        return self._chunk([choice])
 
     def finish_chunk(self, index: int, finish_reason: str) -> dict[str, Any]:
         return self._chunk([{"index": index, "delta": {}, "finish_reason": finish_reason}])
 
-    def completion(self, text: str, finish_reason: str, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+    def completion(self, choices: list[Choice], prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
         return {
             "id": self.id,
             "object": "chat.completion",
@@ -63,11 +80,12 @@ class ChatResponder(_Responder):
             "model": self.model,
             "choices": [
                 {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text, "refusal": None},
-                    "logprobs": None,
-                    "finish_reason": finish_reason,
+                    "index": i,
+                    "message": {"role": "assistant", "content": c.text, "refusal": None},
+                    "logprobs": _chat_logprobs(c.logprobs),
+                    "finish_reason": c.finish_reason,
                 }
+                for i, c in enumerate(choices)
             ],
             "usage": usage(prompt_tokens, completion_tokens),
         }
@@ -81,18 +99,19 @@ class CompletionResponder(_Responder):
 
     def __init__(self, model: str, echo: list[str] | None = None) -> None:
         super().__init__(model)
-        self.echo = echo  # each prompt, when the client asked for it back
+        self.echo = echo  # per choice, the prompt to send back first, when the client asked for it
 
     def begin_chunks(self, index: int) -> list[dict[str, Any]]:
         return [self.text_chunk(index, self.echo[index])] if self.echo and self.echo[index] else []
 
-    def text_chunk(self, index: int, text: str) -> dict[str, Any]:
-        return self._chunk([{"text": text, "index": index, "logprobs": None, "finish_reason": None}])
+    def text_chunk(self, index: int, text: str, logprobs: Logprobs | None = None) -> dict[str, Any]:
+        choice = {"text": text, "index": index, "logprobs": _legacy_logprobs(logprobs), "finish_reason": None}
+        return self._chunk([choice])
 
     def finish_chunk(self, index: int, finish_reason: str) -> dict[str, Any]:
         return self._chunk([{"text": "", "index": index, "logprobs": None, "finish_reason": finish_reason}])
 
-    def completion(self, choices: list[tuple[str, str]], prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+    def completion(self, choices: list[Choice], prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
         return {
             "id": self.id,
             "object": "text_completion",
@@ -100,15 +119,35 @@ class CompletionResponder(_Responder):
             "model": self.model,
             "choices": [
                 {
-                    "text": (self.echo[i] if self.echo else "") + text,
+                    "text": (self.echo[i] if self.echo else "") + c.text,
                     "index": i,
-                    "logprobs": None,
-                    "finish_reason": reason,
+                    "logprobs": _legacy_logprobs(c.logprobs),
+                    "finish_reason": c.finish_reason,
                 }
-                for i, (text, reason) in enumerate(choices)
+                for i, c in enumerate(choices)
             ],
             "usage": usage(prompt_tokens, completion_tokens),
         }
+
+
+def _chat_logprobs(entries: Logprobs | None) -> dict[str, Any] | None:
+    return None if entries is None else {"content": entries, "refusal": None}
+
+
+def _legacy_logprobs(entries: Logprobs | None) -> dict[str, Any] | None:
+    """The completions endpoint's older shape: parallel lists, alternatives as {token: logprob}."""
+    if entries is None:
+        return None
+    offsets, offset = [], 0
+    for entry in entries:
+        offsets.append(offset)
+        offset += len(entry["token"])
+    return {
+        "tokens": [e["token"] for e in entries],
+        "token_logprobs": [e["logprob"] for e in entries],
+        "top_logprobs": [{alt["token"]: alt["logprob"] for alt in e["top_logprobs"]} for e in entries],
+        "text_offset": offsets,
+    }
 
 
 def model_card(model_id: str, created: int, status: str, memory_bytes: int) -> dict[str, Any]:

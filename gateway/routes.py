@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import anyio
 from sse_starlette.sse import EventSourceResponse
@@ -22,7 +23,7 @@ from gateway.protocol import (
 from gateway.record import RequestRecord
 from gateway.registry import Lease, Registry, Slot
 from gateway.responses import ChatResponder, CompletionResponder, model_card
-from gateway.streaming import client_finish_reason, collect, event_stream
+from gateway.streaming import collect_all, event_stream
 
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 SSE_PING_SECONDS = 15
@@ -123,8 +124,50 @@ def _sse(request: Request, events: AsyncIterator[str]) -> Response:
     )
 
 
-async def _one(generation: Generation) -> AsyncIterator[tuple[int, Generation]]:
-    yield 0, generation
+def _for_choice(params: GenerationParams, choice: int) -> GenerationParams:
+    """Choice i of n: with a seed, seed + i, so the choices differ and still repeat."""
+    if choice == 0 or params.seed is None:
+        return params
+    return replace(params, seed=params.seed + choice)
+
+
+async def _choices(
+    lease: Lease, first: Generation, plan: list[GenerationParams]
+) -> AsyncIterator[tuple[int, Generation]]:
+    """The first generation (already started), then the rest, each started when its turn comes."""
+    yield 0, first
+    for index, params in enumerate(plan[1:], start=1):
+        yield index, await _start(lease, params)
+
+
+async def _answer(
+    request: Request,
+    lease: Lease,
+    responder: ChatResponder | CompletionResponder,
+    plan: list[GenerationParams],
+    *,
+    stream: bool,
+    include_usage: bool,
+    shared_prompt: frozenset[int],
+) -> Response:
+    """Start the first generation (errors still get their own status), then stream or collect all."""
+    record = _record(request)
+    try:
+        first = await _start(lease, plan[0])
+    except BaseException:
+        lease.release()
+        raise
+    generations = _choices(lease, first, plan)
+    if stream:
+        events = event_stream(
+            responder, generations, lease, record, include_usage=include_usage, shared_prompt=shared_prompt
+        )
+        return _sse(request, events)
+    try:
+        choices, prompt_tokens, completion_tokens = await collect_all(generations, record, shared_prompt)
+    finally:
+        lease.release()
+    return JSONResponse(responder.completion(choices, prompt_tokens, completion_tokens))
 
 
 async def chat_completions(request: Request) -> Response:
@@ -144,29 +187,22 @@ async def chat_completions(request: Request) -> Response:
         )
     registry = registry_of(request)
     lease = await _hold(registry, slot.model_id)
-    try:
-        generation = await _start(lease, chat_params(chat, lease.entry, registry.settings.gateway.stream_interval))
-    except BaseException:
-        lease.release()
-        raise
-    responder = ChatResponder(lease.model_id)
-    if chat.stream:
-        return _sse(request, event_stream(responder, _one(generation), lease, record, include_usage=chat.include_usage))
-    try:
-        text, finished = await collect(generation, record)
-    finally:
-        lease.release()
-    if record is not None:
-        record.finished(finished.prompt_tokens, finished.completion_tokens)
-    return JSONResponse(
-        responder.completion(
-            text, client_finish_reason(finished.finish_reason), finished.prompt_tokens, finished.completion_tokens
-        )
+    params = chat_params(chat, lease.entry, registry.settings.gateway.stream_interval)
+    plan = [_for_choice(params, i) for i in range(chat.choices)]
+    return await _answer(
+        request,
+        lease,
+        ChatResponder(lease.model_id),
+        plan,
+        stream=bool(chat.stream),
+        include_usage=chat.include_usage,
+        shared_prompt=frozenset(range(1, chat.choices)),
     )
 
 
 async def completions(request: Request) -> Response:
-    """Legacy text completions: the prompt is sent as is, without a chat template; one choice per prompt."""
+    """Legacy text completions: the prompt is sent as is, without a chat template. Choices are
+    n per prompt, prompt by prompt."""
     body = parse_completion_request(await request.body())
     record = _record(request)
     slot = resolve_for(request, body.model)
@@ -182,32 +218,21 @@ async def completions(request: Request) -> Response:
             count = len(await lease.engine.tokenize(prompt)) + 1  # + BOS
             if count >= lease.entry.model.n_ctx:
                 raise context_length_exceeded(count, lease.entry.model.n_ctx, "prompt")
-        first = await _start(lease, completion_params(body, prompts[0], lease.entry, interval))
     except BaseException:
         lease.release()
         raise
-
-    async def generations() -> AsyncIterator[tuple[int, Generation]]:
-        yield 0, first
-        for index, prompt in enumerate(prompts[1:], start=1):
-            yield index, await _start(lease, completion_params(body, prompt, lease.entry, interval))
-
-    responder = CompletionResponder(lease.model_id, echo=prompts if body.echo else None)
-    if body.stream:
-        return _sse(request, event_stream(responder, generations(), lease, record, include_usage=body.include_usage))
-    choices: list[tuple[str, str]] = []
-    prompt_tokens = completion_tokens = 0
-    try:
-        async for _, generation in generations():
-            text, finished = await collect(generation, record)
-            choices.append((text, client_finish_reason(finished.finish_reason)))
-            prompt_tokens += finished.prompt_tokens
-            completion_tokens += finished.completion_tokens
-    finally:
-        lease.release()
-    if record is not None:
-        record.finished(prompt_tokens, completion_tokens)
-    return JSONResponse(responder.completion(choices, prompt_tokens, completion_tokens))
+    n = body.choices
+    plan = [_for_choice(completion_params(body, p, lease.entry, interval), j) for p in prompts for j in range(n)]
+    echo = [p for p in prompts for _ in range(n)] if body.echo else None
+    return await _answer(
+        request,
+        lease,
+        CompletionResponder(lease.model_id, echo=echo),
+        plan,
+        stream=bool(body.stream),
+        include_usage=body.include_usage,
+        shared_prompt=frozenset(i for i in range(len(plan)) if i % n),
+    )
 
 
 async def tokenize(request: Request) -> Response:

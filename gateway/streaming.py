@@ -16,6 +16,7 @@ from gateway.engine.base import Delta, Finished, Generation
 from gateway.errors import GatewayError, internal_error
 from gateway.record import RequestRecord
 from gateway.registry import Lease
+from gateway.responses import Choice
 
 log = logging.getLogger(__name__)
 DONE = "[DONE]"
@@ -23,7 +24,7 @@ DONE = "[DONE]"
 
 class StreamResponder(Protocol):
     def begin_chunks(self, index: int) -> list[dict[str, Any]]: ...
-    def text_chunk(self, index: int, text: str) -> dict[str, Any]: ...
+    def text_chunk(self, index: int, text: str, logprobs: list[dict[str, Any]] | None = None) -> dict[str, Any]: ...
     def finish_chunk(self, index: int, finish_reason: str) -> dict[str, Any]: ...
     def usage_chunk(self, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]: ...
 
@@ -43,8 +44,11 @@ async def event_stream(
     record: RequestRecord | None,
     *,
     include_usage: bool,
+    shared_prompt: frozenset[int] = frozenset(),
 ) -> AsyncIterator[str]:
-    """Stream each (choice index, generation) in turn, then the usage chunk and [DONE]."""
+    """Stream each (choice index, generation) in turn, then the usage chunk and [DONE].
+
+    `shared_prompt`: choices whose prompt an earlier choice already counted (n > 1 of one prompt)."""
     prompt_tokens = completion_tokens = 0
     try:
         try:
@@ -56,9 +60,10 @@ async def event_stream(
                         if isinstance(event, Delta):
                             if record is not None:
                                 record.token(event.text)
-                            yield encode(responder.text_chunk(index, event.text))
+                            yield encode(responder.text_chunk(index, event.text, event.logprobs))
                         elif isinstance(event, Finished):
-                            prompt_tokens += event.prompt_tokens
+                            if index not in shared_prompt:
+                                prompt_tokens += event.prompt_tokens
                             completion_tokens += event.completion_tokens
                             yield encode(responder.finish_chunk(index, client_finish_reason(event.finish_reason)))
                 finally:
@@ -77,17 +82,41 @@ async def event_stream(
         lease.release()
 
 
-async def collect(generation: Generation, record: RequestRecord | None) -> tuple[str, Finished]:
-    """Run a generation to the end for a non-streaming response."""
+async def collect(
+    generation: Generation, record: RequestRecord | None
+) -> tuple[str, Finished, list[dict[str, Any]] | None]:
+    """Run a generation to the end for a non-streaming response: text, how it ended, logprobs."""
     parts: list[str] = []
+    logprobs: list[dict[str, Any]] | None = None
     try:
         async for event in generation:
             if isinstance(event, Delta):
                 parts.append(event.text)
+                if event.logprobs is not None:
+                    logprobs = [*(logprobs or []), *event.logprobs]
                 if record is not None:
                     record.token(event.text)
             elif isinstance(event, Finished):
-                return "".join(parts), event
+                return "".join(parts), event, logprobs
     finally:
         generation.cancel()
     raise internal_error("generation ended without finishing")
+
+
+async def collect_all(
+    generations: AsyncIterator[tuple[int, Generation]],
+    record: RequestRecord | None,
+    shared_prompt: frozenset[int] = frozenset(),
+) -> tuple[list[Choice], int, int]:
+    """Every choice of a non-streamed answer, with the prompt and completion token counts."""
+    choices: list[Choice] = []
+    prompt_tokens = completion_tokens = 0
+    async for index, generation in generations:
+        text, finished, logprobs = await collect(generation, record)
+        choices.append(Choice(text, client_finish_reason(finished.finish_reason), logprobs))
+        if index not in shared_prompt:
+            prompt_tokens += finished.prompt_tokens
+        completion_tokens += finished.completion_tokens
+    if record is not None:
+        record.finished(prompt_tokens, completion_tokens)
+    return choices, prompt_tokens, completion_tokens

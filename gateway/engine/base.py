@@ -37,6 +37,9 @@ class GenerationParams:
     # Output constraint enforced with a grammar: {"json_object": True} or {"json_schema": {...}}.
     constraint: dict[str, Any] | None = None
     prompt: str | None = None  # raw text completion instead of a chat
+    logit_bias: dict[str, float] | None = None  # token id (as JSON keys are strings) -> bias
+    logprobs: bool = False
+    top_logprobs: int = 0
 
     def to_wire(self) -> dict[str, Any]:
         return asdict(self)
@@ -63,6 +66,7 @@ def _sampling(request: _GenerationRequest, entry: ModelEntry, delta_interval: fl
         "frequency_penalty": _pick(request.frequency_penalty, defaults.frequency_penalty),
         "stop": request.stop_list,
         "seed": _pick(request.seed, defaults.seed),
+        "logit_bias": request.logit_bias,
         # Nobody sees the pieces of a non-streamed answer: send them in one message at the end.
         "delta_interval": delta_interval if request.stream else math.inf,
     }
@@ -77,6 +81,8 @@ def chat_params(request: ChatCompletionRequest, entry: ModelEntry, delta_interva
         ],
         max_tokens=_pick(request.completion_limit, entry.output.max_tokens),
         constraint=_constraint(request, entry),
+        logprobs=bool(request.logprobs),
+        top_logprobs=request.top_logprobs or 0,
         **_sampling(request, entry, delta_interval),
     )
 
@@ -88,6 +94,8 @@ def completion_params(
         messages=None,
         prompt=prompt,
         max_tokens=_pick(request.max_tokens, COMPLETIONS_DEFAULT_MAX_TOKENS),
+        logprobs=request.logprobs is not None,
+        top_logprobs=request.logprobs or 0,
         **_sampling(request, entry, delta_interval),
     )
 
@@ -110,6 +118,8 @@ class Started:
 @dataclass(frozen=True)
 class Delta:
     text: str
+    # Per token, when asked for: {"token", "logprob", "bytes", "top_logprobs": [{"token", "logprob", "bytes"}]}
+    logprobs: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import Any
 
 from gateway.config import ModelEntry
 from gateway.engine.base import Delta, Engine, Finished, Generation, GenerationParams, Started
@@ -41,6 +42,15 @@ class FakeEngineFactory:
 
     def live(self) -> list[str]:
         return [e.model_id for e in self.engines if e.alive]
+
+
+def _fake_logprob(token: str, top: int) -> dict[str, Any]:
+    def describe(text: str, logprob: float) -> dict[str, Any]:
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+
+    entry = describe(token, -0.5)
+    entry["top_logprobs"] = [describe(token if k == 0 else f"alt{k}", -0.5 - k) for k in range(top)]
+    return entry
 
 
 class FakeEngine(Engine):
@@ -132,8 +142,9 @@ class FakeEngine(Engine):
             await asyncio.sleep(self.script.token_delay)
             produced += 1
             text, hit = matcher.feed(f"tok{i} ")
-            if text:
-                generation.feed(Delta(text))
+            entries = [_fake_logprob(f"tok{i} ", params.top_logprobs)] if params.logprobs else None
+            if text or entries:
+                generation.feed(Delta(text, entries))
             if hit:
                 break
         else:

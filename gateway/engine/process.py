@@ -237,7 +237,7 @@ class ProcessEngine(Engine):
         if generation is None:
             return  # cancelled: the worker's last words about it are not needed
         if kind == "delta":
-            generation.feed(Delta(message[2]))
+            generation.feed(Delta(message[2], message[3]))
         elif kind == "started":
             generation.feed(Started(message[2]))
         elif kind == "finished":

@@ -166,6 +166,61 @@ def _formatter(llm: Any, chat_format: str | None) -> Formatter | None:
     )
 
 
+def _logit_bias(llm: Any, bias: dict[str, float] | None) -> Any:
+    """A logits processor adding the client's bias per token id (ids checked against the vocabulary)."""
+    if not bias:
+        return None
+    import numpy as np
+    from llama_cpp import LogitsProcessorList
+
+    n_vocab = llm.n_vocab()
+    ids = np.array([int(k) for k in bias], dtype=np.intc)
+    if ids.size and (ids.min() < 0 or ids.max() >= n_vocab):
+        raise invalid_request(f"logit_bias has token ids outside 0..{n_vocab - 1}.", param="logit_bias")
+    values = np.array(list(bias.values()), dtype=np.single)
+
+    def apply(input_ids: Any, scores: Any) -> Any:
+        scores[ids] += values
+        return scores
+
+    return LogitsProcessorList([apply])
+
+
+class _LogprobScorer:
+    """Log probabilities of each sampled token (and the most likely alternatives) from the logits
+    llama.cpp kept for the last position: no `logits_all`, which would cost n_ctx x vocab x 4 bytes."""
+
+    def __init__(self, llm: Any, top: int) -> None:
+        import llama_cpp
+        import numpy as np
+
+        self._np = np
+        self._llm = llm
+        self._top = top
+        self._n_vocab = llm.n_vocab()
+        self._logits_ith = llama_cpp.llama_get_logits_ith
+
+    def entry(self, token: int, piece: bytes) -> dict[str, Any]:
+        np = self._np
+        logits = np.ctypeslib.as_array(self._logits_ith(self._llm.ctx, -1), shape=(self._n_vocab,))
+        shifted = logits - logits.max()
+        logprobs = shifted - np.log(np.exp(shifted).sum())
+        entry = self._describe(token, piece, float(logprobs[token]))
+        alternatives = []
+        if self._top:
+            best = np.argpartition(-logprobs, self._top)[: self._top]
+            for candidate in best[np.argsort(-logprobs[best])]:
+                candidate = int(candidate)
+                raw = self._llm.detokenize([candidate])
+                alternatives.append(self._describe(candidate, raw, float(logprobs[candidate])))
+        entry["top_logprobs"] = alternatives
+        return entry
+
+    @staticmethod
+    def _describe(token: int, piece: bytes, logprob: float) -> dict[str, Any]:
+        return {"token": piece.decode("utf-8", errors="replace"), "logprob": logprob, "bytes": list(piece)}
+
+
 def _stops(stop: str | list[str] | None) -> list[str]:
     if stop is None:
         return []
@@ -219,12 +274,14 @@ def _generate(
     if len(prompt) >= n_ctx:
         raise context_length_exceeded(len(prompt), n_ctx, "messages" if params.prompt is None else "prompt")
     grammar = _grammar(params.constraint)
+    bias = _logit_bias(llm, params.logit_bias)
     room = n_ctx - len(prompt)
     limit = min(params.max_tokens, room) if params.max_tokens else room
     matcher = StopMatcher([*params.stop, *template_stops])
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     send(("started", request_id, len(prompt)))
-    batcher = DeltaBatcher(lambda text: send(("delta", request_id, text)), params.delta_interval)
+    batcher = DeltaBatcher(lambda text, entries: send(("delta", request_id, text, entries)), params.delta_interval)
+    scorer = _LogprobScorer(llm, params.top_logprobs) if params.logprobs else None
 
     llm.set_seed(params.seed if params.seed is not None else random.randrange(2**31))
     vocab = llm._model.vocab
@@ -241,6 +298,7 @@ def _generate(
         presence_penalty=params.presence_penalty,
         frequency_penalty=params.frequency_penalty,
         grammar=grammar,
+        logits_processor=bias,
     ):
         if request_id in cancelled:
             finish_reason = "cancelled"
@@ -249,8 +307,9 @@ def _generate(
             finish_reason = "stop"
             break
         produced += 1
-        text, hit_stop = matcher.feed(decoder.decode(llm.detokenize([token])))
-        batcher.add(text)
+        piece = llm.detokenize([token])
+        text, hit_stop = matcher.feed(decoder.decode(piece))
+        batcher.add(text, [scorer.entry(token, piece)] if scorer else None)
         if hit_stop:
             finish_reason, matched_stop = "stop", True
             break

@@ -23,7 +23,7 @@ ALLOWED: dict[str, set[str]] = {
     "compute": set(),
     "metrics": set(),
     "registry": {"compute", "config", "errors", "memory", "engine.base"},
-    "streaming": {"errors", "record", "registry", "engine.base"},
+    "streaming": {"errors", "record", "registry", "responses", "engine.base"},
     "auth": {"config"},
     "record": set(),
     "accesslog": {"record"},

@@ -7,7 +7,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from gateway.errors import GatewayError
 from gateway.protocol import parse_chat_request
-from gateway.responses import ChatResponder
+from gateway.responses import ChatResponder, Choice
 
 OK = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -65,10 +65,14 @@ def test_malformed_json() -> None:
         (body(stream="yes"), "stream"),
         (body(stop=["a", "b", "c", "d", "e"]), "stop"),
         (body(seed=1.5), "seed"),
-        (body(n=2), "n"),
+        (body(n=17), "n"),
+        (body(n=0), "n"),
+        (body(top_logprobs=3), "top_logprobs"),
+        (body(logprobs=True, top_logprobs=21), "top_logprobs"),
+        (body(logprobs="yes"), "logprobs"),
         (body(tools=[{"type": "function", "function": {"name": "f"}}]), "tools"),
-        (body(logit_bias={"1": 5}), "logit_bias"),
-        (body(logprobs=True), "logprobs"),
+        (body(logit_bias={"a": 5}), "logit_bias"),
+        (body(logit_bias={"1": -101}), "logit_bias.1"),
         (body(stream_options={"include_usage": True}), "stream_options"),
         (body(response_format={"type": "xml"}), "response_format.type"),
         (body(response_format={"type": "json_schema"}), "response_format"),
@@ -92,7 +96,7 @@ def test_role_error_says_what_is_supported() -> None:
 
 def test_response_shapes_validate_with_sdk_types() -> None:
     responder = ChatResponder("m")
-    ChatCompletion.model_validate(responder.completion("hello", "stop", 3, 1))
+    ChatCompletion.model_validate(responder.completion([Choice("hello", "stop")], 3, 1))
     chunks = [
         *responder.begin_chunks(0),
         responder.text_chunk(0, "he"),
