@@ -155,9 +155,9 @@ def test_tokenizer_helpers_round_trip(api: GatewayServer) -> None:
 @pytest.mark.parametrize(
     ("extra", "param"),
     [
-        ({"n": 2}, "n"),
-        ({"logprobs": True}, "logprobs"),
-        ({"logit_bias": {"1": 1}}, "logit_bias"),
+        ({"n": 17}, "n"),
+        ({"top_logprobs": 2}, "top_logprobs"),
+        ({"logit_bias": {"one": 1}}, "logit_bias"),
         ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]}, "tools"),
     ],
 )
@@ -165,3 +165,44 @@ def test_unsupported_fields_are_refused_by_name(api: GatewayServer, extra: dict[
     with pytest.raises(openai.BadRequestError) as info:
         sdk(api).chat.completions.create(model="smollm2", messages=ASK, max_tokens=2, **extra)
     assert info.value.param == param
+
+
+def test_n_choices_streamed_and_accumulated_by_the_sdk(api: GatewayServer) -> None:
+    client = sdk(api)
+    # The helper refuses answers cut by max_tokens, so each choice ends at a stop sequence.
+    args: dict[str, Any] = {"messages": ASK, "n": 3, "max_tokens": 60, "seed": 11, "temperature": 1.0, "stop": [" "]}
+    with client.chat.completions.stream(model="smollm2", **args) as stream:
+        final = stream.get_final_completion()
+    assert [c.index for c in final.choices] == [0, 1, 2]
+    assert all(c.message.content and c.finish_reason == "stop" for c in final.choices)
+    again = client.chat.completions.create(model="smollm2", **args)
+    assert [c.message.content for c in again.choices] == [c.message.content for c in final.choices]
+    assert len({c.message.content for c in again.choices}) > 1  # each choice samples on its own
+
+
+def test_logprobs_shapes(api: GatewayServer) -> None:
+    reply = sdk(api).chat.completions.create(
+        model="smollm2", messages=ASK, max_tokens=6, logprobs=True, top_logprobs=4, temperature=0
+    )
+    content = reply.choices[0].logprobs.content if reply.choices[0].logprobs else None
+    assert content is not None and len(content) == 6
+    for entry in content:
+        assert entry.logprob <= 0 and len(entry.top_logprobs) == 4
+        # Greedy: the chosen token is the most likely one.
+        assert entry.logprob == pytest.approx(max(t.logprob for t in entry.top_logprobs))
+    completion = sdk(api).completions.create(model="smollm2", prompt="The sky is", max_tokens=3, logprobs=2)
+    legacy = completion.choices[0].logprobs
+    assert legacy is not None and legacy.tokens and len(legacy.tokens) == 3
+    assert legacy.top_logprobs is not None and all(len(alts) <= 2 for alts in legacy.top_logprobs)
+
+
+def test_logit_bias_steers_sampling(api: GatewayServer) -> None:
+    tokens = httpx.post(f"{api.base_url}/extras/tokenize", json={"model": "smollm2", "input": " banana"}).json()
+    (banana,) = tokens["tokens"]
+    reply = sdk(api).chat.completions.create(
+        model="smollm2", messages=ASK, max_tokens=3, temperature=0, logit_bias={str(banana): 100}
+    )
+    assert reply.choices[0].message.content == " banana banana banana"
+    with pytest.raises(openai.BadRequestError) as info:
+        sdk(api).chat.completions.create(model="smollm2", messages=ASK, logit_bias={"99999999": 1})
+    assert info.value.param == "logit_bias"
