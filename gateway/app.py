@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 _ENDPOINTS = {
     "/v1/chat/completions",
     "/v1/completions",
+    "/v1/embeddings",
     "/extras/tokenize",
     "/extras/detokenize",
     "/v1/models",
@@ -184,6 +185,7 @@ def create_app(
             Route("/v1/models/{model:path}", routes.get_model, methods=["GET"]),
             Route("/v1/chat/completions", routes.chat_completions, methods=["POST"]),
             Route("/v1/completions", routes.completions, methods=["POST"]),
+            Route("/v1/embeddings", routes.embeddings, methods=["POST"]),
             Route("/extras/tokenize", routes.tokenize, methods=["POST"]),
             Route("/extras/detokenize", routes.detokenize, methods=["POST"]),
             Route("/admin/models", admin.list_running, methods=["GET"]),

@@ -10,7 +10,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -74,6 +74,9 @@ class ModelSection(_Section):
         None, description="llama-cpp-python chat format name; default: the GGUF's tokenizer.chat_template"
     )
     use_mmap: bool = True
+    pooling: Literal["mean", "cls", "last"] | None = Field(
+        None, description="embedding models: how token vectors become one; default: the GGUF's own"
+    )
 
 
 class SamplingSection(_Section):
@@ -113,6 +116,7 @@ class ModelEntry(_Section):
     max_queue: int | None = Field(
         None, ge=1, description="requests running or waiting for this model; default gateway.max_queue"
     )
+    embedding: bool = Field(False, description="serve /v1/embeddings (and nothing else) with this model")
     model: ModelSection
     sampling: SamplingSection = SamplingSection()
     runtime: RuntimeSection = RuntimeSection()

@@ -56,6 +56,10 @@ class GGUFInfo:
         return int(value) if value is not None else None
 
     @property
+    def embedding_length(self) -> int:
+        return int(self.metadata.get(f"{self.architecture}.embedding_length", 0))
+
+    @property
     def vocab_size(self) -> int:
         declared = self.metadata.get(f"{self.architecture}.vocab_size")
         return int(declared) if declared is not None else self.array_lengths.get("tokenizer.ggml.tokens", 0)

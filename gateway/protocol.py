@@ -252,3 +252,36 @@ def parse_tokenize_request(body: bytes) -> TokenizeRequest:
 
 def parse_detokenize_request(body: bytes) -> DetokenizeRequest:
     return _validate(DetokenizeRequest, _load_json(body))
+
+
+MAX_EMBEDDING_INPUTS = 2048  # OpenAI's limit per request
+
+
+class EmbeddingRequest(_Strict):
+    model: str = Field(min_length=1)
+    input: (
+        str
+        | Annotated[list[str], Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS)]
+        | Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+        | Annotated[list[Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]], Field(min_length=1)]
+    )
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: Annotated[int, Field(ge=1)] | None = None
+    user: str | None = None
+
+    @property
+    def inputs(self) -> list[str | list[int]]:
+        """Each input to embed: a text, or a list of token ids."""
+        if isinstance(self.input, str):
+            return [self.input]
+        items: list[Any] = list(self.input)
+        if all(isinstance(item, int) for item in items):
+            return [items]  # one token array
+        return items
+
+
+def parse_embedding_request(body: bytes) -> EmbeddingRequest:
+    data = _load_json(body)
+    if data.get("input") == "" or (isinstance(data.get("input"), list) and "" in data["input"]):
+        raise invalid_request("'input' cannot contain empty strings.", param="input")
+    return _validate(EmbeddingRequest, data)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import struct
 import time
 import uuid
 from typing import Any
@@ -158,4 +160,20 @@ def model_card(model_id: str, created: int, status: str, memory_bytes: int) -> d
         "owned_by": "gateway",
         "status": {"value": status},
         "memory_bytes": memory_bytes,
+    }
+
+
+def embeddings(model: str, vectors: list[list[float]], tokens: int, encoding: str) -> dict[str, Any]:
+    """The embeddings list; base64 is the little-endian float32 bytes, as OpenAI sends them."""
+
+    def encode(vector: list[float]) -> list[float] | str:
+        if encoding == "base64":
+            return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
+        return vector
+
+    return {
+        "object": "list",
+        "data": [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(vectors)],
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }

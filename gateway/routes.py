@@ -10,6 +10,7 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from gateway import responses
 from gateway.auth import ANONYMOUS, Principal
 from gateway.engine.base import Generation, GenerationParams, Started, chat_params, completion_params
 from gateway.errors import context_length_exceeded, internal_error, invalid_request, model_not_found
@@ -18,6 +19,7 @@ from gateway.protocol import (
     parse_chat_request,
     parse_completion_request,
     parse_detokenize_request,
+    parse_embedding_request,
     parse_tokenize_request,
 )
 from gateway.record import RequestRecord
@@ -178,6 +180,7 @@ async def chat_completions(request: Request) -> Response:
         record.model = slot.model_id
         if record.output is not None:  # log_content is on
             record.messages = [m.model_dump(exclude_none=True) for m in chat.messages]
+    _generative(slot)
     if slot.entry.model.chat_format is None and not slot.facts.has_chat_template:
         raise invalid_request(
             f"Model '{slot.model_id}' has no chat template in its GGUF and no model.chat_format in "
@@ -206,6 +209,7 @@ async def completions(request: Request) -> Response:
     body = parse_completion_request(await request.body())
     record = _record(request)
     slot = resolve_for(request, body.model)
+    _generative(slot)
     if record is not None:
         record.model = slot.model_id
     registry = registry_of(request)
@@ -233,6 +237,40 @@ async def completions(request: Request) -> Response:
         include_usage=body.include_usage,
         shared_prompt=frozenset(i for i in range(len(plan)) if i % n),
     )
+
+
+def _generative(slot: Slot) -> None:
+    if slot.entry.embedding:
+        raise invalid_request(
+            f"Model '{slot.model_id}' is an embedding model: use /v1/embeddings with it.", param="model"
+        )
+
+
+async def embeddings(request: Request) -> Response:
+    body = parse_embedding_request(await request.body())
+    record = _record(request)
+    slot = resolve_for(request, body.model)
+    if record is not None:
+        record.model = slot.model_id
+    if not slot.entry.embedding:
+        raise invalid_request(
+            f"Model '{slot.model_id}' is not an embedding model (set embedding: true in models.yaml).", param="model"
+        )
+    size = slot.facts.info.embedding_length
+    if body.dimensions is not None and body.dimensions != size:
+        raise invalid_request(
+            f"Model '{slot.model_id}' makes {size}-dimensional embeddings and cannot shorten them; "
+            "omit 'dimensions' or set it to that.",
+            param="dimensions",
+        )
+    lease = await _hold(registry_of(request), slot.model_id)
+    try:
+        vectors, tokens = await lease.engine.embed(body.inputs)
+    finally:
+        lease.release()
+    if record is not None:
+        record.finished(tokens, 0)
+    return JSONResponse(responses.embeddings(slot.model_id, vectors, tokens, body.encoding_format))
 
 
 async def tokenize(request: Request) -> Response:

@@ -197,6 +197,10 @@ class Engine(ABC):
     async def detokenize(self, tokens: list[int]) -> str: ...
 
     @abstractmethod
+    async def embed(self, inputs: list[str | list[int]]) -> tuple[list[list[float]], int]:
+        """Unit-length vectors, one per input, and the number of tokens read (embedding models)."""
+
+    @abstractmethod
     def measured_bytes(self) -> int | None:
         """Memory the loaded model holds now, or None before it is loaded."""
 

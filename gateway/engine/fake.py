@@ -68,9 +68,20 @@ class FakeEngine(Engine):
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._next_id = 0
         self._vocab: dict[str, int] = {}
+        self.entry_embedding_dim = 64  # the tiny test GGUF's embedding_length
 
     async def tokenize(self, text: str) -> list[int]:
         return [self._vocab.setdefault(word, len(self._vocab) + 1) for word in text.split()]
+
+    async def embed(self, inputs: list[str | list[int]]) -> tuple[list[list[float]], int]:
+        vectors, total = [], 0
+        for item in inputs:
+            words = item.split() if isinstance(item, str) else [str(t) for t in item]
+            total += len(words)
+            raw = [float(sum(len(w) for w in words) + k) for k in range(self.entry_embedding_dim)]
+            norm = sum(x * x for x in raw) ** 0.5 or 1.0
+            vectors.append([x / norm for x in raw])
+        return vectors, total
 
     async def detokenize(self, tokens: list[int]) -> str:
         words = {i: w for w, i in self._vocab.items()}

@@ -35,6 +35,8 @@ def worker_config(entry: ModelEntry) -> dict[str, Any]:
         "n_threads": entry.runtime.thread_count,
         "verbose": entry.runtime.verbose,
         "repeat_last_n": entry.sampling.repeat_last_n,
+        "embedding": entry.embedding,
+        "pooling": entry.model.pooling,
     }
 
 
@@ -170,13 +172,19 @@ class ProcessEngine(Engine):
         text: str = await self._call("detokenize", tokens)
         return text
 
+    async def embed(self, inputs: list[str | list[int]]) -> tuple[list[list[float]], int]:
+        vectors, tokens = await self._call("embed", inputs)
+        return vectors, tokens
+
     async def _call(self, op: str, argument: Any) -> Any:
+        """Ask the worker something and wait for its answer. Embedding queues with generations;
+        tokenizer calls are answered at once."""
         if not self.alive:
             raise worker_died(self.model_id, self._dead_reason or "not running")
         call_id = next(self._ids)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._calls[call_id] = future
-        self._send(("call", call_id, op, argument))
+        self._send(("embed", call_id, argument) if op == "embed" else ("call", call_id, op, argument))
         try:
             return await future
         finally:

@@ -3,11 +3,11 @@
 Started with the `spawn` method by `engine/process.py`. Protocol over the pipe (tuples):
 
 parent → worker: ("load", config) first, then ("generate", id, params) | ("cancel", id)
-                 | ("call", id, op, argument) | ("shutdown",)
+                 | ("embed", id, inputs) | ("call", id, op, argument) | ("shutdown",)
 worker → parent: ("loaded", info) | ("load_failed", reason)
                  ("started", id, prompt_tokens) | ("delta", id, text)
                  ("finished", id, finish_reason, prompt_tokens, completion_tokens) | ("error", id, error)
-                 ("result", id, value)   (answer to a call: tokenize or detokenize)
+                 ("result", id, value)   (answer to embed, or to a call: tokenize, detokenize)
 
 A worker imports llama_cpp as soon as it starts and then waits for its model, so a spare one can be
 started ahead of need. A reader thread takes commands so that a cancel reaches the generation loop
@@ -52,7 +52,7 @@ def main(conn: Connection) -> None:
         return
     conn.send(("loaded", {"n_ctx": llm.n_ctx(), "pid": os.getpid()}))
 
-    jobs: queue.SimpleQueue[tuple[int, dict[str, Any]]] = queue.SimpleQueue()
+    jobs: queue.SimpleQueue[tuple[str, int, Any]] = queue.SimpleQueue()
     cancelled: set[int] = set()
     lock = threading.Lock()
 
@@ -62,9 +62,12 @@ def main(conn: Connection) -> None:
 
     threading.Thread(target=_read_commands, args=(conn, send, jobs, cancelled, llm), daemon=True).start()
     while True:
-        request_id, params = jobs.get()
+        kind, request_id, payload = jobs.get()
         try:
-            _generate(llm, formatter, request_id, GenerationParams.from_wire(params), send, cancelled)
+            if kind == "embed":
+                send(("result", request_id, _embed(llm, payload)))
+            else:
+                _generate(llm, formatter, request_id, GenerationParams.from_wire(payload), send, cancelled)
         except GatewayError as exc:
             send(("error", request_id, exc.to_wire()))
         except (BrokenPipeError, EOFError):
@@ -87,7 +90,7 @@ def backend_info() -> dict[str, Any]:
 
 
 def _read_commands(
-    conn: Connection, send: Send, jobs: queue.SimpleQueue[tuple[int, dict[str, Any]]], cancelled: set[int], llm: Any
+    conn: Connection, send: Send, jobs: queue.SimpleQueue[tuple[str, int, Any]], cancelled: set[int], llm: Any
 ) -> None:
     while True:
         try:
@@ -95,8 +98,8 @@ def _read_commands(
         except (EOFError, OSError):
             os._exit(0)  # the gateway is gone: nobody will read what we produce
         kind = message[0]
-        if kind == "generate":
-            jobs.put((message[1], message[2]))
+        if kind in ("generate", "embed"):
+            jobs.put((kind, message[1], message[2]))
         elif kind == "cancel":
             cancelled.add(message[1])
         elif kind == "call":
@@ -128,17 +131,68 @@ def _call(llm: Any, op: str, argument: Any) -> Any:
 def _load(config: dict[str, Any]) -> tuple[Any, Formatter | None]:
     import llama_cpp
 
+    embedding = config["embedding"]
+    options: dict[str, Any] = {"n_batch": min(config["n_batch"], config["n_ctx"])}
+    if embedding:
+        # An input is embedded in one batch, so a batch holds a whole context; pooling gives one vector.
+        options = {"embedding": True, "n_batch": config["n_ctx"], "n_ubatch": config["n_ctx"]}
+        options["pooling_type"] = _POOLING.get(config["pooling"] or "", llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED)
     llm = llama_cpp.Llama(
         model_path=config["path"],
         n_ctx=config["n_ctx"],
-        n_batch=min(config["n_batch"], config["n_ctx"]),
         n_gpu_layers=config["n_gpu_layers"],
         n_threads=config["n_threads"],
         use_mmap=config["use_mmap"],
         last_n_tokens_size=config["repeat_last_n"],
         verbose=config["verbose"],
+        **options,
     )
-    return llm, _formatter(llm, config["chat_format"])
+    if embedding and int(llm.pooling_type()) == llama_cpp.LLAMA_POOLING_TYPE_NONE:
+        raise ValueError("this model pools no embedding; set model.pooling (mean, cls or last) in models.yaml")
+    return llm, None if embedding else _formatter(llm, config["chat_format"])
+
+
+_POOLING = {"none": 0, "mean": 1, "cls": 2, "last": 3}
+
+
+def _embed(llm: Any, inputs: list[str | list[int]]) -> tuple[list[list[float]], int]:
+    """One normalised vector per input (text or token ids), and the tokens read. Inputs longer than the
+    context are refused, not cut."""
+    import llama_cpp
+    import numpy as np
+
+    n_ctx, n_embd, n_vocab = llm.n_ctx(), llm.n_embd(), llm.n_vocab()
+    batches: list[list[list[int]]] = [[]]
+    used = 0
+    total = 0
+    for index, item in enumerate(inputs):
+        tokens = llm.tokenize(item.encode("utf-8"), add_bos=True, special=False) if isinstance(item, str) else item
+        if not tokens:
+            raise invalid_request(f"input[{index}] is empty.", param="input")
+        if len(tokens) > n_ctx:
+            raise context_length_exceeded(len(tokens), n_ctx, "input")
+        if any(not 0 <= t < n_vocab for t in tokens):
+            raise invalid_request(f"input[{index}] has token ids outside 0..{n_vocab - 1}.", param="input")
+        if used + len(tokens) > n_ctx or len(batches[-1]) >= llm.context_params.n_seq_max:
+            batches.append([])
+            used = 0
+        batches[-1].append(tokens)
+        used += len(tokens)
+        total += len(tokens)
+    vectors: list[list[float]] = []
+    for batch in batches:
+        llm._batch.reset()
+        for seq, tokens in enumerate(batch):
+            llm._batch.add_sequence(tokens, seq, True)
+        llm._ctx.kv_cache_clear()
+        llm._ctx.decode(llm._batch)
+        for seq in range(len(batch)):
+            vector = np.ctypeslib.as_array(llama_cpp.llama_get_embeddings_seq(llm.ctx, seq), shape=(n_embd,))
+            norm = float(np.linalg.norm(vector)) or 1.0
+            vectors.append((vector / norm).tolist())
+    llm._batch.reset()
+    llm._ctx.kv_cache_clear()
+    return vectors, total
 
 
 def _formatter(llm: Any, chat_format: str | None) -> Formatter | None:

@@ -92,7 +92,8 @@ def test_empty_models_and_invalid_yaml(tmp_path: Path) -> None:
 def test_repo_models_yaml_is_valid() -> None:
     settings = load_settings(REPO / "models.yaml", check_files=False)
     assert settings.models["gemma-3-270m"].model.chat_format == "gemma"
-    assert len(settings.models) == 3
+    assert len(settings.models) == 4
+    assert settings.models["smollm2-135m-embed"].embedding
 
 
 def test_published_schema_is_current() -> None:

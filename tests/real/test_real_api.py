@@ -42,6 +42,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Any:
     config = standard_config()
     config["models"]["smollm2-json"] = model(SMOLLM, output={"grammar_schema": PERSON})
     config["models"]["gemma-base"] = model(GEMMA)  # no chat template, no chat_format: text completions only
+    config["models"]["smollm2-embed"] = model(SMOLLM, embedding=True, model={"pooling": "mean"})
     server = GatewayServer(config, tmp_path_factory.mktemp("api"))
     yield server
     server.stop()
@@ -206,3 +207,35 @@ def test_logit_bias_steers_sampling(api: GatewayServer) -> None:
     with pytest.raises(openai.BadRequestError) as info:
         sdk(api).chat.completions.create(model="smollm2", messages=ASK, logit_bias={"99999999": 1})
     assert info.value.param == "logit_bias"
+
+
+def test_embeddings_from_a_real_model(api: GatewayServer) -> None:
+    client = sdk(api)
+    texts = ["The cat sat on the mat.", "The cat sat on the mat.", "Quarterly revenue grew by four percent."]
+    result = client.embeddings.create(model="smollm2-embed", input=texts)  # the SDK asks for base64
+    vectors = [d.embedding for d in result.data]
+    assert [d.index for d in result.data] == [0, 1, 2]
+    assert all(len(v) == 576 for v in vectors)
+    assert all(abs(sum(x * x for x in v) - 1) < 1e-3 for v in vectors)  # unit length
+    assert vectors[0] == pytest.approx(vectors[1], abs=1e-5)
+
+    def cosine(a: list[float], b: list[float]) -> float:
+        return sum(x * y for x, y in zip(a, b, strict=True))
+
+    assert cosine(vectors[0], vectors[2]) < 0.999
+    assert result.usage.prompt_tokens > 10
+    floats = client.embeddings.create(model="smollm2-embed", input=texts[0], encoding_format="float")
+    assert floats.data[0].embedding == pytest.approx(vectors[0], abs=1e-5)
+    tokens = httpx.post(f"{api.base_url}/extras/tokenize", json={"model": "smollm2-embed", "input": texts[0]}).json()
+    by_tokens = client.embeddings.create(model="smollm2-embed", input=[tokens["tokens"]], encoding_format="float")
+    assert by_tokens.usage.prompt_tokens == tokens["count"]
+    assert len(by_tokens.data[0].embedding) == 576
+    with pytest.raises(openai.BadRequestError) as info:
+        client.embeddings.create(model="smollm2-embed", input="word " * 600)
+    assert info.value.code == "context_length_exceeded"
+    with pytest.raises(openai.BadRequestError) as info:
+        client.embeddings.create(model="smollm2", input="x")
+    assert info.value.param == "model"
+    with pytest.raises(openai.BadRequestError) as info:
+        client.embeddings.create(model="smollm2-embed", input="x", dimensions=128)
+    assert info.value.param == "dimensions"
