@@ -20,10 +20,47 @@ class TextPart(_Strict):
     text: str
 
 
+class FunctionCall(_Strict):
+    name: str
+    arguments: str
+
+
+class ToolCall(_Strict):
+    id: str
+    type: Literal["function"]
+    function: FunctionCall
+
+
 class Message(_Strict):
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None  # assistant turns that called tools
+    tool_call_id: str | None = None  # tool turns: the call they answer
+
+    @model_validator(mode="after")
+    def _tool_turns(self) -> Message:
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a 'tool' message needs 'tool_call_id'")
+        return self
+
+    def for_template(self) -> dict[str, Any]:
+        """The message as chat templates take it ("developer" is "system" to them)."""
+        message: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role, "content": self.text()}
+        if self.tool_calls:
+            message["tool_calls"] = [
+                {
+                    "id": c.id,
+                    "type": "function",
+                    "function": {"name": c.function.name, "arguments": c.function.arguments},
+                }
+                for c in self.tool_calls
+            ]
+        if self.tool_call_id:
+            message["tool_call_id"] = self.tool_call_id
+        if self.name:
+            message["name"] = self.name
+        return message
 
     def text(self) -> str:
         if self.content is None:
@@ -35,6 +72,27 @@ class Message(_Strict):
 
 class StreamOptions(_Strict):
     include_usage: bool = False
+
+
+class FunctionSpec(_Strict):
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(_Strict):
+    type: Literal["function"]
+    function: FunctionSpec
+
+
+class NamedFunction(_Strict):
+    name: str
+
+
+class NamedToolChoice(_Strict):
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class JsonSchemaFormat(_Strict):
@@ -67,8 +125,6 @@ _Model = TypeVar("_Model", bound=BaseModel)
 
 # Fields OpenAI defines that this gateway does not implement yet: refused by name, never ignored.
 UNSUPPORTED_FIELDS = (
-    "tools",
-    "tool_choice",
     "functions",
     "function_call",
     "audio",
@@ -142,6 +198,27 @@ class ChatCompletionRequest(_GenerationRequest):
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     response_format: ResponseFormat | None = None
     modalities: list[Literal["text"]] | None = None
+    tools: Annotated[list[Tool], Field(min_length=1, max_length=128)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+
+    @property
+    def tool_mode(self) -> str:
+        """none (no tools in play), auto, required, or named."""
+        if not self.tools or self.tool_choice == "none":
+            return "none"
+        if isinstance(self.tool_choice, NamedToolChoice):
+            return "named"
+        return self.tool_choice or "auto"
+
+    @property
+    def forced_tool(self) -> str | None:
+        return self.tool_choice.function.name if isinstance(self.tool_choice, NamedToolChoice) else None
+
+    def tools_for_template(self) -> list[dict[str, Any]] | None:
+        if self.tool_mode == "none" or not self.tools:
+            return None
+        return [t.model_dump(exclude_none=True) for t in self.tools]
 
     @property
     def completion_limit(self) -> int | None:
@@ -217,7 +294,17 @@ def parse_chat_request(body: bytes) -> ChatCompletionRequest:
     _refuse(data, UNSUPPORTED_FIELDS)
     if data.get("top_logprobs") is not None and data.get("logprobs") is not True:
         raise invalid_request("'top_logprobs' needs 'logprobs': true.", param="top_logprobs")
-    return _validate(ChatCompletionRequest, data)
+    chat = _validate(ChatCompletionRequest, data)
+    if chat.tool_choice is not None and not chat.tools:
+        raise invalid_request("'tool_choice' needs 'tools'.", param="tool_choice")
+    names = {t.function.name for t in chat.tools or []}
+    if chat.forced_tool is not None and chat.forced_tool not in names:
+        raise invalid_request(f"tool_choice names '{chat.forced_tool}', which is not in 'tools'.", param="tool_choice")
+    if chat.tool_mode in ("named", "required") and chat.response_format and chat.response_format.type != "text":
+        raise invalid_request(
+            "A forced tool call and a response_format cannot both constrain the answer.", "response_format"
+        )
+    return chat
 
 
 def parse_completion_request(body: bytes) -> CompletionRequest:

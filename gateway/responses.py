@@ -14,10 +14,17 @@ Logprobs = list[dict[str, Any]]  # per token: token, logprob, bytes, top_logprob
 class Choice:
     """One finished choice of a non-streamed answer."""
 
-    def __init__(self, text: str, finish_reason: str, logprobs: Logprobs | None = None) -> None:
+    def __init__(
+        self,
+        text: str | None,
+        finish_reason: str,
+        logprobs: Logprobs | None = None,
+        tool_calls: list[dict[str, Any]] | None = None,
+    ) -> None:
         self.text = text
         self.finish_reason = finish_reason
         self.logprobs = logprobs
+        self.tool_calls = tool_calls or None
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
@@ -71,8 +78,18 @@ class ChatResponder(_Responder):
         }
         return self._chunk([choice])
 
+    def tool_chunk(self, index: int, tool_delta: dict[str, Any]) -> dict[str, Any]:
+        return self._chunk([{"index": index, "delta": {"tool_calls": [tool_delta]}, "finish_reason": None}])
+
     def finish_chunk(self, index: int, finish_reason: str) -> dict[str, Any]:
         return self._chunk([{"index": index, "delta": {}, "finish_reason": finish_reason}])
+
+    @staticmethod
+    def _message(choice: Choice) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": choice.text, "refusal": None}
+        if choice.tool_calls:
+            message["tool_calls"] = choice.tool_calls
+        return message
 
     def completion(self, choices: list[Choice], prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
         return {
@@ -83,7 +100,7 @@ class ChatResponder(_Responder):
             "choices": [
                 {
                     "index": i,
-                    "message": {"role": "assistant", "content": c.text, "refusal": None},
+                    "message": self._message(c),
                     "logprobs": _chat_logprobs(c.logprobs),
                     "finish_reason": c.finish_reason,
                 }
@@ -113,6 +130,9 @@ class CompletionResponder(_Responder):
     def finish_chunk(self, index: int, finish_reason: str) -> dict[str, Any]:
         return self._chunk([{"text": "", "index": index, "logprobs": None, "finish_reason": finish_reason}])
 
+    def tool_chunk(self, index: int, tool_delta: dict[str, Any]) -> dict[str, Any]:
+        raise AssertionError("text completions have no tool calls")
+
     def completion(self, choices: list[Choice], prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
         return {
             "id": self.id,
@@ -121,7 +141,7 @@ class CompletionResponder(_Responder):
             "model": self.model,
             "choices": [
                 {
-                    "text": (self.echo[i] if self.echo else "") + c.text,
+                    "text": (self.echo[i] if self.echo else "") + (c.text or ""),
                     "index": i,
                     "logprobs": _legacy_logprobs(c.logprobs),
                     "finish_reason": c.finish_reason,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 
 import anyio
@@ -16,6 +16,7 @@ from gateway.engine.base import Generation, GenerationParams, Started, chat_para
 from gateway.errors import context_length_exceeded, internal_error, invalid_request, model_not_found
 from gateway.metrics import CONTENT_TYPE, Metrics
 from gateway.protocol import (
+    ChatCompletionRequest,
     parse_chat_request,
     parse_completion_request,
     parse_detokenize_request,
@@ -26,6 +27,7 @@ from gateway.record import RequestRecord
 from gateway.registry import Lease, Registry, Slot
 from gateway.responses import ChatResponder, CompletionResponder, model_card
 from gateway.streaming import collect_all, event_stream
+from gateway.tools import AutoCall, NamedCall, RequiredCall, Shaper
 
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 SSE_PING_SECONDS = 15
@@ -151,6 +153,7 @@ async def _answer(
     stream: bool,
     include_usage: bool,
     shared_prompt: frozenset[int],
+    shaper: Callable[[], Shaper] | None = None,
 ) -> Response:
     """Start the first generation (errors still get their own status), then stream or collect all."""
     record = _record(request)
@@ -162,11 +165,17 @@ async def _answer(
     generations = _choices(lease, first, plan)
     if stream:
         events = event_stream(
-            responder, generations, lease, record, include_usage=include_usage, shared_prompt=shared_prompt
+            responder,
+            generations,
+            lease,
+            record,
+            include_usage=include_usage,
+            shared_prompt=shared_prompt,
+            shaper=shaper,
         )
         return _sse(request, events)
     try:
-        choices, prompt_tokens, completion_tokens = await collect_all(generations, record, shared_prompt)
+        choices, prompt_tokens, completion_tokens = await collect_all(generations, record, shared_prompt, shaper)
     finally:
         lease.release()
     return JSONResponse(responder.completion(choices, prompt_tokens, completion_tokens))
@@ -200,7 +209,22 @@ async def chat_completions(request: Request) -> Response:
         stream=bool(chat.stream),
         include_usage=chat.include_usage,
         shared_prompt=frozenset(range(1, chat.choices)),
+        shaper=_shaper(chat),
     )
+
+
+def _shaper(chat: ChatCompletionRequest) -> Callable[[], Shaper] | None:
+    """How each choice's text becomes content and tool calls."""
+    mode = chat.tool_mode
+    if mode == "none":
+        return None
+    if mode == "named":
+        name = chat.forced_tool or ""
+        return lambda: NamedCall(name)
+    if mode == "required":
+        return RequiredCall
+    names = {t.function.name for t in chat.tools or []}
+    return lambda: AutoCall(names)
 
 
 async def completions(request: Request) -> Response:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 from gateway.engine.base import Delta, Finished, Generation
@@ -17,6 +17,7 @@ from gateway.errors import GatewayError, internal_error
 from gateway.record import RequestRecord
 from gateway.registry import Lease
 from gateway.responses import Choice
+from gateway.tools import Piece, Shaper
 
 log = logging.getLogger(__name__)
 DONE = "[DONE]"
@@ -24,6 +25,7 @@ DONE = "[DONE]"
 
 class StreamResponder(Protocol):
     def begin_chunks(self, index: int) -> list[dict[str, Any]]: ...
+    def tool_chunk(self, index: int, tool_delta: dict[str, Any]) -> dict[str, Any]: ...
     def text_chunk(self, index: int, text: str, logprobs: list[dict[str, Any]] | None = None) -> dict[str, Any]: ...
     def finish_chunk(self, index: int, finish_reason: str) -> dict[str, Any]: ...
     def usage_chunk(self, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]: ...
@@ -33,8 +35,21 @@ def encode(payload: dict[str, Any]) -> str:
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
 
 
-def client_finish_reason(reason: str) -> str:
-    return "length" if reason == "length" else "stop"
+def client_finish_reason(reason: str, shaper: Shaper | None = None) -> str:
+    if reason == "length":
+        return "length"
+    return "tool_calls" if shaper is not None and shaper.called else "stop"
+
+
+def _chunks(responder: StreamResponder, index: int, pieces: list[Piece], logprobs: Any = None) -> list[str]:
+    out = []
+    for kind, value in pieces:
+        if kind == "content":
+            out.append(encode(responder.text_chunk(index, value, logprobs)))
+            logprobs = None
+        else:
+            out.append(encode(responder.tool_chunk(index, value)))
+    return out
 
 
 async def event_stream(
@@ -45,14 +60,17 @@ async def event_stream(
     *,
     include_usage: bool,
     shared_prompt: frozenset[int] = frozenset(),
+    shaper: Callable[[], Shaper] | None = None,
 ) -> AsyncIterator[str]:
     """Stream each (choice index, generation) in turn, then the usage chunk and [DONE].
 
-    `shared_prompt`: choices whose prompt an earlier choice already counted (n > 1 of one prompt)."""
+    `shared_prompt`: choices whose prompt an earlier choice already counted (n > 1 of one prompt).
+    `shaper`: turns each choice's text into content and tool-call deltas (chat with tools)."""
     prompt_tokens = completion_tokens = 0
     try:
         try:
             async for index, generation in generations:
+                shape = shaper() if shaper is not None else Shaper()
                 try:
                     for chunk in responder.begin_chunks(index):
                         yield encode(chunk)
@@ -60,12 +78,16 @@ async def event_stream(
                         if isinstance(event, Delta):
                             if record is not None:
                                 record.token(event.text)
-                            yield encode(responder.text_chunk(index, event.text, event.logprobs))
+                            for line in _chunks(responder, index, shape.feed(event.text), event.logprobs):
+                                yield line
                         elif isinstance(event, Finished):
                             if index not in shared_prompt:
                                 prompt_tokens += event.prompt_tokens
                             completion_tokens += event.completion_tokens
-                            yield encode(responder.finish_chunk(index, client_finish_reason(event.finish_reason)))
+                            for line in _chunks(responder, index, shape.finish()):
+                                yield line
+                            reason = client_finish_reason(event.finish_reason, shape)
+                            yield encode(responder.finish_chunk(index, reason))
                 finally:
                     generation.cancel()
             if record is not None:
@@ -107,13 +129,21 @@ async def collect_all(
     generations: AsyncIterator[tuple[int, Generation]],
     record: RequestRecord | None,
     shared_prompt: frozenset[int] = frozenset(),
+    shaper: Callable[[], Shaper] | None = None,
 ) -> tuple[list[Choice], int, int]:
     """Every choice of a non-streamed answer, with the prompt and completion token counts."""
     choices: list[Choice] = []
     prompt_tokens = completion_tokens = 0
     async for index, generation in generations:
         text, finished, logprobs = await collect(generation, record)
-        choices.append(Choice(text, client_finish_reason(finished.finish_reason), logprobs))
+        if shaper is None:
+            choices.append(Choice(text, client_finish_reason(finished.finish_reason), logprobs))
+        else:
+            shape = shaper()
+            shape.feed(text)
+            shape.finish()
+            reason = client_finish_reason(finished.finish_reason, shape)
+            choices.append(Choice(shape.text(), reason, logprobs, shape.tool_calls))
         if index not in shared_prompt:
             prompt_tokens += finished.prompt_tokens
         completion_tokens += finished.completion_tokens

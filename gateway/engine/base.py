@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from gateway.errors import GatewayError
+from gateway.tools import forced_hint, forced_schema
 
 if TYPE_CHECKING:  # the worker process imports this module: keep pydantic out of it
     from gateway.config import ModelEntry
@@ -22,7 +23,7 @@ COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for the legacy endpoint
 class GenerationParams:
     """One generation, in plain values that cross a process boundary."""
 
-    messages: list[dict[str, str]] | None  # a chat, formatted with the model's template
+    messages: list[dict[str, Any]] | None  # a chat, formatted with the model's template
     max_tokens: int | None
     temperature: float
     top_p: float
@@ -40,6 +41,7 @@ class GenerationParams:
     logit_bias: dict[str, float] | None = None  # token id (as JSON keys are strings) -> bias
     logprobs: bool = False
     top_logprobs: int = 0
+    tools: list[dict[str, Any]] | None = None  # offered to the chat template
 
     def to_wire(self) -> dict[str, Any]:
         return asdict(self)
@@ -74,11 +76,13 @@ def _sampling(request: _GenerationRequest, entry: ModelEntry, delta_interval: fl
 
 def chat_params(request: ChatCompletionRequest, entry: ModelEntry, delta_interval: float = 0.0) -> GenerationParams:
     """Request fields over the model entry's `sampling` and `output` defaults."""
+    messages = [m.for_template() for m in request.messages]
+    tools = request.tools_for_template()
+    if tools and request.tool_mode in ("named", "required"):
+        messages.insert(0, {"role": "system", "content": forced_hint(tools, request.forced_tool)})
     return GenerationParams(
-        # Chat templates know "system"; OpenAI's newer "developer" role means the same.
-        messages=[
-            {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in request.messages
-        ],
+        messages=messages,
+        tools=tools,
         max_tokens=_pick(request.completion_limit, entry.output.max_tokens),
         constraint=_constraint(request, entry),
         logprobs=bool(request.logprobs),
@@ -101,6 +105,9 @@ def completion_params(
 
 
 def _constraint(request: ChatCompletionRequest, entry: ModelEntry) -> dict[str, Any] | None:
+    tools = request.tools_for_template()
+    if tools and request.tool_mode in ("named", "required"):
+        return {"json_schema": forced_schema(tools, request.forced_tool)}
     if request.response_format is not None:
         return request.response_format.constraint()
     if entry.output.grammar_schema is not None:

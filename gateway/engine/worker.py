@@ -319,7 +319,7 @@ def _generate(
         if formatter is None:
             raise invalid_request("This model has no chat template; set model.chat_format in models.yaml.")
         try:
-            rendered = formatter(messages=params.messages)
+            rendered = formatter(messages=params.messages, tools=params.tools)
         except Exception as exc:  # templates raise for message orders they do not support
             raise invalid_request(f"The model's chat template rejected the messages: {exc}", "messages") from None
         prompt = llm.tokenize(rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special, special=True)

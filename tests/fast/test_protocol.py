@@ -9,6 +9,7 @@ from gateway.errors import GatewayError
 from gateway.protocol import parse_chat_request
 from gateway.responses import ChatResponder, Choice
 
+TOOL_F = {"type": "function", "function": {"name": "f"}}
 OK = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
 
@@ -70,7 +71,17 @@ def test_malformed_json() -> None:
         (body(top_logprobs=3), "top_logprobs"),
         (body(logprobs=True, top_logprobs=21), "top_logprobs"),
         (body(logprobs="yes"), "logprobs"),
-        (body(tools=[{"type": "function", "function": {"name": "f"}}]), "tools"),
+        (body(tools=[{"type": "function", "function": {"name": "bad name!"}}]), "tools[0].function.name"),
+        (body(tool_choice="auto"), "tool_choice"),
+        (
+            body(
+                tools=[{"type": "function", "function": {"name": "f"}}],
+                tool_choice={"type": "function", "function": {"name": "g"}},
+            ),
+            "tool_choice",
+        ),
+        (body(functions=[{"name": "f"}]), "functions"),
+        (body(messages=[{"role": "tool", "content": "42"}]), "messages[0]"),
         (body(logit_bias={"a": 5}), "logit_bias"),
         (body(logit_bias={"1": -101}), "logit_bias.1"),
         (body(stream_options={"include_usage": True}), "stream_options"),
