@@ -159,7 +159,8 @@ def test_tokenizer_helpers_round_trip(api: GatewayServer) -> None:
         ({"n": 17}, "n"),
         ({"top_logprobs": 2}, "top_logprobs"),
         ({"logit_bias": {"one": 1}}, "logit_bias"),
-        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]}, "tools"),
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"functions": [{"name": "f"}]}, "functions"),
     ],
 )
 def test_unsupported_fields_are_refused_by_name(api: GatewayServer, extra: dict[str, Any], param: str) -> None:
@@ -239,3 +240,88 @@ def test_embeddings_from_a_real_model(api: GatewayServer) -> None:
     with pytest.raises(openai.BadRequestError) as info:
         client.embeddings.create(model="smollm2-embed", input="x", dimensions=128)
     assert info.value.param == "dimensions"
+
+
+WEATHER = {
+    "type": "object",
+    "properties": {"city": {"type": "string", "maxLength": 30}, "unit": {"type": "string", "enum": ["c", "f"]}},
+    "required": ["city", "unit"],
+}
+ADD = {"type": "object", "properties": {"a": {"type": "number"}, "b": {"type": "number"}}, "required": ["a", "b"]}
+TOOLS: list[Any] = [
+    {
+        "type": "function",
+        "function": {"name": "get_weather", "description": "Weather in a city", "parameters": WEATHER},
+    },
+    {"type": "function", "function": {"name": "add", "description": "Add two numbers", "parameters": ADD}},
+]
+PARIS = [{"role": "user", "content": "What's the weather in Paris?"}]
+ARGS = '{"city": "Paris", "unit": "c"}'
+
+
+def test_named_tool_call_arguments_always_parse(api: GatewayServer) -> None:
+    choice = {"type": "function", "function": {"name": "get_weather"}}
+    for seed in range(4):
+        reply = sdk(api).chat.completions.create(
+            model="smollm2", messages=PARIS, tools=TOOLS, tool_choice=choice, max_tokens=120, seed=seed, temperature=1
+        )
+        assert reply.choices[0].finish_reason == "tool_calls"
+        assert reply.choices[0].message.content is None
+        (call,) = reply.choices[0].message.tool_calls or []
+        assert call.type == "function" and call.function.name == "get_weather" and call.id.startswith("call_")
+        jsonschema.validate(json.loads(call.function.arguments), WEATHER)
+
+
+def test_required_tool_call_streamed_through_the_sdk_helper(api: GatewayServer) -> None:
+    with sdk(api).chat.completions.stream(
+        model="smollm2",
+        messages=[{"role": "user", "content": "What is 2 plus 3?"}],
+        tools=TOOLS,
+        tool_choice="required",
+        max_tokens=120,
+    ) as stream:
+        final = stream.get_final_completion()
+    choice = final.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    (call,) = choice.message.tool_calls or []
+    schema = {"get_weather": WEATHER, "add": ADD}[call.function.name]
+    jsonschema.validate(json.loads(call.function.arguments), schema)
+    # The deltas follow OpenAI's rules: id, type and name only in the first delta of the call.
+    raw = sdk(api).chat.completions.create(
+        model="smollm2", messages=PARIS, tools=TOOLS, tool_choice="required", max_tokens=120, stream=True, seed=2
+    )
+    deltas = [d for c in raw if c.choices for d in c.choices[0].delta.tool_calls or []]
+    assert deltas[0].id and deltas[0].type == "function" and deltas[0].function and deltas[0].function.name
+    assert all(d.id is None and d.type is None and d.function and d.function.name is None for d in deltas[1:])
+    json.loads("".join(d.function.arguments or "" for d in deltas if d.function))
+
+
+def test_auto_and_tool_results(api: GatewayServer) -> None:
+    client = sdk(api)
+    auto = client.chat.completions.create(model="smollm2", messages=PARIS, tools=TOOLS, max_tokens=40)
+    message = auto.choices[0].message
+    if message.tool_calls:  # whatever the model chose, the answer is well formed
+        assert auto.choices[0].finish_reason == "tool_calls"
+        for call in message.tool_calls:
+            json.loads(call.function.arguments)
+    else:
+        assert message.content and auto.choices[0].finish_reason in ("stop", "length")
+    follow_up: list[Any] = [
+        *PARIS,
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris", "unit": "c"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "18C and sunny"},
+    ]
+    reply = client.chat.completions.create(
+        model="smollm2", messages=follow_up, tools=TOOLS, tool_choice="none", max_tokens=20
+    )
+    assert reply.choices[0].message.content and reply.choices[0].message.tool_calls is None
