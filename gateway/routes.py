@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
+from typing import TypeVar
 
 import anyio
 from sse_starlette.sse import EventSourceResponse
@@ -12,7 +13,7 @@ from starlette.responses import JSONResponse, Response
 
 from gateway import responses
 from gateway.auth import ANONYMOUS, Principal
-from gateway.engine.base import Generation, GenerationParams, Started, chat_params, completion_params
+from gateway.engine.base import Engine, Generation, GenerationParams, Started, chat_params, completion_params
 from gateway.errors import context_length_exceeded, internal_error, invalid_request, model_not_found
 from gateway.metrics import CONTENT_TYPE, Metrics
 from gateway.protocol import (
@@ -29,6 +30,7 @@ from gateway.responses import ChatResponder, CompletionResponder, model_card
 from gateway.streaming import collect_all, event_stream
 from gateway.tools import AutoCall, NamedCall, RequiredCall, Shaper
 
+T = TypeVar("T")
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 SSE_PING_SECONDS = 15
 
@@ -297,23 +299,23 @@ async def embeddings(request: Request) -> Response:
     return JSONResponse(responses.embeddings(slot.model_id, vectors, tokens, body.encoding_format))
 
 
-async def tokenize(request: Request) -> Response:
-    body = parse_tokenize_request(await request.body())
-    slot = resolve_for(request, body.model)
+async def _on_model(request: Request, name: str, use: Callable[[Engine], Awaitable[T]]) -> tuple[str, T]:
+    """Run a quick call on a model's engine (loading it if needed), holding it meanwhile."""
+    slot = resolve_for(request, name)
     lease = await registry_of(request).acquire(slot.model_id)
     try:
-        tokens = await lease.engine.tokenize(body.input)
+        return slot.model_id, await use(lease.engine)
     finally:
         lease.release()
-    return JSONResponse({"model": slot.model_id, "tokens": tokens, "count": len(tokens)})
+
+
+async def tokenize(request: Request) -> Response:
+    body = parse_tokenize_request(await request.body())
+    model_id, tokens = await _on_model(request, body.model, lambda engine: engine.tokenize(body.input))
+    return JSONResponse({"model": model_id, "tokens": tokens, "count": len(tokens)})
 
 
 async def detokenize(request: Request) -> Response:
     body = parse_detokenize_request(await request.body())
-    slot = resolve_for(request, body.model)
-    lease = await registry_of(request).acquire(slot.model_id)
-    try:
-        text = await lease.engine.detokenize(body.tokens)
-    finally:
-        lease.release()
-    return JSONResponse({"model": slot.model_id, "text": text})
+    model_id, text = await _on_model(request, body.model, lambda engine: engine.detokenize(body.tokens))
+    return JSONResponse({"model": model_id, "text": text})
