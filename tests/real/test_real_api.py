@@ -325,3 +325,20 @@ def test_auto_and_tool_results(api: GatewayServer) -> None:
         model="smollm2", messages=follow_up, tools=TOOLS, tool_choice="none", max_tokens=20
     )
     assert reply.choices[0].message.content and reply.choices[0].message.tool_calls is None
+
+
+def test_real_responses_match_the_official_schema(api: GatewayServer) -> None:
+    from tests.fast.test_official_schema import validate
+
+    base = api.base_url
+    chat = {"model": "smollm2", "messages": ASK, "max_tokens": 8, "logprobs": True, "top_logprobs": 2}
+    validate(httpx.post(f"{base}/v1/chat/completions", json=chat, timeout=60).json(), "CreateChatCompletionResponse")
+    with httpx.stream("POST", f"{base}/v1/chat/completions", json={**chat, "stream": True}, timeout=60) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                validate(json.loads(line[6:]), "CreateChatCompletionStreamResponse")
+    text = {"model": "gemma-base", "prompt": "Hello", "max_tokens": 4}
+    validate(httpx.post(f"{base}/v1/completions", json=text, timeout=60).json(), "CreateCompletionResponse")
+    embed = {"model": "smollm2-embed", "input": "Hello", "encoding_format": "float"}
+    validate(httpx.post(f"{base}/v1/embeddings", json=embed, timeout=60).json(), "CreateEmbeddingResponse")
+    validate(httpx.get(f"{base}/v1/models").json(), "ListModelsResponse")
