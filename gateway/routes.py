@@ -58,6 +58,15 @@ def resolve_for(request: Request, name: str) -> Slot:
     return slot
 
 
+def _target(request: Request, name: str) -> Slot:
+    """The model a generating request names, noted in its access-log record."""
+    slot = resolve_for(request, name)
+    record = _record(request)
+    if record is not None:
+        record.model = slot.model_id
+    return slot
+
+
 async def health(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
@@ -185,12 +194,10 @@ async def _answer(
 
 async def chat_completions(request: Request) -> Response:
     chat = parse_chat_request(await request.body())
+    slot = _target(request, chat.model)
     record = _record(request)
-    slot = resolve_for(request, chat.model)
-    if record is not None:
-        record.model = slot.model_id
-        if record.output is not None:  # log_content is on
-            record.messages = [m.model_dump(exclude_none=True) for m in chat.messages]
+    if record is not None and record.output is not None:  # log_content is on
+        record.messages = [m.model_dump(exclude_none=True) for m in chat.messages]
     _generative(slot)
     if slot.entry.model.chat_format is None and not slot.facts.has_chat_template:
         raise invalid_request(
@@ -275,9 +282,7 @@ def _generative(slot: Slot) -> None:
 async def embeddings(request: Request) -> Response:
     body = parse_embedding_request(await request.body())
     record = _record(request)
-    slot = resolve_for(request, body.model)
-    if record is not None:
-        record.model = slot.model_id
+    slot = _target(request, body.model)
     if not slot.entry.embedding:
         raise invalid_request(
             f"Model '{slot.model_id}' is not an embedding model (set embedding: true in models.yaml).", param="model"
