@@ -240,11 +240,8 @@ async def completions(request: Request) -> Response:
     """Legacy text completions: the prompt is sent as is, without a chat template. Choices are
     n per prompt, prompt by prompt."""
     body = parse_completion_request(await request.body())
-    record = _record(request)
-    slot = resolve_for(request, body.model)
+    slot = _target(request, body.model)
     _generative(slot)
-    if record is not None:
-        record.model = slot.model_id
     registry = registry_of(request)
     interval = registry.settings.gateway.stream_interval
     prompts = body.prompts
