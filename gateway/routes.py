@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from typing import TypeVar
@@ -31,6 +33,7 @@ from gateway.streaming import collect_all, event_stream
 from gateway.tools import AutoCall, NamedCall, RequiredCall, Shaper
 
 T = TypeVar("T")
+CLIENT_CLOSED_REQUEST = 499  # nginx's name for it; only ever seen in the access log
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 SSE_PING_SECONDS = 15
 
@@ -186,10 +189,36 @@ async def _answer(
         )
         return _sse(request, events)
     try:
-        choices, prompt_tokens, completion_tokens = await collect_all(generations, record, shared_prompt, shaper)
+        answer = await _unless_disconnected(request, collect_all(generations, record, shared_prompt, shaper))
     finally:
         lease.release()
+    if answer is None:
+        return Response(status_code=CLIENT_CLOSED_REQUEST)  # nobody reads it; the access log does
+    choices, prompt_tokens, completion_tokens = answer
     return JSONResponse(responder.completion(choices, prompt_tokens, completion_tokens))
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T | None:
+    """Await `work`, or cancel it (and so its generation) when the client goes away first."""
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if task.done():
+        return task.result()
+    if watcher.done() and not watcher.cancelled() and watcher.exception() is not None:
+        return await task  # could not watch the connection: just finish the work
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return None
 
 
 async def chat_completions(request: Request) -> Response:

@@ -262,3 +262,46 @@ async def test_client_disconnect_cancels_generation(make_config: Any, tmp_path: 
         response = await c.post("/v1/chat/completions", json={"model": "m", "messages": MSG, "max_tokens": 2})
         assert response.status_code == 200
     await app.state.registry.close()
+
+
+@pytest.mark.anyio
+async def test_client_disconnect_cancels_a_non_streamed_generation(make_config: Any, tmp_path: Path) -> None:
+    app, factory = make_app(make_config, tmp_path, scripts={"m": FakeScript(reply_tokens=10_000, token_delay=0.005)})
+    body = json.dumps({"model": "m", "messages": MSG}).encode()
+    sent: list[dict[str, Any]] = []
+    requested = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal requested
+        if not requested:
+            requested = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        while not factory.engines or not factory.engines[0]._tasks:
+            await asyncio.sleep(0.01)  # the generation is under way
+        await asyncio.sleep(0.05)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/chat/completions",
+        "raw_path": b"/v1/chat/completions",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 1),
+        "server": ("t", 80),
+        "state": {},
+    }
+    await asyncio.wait_for(app(scope, receive, send), 10)
+    engine = factory.engines[0]
+    assert engine.cancelled == [1] and engine.completed == []
+    assert sent[0]["status"] == 499
+    assert app.state.registry.resolve("m").leases == 0
+    await app.state.registry.close()
