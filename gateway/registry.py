@@ -1,6 +1,6 @@
 """Which models are loaded: on-demand single-flight loads, leases, LRU eviction under a memory budget, TTL.
 
-The eviction choice is `plan_room`, a pure function of (what is needed, the residents, the limits).
+The eviction choice is `eviction.plan_room`, a pure function of (what is needed, the residents, the limits).
 Everything else here is bookkeeping on the event loop: state changes happen synchronously between
 awaits, so no lock is needed to keep two loads from claiming the same room.
 """
@@ -12,7 +12,7 @@ import contextlib
 import enum
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -28,6 +28,7 @@ from gateway.errors import (
     queue_full,
     shutting_down,
 )
+from gateway.eviction import Resident, plan_room
 from gateway.memory import ModelFacts
 
 log = logging.getLogger(__name__)
@@ -41,47 +42,6 @@ class State(str, enum.Enum):
     LOADING = "loading"
     LOADED = "loaded"
     FAILED = "failed"
-
-
-@dataclass(frozen=True)
-class Resident:
-    """A model holding memory, as the eviction policy sees it."""
-
-    model_id: str
-    bytes: int
-    busy: bool  # requests in flight or queued, or still loading: never evicted
-    pinned: bool
-    last_used: float
-
-
-@dataclass(frozen=True)
-class Plan:
-    evict: tuple[str, ...] = ()
-    wait: bool = False  # fits only once busy models go idle
-    never: bool = False  # cannot fit even with every unpinned model unloaded
-
-
-def plan_room(need: int, residents: Sequence[Resident], budget: int, max_loaded: int | None) -> Plan:
-    """Least recently used idle models to unload so that `need` more bytes (one more model) fit."""
-
-    def fits(used: int, count: int) -> bool:
-        return used + need <= budget and (max_loaded is None or count + 1 <= max_loaded)
-
-    pinned = [r for r in residents if r.pinned]
-    if not fits(sum(r.bytes for r in pinned), len(pinned)):
-        return Plan(never=True)
-    used = sum(r.bytes for r in residents)
-    count = len(residents)
-    evict: list[str] = []
-    for resident in sorted((r for r in residents if not r.busy and not r.pinned), key=lambda r: r.last_used):
-        if fits(used, count):
-            break
-        evict.append(resident.model_id)
-        used -= resident.bytes
-        count -= 1
-    if fits(used, count):
-        return Plan(evict=tuple(evict))
-    return Plan(wait=True)
 
 
 class Observer(Protocol):

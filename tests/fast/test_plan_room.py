@@ -1,4 +1,4 @@
-from gateway.registry import Plan, Resident, plan_room
+from gateway.eviction import Plan, Resident, plan_room
 
 MB = 2**20
 
