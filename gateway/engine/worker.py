@@ -17,7 +17,6 @@ between two tokens. The worker exits when its parent goes away (the pipe reaches
 from __future__ import annotations
 
 import codecs
-import json
 import os
 import queue
 import random
@@ -28,6 +27,8 @@ from typing import Any
 
 from gateway.engine.base import GenerationParams
 from gateway.engine.deltas import DeltaBatcher
+from gateway.engine.embedding import POOLING, embed
+from gateway.engine.sampling import LogprobScorer, grammar_for, logit_bias_processor
 from gateway.engine.stops import StopMatcher
 from gateway.errors import GatewayError, context_length_exceeded, internal_error, invalid_request
 
@@ -65,7 +66,7 @@ def main(conn: Connection) -> None:
         kind, request_id, payload = jobs.get()
         try:
             if kind == "embed":
-                send(("result", request_id, _embed(llm, payload)))
+                send(("result", request_id, embed(llm, payload)))
             else:
                 _generate(llm, formatter, request_id, GenerationParams.from_wire(payload), send, cancelled)
         except GatewayError as exc:
@@ -136,7 +137,7 @@ def _load(config: dict[str, Any]) -> tuple[Any, Formatter | None]:
     if embedding:
         # An input is embedded in one batch, so a batch holds a whole context; pooling gives one vector.
         options = {"embedding": True, "n_batch": config["n_ctx"], "n_ubatch": config["n_ctx"]}
-        options["pooling_type"] = _POOLING.get(config["pooling"] or "", llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED)
+        options["pooling_type"] = POOLING.get(config["pooling"] or "", llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED)
     llm = llama_cpp.Llama(
         model_path=config["path"],
         n_ctx=config["n_ctx"],
@@ -150,49 +151,6 @@ def _load(config: dict[str, Any]) -> tuple[Any, Formatter | None]:
     if embedding and int(llm.pooling_type()) == llama_cpp.LLAMA_POOLING_TYPE_NONE:
         raise ValueError("this model pools no embedding; set model.pooling (mean, cls or last) in models.yaml")
     return llm, None if embedding else _formatter(llm, config["chat_format"])
-
-
-_POOLING = {"none": 0, "mean": 1, "cls": 2, "last": 3}
-
-
-def _embed(llm: Any, inputs: list[str | list[int]]) -> tuple[list[list[float]], int]:
-    """One normalised vector per input (text or token ids), and the tokens read. Inputs longer than the
-    context are refused, not cut."""
-    import llama_cpp
-    import numpy as np
-
-    n_ctx, n_embd, n_vocab = llm.n_ctx(), llm.n_embd(), llm.n_vocab()
-    batches: list[list[list[int]]] = [[]]
-    used = 0
-    total = 0
-    for index, item in enumerate(inputs):
-        tokens = llm.tokenize(item.encode("utf-8"), add_bos=True, special=False) if isinstance(item, str) else item
-        if not tokens:
-            raise invalid_request(f"input[{index}] is empty.", param="input")
-        if len(tokens) > n_ctx:
-            raise context_length_exceeded(len(tokens), n_ctx, "input")
-        if any(not 0 <= t < n_vocab for t in tokens):
-            raise invalid_request(f"input[{index}] has token ids outside 0..{n_vocab - 1}.", param="input")
-        if used + len(tokens) > n_ctx or len(batches[-1]) >= llm.context_params.n_seq_max:
-            batches.append([])
-            used = 0
-        batches[-1].append(tokens)
-        used += len(tokens)
-        total += len(tokens)
-    vectors: list[list[float]] = []
-    for batch in batches:
-        llm._batch.reset()
-        for seq, tokens in enumerate(batch):
-            llm._batch.add_sequence(tokens, seq, True)
-        llm._ctx.kv_cache_clear()
-        llm._ctx.decode(llm._batch)
-        for seq in range(len(batch)):
-            vector = np.ctypeslib.as_array(llama_cpp.llama_get_embeddings_seq(llm.ctx, seq), shape=(n_embd,))
-            norm = float(np.linalg.norm(vector)) or 1.0
-            vectors.append((vector / norm).tolist())
-    llm._batch.reset()
-    llm._ctx.kv_cache_clear()
-    return vectors, total
 
 
 def _formatter(llm: Any, chat_format: str | None) -> Formatter | None:
@@ -220,83 +178,10 @@ def _formatter(llm: Any, chat_format: str | None) -> Formatter | None:
     )
 
 
-def _logit_bias(llm: Any, bias: dict[str, float] | None) -> Any:
-    """A logits processor adding the client's bias per token id (ids checked against the vocabulary)."""
-    if not bias:
-        return None
-    import numpy as np
-    from llama_cpp import LogitsProcessorList
-
-    n_vocab = llm.n_vocab()
-    ids = np.array([int(k) for k in bias], dtype=np.intc)
-    if ids.size and (ids.min() < 0 or ids.max() >= n_vocab):
-        raise invalid_request(f"logit_bias has token ids outside 0..{n_vocab - 1}.", param="logit_bias")
-    values = np.array(list(bias.values()), dtype=np.single)
-
-    def apply(input_ids: Any, scores: Any) -> Any:
-        scores[ids] += values
-        return scores
-
-    return LogitsProcessorList([apply])
-
-
-class _LogprobScorer:
-    """Log probabilities of each sampled token (and the most likely alternatives) from the logits
-    llama.cpp kept for the last position: no `logits_all`, which would cost n_ctx x vocab x 4 bytes."""
-
-    def __init__(self, llm: Any, top: int) -> None:
-        import llama_cpp
-        import numpy as np
-
-        self._np = np
-        self._llm = llm
-        self._top = top
-        self._n_vocab = llm.n_vocab()
-        self._logits_ith = llama_cpp.llama_get_logits_ith
-
-    def entry(self, token: int, piece: bytes) -> dict[str, Any]:
-        np = self._np
-        logits = np.ctypeslib.as_array(self._logits_ith(self._llm.ctx, -1), shape=(self._n_vocab,))
-        shifted = logits - logits.max()
-        logprobs = shifted - np.log(np.exp(shifted).sum())
-        entry = self._describe(token, piece, float(logprobs[token]))
-        alternatives = []
-        if self._top:
-            best = np.argpartition(-logprobs, self._top)[: self._top]
-            for candidate in best[np.argsort(-logprobs[best])]:
-                candidate = int(candidate)
-                raw = self._llm.detokenize([candidate])
-                alternatives.append(self._describe(candidate, raw, float(logprobs[candidate])))
-        entry["top_logprobs"] = alternatives
-        return entry
-
-    @staticmethod
-    def _describe(token: int, piece: bytes, logprob: float) -> dict[str, Any]:
-        return {"token": piece.decode("utf-8", errors="replace"), "logprob": logprob, "bytes": list(piece)}
-
-
 def _stops(stop: str | list[str] | None) -> list[str]:
     if stop is None:
         return []
     return [stop] if isinstance(stop, str) else list(stop)
-
-
-def _grammar(constraint: dict[str, Any] | None) -> Any:
-    """A llama.cpp grammar for the response format; a schema it cannot express is the client's 400."""
-    if not constraint:
-        return None
-    from llama_cpp import llama_grammar
-
-    if constraint.get("json_object"):
-        return llama_grammar.LlamaGrammar.from_string(llama_grammar.JSON_GBNF, verbose=False)
-    try:
-        text = json.dumps(constraint["json_schema"])
-        return llama_grammar.LlamaGrammar.from_json_schema(text, verbose=False)
-    except Exception as exc:  # the converter raises plain exceptions for schemas it cannot handle
-        raise invalid_request(
-            f"response_format.json_schema cannot be enforced with a grammar: {type(exc).__name__}: {exc}",
-            param="response_format",
-        ) from None
 
 
 def _generate(
@@ -327,15 +212,15 @@ def _generate(
     n_ctx = llm.n_ctx()
     if len(prompt) >= n_ctx:
         raise context_length_exceeded(len(prompt), n_ctx, "messages" if params.prompt is None else "prompt")
-    grammar = _grammar(params.constraint)
-    bias = _logit_bias(llm, params.logit_bias)
+    grammar = grammar_for(params.constraint)
+    bias = logit_bias_processor(llm, params.logit_bias)
     room = n_ctx - len(prompt)
     limit = min(params.max_tokens, room) if params.max_tokens else room
     matcher = StopMatcher([*params.stop, *template_stops])
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     send(("started", request_id, len(prompt)))
     batcher = DeltaBatcher(lambda text, entries: send(("delta", request_id, text, entries)), params.delta_interval)
-    scorer = _LogprobScorer(llm, params.top_logprobs) if params.logprobs else None
+    scorer = LogprobScorer(llm, params.top_logprobs) if params.logprobs else None
 
     llm.set_seed(params.seed if params.seed is not None else random.randrange(2**31))
     vocab = llm._model.vocab

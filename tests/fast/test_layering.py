@@ -19,7 +19,9 @@ ALLOWED: dict[str, set[str]] = {
     "tools": set(),
     "engine.base": {"config", "errors", "protocol", "tools"},
     "engine.fake": {"config", "errors", "engine.base", "engine.stops"},
-    "engine.worker": {"errors", "engine.base", "engine.stops", "engine.deltas"},
+    "engine.sampling": {"errors"},
+    "engine.embedding": {"errors"},
+    "engine.worker": {"errors", "engine.base", "engine.stops", "engine.deltas", "engine.sampling", "engine.embedding"},
     "engine.process": {"config", "errors", "memory", "engine.base", "engine.worker"},
     "compute": set(),
     "metrics": set(),
@@ -95,8 +97,25 @@ def test_dependencies_point_downward() -> None:
         assert ours <= ALLOWED[name], f"{name} imports {sorted(ours - ALLOWED[name])}"
 
 
+WORKER_SIDE = {"engine.worker", "engine.sampling", "engine.embedding"}
+
+
 def test_llama_cpp_is_imported_only_by_the_worker() -> None:
     # (cli's `check` reaches llama_cpp through engine.worker.backend_info, never on the request path)
     for path in PACKAGE.rglob("*.py"):
         uses = any(i == "llama_cpp" or i.startswith("llama_cpp.") for i in imports_of(path))
-        assert not uses or module_name(path) == "engine.worker", module_name(path)
+        assert not uses or module_name(path) in WORKER_SIDE, module_name(path)
+
+
+def test_worker_side_stays_free_of_the_web_stack() -> None:
+    """A worker imports these at start: pydantic, starlette and friends would cost every worker memory."""
+    heavy = ("pydantic", "starlette", "uvicorn", "sse_starlette", "yaml", "prometheus_client")
+    for path in PACKAGE.rglob("*.py"):
+        if module_name(path) in WORKER_SIDE | {"engine.base", "engine.stops", "engine.deltas", "errors", "tools"}:
+            module_level = [
+                alias.name if isinstance(node, ast.Import) else node.module or ""
+                for node in ast.parse(path.read_text()).body
+                if isinstance(node, ast.Import | ast.ImportFrom)
+                for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(name=node.module or "")])
+            ]
+            assert not [m for m in module_level if m.split(".")[0] in heavy], module_name(path)
