@@ -36,8 +36,11 @@ def secured_config() -> dict[str, Any]:
                 {"id": "limited", "key": "limited-key-0123456", "rpm": 1},
             ],
             "admin_key": "${TEST_ADMIN_KEY}",
+            "cors_origins": ["https://chat.example"],
+            "max_body_bytes": "64KiB",
         }
     )
+    config["models"]["gemma"]["pinned"] = True
     return config
 
 
@@ -228,3 +231,26 @@ def test_gateway_check(tmp_path: Any) -> None:
     )
     assert result.returncode == 1
     assert "can never fit" in result.stdout
+
+
+def test_health_ready_cors_and_body_limit(secured: GatewayServer) -> None:
+    base = secured.base_url
+    assert httpx.get(f"{base}/health").json() == {"status": "ok"}
+    deadline = time.monotonic() + 60  # the pinned model loads at start
+    while httpx.get(f"{base}/health/ready").status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert httpx.get(f"{base}/health/ready").json() == {"status": "ready"}
+    models = httpx.get(f"{base}/admin/models", headers={"x-api-key": ADMIN_KEY}).json()["models"]
+    assert {m["id"]: m["state"] for m in models}["gemma"] == "loaded"
+    preflight = {
+        "origin": "https://chat.example",
+        "access-control-request-method": "POST",
+        "access-control-request-headers": "authorization,content-type",
+    }
+    allowed = httpx.options(f"{base}/v1/chat/completions", headers=preflight)
+    assert allowed.headers["access-control-allow-origin"] == "https://chat.example"
+    denied = httpx.options(f"{base}/v1/chat/completions", headers={**preflight, "origin": "https://other.example"})
+    assert "access-control-allow-origin" not in denied.headers
+    big = {"model": "smollm2", "messages": [{"role": "user", "content": "x" * 70_000}]}
+    response = httpx.post(f"{base}/v1/chat/completions", json=big, headers={"authorization": f"Bearer {USER_KEY}"})
+    assert response.status_code == 413 and response.json()["error"]["code"] == "request_too_large"
