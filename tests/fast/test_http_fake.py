@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -210,13 +210,10 @@ async def test_no_room_is_503_with_retry_after(make_config: Any, tmp_path: Path)
     await registry.close()
 
 
-@pytest.mark.anyio
-async def test_client_disconnect_cancels_generation(make_config: Any, tmp_path: Path) -> None:
-    """Driven at the ASGI level: the client disconnects after three chunks."""
-    app, factory = make_app(make_config, tmp_path, scripts={"m": FakeScript(reply_tokens=10_000, token_delay=0.005)})
-    body = json.dumps({"model": "m", "messages": MSG, "stream": True}).encode()
-    chunks_seen = 0
-    enough = asyncio.Event()
+async def drive_until_disconnect(
+    app: Starlette, body: dict[str, Any], leave: Callable[[list[dict[str, Any]]], Awaitable[None]]
+) -> list[dict[str, Any]]:
+    """Call the app at the ASGI level; the client disconnects once `leave(messages sent so far)` returns."""
     sent: list[dict[str, Any]] = []
     requested = False
 
@@ -224,17 +221,12 @@ async def test_client_disconnect_cancels_generation(make_config: Any, tmp_path: 
         nonlocal requested
         if not requested:
             requested = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        await enough.wait()
+            return {"type": "http.request", "body": json.dumps(body).encode(), "more_body": False}
+        await leave(sent)
         return {"type": "http.disconnect"}
 
     async def send(message: dict[str, Any]) -> None:
-        nonlocal chunks_seen
         sent.append(message)
-        if message["type"] == "http.response.body" and message.get("body"):
-            chunks_seen += 1
-            if chunks_seen >= 3:
-                enough.set()
 
     scope = {
         "type": "http",
@@ -252,6 +244,19 @@ async def test_client_disconnect_cancels_generation(make_config: Any, tmp_path: 
         "state": {},
     }
     await asyncio.wait_for(app(scope, receive, send), 10)
+    return sent
+
+
+@pytest.mark.anyio
+async def test_client_disconnect_cancels_generation(make_config: Any, tmp_path: Path) -> None:
+    """Driven at the ASGI level: the client disconnects after three chunks."""
+    app, factory = make_app(make_config, tmp_path, scripts={"m": FakeScript(reply_tokens=10_000, token_delay=0.005)})
+
+    async def after_three_chunks(sent: list[dict[str, Any]]) -> None:
+        while sum(1 for m in sent if m["type"] == "http.response.body" and m.get("body")) < 3:
+            await asyncio.sleep(0.005)
+
+    sent = await drive_until_disconnect(app, {"model": "m", "messages": MSG, "stream": True}, after_three_chunks)
     engine = factory.engines[0]
     assert sent[0]["status"] == 200
     assert engine.cancelled == [1], "the generation was not cancelled"
@@ -267,39 +272,13 @@ async def test_client_disconnect_cancels_generation(make_config: Any, tmp_path: 
 @pytest.mark.anyio
 async def test_client_disconnect_cancels_a_non_streamed_generation(make_config: Any, tmp_path: Path) -> None:
     app, factory = make_app(make_config, tmp_path, scripts={"m": FakeScript(reply_tokens=10_000, token_delay=0.005)})
-    body = json.dumps({"model": "m", "messages": MSG}).encode()
-    sent: list[dict[str, Any]] = []
-    requested = False
 
-    async def receive() -> dict[str, Any]:
-        nonlocal requested
-        if not requested:
-            requested = True
-            return {"type": "http.request", "body": body, "more_body": False}
+    async def once_generating(sent: list[dict[str, Any]]) -> None:
         while not factory.engines or not factory.engines[0]._tasks:
-            await asyncio.sleep(0.01)  # the generation is under way
+            await asyncio.sleep(0.01)
         await asyncio.sleep(0.05)
-        return {"type": "http.disconnect"}
 
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/v1/chat/completions",
-        "raw_path": b"/v1/chat/completions",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"content-type", b"application/json")],
-        "client": ("127.0.0.1", 1),
-        "server": ("t", 80),
-        "state": {},
-    }
-    await asyncio.wait_for(app(scope, receive, send), 10)
+    sent = await drive_until_disconnect(app, {"model": "m", "messages": MSG}, once_generating)
     engine = factory.engines[0]
     assert engine.cancelled == [1] and engine.completed == []
     assert sent[0]["status"] == 499
