@@ -105,3 +105,17 @@ def test_schema_forbids_unknown_keys() -> None:
     schema = json_schema()
     assert schema["additionalProperties"] is False
     assert schema["$defs"]["SamplingSection"]["additionalProperties"] is False
+
+
+def test_embedded_default_serves_the_bundled_model(tmp_path: Path) -> None:
+    from gateway.config import default_settings
+
+    with pytest.raises(ConfigError, match=r"models\.smollm2-135m-instruct\.model\.path: file not found"):
+        default_settings(tmp_path)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf").write_bytes(b"GGUF")
+    settings = default_settings(tmp_path)
+    assert list(settings.models) == ["smollm2-135m-instruct"]
+    assert settings.models["smollm2-135m-instruct"].model.path == (
+        tmp_path / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    )
