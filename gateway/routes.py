@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import replace
 from typing import TypeVar
 
 import anyio
@@ -142,20 +141,14 @@ def _sse(request: Request, events: AsyncIterator[str]) -> Response:
     )
 
 
-def _for_choice(params: GenerationParams, choice: int) -> GenerationParams:
-    """Choice i of n: with a seed, seed + i, so the choices differ and still repeat."""
-    if choice == 0 or params.seed is None:
-        return params
-    return replace(params, seed=params.seed + choice)
-
-
 async def _choices(
     lease: Lease, first: Generation, plan: list[GenerationParams]
 ) -> AsyncIterator[tuple[int, Generation]]:
-    """The first generation (already started), then the rest, each started when its turn comes."""
+    """The first generation (already started), then the rest, each started when its turn comes;
+    each with the index its choices are numbered from."""
     yield 0, first
-    for index, params in enumerate(plan[1:], start=1):
-        yield index, await _start(lease, params)
+    for position, params in enumerate(plan[1:], start=1):
+        yield position * params.n, await _start(lease, params)
 
 
 async def _answer(
@@ -166,7 +159,6 @@ async def _answer(
     *,
     stream: bool,
     include_usage: bool,
-    shared_prompt: frozenset[int],
     shaper: Callable[[], Shaper] | None = None,
 ) -> Response:
     """Start the first generation (errors still get their own status), then stream or collect all."""
@@ -184,12 +176,11 @@ async def _answer(
             lease,
             record,
             include_usage=include_usage,
-            shared_prompt=shared_prompt,
             shaper=shaper,
         )
         return _sse(request, events)
     try:
-        answer = await _unless_disconnected(request, collect_all(generations, record, shared_prompt, shaper))
+        answer = await _unless_disconnected(request, collect_all(generations, record, shaper))
     finally:
         lease.release()
     if answer is None:
@@ -238,15 +229,13 @@ async def chat_completions(request: Request) -> Response:
     registry = registry_of(request)
     lease = await _hold(registry, slot.model_id)
     params = chat_params(chat, lease.entry, registry.settings.gateway.stream_interval)
-    plan = [_for_choice(params, i) for i in range(chat.choices)]
     return await _answer(
         request,
         lease,
         ChatResponder(lease.model_id),
-        plan,
+        [params],
         stream=bool(chat.stream),
         include_usage=chat.include_usage,
-        shared_prompt=frozenset(range(1, chat.choices)),
         shaper=_shaper(chat),
     )
 
@@ -284,9 +273,8 @@ async def completions(request: Request) -> Response:
     except BaseException:
         lease.release()
         raise
-    n = body.choices
-    plan = [_for_choice(completion_params(body, p, lease.entry, interval), j) for p in prompts for j in range(n)]
-    echo = [p for p in prompts for _ in range(n)] if body.echo else None
+    plan = [completion_params(body, prompt, lease.entry, interval) for prompt in prompts]
+    echo = [p for p in prompts for _ in range(body.choices)] if body.echo else None
     return await _answer(
         request,
         lease,
@@ -294,7 +282,6 @@ async def completions(request: Request) -> Response:
         plan,
         stream=bool(body.stream),
         include_usage=body.include_usage,
-        shared_prompt=frozenset(i for i in range(len(plan)) if i % n),
     )
 
 

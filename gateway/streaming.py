@@ -12,7 +12,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
-from gateway.engine.base import Delta, Finished, Generation
+from gateway.engine.base import ChoiceFinished, Delta, Finished, Generation
 from gateway.errors import GatewayError, internal_error
 from gateway.record import RequestRecord
 from gateway.registry import Lease
@@ -59,35 +59,41 @@ async def event_stream(
     record: RequestRecord | None,
     *,
     include_usage: bool,
-    shared_prompt: frozenset[int] = frozenset(),
     shaper: Callable[[], Shaper] | None = None,
 ) -> AsyncIterator[str]:
-    """Stream each (choice index, generation) in turn, then the usage chunk and [DONE].
+    """Stream each generation in turn (its choices numbered from the index it comes with, and
+    interleaved as the worker decodes them together), then the usage chunk and [DONE].
 
-    `shared_prompt`: choices whose prompt an earlier choice already counted (n > 1 of one prompt).
     `shaper`: turns each choice's text into content and tool-call deltas (chat with tools)."""
     prompt_tokens = completion_tokens = 0
     try:
         try:
-            async for index, generation in generations:
-                shape = shaper() if shaper is not None else Shaper()
+            async for base, generation in generations:
+                shapes = {base + i: shaper() if shaper is not None else Shaper() for i in range(generation.choices)}
+                open_choices = set(shapes)
                 try:
-                    for chunk in responder.begin_chunks(index):
-                        yield encode(chunk)
+                    for index in shapes:
+                        for chunk in responder.begin_chunks(index):
+                            yield encode(chunk)
                     async for event in generation:
                         if isinstance(event, Delta):
+                            index = base + event.index
                             if record is not None:
                                 record.token(event.text)
-                            for line in _chunks(responder, index, shape.feed(event.text), event.logprobs):
+                            for line in _chunks(responder, index, shapes[index].feed(event.text), event.logprobs):
                                 yield line
-                        elif isinstance(event, Finished):
-                            if index not in shared_prompt:
+                        elif isinstance(event, ChoiceFinished | Finished):
+                            if isinstance(event, Finished):
                                 prompt_tokens += event.prompt_tokens
-                            completion_tokens += event.completion_tokens
-                            for line in _chunks(responder, index, shape.finish()):
-                                yield line
-                            reason = client_finish_reason(event.finish_reason, shape)
-                            yield encode(responder.finish_chunk(index, reason))
+                                completion_tokens += event.completion_tokens
+                            # A single choice ends with Finished; several end one by one first.
+                            ended = [base + event.index] if isinstance(event, ChoiceFinished) else sorted(open_choices)
+                            for index in ended:
+                                open_choices.discard(index)
+                                for line in _chunks(responder, index, shapes[index].finish()):
+                                    yield line
+                                reason = client_finish_reason(event.finish_reason, shapes[index])
+                                yield encode(responder.finish_chunk(index, reason))
                 finally:
                     generation.cancel()
             if record is not None:
@@ -104,22 +110,32 @@ async def event_stream(
         lease.release()
 
 
-async def collect(
-    generation: Generation, record: RequestRecord | None
-) -> tuple[str, Finished, list[dict[str, Any]] | None]:
-    """Run a generation to the end for a non-streaming response: text, how it ended, logprobs."""
-    parts: list[str] = []
-    logprobs: list[dict[str, Any]] | None = None
+class _Collected:
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.logprobs: list[dict[str, Any]] | None = None
+        self.finish_reason = "stop"
+
+
+async def collect(generation: Generation, record: RequestRecord | None) -> tuple[list[_Collected], Finished]:
+    """Run a generation to the end for a non-streaming response: each choice's text, logprobs and
+    finish reason, and how the whole ended."""
+    choices = [_Collected() for _ in range(generation.choices)]
     try:
         async for event in generation:
             if isinstance(event, Delta):
-                parts.append(event.text)
+                choice = choices[event.index]
+                choice.parts.append(event.text)
                 if event.logprobs is not None:
-                    logprobs = [*(logprobs or []), *event.logprobs]
+                    choice.logprobs = [*(choice.logprobs or []), *event.logprobs]
                 if record is not None:
                     record.token(event.text)
+            elif isinstance(event, ChoiceFinished):
+                choices[event.index].finish_reason = event.finish_reason
             elif isinstance(event, Finished):
-                return "".join(parts), event, logprobs
+                if generation.choices == 1:
+                    choices[0].finish_reason = event.finish_reason
+                return choices, event
     finally:
         generation.cancel()
     raise internal_error("generation ended without finishing")
@@ -128,24 +144,24 @@ async def collect(
 async def collect_all(
     generations: AsyncIterator[tuple[int, Generation]],
     record: RequestRecord | None,
-    shared_prompt: frozenset[int] = frozenset(),
     shaper: Callable[[], Shaper] | None = None,
 ) -> tuple[list[Choice], int, int]:
     """Every choice of a non-streamed answer, with the prompt and completion token counts."""
     choices: list[Choice] = []
     prompt_tokens = completion_tokens = 0
-    async for index, generation in generations:
-        text, finished, logprobs = await collect(generation, record)
-        if shaper is None:
-            choices.append(Choice(text, client_finish_reason(finished.finish_reason), logprobs))
-        else:
+    async for _, generation in generations:
+        collected, finished = await collect(generation, record)
+        for item in collected:
+            text = "".join(item.parts)
+            if shaper is None:
+                choices.append(Choice(text, client_finish_reason(item.finish_reason), item.logprobs))
+                continue
             shape = shaper()
             shape.feed(text)
             shape.finish()
-            reason = client_finish_reason(finished.finish_reason, shape)
-            choices.append(Choice(shape.text(), reason, logprobs, shape.tool_calls))
-        if index not in shared_prompt:
-            prompt_tokens += finished.prompt_tokens
+            reason = client_finish_reason(item.finish_reason, shape)
+            choices.append(Choice(shape.text(), reason, item.logprobs, shape.tool_calls))
+        prompt_tokens += finished.prompt_tokens
         completion_tokens += finished.completion_tokens
     if record is not None:
         record.finished(prompt_tokens, completion_tokens)

@@ -42,6 +42,7 @@ class GenerationParams:
     logprobs: bool = False
     top_logprobs: int = 0
     tools: list[dict[str, Any]] | None = None  # offered to the chat template
+    n: int = 1  # choices, decoded together
 
     def to_wire(self) -> dict[str, Any]:
         return asdict(self)
@@ -87,6 +88,7 @@ def chat_params(request: ChatCompletionRequest, entry: ModelEntry, delta_interva
         constraint=_constraint(request, entry),
         logprobs=bool(request.logprobs),
         top_logprobs=request.top_logprobs or 0,
+        n=request.choices,
         **_sampling(request, entry, delta_interval),
     )
 
@@ -98,6 +100,7 @@ def completion_params(
         messages=None,
         prompt=prompt,
         max_tokens=_pick(request.max_tokens, COMPLETIONS_DEFAULT_MAX_TOKENS),
+        n=request.choices,
         logprobs=request.logprobs is not None,
         top_logprobs=request.logprobs or 0,
         **_sampling(request, entry, delta_interval),
@@ -127,6 +130,16 @@ class Delta:
     text: str
     # Per token, when asked for: {"token", "logprob", "bytes", "top_logprobs": [{"token", "logprob", "bytes"}]}
     logprobs: list[dict[str, Any]] | None = None
+    index: int = 0  # which of the generation's choices
+
+
+@dataclass(frozen=True)
+class ChoiceFinished:
+    """One of several choices ended (n > 1); a single choice ends with Finished alone."""
+
+    index: int
+    finish_reason: str
+    completion_tokens: int
 
 
 @dataclass(frozen=True)
@@ -136,14 +149,15 @@ class Finished:
     completion_tokens: int
 
 
-Event = Started | Delta | Finished
+Event = Started | Delta | ChoiceFinished | Finished
 
 
 class Generation:
     """Events of one generation, fed by its engine; errors arrive as GatewayError."""
 
-    def __init__(self, request_id: int, on_cancel: Callable[[int], None]) -> None:
+    def __init__(self, request_id: int, on_cancel: Callable[[int], None], choices: int = 1) -> None:
         self.request_id = request_id
+        self.choices = choices
         self._queue: asyncio.Queue[Event | GatewayError] = asyncio.Queue()
         self._on_cancel = on_cancel
         self.done = False

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.config import ModelEntry
-from gateway.engine.base import Delta, Engine, Finished, Generation, GenerationParams, Started
+from gateway.engine.base import ChoiceFinished, Delta, Engine, Finished, Generation, GenerationParams, Started
 from gateway.engine.stops import StopMatcher
 from gateway.errors import context_length_exceeded, load_failed, worker_died
 
@@ -102,7 +102,7 @@ class FakeEngine(Engine):
 
     def generate(self, params: GenerationParams) -> Generation:
         self._next_id += 1
-        generation = Generation(self._next_id, self._cancel)
+        generation = Generation(self._next_id, self._cancel, params.n)
         self._tasks[generation.request_id] = asyncio.create_task(self._run(generation, params))
         return generation
 
@@ -138,32 +138,43 @@ class FakeEngine(Engine):
         if prompt_tokens >= n_ctx:
             generation.feed(context_length_exceeded(prompt_tokens, n_ctx, param))
             return
-        limit = min(params.max_tokens or n_ctx, n_ctx - prompt_tokens)
+        limit = min(params.max_tokens or n_ctx, (n_ctx - prompt_tokens) // params.n)
         generation.feed(Started(prompt_tokens))
-        matcher = StopMatcher(params.stop)
-        produced = 0
-        finish = "stop"
+        # Choices advance in lockstep, as a batched worker interleaves them.
+        matchers = [StopMatcher(params.stop) for _ in range(params.n)]
+        produced = [0] * params.n
+        finish = ["stop"] * params.n
+        active = list(range(params.n))
         for i in range(self.script.reply_tokens):
-            if produced >= limit:
-                finish = "length"
-                break
-            if self.script.crash_after_tokens is not None and produced >= self.script.crash_after_tokens:
+            if self.script.crash_after_tokens is not None and i >= self.script.crash_after_tokens:
                 self.crash()
                 await asyncio.sleep(3600)  # cancelled by crash()
             await asyncio.sleep(self.script.token_delay)
-            produced += 1
-            text, hit = matcher.feed(f"tok{i} ")
-            entries = [_fake_logprob(f"tok{i} ", params.top_logprobs)] if params.logprobs else None
-            if text or entries:
-                generation.feed(Delta(text, entries))
-            if hit:
+            for choice in list(active):
+                if produced[choice] >= limit:
+                    finish[choice] = "length"
+                    active.remove(choice)
+                    continue
+                produced[choice] += 1
+                text, hit = matchers[choice].feed(f"tok{i} ")
+                entries = [_fake_logprob(f"tok{i} ", params.top_logprobs)] if params.logprobs else None
+                if text or entries:
+                    generation.feed(Delta(text, entries, choice))
+                if hit:
+                    active.remove(choice)
+            if not active:
                 break
-        else:
-            rest = matcher.flush()
+        for choice in active:
+            rest = matchers[choice].flush()
             if rest:
-                generation.feed(Delta(rest))
+                generation.feed(Delta(rest, None, choice))
         self.completed.append(generation.request_id)
-        generation.feed(Finished(finish, prompt_tokens, produced))
+        if params.n == 1:
+            generation.feed(Finished(finish[0], prompt_tokens, produced[0]))
+            return
+        for choice in range(params.n):
+            generation.feed(ChoiceFinished(choice, finish[choice], produced[choice]))
+        generation.feed(Finished("stop", prompt_tokens, sum(produced)))
 
     async def stop(self) -> None:
         self.stopped = True

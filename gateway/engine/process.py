@@ -16,7 +16,7 @@ from typing import Any
 
 from gateway.config import ModelEntry
 from gateway.engine import worker
-from gateway.engine.base import Delta, Engine, Finished, Generation, GenerationParams, Started
+from gateway.engine.base import ChoiceFinished, Delta, Engine, Finished, Generation, GenerationParams, Started
 from gateway.errors import GatewayError, load_failed, worker_died
 from gateway.memory import process_rss
 
@@ -156,7 +156,7 @@ class ProcessEngine(Engine):
         self._sample_memory()
 
     def generate(self, params: GenerationParams) -> Generation:
-        generation = Generation(next(self._ids), self._cancel)
+        generation = Generation(next(self._ids), self._cancel, params.n)
         if not self.alive or self._conn is None:
             generation.feed(worker_died(self.model_id, self._dead_reason or "not running"))
             return generation
@@ -245,7 +245,9 @@ class ProcessEngine(Engine):
         if generation is None:
             return  # cancelled: the worker's last words about it are not needed
         if kind == "delta":
-            generation.feed(Delta(message[2], message[3]))
+            generation.feed(Delta(message[2], message[3], message[4]))
+        elif kind == "choice_finished":
+            generation.feed(ChoiceFinished(message[2], message[3], message[4]))
         elif kind == "started":
             generation.feed(Started(message[2]))
         elif kind == "finished":

@@ -43,9 +43,11 @@ class LogprobScorer:
         self._n_vocab = llm.n_vocab()
         self._logits_ith = llama_cpp.llama_get_logits_ith
 
-    def entry(self, token: int, piece: bytes) -> dict[str, Any]:
+    def entry(self, token: int, piece: bytes, ctx: Any = None, idx: int = -1) -> dict[str, Any]:
+        """`ctx`/`idx`: where the logits that chose `token` are (default: the main context's last)."""
         np = self._np
-        logits = np.ctypeslib.as_array(self._logits_ith(self._llm.ctx, -1), shape=(self._n_vocab,))
+        source = self._llm.ctx if ctx is None else ctx
+        logits = np.ctypeslib.as_array(self._logits_ith(source, idx), shape=(self._n_vocab,))
         shifted = logits - logits.max()
         logprobs = shifted - np.log(np.exp(shifted).sum())
         entry = self._describe(token, piece, float(logprobs[token]))

@@ -28,6 +28,7 @@ from typing import Any
 from gateway.engine.base import GenerationParams
 from gateway.engine.deltas import DeltaBatcher
 from gateway.engine.embedding import POOLING, embed
+from gateway.engine.parallel import Parallel
 from gateway.engine.sampling import LogprobScorer, grammar_for, logit_bias_processor
 from gateway.engine.stops import StopMatcher
 from gateway.errors import GatewayError, context_length_exceeded, internal_error, invalid_request
@@ -62,13 +63,15 @@ def main(conn: Connection) -> None:
             conn.send(message)
 
     threading.Thread(target=_read_commands, args=(conn, send, jobs, cancelled, llm), daemon=True).start()
+    parallel = Parallel(llm)
     while True:
         kind, request_id, payload = jobs.get()
         try:
             if kind == "embed":
                 send(("result", request_id, embed(llm, payload)))
             else:
-                _generate(llm, formatter, request_id, GenerationParams.from_wire(payload), send, cancelled)
+                params = GenerationParams.from_wire(payload)
+                _generate(llm, formatter, request_id, params, send, cancelled, parallel)
         except GatewayError as exc:
             send(("error", request_id, exc.to_wire()))
         except (BrokenPipeError, EOFError):
@@ -184,6 +187,74 @@ def _stops(stop: str | list[str] | None) -> list[str]:
     return [stop] if isinstance(stop, str) else list(stop)
 
 
+class ChoiceOutput:
+    """Turns one sequence's tokens into deltas for choice `index`: stop sequences, UTF-8 pieces split
+    across tokens, coalescing, log probabilities, and the length limit."""
+
+    def __init__(
+        self,
+        llm: Any,
+        request_id: int,
+        index: int,
+        stops: list[str],
+        limit: int,
+        params: GenerationParams,
+        send: Send,
+    ) -> None:
+        import llama_cpp
+
+        self._llm = llm
+        self._vocab = llm._model.vocab
+        self._vocab_is_eog = llama_cpp.llama_vocab_is_eog
+        self._matcher = StopMatcher(stops)
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._batcher = DeltaBatcher(
+            lambda text, entries: send(("delta", request_id, text, entries, index)), params.delta_interval
+        )
+        self._scorer = LogprobScorer(llm, params.top_logprobs) if params.logprobs else None
+        self._limit = limit
+        self.produced = 0
+        self.finish_reason = "length"
+        self._matched_stop = False
+
+    def token(self, token: int, ctx: Any = None, idx: int = -1) -> bool:
+        """Take one sampled token (its logits at `ctx`/`idx`); True when this choice is finished."""
+        if self._vocab_is_eog(self._vocab, token):
+            self.finish_reason = "stop"
+            return True
+        self.produced += 1
+        piece = self._llm.detokenize([token])
+        text, hit_stop = self._matcher.feed(self._decoder.decode(piece))
+        self._batcher.add(text, [self._scorer.entry(token, piece, ctx, idx)] if self._scorer else None)
+        if hit_stop:
+            self.finish_reason, self._matched_stop = "stop", True
+            return True
+        return self.produced >= self._limit
+
+    def close(self, cancelled: bool) -> None:
+        if cancelled:
+            self.finish_reason = "cancelled"
+            return
+        if not self._matched_stop:
+            # Text held back as a possible stop-sequence start turned out not to be one.
+            self._batcher.add(self._matcher.feed(self._decoder.decode(b"", final=True))[0] + self._matcher.flush())
+        self._batcher.flush()
+
+
+def _prompt(llm: Any, formatter: Formatter | None, params: GenerationParams) -> tuple[list[int], list[str]]:
+    """The prompt's tokens and the template's own stop strings; errors here are the client's 400s."""
+    if params.prompt is not None:
+        return llm.tokenize(params.prompt.encode("utf-8"), add_bos=True, special=True), []
+    if formatter is None:
+        raise invalid_request("This model has no chat template; set model.chat_format in models.yaml.")
+    try:
+        rendered = formatter(messages=params.messages, tools=params.tools)
+    except Exception as exc:  # templates raise for message orders they do not support
+        raise invalid_request(f"The model's chat template rejected the messages: {exc}", "messages") from None
+    tokens = llm.tokenize(rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special, special=True)
+    return tokens, _stops(rendered.stop)
+
+
 def _generate(
     llm: Any,
     formatter: Formatter | None,
@@ -191,72 +262,51 @@ def _generate(
     params: GenerationParams,
     send: Send,
     cancelled: set[int],
+    parallel: Parallel,
 ) -> None:
-    import llama_cpp
-
     if request_id in cancelled:
         send(("finished", request_id, "cancelled", 0, 0))
         return
-    template_stops: list[str] = []
-    if params.prompt is not None:
-        prompt = llm.tokenize(params.prompt.encode("utf-8"), add_bos=True, special=True)
-    else:
-        if formatter is None:
-            raise invalid_request("This model has no chat template; set model.chat_format in models.yaml.")
-        try:
-            rendered = formatter(messages=params.messages, tools=params.tools)
-        except Exception as exc:  # templates raise for message orders they do not support
-            raise invalid_request(f"The model's chat template rejected the messages: {exc}", "messages") from None
-        prompt = llm.tokenize(rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special, special=True)
-        template_stops = _stops(rendered.stop)
+    prompt, template_stops = _prompt(llm, formatter, params)
     n_ctx = llm.n_ctx()
-    if len(prompt) >= n_ctx:
+    room = (n_ctx - len(prompt)) // params.n
+    if room <= 0:
         raise context_length_exceeded(len(prompt), n_ctx, "messages" if params.prompt is None else "prompt")
+    limit = min(params.max_tokens, room) if params.max_tokens else room
     grammar = grammar_for(params.constraint)
     bias = logit_bias_processor(llm, params.logit_bias)
-    room = n_ctx - len(prompt)
-    limit = min(params.max_tokens, room) if params.max_tokens else room
-    matcher = StopMatcher([*params.stop, *template_stops])
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    stops = [*params.stop, *template_stops]
+    outputs = [ChoiceOutput(llm, request_id, i, stops, limit, params, send) for i in range(params.n)]
     send(("started", request_id, len(prompt)))
-    batcher = DeltaBatcher(lambda text, entries: send(("delta", request_id, text, entries)), params.delta_interval)
-    scorer = LogprobScorer(llm, params.top_logprobs) if params.logprobs else None
-
-    llm.set_seed(params.seed if params.seed is not None else random.randrange(2**31))
-    vocab = llm._model.vocab
-    finish_reason = "length"
-    matched_stop = False
-    produced = 0
-    for token in llm.generate(
-        prompt,
-        top_k=params.top_k,
-        top_p=params.top_p,
-        min_p=params.min_p,
-        temp=params.temperature,
-        repeat_penalty=params.repeat_penalty,
-        presence_penalty=params.presence_penalty,
-        frequency_penalty=params.frequency_penalty,
-        grammar=grammar,
-        logits_processor=bias,
-    ):
+    seed = params.seed if params.seed is not None else random.randrange(2**31)
+    sampling = {
+        "top_k": params.top_k,
+        "top_p": params.top_p,
+        "min_p": params.min_p,
+        "temp": params.temperature,
+        "repeat_penalty": params.repeat_penalty,
+        "presence_penalty": params.presence_penalty,
+        "frequency_penalty": params.frequency_penalty,
+        "grammar": grammar,
+        "logits_processor": bias,
+    }
+    if params.n > 1:
+        parallel.run(prompt, outputs, seed, sampling, lambda: request_id in cancelled)
+        cancelled_now = request_id in cancelled
+        for index, output in enumerate(outputs):
+            output.close(cancelled_now)
+            send(("choice_finished", request_id, index, output.finish_reason, output.produced))
+        total = sum(o.produced for o in outputs)
+        send(("finished", request_id, "cancelled" if cancelled_now else "stop", len(prompt), total))
+        return
+    (output,) = outputs
+    llm.set_seed(seed)
+    was_cancelled = False
+    for token in llm.generate(prompt, **sampling):
         if request_id in cancelled:
-            finish_reason = "cancelled"
+            was_cancelled = True
             break
-        if llama_cpp.llama_vocab_is_eog(vocab, token):
-            finish_reason = "stop"
+        if output.token(token):
             break
-        produced += 1
-        piece = llm.detokenize([token])
-        text, hit_stop = matcher.feed(decoder.decode(piece))
-        batcher.add(text, [scorer.entry(token, piece)] if scorer else None)
-        if hit_stop:
-            finish_reason, matched_stop = "stop", True
-            break
-        if produced >= limit:
-            break
-    if finish_reason != "cancelled":
-        if not matched_stop:
-            # Text held back as a possible stop-sequence start turned out not to be one.
-            batcher.add(matcher.feed(decoder.decode(b"", final=True))[0] + matcher.flush())
-        batcher.flush()
-    send(("finished", request_id, finish_reason, len(prompt), produced))
+    output.close(was_cancelled)
+    send(("finished", request_id, output.finish_reason, len(prompt), output.produced))

@@ -51,6 +51,9 @@ def test_n_choices_streamed_each_with_role_and_finish(client: TestClient) -> Non
     roles = [c.choices[0].index for c in chunks if c.choices and c.choices[0].delta.role]
     finishes = [c.choices[0].index for c in chunks if c.choices and c.choices[0].finish_reason]
     assert roles == [0, 1] and finishes == [0, 1]
+    # The choices are decoded together, so their content chunks interleave by index.
+    content = [c.choices[0].index for c in chunks if c.choices and c.choices[0].delta.content]
+    assert content == [0, 1, 0, 1]
     assert chunks[-1].usage is not None and chunks[-1].usage.prompt_tokens == 3
     assert chunks[-1].usage.completion_tokens == 4
 

@@ -21,7 +21,16 @@ ALLOWED: dict[str, set[str]] = {
     "engine.fake": {"config", "errors", "engine.base", "engine.stops"},
     "engine.sampling": {"errors"},
     "engine.embedding": {"errors"},
-    "engine.worker": {"errors", "engine.base", "engine.stops", "engine.deltas", "engine.sampling", "engine.embedding"},
+    "engine.parallel": set(),
+    "engine.worker": {
+        "errors",
+        "engine.base",
+        "engine.stops",
+        "engine.deltas",
+        "engine.sampling",
+        "engine.embedding",
+        "engine.parallel",
+    },
     "engine.process": {"config", "errors", "memory", "engine.base", "engine.worker"},
     "compute": set(),
     "metrics": set(),
@@ -97,7 +106,7 @@ def test_dependencies_point_downward() -> None:
         assert ours <= ALLOWED[name], f"{name} imports {sorted(ours - ALLOWED[name])}"
 
 
-WORKER_SIDE = {"engine.worker", "engine.sampling", "engine.embedding"}
+WORKER_SIDE = {"engine.worker", "engine.sampling", "engine.embedding", "engine.parallel"}
 
 
 def test_llama_cpp_is_imported_only_by_the_worker() -> None:
