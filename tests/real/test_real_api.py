@@ -180,6 +180,20 @@ def test_n_choices_streamed_and_accumulated_by_the_sdk(api: GatewayServer) -> No
     again = client.chat.completions.create(model="smollm2", **args)
     assert [c.message.content for c in again.choices] == [c.message.content for c in final.choices]
     assert len({c.message.content for c in again.choices}) > 1  # each choice samples on its own
+    # Decoded together: the stream interleaves the choices by index.
+    stream = client.chat.completions.create(
+        model="smollm2",
+        messages=ASK,
+        n=2,
+        max_tokens=24,
+        stream=True,
+        temperature=0,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    order = [c.choices[0].index for c in chunks if c.choices and c.choices[0].delta.content]
+    assert order[:6] == [0, 1, 0, 1, 0, 1]
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 48
 
 
 def test_logprobs_shapes(api: GatewayServer) -> None:
