@@ -93,3 +93,10 @@ def test_completion_logprobs_legacy_shape(client: TestClient) -> None:
     assert logprobs.top_logprobs == [{"tok0 ": -0.5}, {"tok1 ": -0.5}]
     assert logprobs.text_offset == [0, 5]
     assert completion.usage is not None and completion.usage.prompt_tokens == 2
+
+
+def test_worker_can_hold_every_choice_a_request_may_ask_for() -> None:
+    from gateway.engine.parallel import MAX_SEQUENCES
+    from gateway.protocol import MAX_CHOICES
+
+    assert MAX_SEQUENCES == MAX_CHOICES  # kept apart so the worker never imports pydantic
