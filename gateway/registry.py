@@ -348,17 +348,15 @@ class Registry:
 
     async def _warm(self, slot: Slot) -> None:
         try:
-            lease = await self.acquire(slot.model_id)
+            await self.warm(slot.model_id)
         except GatewayError as exc:
             log.error("could not load pinned model %s: %s", slot.model_id, exc.message)
-            return
-        lease.release()
 
     # -- operations (admin endpoints, reload) --------------------------------------------------
 
-    def ready(self) -> bool:
-        """Every pinned model is loaded."""
-        return all(s.state is State.LOADED for s in self._slots.values() if s.entry.pinned)
+    def pinned_not_loaded(self) -> list[str]:
+        """Pinned models not loaded yet: the gateway is ready when there are none."""
+        return [s.model_id for s in self._slots.values() if s.entry.pinned and s.state is not State.LOADED]
 
     def idle_expiry(self, slot: Slot) -> float | None:
         """Seconds until the TTL unloads an idle model, or None."""
@@ -384,12 +382,16 @@ class Registry:
         slot.draining = slot.blocked = True
         self._changed()
         try:
-            while slot.leases > 0 or slot.load_task is not None:
-                await self._change.wait()
+            await self._wait_idle(slot)
             await self._unload(slot, reason)
         finally:
             slot.draining = slot.blocked = False
             self._changed()
+
+    async def _wait_idle(self, slot: Slot) -> None:
+        """Until no request holds the model and no load of it is under way."""
+        while slot.leases > 0 or slot.load_task is not None:
+            await self._change.wait()
 
     def apply(self, settings: Settings, facts: dict[str, ModelFacts], budget: int) -> dict[str, list[str]]:
         """Switch to a new configuration (reload). New models appear; removed ones drain and unload;
@@ -427,8 +429,7 @@ class Registry:
         self._retiring.append(stale)
         current = None
         try:
-            while stale.leases > 0 or stale.load_task is not None:
-                await self._change.wait()
+            await self._wait_idle(stale)
             await self._unload(stale, "reload")
         finally:
             self._retiring.remove(stale)

@@ -74,8 +74,7 @@ async def health(request: Request) -> Response:
 
 
 async def ready(request: Request) -> Response:
-    registry = registry_of(request)
-    pending = [s.model_id for s in registry.slots() if s.entry.pinned and s.state.value != "loaded"]
+    pending = registry_of(request).pinned_not_loaded()
     if pending:
         return JSONResponse({"status": "loading", "pinned_not_loaded": pending}, status_code=503)
     return JSONResponse({"status": "ready"})
