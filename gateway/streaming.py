@@ -152,12 +152,8 @@ async def collect_all(
     async for _, generation in generations:
         collected, finished = await collect(generation, record)
         for item in collected:
-            text = "".join(item.parts)
-            if shaper is None:
-                choices.append(Choice(text, client_finish_reason(item.finish_reason), item.logprobs))
-                continue
-            shape = shaper()
-            shape.feed(text)
+            shape = shaper() if shaper is not None else Shaper()
+            shape.feed("".join(item.parts))
             shape.finish()
             reason = client_finish_reason(item.finish_reason, shape)
             choices.append(Choice(shape.text(), reason, item.logprobs, shape.tool_calls))
