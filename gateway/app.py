@@ -30,6 +30,7 @@ from gateway.metrics import Metrics, ModelState
 from gateway.middleware import Gate, GatewayMiddleware
 from gateway.record import RequestRecord
 from gateway.registry import Registry
+from gateway.watch import ConfigWatch
 
 log = logging.getLogger(__name__)
 
@@ -100,10 +101,12 @@ def create_app(
     budget: int | None = None,
     config_path: Path | None = None,
     handle_sighup: bool = False,
+    watch_config: float = 0.0,
 ) -> Starlette:
     """Build the gateway. Tests pass a fake `engine_factory`; production uses worker processes.
 
-    `config_path` is what a reload (SIGHUP with `handle_sighup`, or POST /admin/reload) reads again.
+    `config_path` is what a reload (SIGHUP with `handle_sighup`, or POST /admin/reload) reads again;
+    with `watch_config` > 0 the file is also checked that often and reloaded when its content changes.
     """
     metrics = Metrics()
     processes = None
@@ -168,9 +171,14 @@ def create_app(
         if handle_sighup:
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_sighup)
         await registry.start()
+        watcher = None
+        if watch_config > 0 and config_path is not None:
+            watcher = asyncio.create_task(ConfigWatch(config_path, watch_config, reload).run())
         try:
             yield
         finally:
+            if watcher is not None:
+                watcher.cancel()
             await registry.close()
             if processes is not None:
                 await processes.spares.close()

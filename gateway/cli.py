@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 from types import FrameType
 
@@ -44,7 +47,7 @@ def serve(args: argparse.Namespace) -> int:
     config_path = _config_path(args.config)
     settings = load_settings(config_path) if config_path else default_settings(Path.cwd())
     facts = inspect_models(settings)
-    app = create_app(settings, facts=facts, config_path=config_path, handle_sighup=True)
+    app = create_app(settings, facts=facts, config_path=config_path, handle_sighup=True, watch_config=args.watch_config)
     grace = settings.gateway.shutdown_grace
     config = uvicorn.Config(
         app,
@@ -122,20 +125,71 @@ def _describe(model_id: str, settings: Settings, fact: ModelFacts) -> str:
     )
 
 
+def health(args: argparse.Namespace) -> int:
+    """GET /health of a local gateway: exit 0 when it answers 200 (a container HEALTHCHECK)."""
+    host = args.host if args.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    url = f"http://{host}:{args.port}/health"
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout) as response:
+            status = int(response.status)
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    except OSError as exc:
+        print(f"{url}: {exc}", file=sys.stderr)
+        return 1
+    print(f"{url}: {status}")
+    return 0 if status == 200 else 1
+
+
 def schema(args: argparse.Namespace) -> int:
     print(json.dumps(json_schema(), indent=2))
     return 0
 
 
+def _listen_arguments(parser: argparse.ArgumentParser) -> None:
+    env = os.environ
+    parser.add_argument(
+        "--host", default=env.get("GATEWAY_HOST", "127.0.0.1"), help="default $GATEWAY_HOST or 127.0.0.1"
+    )
+    parser.add_argument(
+        "--port", type=int, default=int(env.get("GATEWAY_PORT", "8000")), help="default $GATEWAY_PORT or 8000"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description="OpenAI-compatible gateway for local GGUF models")
     sub = parser.add_subparsers(dest="command", required=True)
+    # Defaults come from GATEWAY_* environment variables where set: how a container image or a
+    # Kubernetes pod configures the same `gateway serve` command line.
+    env = os.environ
     run = sub.add_parser("serve", help="serve the API")
-    run.add_argument("--config", type=Path, default=None, help="models.yaml (default: ./models.yaml)")
-    run.add_argument("--host", default="127.0.0.1")
-    run.add_argument("--port", type=int, default=8000)
-    run.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    run.add_argument(
+        "--config",
+        type=Path,
+        default=Path(env["GATEWAY_CONFIG"]) if env.get("GATEWAY_CONFIG") else None,
+        help="models.yaml (default: $GATEWAY_CONFIG, else ./models.yaml)",
+    )
+    _listen_arguments(run)
+    run.add_argument(
+        "--log-level",
+        default=env.get("GATEWAY_LOG_LEVEL", "info"),
+        choices=["critical", "error", "warning", "info", "debug"],
+    )
+    run.add_argument(
+        "--watch-config",
+        type=float,
+        default=float(env.get("GATEWAY_WATCH_CONFIG", "0")),
+        metavar="SECONDS",
+        help="check the configuration file this often and reload it when it changes (0: never; default "
+        "$GATEWAY_WATCH_CONFIG or 0)",
+    )
     run.set_defaults(func=serve)
+    probe = sub.add_parser("health", help="exit 0 when the gateway on --host/--port answers GET /health")
+    _listen_arguments(probe)
+    probe.add_argument("--timeout", type=float, default=5.0)
+    probe.set_defaults(func=health)
     chk = sub.add_parser("check", help="validate the configuration and show memory estimates")
     chk.add_argument("--config", type=Path, default=None)
     chk.set_defaults(func=check)
