@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import main
-from tests.dockerfile import Stage, read
+from tests.dockerfile import read
 from tests.real.server import free_port
 
 REPO = Path(__file__).resolve().parents[2]
