@@ -66,7 +66,7 @@ def test_compose_wires_gateway_prometheus_and_grafana() -> None:
     check_gateway(compose)
     assert services["gateway"]["depends_on"]["fetch-models"]["condition"] == "service_completed_successfully"
     for service in services.values():
-        for target, source in binds(service).items():
+        for source in binds(service).values():
             if source.startswith("."):
                 assert (DEPLOY / source).exists(), source
 
