@@ -74,7 +74,7 @@ def test_security_review_rates_the_unit_well_protected(tmp_path: Path) -> None:
     )
     # 0 (fully protected) .. 100 (exposed), printed as 0.0 .. 10.0: "OK" is below 3.0 here.
     assert result.returncode == 0, result.stdout + result.stderr
-    line = [x for x in result.stdout.splitlines() if "Overall exposure level" in x][0]
+    line = next(x for x in result.stdout.splitlines() if "Overall exposure level" in x)
     assert float(line.split(":")[1].split()[0]) <= 2.5, line
 
 
