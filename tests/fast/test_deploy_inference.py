@@ -77,7 +77,8 @@ def test_pool_selects_the_gateway_pods_and_port() -> None:
     assert pool["spec"]["selector"]["matchLabels"].items() <= labels.items()
     assert [p["number"] for p in pool["spec"]["targetPorts"]] == [container(base)["ports"][0]["containerPort"]]
     (backend,) = route["spec"]["rules"][0]["backendRefs"]
-    assert backend == {"group": "inference.networking.k8s.io", "kind": "InferencePool", "name": pool["metadata"]["name"]}
+    pool_ref = {"group": "inference.networking.k8s.io", "kind": "InferencePool", "name": pool["metadata"]["name"]}
+    assert backend == pool_ref
 
     values = yaml.safe_load((HERE / "epp-values.yaml").read_text())
     assert values["inferencePool"]["modelServers"]["matchLabels"] == pool["spec"]["selector"]["matchLabels"]
