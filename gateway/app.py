@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -30,6 +31,7 @@ from gateway.metrics import Metrics, ModelState
 from gateway.middleware import Gate, GatewayMiddleware
 from gateway.record import RequestRecord
 from gateway.registry import Registry
+from gateway.upstream.proxy import Upstreams
 from gateway.watch import ConfigWatch
 
 log = logging.getLogger(__name__)
@@ -102,11 +104,13 @@ def create_app(
     config_path: Path | None = None,
     handle_sighup: bool = False,
     watch_config: float = 0.0,
+    upstream_transport: httpx.AsyncBaseTransport | None = None,
 ) -> Starlette:
     """Build the gateway. Tests pass a fake `engine_factory`; production uses worker processes.
 
     `config_path` is what a reload (SIGHUP with `handle_sighup`, or POST /admin/reload) reads again;
     with `watch_config` > 0 the file is also checked that often and reloaded when its content changes.
+    `upstream_transport` replaces the network for remote models (tests).
     """
     metrics = Metrics()
     processes = None
@@ -120,6 +124,8 @@ def create_app(
         observer=metrics,
     )
     metrics.watch(lambda: _model_states(registry))
+    upstreams = Upstreams(settings, metrics, upstream_transport)
+    metrics.watch_circuits(lambda: [(m, u, state.value) for m, u, state in upstreams.circuits()])
     access_log = AccessLog(settings.gateway.access_log, settings.gateway.log_content)
     gate = Gate(KeyRing(settings), RateLimiter(), settings.gateway.max_body_bytes, settings.gateway.log_content)
     reload_lock = asyncio.Lock()
@@ -147,6 +153,8 @@ def create_app(
                     400, f"The configuration was not reloaded (the running one stays): {exc}", code="invalid_config"
                 ) from None
             summary = registry.apply(new, new_facts, resolve_budget(new.gateway.memory_budget))
+            for key, names in upstreams.apply(new).items():
+                summary[key] = [*summary[key], *names]
             gate.keyring = KeyRing(new)
             gate.max_body_bytes = new.gateway.max_body_bytes
             app.state.shutdown_grace = new.gateway.shutdown_grace
@@ -180,6 +188,7 @@ def create_app(
             if watcher is not None:
                 watcher.cancel()
             await registry.close()
+            await upstreams.close()
             if processes is not None:
                 await processes.spares.close()
             access_log.close()
@@ -219,6 +228,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.registry = registry
+    app.state.upstreams = upstreams
     app.state.metrics = metrics
     app.state.reload = reload
     app.state.shutdown_grace = settings.gateway.shutdown_grace

@@ -123,6 +123,41 @@ class ModelEntry(_Section):
     output: OutputSection = OutputSection()
 
 
+class UpstreamServer(_Section):
+    """One OpenAI-compatible server a remote model is served by (another gateway, llama-server, vLLM...)."""
+
+    base_url: str = Field(pattern=r"^https?://[^\s/]+", description="its OpenAI API root, e.g. http://gpu-box:8000/v1")
+    api_key: str | None = Field(None, description="sent as a Bearer token; may reference ${NAME}")
+    model: str | None = Field(None, min_length=1, description="the model name there; default: this entry's id")
+    timeout: Duration = Field(
+        600.0, description="longest wait for its answer to begin, and between two pieces of a stream"
+    )
+    connect_timeout: Duration = Field(5.0, description="longest wait for a connection")
+
+
+def _servers(value: Any) -> Any:
+    return [value] if isinstance(value, dict) else value
+
+
+class CircuitBreakerSection(_Section):
+    failures: int = Field(3, ge=1, description="consecutive failures that open the circuit of one server")
+    cooldown: Duration = Field(30.0, description="how long an open circuit sends nothing to that server")
+
+
+class UpstreamEntry(_Section):
+    """A model served by other machines: requests pass through to the first server that works, in order.
+    No memory budget applies: nothing is loaded here."""
+
+    aliases: list[str] = Field(default_factory=list)
+    max_queue: int | None = Field(
+        None, ge=1, description="requests in flight to this model at once; default gateway.max_queue"
+    )
+    upstream: Annotated[list[UpstreamServer], BeforeValidator(_servers)] = Field(
+        min_length=1, description="a server, or several tried in order (failover)"
+    )
+    breaker: CircuitBreakerSection = CircuitBreakerSection()
+
+
 class ApiKey(_Section):
     """A client key. Give the key itself (it may reference an environment variable, `${NAME}`), or its
     sha256 hex digest so the file holds no secret."""
@@ -173,7 +208,25 @@ class GatewaySection(_Section):
 
 class Settings(_Section):
     gateway: GatewaySection = GatewaySection()
-    models: dict[str, ModelEntry] = Field(min_length=1)
+    models: dict[str, ModelEntry] = Field(default_factory=dict)
+    # Entries of `models` that name an `upstream` instead of a GGUF (split off before validation).
+    upstreams: dict[str, UpstreamEntry] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_upstreams(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not isinstance(data.get("models"), dict) or "upstreams" in data:
+            return data
+        models = data["models"]
+        remote = {k: v for k, v in models.items() if isinstance(v, dict) and "upstream" in v}
+        local = {k: v for k, v in models.items() if k not in remote}
+        return {**data, "models": local, "upstreams": remote}
+
+    @model_validator(mode="after")
+    def _some_model(self) -> Settings:
+        if not self.models and not self.upstreams:
+            raise ValueError("models: configure at least one model")
+        return self
 
     @model_validator(mode="after")
     def _keys_name_known_models(self) -> Settings:
@@ -189,7 +242,8 @@ class Settings(_Section):
     @model_validator(mode="after")
     def _names_are_unique(self) -> Settings:
         seen: dict[str, str] = {}
-        for model_id, entry in self.models.items():
+        entries: list[tuple[str, ModelEntry | UpstreamEntry]] = [*self.models.items(), *self.upstreams.items()]
+        for model_id, entry in entries:
             for name in (model_id, *entry.aliases):
                 if not name.strip():
                     raise ValueError(f"models.{model_id}: model names and aliases cannot be empty")
@@ -199,10 +253,11 @@ class Settings(_Section):
         return self
 
     def resolve(self, name: str) -> str | None:
-        """The configured model id for a client-sent name or alias."""
-        if name in self.models:
+        """The configured model id (local or upstream) for a client-sent name or alias."""
+        if name in self.models or name in self.upstreams:
             return name
-        for model_id, entry in self.models.items():
+        entries: list[tuple[str, ModelEntry | UpstreamEntry]] = [*self.models.items(), *self.upstreams.items()]
+        for model_id, entry in entries:
             if name in entry.aliases:
                 return model_id
         return None
@@ -211,7 +266,10 @@ class Settings(_Section):
 def _format_validation_error(error: ValidationError) -> str:
     lines = []
     for item in error.errors():
-        path = ".".join(str(part) for part in item["loc"])
+        loc = item["loc"]
+        if loc and loc[0] == "upstreams":  # split off `models` before validation: report where it was written
+            loc = ("models", *loc[1:])
+        path = ".".join(str(part) for part in loc)
         message = item["msg"]
         if item["type"] == "extra_forbidden":
             message = "unknown key"
@@ -287,6 +345,11 @@ def default_settings(cwd: Path) -> Settings:
 def json_schema() -> dict[str, Any]:
     """JSON schema of models.yaml, published as schema/models.schema.json."""
     schema = Settings.model_json_schema()
+    # In the file, upstream entries are written under `models` (see Settings._split_upstreams).
+    upstreams = schema["properties"].pop("upstreams")
+    schema["properties"]["models"]["additionalProperties"] = {
+        "anyOf": [schema["properties"]["models"]["additionalProperties"], upstreams["additionalProperties"]]
+    }
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "Gateway models.yaml"
     return schema

@@ -52,6 +52,21 @@ class _StateCollector(Collector):
         yield GaugeMetricFamily("gateway_memory_used_bytes", "memory held by resident models", value=used)
 
 
+class _CircuitCollector(Collector):
+    def __init__(self, circuits: Callable[[], list[tuple[str, str, str]]]) -> None:
+        self._circuits = circuits
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "gateway_upstream_circuit_open",
+            "1 while an upstream server's circuit breaker keeps requests away (open or half-open)",
+            labels=["model", "upstream"],
+        )
+        for model, upstream, state in self._circuits():
+            family.add_metric([model, upstream], 0.0 if state == "closed" else 1.0)
+        yield family
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -93,6 +108,28 @@ class Metrics:
             registry=r,
         )
         self.crashes = Counter("gateway_worker_crashes", "workers that exited unexpectedly", ["model"], registry=r)
+        self.upstream_requests = Counter(
+            "gateway_upstream_requests",
+            "attempts on upstream servers by outcome (ok, client_error, server_error, connect_error, timeout, broken)",
+            ["model", "upstream", "outcome"],
+            registry=r,
+        )
+        self.upstream_first_byte = Histogram(
+            "gateway_upstream_first_byte_seconds",
+            "request sent to an upstream server to its first byte",
+            ["model", "upstream"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+
+    def watch_circuits(self, circuits: Callable[[], list[tuple[str, str, str]]]) -> None:
+        """Report upstream circuit breakers at scrape time: (model, upstream, closed|open|half_open)."""
+        self.registry.register(_CircuitCollector(circuits))
+
+    def upstream_attempt(self, model: str, upstream: str, outcome: str, seconds: float) -> None:
+        self.upstream_requests.labels(model, upstream, outcome).inc()
+        if outcome in ("ok", "client_error"):
+            self.upstream_first_byte.labels(model, upstream).observe(seconds)
 
     def watch(self, state: Callable[[], tuple[list[ModelState], int]]) -> None:
         self.registry.register(_StateCollector(state))

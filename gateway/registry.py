@@ -191,7 +191,7 @@ class Registry:
 
     def resolve(self, name: str) -> Slot:
         model_id = self.settings.resolve(name)
-        if model_id is None:
+        if model_id is None or model_id not in self._slots:  # unknown, or a remote (upstream) model
             raise model_not_found(name)
         return self._slots[model_id]
 

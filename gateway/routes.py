@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
@@ -30,6 +31,7 @@ from gateway.registry import Lease, Registry, Slot
 from gateway.responses import ChatResponder, CompletionResponder, model_card
 from gateway.streaming import collect_all, event_stream
 from gateway.tools import AutoCall, NamedCall, RequiredCall, Shaper
+from gateway.upstream.proxy import Upstreams
 
 T = TypeVar("T")
 CLIENT_CLOSED_REQUEST = 499  # nginx's name for it; only ever seen in the access log
@@ -51,9 +53,44 @@ def _record(request: Request) -> RequestRecord | None:
     return getattr(request.state, "record", None)
 
 
+def upstreams_of(request: Request) -> Upstreams:
+    upstreams: Upstreams = request.app.state.upstreams
+    return upstreams
+
+
+def _remote(request: Request, name: str) -> str | None:
+    """The id of the remote model (served by `upstream` servers) a name refers to, or None for a
+    local one. The hook that routes remote models around the registry: no worker, no memory."""
+    upstreams = upstreams_of(request)
+    model_id = upstreams.settings.resolve(name)
+    if model_id is None or upstreams.get(model_id) is None:
+        return None
+    if not _principal(request).may_use(model_id):
+        raise model_not_found(name)
+    record = _record(request)
+    if record is not None:
+        record.model = model_id
+    return model_id
+
+
+async def _pass_through(request: Request, model_id: str, path: str, body: bytes, stream: bool) -> Response:
+    """Relay a validated request to the model's servers (failover before the first byte)."""
+    reply = await upstreams_of(request).forward(
+        model_id, path, json.loads(body), stream=stream, record=_record(request)
+    )
+    if reply.events is not None:
+        return _sse(request, reply.events)
+    return JSONResponse(reply.body, status_code=reply.status, headers=reply.headers)
+
+
 def resolve_for(request: Request, name: str) -> Slot:
     """The model a name refers to, as far as this client may know: a model outside its key's
     allow-list is reported as not existing."""
+    if _remote(request, name) is not None:
+        raise invalid_request(
+            f"Model '{name}' is served by another server: this endpoint works with local models only.",
+            param="model",
+        )
     slot = registry_of(request).resolve(name)
     if not _principal(request).may_use(slot.model_id):
         raise model_not_found(name)
@@ -94,14 +131,25 @@ def _card(slot: Slot) -> dict[str, object]:
     return card
 
 
+def _remote_card(request: Request, model_id: str) -> dict[str, object]:
+    card = model_card(model_id, 0, "loaded", 0)  # always available here; nothing is loaded locally
+    card["aliases"] = list(upstreams_of(request).settings.upstreams[model_id].aliases)
+    return card
+
+
 async def list_models(request: Request) -> Response:
     principal = _principal(request)
     cards = [_card(s) for s in registry_of(request).slots() if principal.may_use(s.model_id)]
+    cards += [_remote_card(request, m) for m in upstreams_of(request).models if principal.may_use(m)]
     return JSONResponse({"object": "list", "data": cards})
 
 
 async def get_model(request: Request) -> Response:
-    return JSONResponse(_card(resolve_for(request, request.path_params["model"])))
+    name = request.path_params["model"]
+    remote = _remote(request, name)
+    if remote is not None:
+        return JSONResponse(_remote_card(request, remote))
+    return JSONResponse(_card(resolve_for(request, name)))
 
 
 async def _hold(registry: Registry, model_id: str) -> Lease:
@@ -212,7 +260,11 @@ async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T | None
 
 
 async def chat_completions(request: Request) -> Response:
-    chat = parse_chat_request(await request.body())
+    body = await request.body()
+    chat = parse_chat_request(body)
+    remote = _remote(request, chat.model)
+    if remote is not None:
+        return await _pass_through(request, remote, "chat/completions", body, bool(chat.stream))
     slot = _target(request, chat.model)
     record = _record(request)
     if record is not None and record.output is not None:  # log_content is on
@@ -256,7 +308,11 @@ def _shaper(chat: ChatCompletionRequest) -> Callable[[], Shaper] | None:
 async def completions(request: Request) -> Response:
     """Legacy text completions: the prompt is sent as is, without a chat template. Choices are
     n per prompt, prompt by prompt."""
-    body = parse_completion_request(await request.body())
+    raw = await request.body()
+    body = parse_completion_request(raw)
+    remote = _remote(request, body.model)
+    if remote is not None:
+        return await _pass_through(request, remote, "completions", raw, bool(body.stream))
     slot = _target(request, body.model)
     _generative(slot)
     registry = registry_of(request)
@@ -292,7 +348,11 @@ def _generative(slot: Slot) -> None:
 
 
 async def embeddings(request: Request) -> Response:
-    body = parse_embedding_request(await request.body())
+    raw = await request.body()
+    body = parse_embedding_request(raw)
+    remote = _remote(request, body.model)
+    if remote is not None:
+        return await _pass_through(request, remote, "embeddings", raw, False)
     record = _record(request)
     slot = _target(request, body.model)
     if not slot.entry.embedding:

@@ -1,0 +1,1 @@
+"""Models served by other OpenAI-compatible servers: client, failover, circuit breaker, pass-through."""
