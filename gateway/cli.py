@@ -88,6 +88,9 @@ def check(args: argparse.Namespace) -> int:
         if fact.estimate.total > budget:
             print(f"  problem: {model_id} needs {format_bytes(fact.estimate.total)} and can never fit the budget")
             problems += 1
+    for model_id, remote in settings.upstreams.items():
+        servers = ", ".join(f"{u.base_url} ({u.model or model_id})" for u in remote.upstream)
+        print(f"{model_id}: served by {servers}; no memory budget applies")
     _print_fits(settings, facts, budget)
     return 1 if problems else 0
 
