@@ -10,6 +10,7 @@ from typing import TypeVar
 
 import anyio
 from sse_starlette.sse import EventSourceResponse
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -79,7 +80,7 @@ async def _pass_through(request: Request, model_id: str, path: str, body: bytes,
         model_id, path, json.loads(body), stream=stream, record=_record(request)
     )
     if reply.events is not None:
-        return _sse(request, reply.events)
+        return _sse(request, reply.events, BackgroundTask(reply.close) if reply.close else None)
     return JSONResponse(reply.body, status_code=reply.status, headers=reply.headers)
 
 
@@ -177,9 +178,10 @@ async def _start(lease: Lease, params: GenerationParams) -> Generation:
     return generation
 
 
-def _sse(request: Request, events: AsyncIterator[str]) -> Response:
+def _sse(request: Request, events: AsyncIterator[str], after: BackgroundTask | None = None) -> Response:
     return EventSourceResponse(
         events,
+        background=after,
         headers=STREAM_HEADERS,
         sep="\n",
         ping=SSE_PING_SECONDS,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +33,9 @@ class Reply:
     headers: dict[str, str] | None = None
     events: AsyncIterator[str] | None = None
     usage: dict[str, Any] | None = None
+    # Frees the model's slot and the connection; idempotent. Run it after the response, even when the
+    # client left before the stream was ever iterated (an unstarted generator runs no `finally`).
+    close: Callable[[], Awaitable[None]] | None = None
 
 
 class Upstreams:
@@ -112,7 +115,16 @@ class Upstreams:
             finally:
                 model.in_flight -= 1
                 await opened.close()
-        return Reply(events=_relay(model, opened, record))
+        closed = False
+
+        async def close() -> None:
+            nonlocal closed
+            if not closed:
+                closed = True
+                model.in_flight -= 1
+                await opened.close()
+
+        return Reply(events=_relay(model, opened, record, close), close=close)
 
 
 def _whole(model_id: str, opened: Opened) -> Reply:
@@ -139,7 +151,9 @@ def _whole(model_id: str, opened: Opened) -> Reply:
     return Reply(body=body, usage=usage if isinstance(usage, dict) else None)
 
 
-async def _relay(model: UpstreamModel, opened: Opened, record: RequestRecord | None) -> AsyncIterator[str]:
+async def _relay(
+    model: UpstreamModel, opened: Opened, record: RequestRecord | None, close: Callable[[], Awaitable[None]]
+) -> AsyncIterator[str]:
     """The server's SSE `data:` payloads with the model id rewritten; an in-band error if it breaks."""
     buffer = b""
     done = False
@@ -164,8 +178,7 @@ async def _relay(model: UpstreamModel, opened: Opened, record: RequestRecord | N
     except httpx.TransportError as exc:
         kind, detail = "broken", f"failed mid-stream ({type(exc).__name__})"
     finally:
-        model.in_flight -= 1
-        await opened.close()
+        await close()
     if not done:
         model.broke(opened, kind)
         log.warning("upstream %s of %s %s", label(opened.server), model.model_id, detail)

@@ -17,7 +17,9 @@ from gateway.app import create_app
 from gateway.config import parse_settings
 from gateway.engine.fake import FakeEngineFactory
 from gateway.errors import ConfigError
+from gateway.metrics import Metrics
 from gateway.upstream.breaker import Circuit, CircuitBreaker
+from gateway.upstream.proxy import Upstreams
 
 MSG = [{"role": "user", "content": "hi"}]
 A, B = "http://a.test/v1", "http://b.test/v1"
@@ -303,3 +305,19 @@ def test_completions_and_embeddings_pass_through(gateway: Any, network: Network)
         vectors = client.post("/v1/embeddings", json={"model": "remote", "input": "hi"})
         assert vectors.json()["model"] == "remote" and vectors.json()["data"][0]["embedding"] == [1.0, 0.0]
     assert [(body.get("prompt"), body.get("input")) for _, body, _ in network.sent] == [("hi", None), (None, "hi")]
+
+
+@pytest.mark.anyio
+async def test_a_stream_never_iterated_still_frees_its_slot(make_config: Any, tmp_path: Path, network: Network) -> None:
+    network.hosts["a.test"] = lambda r: sse(chunk("a"), "[DONE]")
+    doc = make_config({"local": {}})
+    doc["models"]["remote"] = {"upstream": {"base_url": A}, "max_queue": 1}
+    settings = parse_settings(doc, tmp_path)
+    upstreams = Upstreams(settings, Metrics(), httpx.MockTransport(network))
+    reply = await upstreams.forward("remote", "chat/completions", {"messages": MSG}, stream=True)
+    assert reply.events is not None and reply.close is not None
+    assert upstreams.models["remote"].in_flight == 1
+    await reply.close()  # what the response's background task does when the client left early
+    await reply.close()
+    assert upstreams.models["remote"].in_flight == 0
+    await upstreams.close()
