@@ -22,7 +22,7 @@ HERE = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes" / "inferenc
 CONTRACT = {
     "total-queued-requests-metric": "gateway_requests_waiting",
     "total-running-requests-metric": "gateway_requests_running",
-    "kv-cache-usage-percentage-metric": "gateway_kv_cache_utilization",
+    "kv-cache-usage-percentage-metric": "gateway_kv_cache_usage_ratio",
 }
 NAME = {"type": "string", "minLength": 1}
 PORT = {"type": "object", "required": ["number"], "properties": {"number": {"type": "integer", "minimum": 1}}}
