@@ -86,3 +86,29 @@ def test_readme_shows_the_image_command() -> None:
 
 def test_health_probe_fails_when_nothing_answers(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["health", "--port", str(free_port()), "--timeout", "2"]) == 1
+
+
+def test_health_probe_asks_loopback_when_the_image_listens_on_all_interfaces() -> None:
+    """GATEWAY_HOST=0.0.0.0 in the image: the probe connects to 127.0.0.1 and wants a 200."""
+    import http.server
+    import threading
+
+    statuses = iter([200, 503])
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(next(statuses) if self.path == "/health" else 404)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = str(server.server_address[1])
+        assert main(["health", "--host", "0.0.0.0", "--port", port]) == 0
+        assert main(["health", "--host", "0.0.0.0", "--port", port]) == 1
+    finally:
+        server.shutdown()
+        server.server_close()
