@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from gateway.errors import GatewayError
+from gateway.toolprompt import generic_messages
 from gateway.tools import forced_hint, forced_schema
 
 if TYPE_CHECKING:  # the worker process imports this module: keep pydantic out of it
@@ -75,15 +76,21 @@ def _sampling(request: _GenerationRequest, entry: ModelEntry, delta_interval: fl
     }
 
 
-def chat_params(request: ChatCompletionRequest, entry: ModelEntry, delta_interval: float = 0.0) -> GenerationParams:
-    """Request fields over the model entry's `sampling` and `output` defaults."""
+def chat_params(
+    request: ChatCompletionRequest, entry: ModelEntry, delta_interval: float = 0.0, *, native_tools: bool = True
+) -> GenerationParams:
+    """Request fields over the model entry's `sampling` and `output` defaults. `native_tools`: the
+    model's chat template presents tools itself; else they go in a generic tool prompt."""
     messages = [m.for_template() for m in request.messages]
     tools = request.tools_for_template()
-    if tools and request.tool_mode in ("named", "required"):
+    forced = bool(tools) and request.tool_mode in ("named", "required")
+    if not native_tools:
+        messages = generic_messages(messages, None if forced else tools)
+    if tools and forced:
         messages.insert(0, {"role": "system", "content": forced_hint(tools, request.forced_tool)})
     return GenerationParams(
         messages=messages,
-        tools=tools,
+        tools=tools if native_tools else None,
         max_tokens=_pick(request.completion_limit, entry.output.max_tokens),
         constraint=_constraint(request, entry),
         logprobs=bool(request.logprobs),
