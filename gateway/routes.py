@@ -15,7 +15,15 @@ from starlette.responses import JSONResponse, Response
 
 from gateway import responses, toolprompt
 from gateway.auth import ANONYMOUS, Principal
-from gateway.engine.base import Engine, Generation, GenerationParams, Started, chat_params, completion_params
+from gateway.engine.base import (
+    Engine,
+    Generation,
+    GenerationParams,
+    Started,
+    chat_params,
+    completion_params,
+    generic_auto,
+)
 from gateway.errors import context_length_exceeded, internal_error, invalid_request, model_not_found
 from gateway.metrics import CONTENT_TYPE, Metrics
 from gateway.protocol import (
@@ -288,7 +296,7 @@ async def run_chat(request: Request, chat: ChatCompletionRequest) -> Outcome:
         [params],
         stream=bool(chat.stream),
         include_usage=chat.include_usage,
-        shaper=_shaper(chat),
+        shaper=_shaper(chat, native_tools(slot)),
     )
 
 
@@ -302,7 +310,7 @@ async def prompt_tokens(request: Request, chat: ChatCompletionRequest) -> int:
     return outcome.prompt_tokens
 
 
-def _shaper(chat: ChatCompletionRequest) -> Callable[[], Shaper] | None:
+def _shaper(chat: ChatCompletionRequest, native: bool) -> Callable[[], Shaper] | None:
     """How each choice's text becomes content and tool calls."""
     mode = chat.tool_mode
     if mode == "none":
@@ -313,6 +321,8 @@ def _shaper(chat: ChatCompletionRequest) -> Callable[[], Shaper] | None:
     if mode == "required":
         return RequiredCall
     names = {t.function.name for t in chat.tools or []}
+    if generic_auto(chat, native):
+        return lambda: toolprompt.GenericReply(names)
     return lambda: AutoCall(names)
 
 

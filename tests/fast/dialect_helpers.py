@@ -13,7 +13,8 @@ from gateway.app import create_app
 from gateway.config import parse_settings
 from gateway.engine.fake import FakeEngineFactory, FakeScript
 
-WEATHER_CALL = ['{"name": "get_weather", ', '"arguments": {"city": ', '"Paris"}}']
+# The generic tool format a model without native tool support is constrained to.
+WEATHER_CALL = ['{"tool_call": {"name": "get_weather", ', '"arguments": {"city": ', '"Paris"}}}']
 TOOL_TEMPLATE = "{% for m in messages %}{{ m.content }}{% endfor %}{% if tools %}{{ tools }}{% endif %}"
 
 

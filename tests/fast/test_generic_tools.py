@@ -12,7 +12,7 @@ import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from starlette.testclient import TestClient
 
-from gateway.toolprompt import generic_messages, native_tools
+from gateway.toolprompt import GenericReply, generic_messages, generic_schema, native_tools
 from tests.fast.dialect_helpers import TOOL_TEMPLATE, dialect_app, sse_events
 
 USER = [{"role": "user", "content": "weather in Paris?"}]
@@ -76,7 +76,7 @@ def test_generic_messages() -> None:
     out = generic_messages(messages, TOOLS)
     assert out[0]["role"] == "system" and out[0]["content"].startswith("Be brief.\n\n")
     assert "get_weather" in out[0]["content"] and '"name"' in out[0]["content"]
-    assert json.loads(out[2]["content"]) == {"name": "get_weather", "arguments": {"city": "Paris"}}
+    assert json.loads(out[2]["content"]) == {"tool_call": {"name": "get_weather", "arguments": {"city": "Paris"}}}
     assert out[3] == {"role": "user", "content": "Result of the function call (c1): sunny"}
     assert generic_messages(USER, TOOLS)[0]["role"] == "system"
     assert generic_messages(USER, None) == USER
@@ -110,3 +110,52 @@ def test_invalid_role_lists_tool(client: TestClient) -> None:
     body = {"model": "m", "messages": [{"role": "wizard", "content": "x"}]}
     message = client.post("/v1/chat/completions", json=body).json()["error"]["message"]
     assert "system, developer, user, assistant, tool" in message
+
+
+def shaped(shaper: GenericReply, pieces: list[str]) -> list[tuple[str, Any]]:
+    out = []
+    for piece in pieces:
+        out.extend(shaper.feed(piece))
+    out.extend(shaper.finish())
+    return out
+
+
+@pytest.mark.parametrize(
+    "pieces",
+    [
+        ['{"response": "Hi \\"you\\"\\n\\u00e9\\ud83d\\ude00 ok"}'],
+        ['{ "resp', 'onse" : "Hi \\', '"you\\"\\', "n\\u00", "e9\\ud83d", "\\ude00", ' ok"', " }"],
+    ],
+)
+def test_generic_response_streams_the_string(pieces: list[str]) -> None:
+    shaper = GenericReply({"get_weather"})
+    out = shaped(shaper, pieces)
+    assert all(kind == "content" for kind, _ in out)
+    assert "".join(text for _, text in out) == 'Hi "you"\né😀 ok' == shaper.text()
+    assert not shaper.called
+
+
+def test_generic_call_is_read_back() -> None:
+    shaper = GenericReply({"get_weather"})
+    out = shaped(shaper, ['{"tool_call": {"name": "get_weather", ', '"arguments": {"city": "Paris"}}}'])
+    assert [kind for kind, _ in out] == ["tool", "tool"]
+    assert out[0][1]["function"]["name"] == "get_weather" and out[0][1]["id"].startswith("call_")
+    assert json.loads(out[1][1]["function"]["arguments"]) == {"city": "Paris"}
+    assert shaper.called and shaper.text() is None
+
+
+@pytest.mark.parametrize(
+    "pieces",
+    [["plain ", "text"], ['{"tool_call": {"name": "unknown", "arguments": {}}}'], ['{"tool_call": {"na']],
+)
+def test_anything_else_is_content(pieces: list[str]) -> None:
+    shaper = GenericReply({"get_weather"})
+    assert "".join(v for _, v in shaped(shaper, pieces)) == "".join(pieces)
+    assert not shaper.called
+
+
+def test_generic_schema_allows_a_call_or_a_response() -> None:
+    schema = generic_schema(TOOLS)
+    call, response = schema["anyOf"]
+    assert call["properties"]["tool_call"]["anyOf"][0]["properties"]["name"] == {"const": "get_weather"}
+    assert response["properties"]["response"] == {"type": "string"}

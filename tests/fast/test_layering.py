@@ -17,7 +17,7 @@ ALLOWED: dict[str, set[str]] = {
     "engine.stops": set(),
     "engine.deltas": set(),
     "tools": set(),
-    "toolprompt": set(),
+    "toolprompt": {"tools"},
     "engine.base": {"config", "errors", "protocol", "tools", "toolprompt"},
     "engine.fake": {"config", "errors", "engine.base", "engine.stops"},
     "engine.sampling": {"errors"},
