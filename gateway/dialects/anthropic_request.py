@@ -58,6 +58,16 @@ class ToolChoice(Strict):
     disable_parallel_tool_use: bool | None = None
 
 
+class JsonOutputFormat(Strict):
+    type: Literal["json_schema"]
+    schema_: dict[str, Any] = Field(alias="schema")
+
+
+class OutputConfig(Strict):
+    format: JsonOutputFormat | None = None
+    effort: None = None  # reasoning effort: refused (this gateway serves no reasoning models)
+
+
 class Metadata(Strict):
     user_id: str | None = None
 
@@ -75,6 +85,7 @@ class MessagesRequest(Strict):
     tools: list[ToolParam] | None = None
     tool_choice: ToolChoice | None = None
     metadata: Metadata | None = None
+    output_config: OutputConfig | None = None
 
 
 class CountTokensRequest(Strict):
@@ -210,6 +221,9 @@ def to_chat(request: MessagesRequest) -> ChatCompletionRequest:
             chat[name] = getattr(request, name)
     if request.stop_sequences:
         chat["stop"] = request.stop_sequences
+    output = request.output_config.format if request.output_config else None
+    if output is not None:  # structured outputs: enforced by the same grammar as response_format
+        chat["response_format"] = {"type": "json_schema", "json_schema": {"name": "output", "schema": output.schema_}}
     if request.metadata is not None and request.metadata.user_id:
         chat["user"] = request.metadata.user_id
     return validate(ChatCompletionRequest, chat)
