@@ -142,3 +142,27 @@ def test_responses_parse(client: OpenAI) -> None:
         model=MODEL, input="Name a city and its country.", text_format=City, max_output_tokens=60, temperature=0
     )
     assert isinstance(parsed.output_parsed, City) and parsed.output_parsed.name
+
+
+def test_chat_tools_on_auto_with_a_template_without_tools(client: OpenAI) -> None:
+    """SmolLM2's template has no place for tools: they were silently dropped (the prompt was the same
+    size with or without them). Now the generic tool format presents them and reads the call back."""
+    question: Any = [{"role": "user", "content": WEATHER_Q}]
+    tools: Any = [{"type": "function", "function": {k: v for k, v in RESPONSES_TOOL.items() if k != "type"}}]
+    assert client.models.retrieve(MODEL).model_dump()["tool_template"] == "generic"
+    plain = client.chat.completions.create(model=MODEL, messages=question, max_tokens=1)
+    answer = client.chat.completions.create(model=MODEL, messages=question, tools=tools, max_tokens=60, temperature=0)
+    assert answer.usage is not None and plain.usage is not None
+    assert answer.usage.prompt_tokens > plain.usage.prompt_tokens + 20
+    (call,) = answer.choices[0].message.tool_calls or []
+    assert answer.choices[0].finish_reason == "tool_calls" and answer.choices[0].message.content is None
+    assert call.type == "function" and call.function.name == "get_weather"
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL, messages=question, tools=tools, max_tokens=60, temperature=0, stream=True
+        )
+    )
+    first = chunks[0].choices[0].delta
+    assert first.role == "assistant" and first.content is None  # as OpenAI: null, not ""
+    streamed = [d for c in chunks if c.choices for d in c.choices[0].delta.tool_calls or []]
+    assert streamed[0].function is not None and streamed[0].function.name == "get_weather"
