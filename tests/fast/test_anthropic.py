@@ -3,6 +3,7 @@ own types (and its stream accumulator)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,8 @@ from anthropic.types import Message, RawMessageStreamEvent
 from pydantic import TypeAdapter
 from starlette.testclient import TestClient
 
-from gateway.dialects.anthropic_request import chat_messages, parse_messages_request
+from gateway.dialects.anthropic_request import chat_messages, parse_messages_request, to_chat
+from gateway.errors import GatewayError
 from tests.fast.dialect_helpers import WEATHER_TOOL_ANTHROPIC, dialect_app, sse_events
 
 USER = [{"role": "user", "content": "hello there"}]
@@ -260,3 +262,18 @@ def test_metrics_and_access_log_name_the_endpoint(client: TestClient) -> None:
     text = client.get("/metrics").text
     assert 'endpoint="/v1/messages",model="m",status="200"' in text
     assert 'endpoint="/v1/messages/count_tokens",model="m",status="200"' in text
+
+
+def test_output_config_format_becomes_a_json_schema_constraint() -> None:
+    body = {
+        "model": "m",
+        "max_tokens": 5,
+        "messages": USER,
+        "output_config": {"format": {"type": "json_schema", "schema": {"type": "object"}}},
+    }
+    chat = to_chat(parse_messages_request(json.dumps(body).encode()))
+    assert chat.response_format is not None and chat.response_format.constraint() == {"json_schema": {"type": "object"}}
+    refused = {**body, "output_config": {"effort": "high"}}
+    with pytest.raises(GatewayError) as error:
+        parse_messages_request(json.dumps(refused).encode())
+    assert error.value.param == "output_config.effort"
