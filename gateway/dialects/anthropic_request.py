@@ -127,6 +127,12 @@ def _check_blocks(data: dict[str, Any]) -> None:
 def parse_messages_request(body: bytes) -> MessagesRequest:
     data = load_json(body)
     refuse(data, UNSUPPORTED)
+    output = data.get("output_config")
+    if isinstance(output, dict) and output.get("effort") is not None:
+        raise invalid_request(
+            "'output_config.effort' (reasoning effort) is not supported: this gateway serves no reasoning models.",
+            param="output_config.effort",
+        )
     _check_blocks(data)
     return _checked(validate(MessagesRequest, data))
 
