@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from gateway.registry import Registry, Slot
+from gateway.toolprompt import native_tools
 
 Reload = Callable[[], Awaitable[dict[str, Any]]]
 
@@ -31,6 +32,9 @@ def describe(registry: Registry, slot: Slot) -> dict[str, Any]:
         "queued": slot.queued,
         "idle_expires_in": registry.idle_expiry(slot),
         "draining": slot.draining,
+        "tool_template": "native"
+        if native_tools(slot.entry.model.chat_format, slot.facts.info.metadata.get("tokenizer.chat_template"))
+        else "generic",
     }
 
 

@@ -17,18 +17,20 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway import admin, routes
 from gateway.accesslog import AccessLog
 from gateway.auth import KeyRing, RateLimiter
 from gateway.config import ModelEntry, Settings, load_settings
+from gateway.dialects import anthropic_routes, responses_routes
+from gateway.dialects.response_store import open_store
 from gateway.engine.base import Engine, EngineFactory
 from gateway.errors import ConfigError, GatewayError, internal_error
 from gateway.memory import ModelFacts, inspect_models, resolve_budget
 from gateway.metrics import Metrics, ModelState
-from gateway.middleware import Gate, GatewayMiddleware
+from gateway.middleware import Gate, GatewayMiddleware, error_response
 from gateway.record import RequestRecord
 from gateway.registry import Registry
 from gateway.upstream.proxy import Upstreams
@@ -49,6 +51,9 @@ _ENDPOINTS = {
     "/metrics",
     "/admin/models",
     "/admin/reload",
+    "/v1/messages",
+    "/v1/messages/count_tokens",
+    "/v1/responses",
 }
 
 
@@ -57,6 +62,8 @@ def endpoint_label(path: str) -> str:
         return path
     if path.startswith("/v1/models/"):
         return "/v1/models/{model}"
+    if path.startswith("/v1/responses/"):
+        return "/v1/responses/{id}"
     if path.startswith("/admin/models/"):
         return "/admin/models/{model}/" + path.rsplit("/", 1)[-1]
     return "other"
@@ -79,20 +86,21 @@ class _ProcessEngines:
 
 async def _gateway_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, GatewayError)
-    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers())
+    return error_response(request.url.path, exc)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
     error = GatewayError(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}", code=code)
-    return JSONResponse(error.body(), status_code=exc.status_code, headers=exc.headers)
+    response = error_response(request.url.path, error)
+    response.headers.update(exc.headers or {})
+    return response
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    error = internal_error(type(exc).__name__)
-    return JSONResponse(error.body(), status_code=500)
+    return error_response(request.url.path, internal_error(type(exc).__name__))
 
 
 def create_app(
@@ -192,6 +200,7 @@ def create_app(
             if processes is not None:
                 await processes.spares.close()
             access_log.close()
+            app.state.responses_store.close()
 
     app = Starlette(
         routes=[
@@ -203,6 +212,11 @@ def create_app(
             Route("/v1/chat/completions", routes.chat_completions, methods=["POST"]),
             Route("/v1/completions", routes.completions, methods=["POST"]),
             Route("/v1/embeddings", routes.embeddings, methods=["POST"]),
+            Route("/v1/messages", anthropic_routes.messages, methods=["POST"]),
+            Route("/v1/messages/count_tokens", anthropic_routes.count_tokens, methods=["POST"]),
+            Route("/v1/responses", responses_routes.create, methods=["POST"]),
+            Route("/v1/responses/{response_id}", responses_routes.retrieve, methods=["GET"]),
+            Route("/v1/responses/{response_id}", responses_routes.delete, methods=["DELETE"]),
             Route("/extras/tokenize", routes.tokenize, methods=["POST"]),
             Route("/extras/detokenize", routes.detokenize, methods=["POST"]),
             Route("/admin/models", admin.list_running, methods=["GET"]),
@@ -214,8 +228,15 @@ def create_app(
             Middleware(
                 CORSMiddleware,
                 allow_origins=settings.gateway.cors_origins,
-                allow_methods=["GET", "POST", "OPTIONS"],
-                allow_headers=["authorization", "content-type", "x-api-key", "x-request-id"],
+                allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+                allow_headers=[
+                    "authorization",
+                    "content-type",
+                    "x-api-key",
+                    "x-request-id",
+                    "anthropic-version",
+                    "anthropic-beta",
+                ],
                 expose_headers=["x-request-id", "retry-after"],
             ),
             Middleware(GatewayMiddleware, gate=gate, on_finish=finish),
@@ -230,6 +251,7 @@ def create_app(
     app.state.registry = registry
     app.state.upstreams = upstreams
     app.state.metrics = metrics
+    app.state.responses_store = open_store(settings.gateway.responses_store, settings.gateway.responses_store_max)
     app.state.reload = reload
     app.state.shutdown_grace = settings.gateway.shutdown_grace
     return app

@@ -204,6 +204,13 @@ class GatewaySection(_Section):
     spare_workers: int = Field(
         1, ge=0, le=4, description="workers started ahead of need (llama.cpp imported, no model) to cut cold starts"
     )
+    responses_store: Path | None = Field(
+        None,
+        description="sqlite file (relative to this file) keeping stored /v1/responses across restarts; null: in memory",
+    )
+    responses_store_max: int = Field(
+        1000, ge=1, description="stored /v1/responses kept for previous_response_id; the oldest go first"
+    )
 
 
 class Settings(_Section):
@@ -318,7 +325,11 @@ def parse_settings(
         resolved[model_id] = entry.model_copy(update={"model": entry.model.model_copy(update={"path": path})})
     if problems:
         raise ConfigError("\n".join(problems))
-    return settings.model_copy(update={"models": resolved})
+    gateway = settings.gateway
+    if gateway.responses_store is not None:
+        store = (base_dir / gateway.responses_store.expanduser()).resolve()
+        gateway = gateway.model_copy(update={"responses_store": store})
+    return settings.model_copy(update={"models": resolved, "gateway": gateway})
 
 
 def load_settings(path: Path, *, check_files: bool = True) -> Settings:

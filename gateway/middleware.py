@@ -12,11 +12,13 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.auth import KeyRing, Principal, RateLimiter, presented_key
+from gateway.dialects import anthropic_reply
 from gateway.errors import AUTHENTICATION, RATE_LIMIT, GatewayError
 from gateway.record import RequestRecord
 
 CLIENT_PREFIXES = ("/v1/", "/extras/")
 ADMIN_PREFIX = "/admin"
+ANTHROPIC_PREFIX = "/v1/messages"
 
 
 @dataclass
@@ -27,6 +29,14 @@ class Gate:
     limiter: RateLimiter
     max_body_bytes: int
     log_content: bool
+
+
+def error_response(path: str, error: GatewayError) -> JSONResponse:
+    """An error in the shape of the API the path belongs to: Anthropic's under /v1/messages, else OpenAI's."""
+    if path.startswith(ANTHROPIC_PREFIX):
+        status = anthropic_reply.error_status(error)
+        return JSONResponse(anthropic_reply.error_body(error), status_code=status, headers=error.headers())
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers())
 
 
 def _unauthorized(message: str) -> GatewayError:
@@ -67,8 +77,7 @@ class GatewayMiddleware:
             try:
                 principal = self._admit(scope, headers)
             except GatewayError as error:
-                response = JSONResponse(error.body(), status_code=error.status, headers=error.headers())
-                await response(scope, receive, send_with_id)
+                await error_response(scope["path"], error)(scope, receive, send_with_id)
                 return
             if principal is not None:
                 record.key_id = principal.key_id
@@ -93,7 +102,9 @@ class GatewayMiddleware:
         principal = gate.keyring.authenticate(key)
         if principal is None:
             raise _unauthorized(
-                "Incorrect API key provided." if key else "Missing API key: send 'Authorization: Bearer KEY'."
+                "Incorrect API key provided."
+                if key
+                else "Missing API key: send 'Authorization: Bearer KEY' or 'x-api-key: KEY'."
             )
         wait = gate.limiter.check(principal)
         if wait is not None:

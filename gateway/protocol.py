@@ -254,7 +254,7 @@ def _describe(error: dict[str, Any]) -> str:
     if kind == "missing":
         return "is required"
     if kind == "literal_error" and error["loc"][-1] == "role":
-        return f"{error['input']!r} is not a supported role (system, developer, user, assistant)"
+        return f"{error['input']!r} is not a supported role (system, developer, user, assistant, tool)"
     return str(error["msg"]).replace("Input should be", "should be")
 
 

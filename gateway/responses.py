@@ -66,8 +66,10 @@ class ChatResponder(_Responder):
     object_name = "chat.completion.chunk"
     id_prefix = "chatcmpl"
 
-    def begin_chunks(self, index: int) -> list[dict[str, Any]]:
-        return [self._chunk([{"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])]
+    def begin_chunks(self, index: int, tool_call: bool) -> list[dict[str, Any]]:
+        # OpenAI opens a tool-call answer with content null, a text answer with "".
+        delta = {"role": "assistant", "content": None if tool_call else ""}
+        return [self._chunk([{"index": index, "delta": delta, "finish_reason": None}])]
 
     def text_chunk(self, index: int, text: str, logprobs: Logprobs | None = None) -> dict[str, Any]:
         choice = {
@@ -120,7 +122,7 @@ class CompletionResponder(_Responder):
         super().__init__(model)
         self.echo = echo  # per choice, the prompt to send back first, when the client asked for it
 
-    def begin_chunks(self, index: int) -> list[dict[str, Any]]:
+    def begin_chunks(self, index: int, tool_call: bool) -> list[dict[str, Any]]:
         return [self.text_chunk(index, self.echo[index])] if self.echo and self.echo[index] else []
 
     def text_chunk(self, index: int, text: str, logprobs: Logprobs | None = None) -> dict[str, Any]:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import anyio
 from sse_starlette.sse import EventSourceResponse
@@ -14,9 +15,17 @@ from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from gateway import responses
+from gateway import responses, toolprompt
 from gateway.auth import ANONYMOUS, Principal
-from gateway.engine.base import Engine, Generation, GenerationParams, Started, chat_params, completion_params
+from gateway.engine.base import (
+    Engine,
+    Generation,
+    GenerationParams,
+    Started,
+    chat_params,
+    completion_params,
+    generic_auto,
+)
 from gateway.errors import context_length_exceeded, internal_error, invalid_request, model_not_found
 from gateway.metrics import CONTENT_TYPE, Metrics
 from gateway.protocol import (
@@ -30,7 +39,7 @@ from gateway.protocol import (
 from gateway.record import RequestRecord
 from gateway.registry import Lease, Registry, Slot
 from gateway.responses import ChatResponder, CompletionResponder, model_card
-from gateway.streaming import collect_all, event_stream
+from gateway.streaming import chunk_stream, collect_all, sse_data
 from gateway.tools import AutoCall, NamedCall, RequiredCall, Shaper
 from gateway.upstream.proxy import Upstreams
 
@@ -45,7 +54,7 @@ def registry_of(request: Request) -> Registry:
     return registry
 
 
-def _principal(request: Request) -> Principal:
+def principal_of(request: Request) -> Principal:
     principal: Principal = getattr(request.state, "principal", ANONYMOUS)
     return principal
 
@@ -66,7 +75,7 @@ def _remote(request: Request, name: str) -> str | None:
     model_id = upstreams.settings.resolve(name)
     if model_id is None or upstreams.get(model_id) is None:
         return None
-    if not _principal(request).may_use(model_id):
+    if not principal_of(request).may_use(model_id):
         raise model_not_found(name)
     record = _record(request)
     if record is not None:
@@ -80,7 +89,7 @@ async def _pass_through(request: Request, model_id: str, path: str, body: bytes,
         model_id, path, json.loads(body), stream=stream, record=_record(request)
     )
     if reply.events is not None:
-        return _sse(request, reply.events, BackgroundTask(reply.close) if reply.close else None)
+        return sse(request, reply.events, BackgroundTask(reply.close) if reply.close else None)
     return JSONResponse(reply.body, status_code=reply.status, headers=reply.headers)
 
 
@@ -93,7 +102,7 @@ def resolve_for(request: Request, name: str) -> Slot:
             param="model",
         )
     slot = registry_of(request).resolve(name)
-    if not _principal(request).may_use(slot.model_id):
+    if not principal_of(request).may_use(slot.model_id):
         raise model_not_found(name)
     return slot
 
@@ -123,12 +132,21 @@ async def metrics(request: Request) -> Response:
     return Response(collectors.exposition(), media_type=CONTENT_TYPE)
 
 
+def native_tools(slot: Slot) -> bool:
+    """Whether the model's own chat template presents tools (else the generic tool prompt does)."""
+    return toolprompt.native_tools(
+        slot.entry.model.chat_format, slot.facts.info.metadata.get("tokenizer.chat_template")
+    )
+
+
 def _card(slot: Slot) -> dict[str, object]:
     path = slot.facts.info.path
     card = model_card(
         slot.model_id, int(path.stat().st_mtime) if path.exists() else 0, slot.state.value, slot.memory_bytes
     )
     card["aliases"] = list(slot.entry.aliases)
+    if not slot.entry.embedding:
+        card["tool_template"] = "native" if native_tools(slot) else "generic"
     return card
 
 
@@ -139,7 +157,7 @@ def _remote_card(request: Request, model_id: str) -> dict[str, object]:
 
 
 async def list_models(request: Request) -> Response:
-    principal = _principal(request)
+    principal = principal_of(request)
     cards = [_card(s) for s in registry_of(request).slots() if principal.may_use(s.model_id)]
     cards += [_remote_card(request, m) for m in upstreams_of(request).models if principal.may_use(m)]
     return JSONResponse({"object": "list", "data": cards})
@@ -164,9 +182,10 @@ async def _hold(registry: Registry, model_id: str) -> Lease:
     return lease
 
 
-async def _start(lease: Lease, params: GenerationParams) -> Generation:
-    """Send a generation and wait until it has begun. Rendering, tokenizing and the context check
-    happen before that, so their errors are still answered with their own status, not in a 200 stream."""
+async def _start(lease: Lease, params: GenerationParams) -> tuple[Generation, int]:
+    """Send a generation and wait until it has begun; returns it and its prompt's token count.
+    Rendering, tokenizing and the context check happen before that, so their errors are still
+    answered with their own status, not in a 200 stream."""
     generation = lease.engine.generate(params)
     try:
         first = await generation.next_event()
@@ -175,10 +194,17 @@ async def _start(lease: Lease, params: GenerationParams) -> Generation:
     except BaseException:
         generation.cancel()
         raise
-    return generation
+    return generation, first.prompt_tokens
 
 
-def _sse(request: Request, events: AsyncIterator[str], after: BackgroundTask | None = None) -> Response:
+def sse_event(name: str, data: str) -> dict[str, str]:
+    """A frame with an `event:` line (Anthropic's and the Responses API's streams name their events)."""
+    return {"event": name, "data": data}
+
+
+def sse(request: Request, events: AsyncIterator[Any], after: BackgroundTask | None = None) -> Response:
+    """An SSE response: `events` yields `data:` payloads (str) or `sse_event` frames; `after` runs
+    once the response has finished."""
     return EventSourceResponse(
         events,
         background=after,
@@ -197,10 +223,31 @@ async def _choices(
     each with the index its choices are numbered from."""
     yield 0, first
     for position, params in enumerate(plan[1:], start=1):
-        yield position * params.n, await _start(lease, params)
+        generation, _ = await _start(lease, params)
+        yield position * params.n, generation
 
 
-async def _answer(
+@dataclass
+class ChatStream:
+    """A started stream: OpenAI chat chunks (dicts), ending with the usage chunk when asked for.
+    A failure after the start is raised from the iteration; the model is freed when it ends, or by
+    `close()` for a stream that is dropped unread."""
+
+    chunks: AsyncGenerator[dict[str, Any], None]
+    prompt_tokens: int
+    model: str
+    _abandon: Callable[[], None]
+
+    async def close(self) -> None:
+        await self.chunks.aclose()
+        self._abandon()  # a generator never iterated runs no `finally`: cancel and release here
+
+
+# What the chat path gives back: a stream, the finished completion, or None (the client went away).
+Outcome = ChatStream | dict[str, Any] | None
+
+
+async def _run(
     request: Request,
     lease: Lease,
     responder: ChatResponder | CompletionResponder,
@@ -209,33 +256,39 @@ async def _answer(
     stream: bool,
     include_usage: bool,
     shaper: Callable[[], Shaper] | None = None,
-) -> Response:
+) -> Outcome:
     """Start the first generation (errors still get their own status), then stream or collect all."""
     record = _record(request)
     try:
-        first = await _start(lease, plan[0])
+        first, prompt_tokens = await _start(lease, plan[0])
     except BaseException:
         lease.release()
         raise
     generations = _choices(lease, first, plan)
     if stream:
-        events = event_stream(
-            responder,
-            generations,
-            lease,
-            record,
-            include_usage=include_usage,
-            shaper=shaper,
-        )
-        return _sse(request, events)
+        chunks = chunk_stream(responder, generations, lease, record, include_usage=include_usage, shaper=shaper)
+
+        def abandon() -> None:
+            first.cancel()
+            lease.release()
+
+        return ChatStream(chunks, prompt_tokens, lease.model_id, abandon)
     try:
         answer = await _unless_disconnected(request, collect_all(generations, record, shaper))
     finally:
         lease.release()
     if answer is None:
-        return Response(status_code=CLIENT_CLOSED_REQUEST)  # nobody reads it; the access log does
+        return None
     choices, prompt_tokens, completion_tokens = answer
-    return JSONResponse(responder.completion(choices, prompt_tokens, completion_tokens))
+    return responder.completion(choices, prompt_tokens, completion_tokens)
+
+
+def _openai_answer(request: Request, outcome: Outcome) -> Response:
+    if outcome is None:
+        return Response(status_code=CLIENT_CLOSED_REQUEST)  # nobody reads it; the access log does
+    if isinstance(outcome, ChatStream):
+        return sse(request, sse_data(outcome.chunks))
+    return JSONResponse(outcome)
 
 
 async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T | None:
@@ -267,6 +320,15 @@ async def chat_completions(request: Request) -> Response:
     remote = _remote(request, chat.model)
     if remote is not None:
         return await _pass_through(request, remote, "chat/completions", body, bool(chat.stream))
+    return _openai_answer(request, await run_chat(request, chat))
+
+
+async def run_chat(request: Request, chat: ChatCompletionRequest) -> Outcome:
+    """The chat path every dialect shares (chat completions, Anthropic messages, Responses): resolve
+    the model for this client, check it can chat, hold it (queueing, budgets), and start the
+    generation; every failure so far is raised, before any response is sent. Then the stream of chat
+    chunks (`chat.stream`), or the finished `chat.completion` dict, or None when the client went away
+    before a non-streamed answer was ready."""
     slot = _target(request, chat.model)
     record = _record(request)
     if record is not None and record.output is not None:  # log_content is on
@@ -281,19 +343,29 @@ async def chat_completions(request: Request) -> Response:
         )
     registry = registry_of(request)
     lease = await _hold(registry, slot.model_id)
-    params = chat_params(chat, lease.entry, registry.settings.gateway.stream_interval)
-    return await _answer(
+    params = chat_params(chat, lease.entry, registry.settings.gateway.stream_interval, native_tools=native_tools(slot))
+    return await _run(
         request,
         lease,
         ChatResponder(lease.model_id),
         [params],
         stream=bool(chat.stream),
         include_usage=chat.include_usage,
-        shaper=_shaper(chat),
+        shaper=_shaper(chat, native_tools(slot)),
     )
 
 
-def _shaper(chat: ChatCompletionRequest) -> Callable[[], Shaper] | None:
+async def prompt_tokens(request: Request, chat: ChatCompletionRequest) -> int:
+    """The tokens a chat's prompt takes on its model (chat template and tools included), measured as a
+    generation would: started, counted, and cancelled at once."""
+    outcome = await run_chat(request, chat.model_copy(update={"stream": True, "max_tokens": 1}))
+    if not isinstance(outcome, ChatStream):
+        raise internal_error("a streamed chat gave no stream")
+    await outcome.close()
+    return outcome.prompt_tokens
+
+
+def _shaper(chat: ChatCompletionRequest, native: bool) -> Callable[[], Shaper] | None:
     """How each choice's text becomes content and tool calls."""
     mode = chat.tool_mode
     if mode == "none":
@@ -304,6 +376,8 @@ def _shaper(chat: ChatCompletionRequest) -> Callable[[], Shaper] | None:
     if mode == "required":
         return RequiredCall
     names = {t.function.name for t in chat.tools or []}
+    if generic_auto(chat, native):
+        return lambda: toolprompt.GenericReply(names)
     return lambda: AutoCall(names)
 
 
@@ -332,7 +406,7 @@ async def completions(request: Request) -> Response:
         raise
     plan = [completion_params(body, prompt, lease.entry, interval) for prompt in prompts]
     echo = [p for p in prompts for _ in range(body.choices)] if body.echo else None
-    return await _answer(
+    outcome = await _run(
         request,
         lease,
         CompletionResponder(lease.model_id, echo=echo),
@@ -340,6 +414,7 @@ async def completions(request: Request) -> Response:
         stream=bool(body.stream),
         include_usage=body.include_usage,
     )
+    return _openai_answer(request, outcome)
 
 
 def _generative(slot: Slot) -> None:

@@ -7,9 +7,10 @@ cancels the iteration and the `finally` cancels the generation, freeing the mode
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any, Protocol
 
 from gateway.engine.base import ChoiceFinished, Delta, Finished, Generation
@@ -24,7 +25,7 @@ DONE = "[DONE]"
 
 
 class StreamResponder(Protocol):
-    def begin_chunks(self, index: int) -> list[dict[str, Any]]: ...
+    def begin_chunks(self, index: int, tool_call: bool) -> list[dict[str, Any]]: ...
     def tool_chunk(self, index: int, tool_delta: dict[str, Any]) -> dict[str, Any]: ...
     def text_chunk(self, index: int, text: str, logprobs: list[dict[str, Any]] | None = None) -> dict[str, Any]: ...
     def finish_chunk(self, index: int, finish_reason: str) -> dict[str, Any]: ...
@@ -41,18 +42,7 @@ def client_finish_reason(reason: str, shaper: Shaper | None = None) -> str:
     return "tool_calls" if shaper is not None and shaper.called else "stop"
 
 
-def _chunks(responder: StreamResponder, index: int, pieces: list[Piece], logprobs: Any = None) -> list[str]:
-    out = []
-    for kind, value in pieces:
-        if kind == "content":
-            out.append(encode(responder.text_chunk(index, value, logprobs)))
-            logprobs = None
-        else:
-            out.append(encode(responder.tool_chunk(index, value)))
-    return out
-
-
-async def event_stream(
+async def chunk_stream(
     responder: StreamResponder,
     generations: AsyncIterator[tuple[int, Generation]],
     lease: Lease,
@@ -60,54 +50,81 @@ async def event_stream(
     *,
     include_usage: bool,
     shaper: Callable[[], Shaper] | None = None,
-) -> AsyncIterator[str]:
-    """Stream each generation in turn (its choices numbered from the index it comes with, and
-    interleaved as the worker decodes them together), then the usage chunk and [DONE].
+) -> AsyncGenerator[dict[str, Any], None]:
+    """Each generation's chunks in turn (its choices numbered from the index it comes with, and
+    interleaved as the worker decodes them together), then the usage chunk. Errors propagate to the
+    caller, who frames them for its dialect; the lease is released however the stream ends.
 
-    `shaper`: turns each choice's text into content and tool-call deltas (chat with tools)."""
+    `shaper`: turns each choice's text into content and tool-call deltas (chat with tools). A choice's
+    first chunk (its role) waits for its first piece, so that a tool call opens with `content: null`
+    as OpenAI's do and a text answer with `content: ""`."""
     prompt_tokens = completion_tokens = 0
+    opened: set[int] = set()
+
+    def chunks(index: int, pieces: list[Piece], logprobs: Any = None) -> list[dict[str, Any]]:
+        out = []
+        if index not in opened and pieces:
+            opened.add(index)
+            out.extend(responder.begin_chunks(index, pieces[0][0] == "tool"))
+        for kind, value in pieces:
+            if kind == "content":
+                out.append(responder.text_chunk(index, value, logprobs))
+                logprobs = None
+            else:
+                out.append(responder.tool_chunk(index, value))
+        return out
+
     try:
+        async for base, generation in generations:
+            shapes = {base + i: shaper() if shaper is not None else Shaper() for i in range(generation.choices)}
+            open_choices = set(shapes)
+            try:
+                async for event in generation:
+                    if isinstance(event, Delta):
+                        index = base + event.index
+                        if record is not None:
+                            record.token(event.text)
+                        for chunk in chunks(index, shapes[index].feed(event.text), event.logprobs):
+                            yield chunk
+                    elif isinstance(event, ChoiceFinished | Finished):
+                        if isinstance(event, Finished):
+                            prompt_tokens += event.prompt_tokens
+                            completion_tokens += event.completion_tokens
+                        # A single choice ends with Finished; several end one by one first.
+                        ended = [base + event.index] if isinstance(event, ChoiceFinished) else sorted(open_choices)
+                        for index in ended:
+                            open_choices.discard(index)
+                            for chunk in chunks(index, shapes[index].finish()):
+                                yield chunk
+                            if index not in opened:  # an empty answer still opens with its role
+                                opened.add(index)
+                                for chunk in responder.begin_chunks(index, False):
+                                    yield chunk
+                            reason = client_finish_reason(event.finish_reason, shapes[index])
+                            yield responder.finish_chunk(index, reason)
+            finally:
+                generation.cancel()
+        if record is not None:
+            record.finished(prompt_tokens, completion_tokens)
+        if include_usage:
+            yield responder.usage_chunk(prompt_tokens, completion_tokens)
+    finally:
+        lease.release()
+
+
+async def sse_data(chunks: AsyncGenerator[dict[str, Any], None]) -> AsyncIterator[str]:
+    """OpenAI's framing of a stream that has already been answered with a 200: each chunk as a `data:`
+    payload, a failure in-band as `data: {"error": ...}`, then `data: [DONE]`."""
+    async with contextlib.aclosing(chunks):
         try:
-            async for base, generation in generations:
-                shapes = {base + i: shaper() if shaper is not None else Shaper() for i in range(generation.choices)}
-                open_choices = set(shapes)
-                try:
-                    for index in shapes:
-                        for chunk in responder.begin_chunks(index):
-                            yield encode(chunk)
-                    async for event in generation:
-                        if isinstance(event, Delta):
-                            index = base + event.index
-                            if record is not None:
-                                record.token(event.text)
-                            for line in _chunks(responder, index, shapes[index].feed(event.text), event.logprobs):
-                                yield line
-                        elif isinstance(event, ChoiceFinished | Finished):
-                            if isinstance(event, Finished):
-                                prompt_tokens += event.prompt_tokens
-                                completion_tokens += event.completion_tokens
-                            # A single choice ends with Finished; several end one by one first.
-                            ended = [base + event.index] if isinstance(event, ChoiceFinished) else sorted(open_choices)
-                            for index in ended:
-                                open_choices.discard(index)
-                                for line in _chunks(responder, index, shapes[index].finish()):
-                                    yield line
-                                reason = client_finish_reason(event.finish_reason, shapes[index])
-                                yield encode(responder.finish_chunk(index, reason))
-                finally:
-                    generation.cancel()
-            if record is not None:
-                record.finished(prompt_tokens, completion_tokens)
-            if include_usage:
-                yield encode(responder.usage_chunk(prompt_tokens, completion_tokens))
+            async for chunk in chunks:
+                yield encode(chunk)
         except GatewayError as exc:
             yield encode(exc.body())
         except Exception as exc:  # a bug of ours: still end the stream in the OpenAI way
             log.exception("stream failed")
             yield encode(internal_error(type(exc).__name__).body())
-        yield DONE
-    finally:
-        lease.release()
+    yield DONE
 
 
 class _Collected:

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from gateway.errors import GatewayError
+from gateway.toolprompt import generic_messages, generic_schema
 from gateway.tools import forced_hint, forced_schema
 
 if TYPE_CHECKING:  # the worker process imports this module: keep pydantic out of it
@@ -75,17 +76,23 @@ def _sampling(request: _GenerationRequest, entry: ModelEntry, delta_interval: fl
     }
 
 
-def chat_params(request: ChatCompletionRequest, entry: ModelEntry, delta_interval: float = 0.0) -> GenerationParams:
-    """Request fields over the model entry's `sampling` and `output` defaults."""
+def chat_params(
+    request: ChatCompletionRequest, entry: ModelEntry, delta_interval: float = 0.0, *, native_tools: bool = True
+) -> GenerationParams:
+    """Request fields over the model entry's `sampling` and `output` defaults. `native_tools`: the
+    model's chat template presents tools itself; else they go in a generic tool prompt."""
     messages = [m.for_template() for m in request.messages]
     tools = request.tools_for_template()
-    if tools and request.tool_mode in ("named", "required"):
+    forced = bool(tools) and request.tool_mode in ("named", "required")
+    if not native_tools:
+        messages = generic_messages(messages, None if forced else tools)
+    if tools and forced:
         messages.insert(0, {"role": "system", "content": forced_hint(tools, request.forced_tool)})
     return GenerationParams(
         messages=messages,
-        tools=tools,
+        tools=tools if native_tools else None,
         max_tokens=_pick(request.completion_limit, entry.output.max_tokens),
-        constraint=_constraint(request, entry),
+        constraint=_constraint(request, entry, native_tools),
         logprobs=bool(request.logprobs),
         top_logprobs=request.top_logprobs or 0,
         n=request.choices,
@@ -107,15 +114,24 @@ def completion_params(
     )
 
 
-def _constraint(request: ChatCompletionRequest, entry: ModelEntry) -> dict[str, Any] | None:
+def _constraint(request: ChatCompletionRequest, entry: ModelEntry, native_tools: bool) -> dict[str, Any] | None:
     tools = request.tools_for_template()
     if tools and request.tool_mode in ("named", "required"):
         return {"json_schema": forced_schema(tools, request.forced_tool)}
+    if generic_auto(request, native_tools):
+        return {"json_schema": generic_schema(tools or [])}
     if request.response_format is not None:
         return request.response_format.constraint()
     if entry.output.grammar_schema is not None:
         return {"json_schema": entry.output.grammar_schema}
     return None
+
+
+def generic_auto(request: ChatCompletionRequest, native_tools: bool) -> bool:
+    """Tools on `auto` for a template without them: the answer takes the generic tool format (a
+    response_format, which would constrain it otherwise, leaves the tools to the prompt alone)."""
+    plain = request.response_format is None or request.response_format.type == "text"
+    return request.tool_mode == "auto" and not native_tools and plain
 
 
 @dataclass(frozen=True)

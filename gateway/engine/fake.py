@@ -24,6 +24,7 @@ class FakeScript:
     fail_load: str | None = None
     crash_after_tokens: int | None = None
     memory_bytes: int | None = None
+    reply: list[str] | None = None  # text pieces to answer with instead of `tok0 tok1 ...`
 
 
 @dataclass
@@ -133,7 +134,8 @@ class FakeEngine(Engine):
         if params.prompt is not None:
             prompt_tokens, param = len(params.prompt.split()), "prompt"
         else:
-            prompt_tokens, param = sum(len(m["content"].split()) for m in params.messages or []), "messages"
+            prompt_tokens = sum(len((m["content"] or "").split()) for m in params.messages or [])
+            param = "messages"
         n_ctx = self.entry.model.n_ctx
         if prompt_tokens >= n_ctx:
             generation.feed(context_length_exceeded(prompt_tokens, n_ctx, param))
@@ -145,7 +147,8 @@ class FakeEngine(Engine):
         produced = [0] * params.n
         finish = ["stop"] * params.n
         active = list(range(params.n))
-        for i in range(self.script.reply_tokens):
+        pieces = self.script.reply or [f"tok{i} " for i in range(self.script.reply_tokens)]
+        for i, piece in enumerate(pieces):
             if self.script.crash_after_tokens is not None and i >= self.script.crash_after_tokens:
                 self.crash()
                 await asyncio.sleep(3600)  # cancelled by crash()
@@ -156,8 +159,8 @@ class FakeEngine(Engine):
                     active.remove(choice)
                     continue
                 produced[choice] += 1
-                text, hit = matchers[choice].feed(f"tok{i} ")
-                entries = [_fake_logprob(f"tok{i} ", params.top_logprobs)] if params.logprobs else None
+                text, hit = matchers[choice].feed(piece)
+                entries = [_fake_logprob(piece, params.top_logprobs)] if params.logprobs else None
                 if text or entries:
                     generation.feed(Delta(text, entries, choice))
                 if hit:

@@ -211,7 +211,10 @@ async def test_no_room_is_503_with_retry_after(make_config: Any, tmp_path: Path)
 
 
 async def drive_until_disconnect(
-    app: Starlette, body: dict[str, Any], leave: Callable[[list[dict[str, Any]]], Awaitable[None]]
+    app: Starlette,
+    body: dict[str, Any],
+    leave: Callable[[list[dict[str, Any]]], Awaitable[None]],
+    path: str = "/v1/chat/completions",
 ) -> list[dict[str, Any]]:
     """Call the app at the ASGI level; the client disconnects once `leave(messages sent so far)` returns."""
     sent: list[dict[str, Any]] = []
@@ -234,8 +237,8 @@ async def drive_until_disconnect(
         "http_version": "1.1",
         "method": "POST",
         "scheme": "http",
-        "path": "/v1/chat/completions",
-        "raw_path": b"/v1/chat/completions",
+        "path": path,
+        "raw_path": path.encode(),
         "query_string": b"",
         "root_path": "",
         "headers": [(b"content-type", b"application/json"), (b"host", b"t")],

@@ -109,7 +109,7 @@ def test_response_shapes_validate_with_sdk_types() -> None:
     responder = ChatResponder("m")
     ChatCompletion.model_validate(responder.completion([Choice("hello", "stop")], 3, 1))
     chunks = [
-        *responder.begin_chunks(0),
+        *responder.begin_chunks(0, False),
         responder.text_chunk(0, "he"),
         responder.finish_chunk(0, "length"),
         responder.usage_chunk(3, 1),

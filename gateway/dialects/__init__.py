@@ -1,0 +1,1 @@
+"""Other APIs' wire formats, translated to and from the chat completions path (`routes.run_chat`)."""

@@ -1,0 +1,241 @@
+"""Anthropic Messages requests (`POST /v1/messages`) → the internal chat completion request."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import Field
+
+from gateway.dialects.common import Strict, load_json, refuse, validate
+from gateway.errors import invalid_request
+from gateway.protocol import ChatCompletionRequest
+
+
+class TextBlock(Strict):
+    type: Literal["text"]
+    text: str
+
+
+class ToolUseBlock(Strict):
+    type: Literal["tool_use"]
+    id: str = Field(min_length=1)
+    name: str = Field(min_length=1)
+    input: dict[str, Any]
+
+
+class ToolResultBlock(Strict):
+    type: Literal["tool_result"]
+    tool_use_id: str = Field(min_length=1)
+    content: str | list[TextBlock] | None = None
+    is_error: bool | None = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        body = self.content if isinstance(self.content, str) else "".join(b.text for b in self.content)
+        return f"Error: {body}" if self.is_error else body
+
+
+Block = Annotated[TextBlock | ToolUseBlock | ToolResultBlock, Field(discriminator="type")]
+
+
+class MessageParam(Strict):
+    role: Literal["user", "assistant"]
+    content: str | list[Block]
+
+
+class ToolParam(Strict):
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None
+    input_schema: dict[str, Any]
+    type: Literal["custom"] | None = None
+
+
+class ToolChoice(Strict):
+    type: Literal["auto", "any", "tool", "none"]
+    name: str | None = None
+    disable_parallel_tool_use: bool | None = None
+
+
+class JsonOutputFormat(Strict):
+    type: Literal["json_schema"]
+    schema_: dict[str, Any] = Field(alias="schema")
+
+
+class OutputConfig(Strict):
+    format: JsonOutputFormat | None = None
+    effort: None = None  # reasoning effort: refused (this gateway serves no reasoning models)
+
+
+class Metadata(Strict):
+    user_id: str | None = None
+
+
+class MessagesRequest(Strict):
+    model: str = Field(min_length=1)
+    max_tokens: Annotated[int, Field(ge=1)]
+    messages: list[MessageParam] = Field(min_length=1)
+    system: str | list[TextBlock] | None = None
+    stop_sequences: Annotated[list[str], Field(max_length=4)] | None = None
+    stream: bool | None = None
+    temperature: Annotated[float, Field(ge=0, le=1)] | None = None
+    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    top_k: Annotated[int, Field(ge=0)] | None = None
+    tools: list[ToolParam] | None = None
+    tool_choice: ToolChoice | None = None
+    metadata: Metadata | None = None
+    output_config: OutputConfig | None = None
+
+
+class CountTokensRequest(Strict):
+    model: str = Field(min_length=1)
+    messages: list[MessageParam] = Field(min_length=1)
+    system: str | list[TextBlock] | None = None
+    tools: list[ToolParam] | None = None
+    tool_choice: ToolChoice | None = None
+
+
+_UNSUPPORTED_BLOCKS = {"image", "document", "thinking", "redacted_thinking", "server_tool_use", "search_result"}
+UNSUPPORTED = {
+    "thinking": "extended thinking needs a reasoning model; this gateway serves none.",
+    "mcp_servers": "remote MCP servers are not available.",
+    "container": "code execution containers are not available.",
+}
+
+
+def _check_blocks(data: dict[str, Any]) -> None:
+    """Content and tools this gateway cannot serve get a 400 naming them, before field validation."""
+    for i, message in enumerate(data.get("messages") or []):
+        content = message.get("content") if isinstance(message, dict) else None
+        for j, block in enumerate(content if isinstance(content, list) else []):
+            kind = block.get("type") if isinstance(block, dict) else None
+            if kind in _UNSUPPORTED_BLOCKS or (isinstance(kind, str) and kind.endswith("_tool_result")):
+                raise invalid_request(
+                    f"'{kind}' content blocks are not supported by this gateway (text, tool_use and tool_result are).",
+                    param=f"messages[{i}].content[{j}].type",
+                )
+    for i, tool in enumerate(data.get("tools") or []):
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        if kind not in (None, "custom"):
+            raise invalid_request(
+                f"Server tool '{kind}' is not supported by this gateway; only custom tools (input_schema) are.",
+                param=f"tools[{i}].type",
+            )
+
+
+def parse_messages_request(body: bytes) -> MessagesRequest:
+    data = load_json(body)
+    refuse(data, UNSUPPORTED)
+    output = data.get("output_config")
+    if isinstance(output, dict) and output.get("effort") is not None:
+        raise invalid_request(
+            "'output_config.effort' (reasoning effort) is not supported: this gateway serves no reasoning models.",
+            param="output_config.effort",
+        )
+    _check_blocks(data)
+    return _checked(validate(MessagesRequest, data))
+
+
+def parse_count_tokens_request(body: bytes) -> CountTokensRequest:
+    data = load_json(body)
+    _check_blocks(data)
+    return _checked(validate(CountTokensRequest, data))
+
+
+Checked = TypeVar("Checked", MessagesRequest, CountTokensRequest)
+
+
+def _checked(request: Checked) -> Checked:
+    choice: ToolChoice | None = request.tool_choice
+    if choice is not None and choice.type == "tool":
+        names = {t.name for t in request.tools or []}
+        if choice.name not in names:
+            raise invalid_request(f"tool_choice names '{choice.name}', which is not in 'tools'.", "tool_choice.name")
+    if choice is not None and choice.type in ("any", "tool") and not request.tools:
+        raise invalid_request(f"tool_choice '{choice.type}' needs 'tools'.", "tool_choice")
+    return request
+
+
+def _system_text(system: str | list[TextBlock] | None) -> str | None:
+    if system is None or isinstance(system, str):
+        return system or None
+    return "\n\n".join(b.text for b in system) or None
+
+
+def chat_messages(request: MessagesRequest | CountTokensRequest) -> list[dict[str, Any]]:
+    """Anthropic turns as OpenAI chat messages: tool_use blocks become an assistant turn's tool_calls,
+    each tool_result block a `tool` message, answering in order before the user's text."""
+    out: list[dict[str, Any]] = []
+    system = _system_text(request.system)
+    if system:
+        out.append({"role": "system", "content": system})
+    for message in request.messages:
+        if isinstance(message.content, str):
+            out.append({"role": message.role, "content": message.content})
+            continue
+        text = "".join(b.text for b in message.content if isinstance(b, TextBlock))
+        if message.role == "assistant":
+            calls = [
+                {"id": b.id, "type": "function", "function": {"name": b.name, "arguments": json.dumps(b.input)}}
+                for b in message.content
+                if isinstance(b, ToolUseBlock)
+            ]
+            out.append({"role": "assistant", "content": text or None, **({"tool_calls": calls} if calls else {})})
+            continue
+        for block in message.content:
+            if isinstance(block, ToolResultBlock):
+                out.append({"role": "tool", "tool_call_id": block.tool_use_id, "content": block.text()})
+        if text or not any(isinstance(b, ToolResultBlock) for b in message.content):
+            out.append({"role": "user", "content": text})
+    return out
+
+
+def _tools(request: MessagesRequest | CountTokensRequest) -> dict[str, Any]:
+    if not request.tools:
+        return {}
+    tools = [
+        {
+            "type": "function",
+            "function": {"name": t.name, "parameters": t.input_schema}
+            | ({"description": t.description} if t.description else {}),
+        }
+        for t in request.tools
+    ]
+    choice: Any = "auto"
+    if request.tool_choice is not None:
+        kind = request.tool_choice.type
+        choice = {"auto": "auto", "any": "required", "none": "none"}.get(kind) or {
+            "type": "function",
+            "function": {"name": request.tool_choice.name},
+        }
+    return {"tools": tools, "tool_choice": choice}
+
+
+def to_chat(request: MessagesRequest) -> ChatCompletionRequest:
+    chat: dict[str, Any] = {
+        "model": request.model,
+        "messages": chat_messages(request),
+        "max_tokens": request.max_tokens,
+        "stream": bool(request.stream),
+        **_tools(request),
+    }
+    if request.stream:
+        chat["stream_options"] = {"include_usage": True}
+    for name in ("temperature", "top_p", "top_k"):
+        if getattr(request, name) is not None:
+            chat[name] = getattr(request, name)
+    if request.stop_sequences:
+        chat["stop"] = request.stop_sequences
+    output = request.output_config.format if request.output_config else None
+    if output is not None:  # structured outputs: enforced by the same grammar as response_format
+        chat["response_format"] = {"type": "json_schema", "json_schema": {"name": "output", "schema": output.schema_}}
+    if request.metadata is not None and request.metadata.user_id:
+        chat["user"] = request.metadata.user_id
+    return validate(ChatCompletionRequest, chat)
+
+
+def count_chat(request: CountTokensRequest) -> ChatCompletionRequest:
+    """The chat whose prompt count_tokens measures (rendered as a generation of it would be)."""
+    chat = {"model": request.model, "messages": chat_messages(request), "max_tokens": 1, **_tools(request)}
+    return validate(ChatCompletionRequest, chat)

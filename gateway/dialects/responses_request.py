@@ -1,0 +1,229 @@
+"""OpenAI Responses requests (`POST /v1/responses`) → the internal chat completion request."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
+
+from gateway.dialects.common import Strict, load_json, refuse, validate
+from gateway.errors import invalid_request
+from gateway.protocol import ChatCompletionRequest
+
+MessageRole = Literal["user", "system", "developer", "assistant"]
+
+
+class TextPart(Strict):
+    type: Literal["input_text", "output_text"]
+    text: str
+
+
+class MessageItem(Strict):
+    type: Literal["message"] | None = None
+    role: MessageRole
+    content: str | list[TextPart]
+
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+
+class FunctionCallItem(Strict):
+    type: Literal["function_call"]
+    call_id: str = Field(min_length=1)
+    name: str = Field(min_length=1)
+    arguments: str
+
+
+class FunctionCallOutputItem(Strict):
+    type: Literal["function_call_output"]
+    call_id: str = Field(min_length=1)
+    output: str | list[TextPart]
+
+    def text(self) -> str:
+        return self.output if isinstance(self.output, str) else "".join(p.text for p in self.output)
+
+
+Item = MessageItem | FunctionCallItem | FunctionCallOutputItem
+_ITEMS: dict[str | None, type[Item]] = {
+    None: MessageItem,
+    "message": MessageItem,
+    "function_call": FunctionCallItem,
+    "function_call_output": FunctionCallOutputItem,
+}
+
+
+class FunctionTool(Strict):
+    type: Literal["function"]
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class NamedFunction(Strict):
+    type: Literal["function"]
+    name: str
+
+
+class TextFormat(Strict):
+    type: Literal["text", "json_object", "json_schema"]
+    name: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+    description: str | None = None
+
+
+class TextConfig(Strict):
+    format: TextFormat | None = None
+
+
+class ResponsesRequest(Strict):
+    model: str = Field(min_length=1)
+    input: str | list[dict[str, Any]]
+    instructions: str | None = None
+    tools: list[FunctionTool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedFunction | None = None
+    parallel_tool_calls: bool | None = None
+    max_output_tokens: Annotated[int, Field(ge=1)] | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    text: TextConfig | None = None
+    stream: bool | None = None
+    store: bool | None = None
+    previous_response_id: str | None = None
+    metadata: dict[str, str] | None = None
+    user: str | None = None
+    truncation: Literal["auto", "disabled"] | None = None
+
+    def items(self) -> list[Item]:
+        if isinstance(self.input, str):
+            return [MessageItem(role="user", content=self.input)]
+        return [_item(i, raw) for i, raw in enumerate(self.input)]
+
+
+UNSUPPORTED = {
+    "reasoning": "reasoning settings need a reasoning model; this gateway serves none.",
+    "background": "background responses are not available.",
+    "conversation": "conversations are not available; use previous_response_id.",
+    "prompt": "stored prompt templates are not available.",
+    "include": "no extra output data (logprobs, reasoning, tool results) is available.",
+    "top_logprobs": "log probabilities are not available on /v1/responses; use /v1/chat/completions.",
+    "max_tool_calls": "a limit on built-in tool calls does not apply here.",
+}
+_CONTENT_PARTS = {"input_text", "output_text"}
+
+
+def _item(index: int, raw: Any) -> Item:
+    param = f"input[{index}]"
+    if not isinstance(raw, dict):
+        raise invalid_request(f"Invalid value for '{param}': should be an object.", param=param)
+    kind = raw.get("type")
+    cls = _ITEMS.get(kind)
+    if cls is None:
+        raise invalid_request(
+            f"Input items of type '{kind}' are not supported by this gateway "
+            "(message, function_call and function_call_output are).",
+            param=f"{param}.type",
+        )
+    content = raw.get("content") if cls is MessageItem else raw.get("output")
+    for j, part in enumerate(content if isinstance(content, list) else []):
+        part_type = part.get("type") if isinstance(part, dict) else None
+        if part_type not in _CONTENT_PARTS:
+            raise invalid_request(
+                f"Content of type '{part_type}' is not supported by this gateway (text only).",
+                param=f"{param}.content[{j}].type",
+            )
+    return validate(cls, raw, prefix=param)
+
+
+def _check_tools(data: dict[str, Any]) -> None:
+    for i, tool in enumerate(data.get("tools") or []):
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        if kind != "function":
+            raise invalid_request(
+                f"Built-in tool '{kind}' is not supported by this gateway; only function tools are.",
+                param=f"tools[{i}].type",
+            )
+    choice = data.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") != "function":
+        raise invalid_request(
+            f"tool_choice of type '{choice.get('type')}' is not supported by this gateway "
+            "(none, auto, required or a function are).",
+            param="tool_choice",
+        )
+
+
+def parse_responses_request(body: bytes) -> ResponsesRequest:
+    data = load_json(body)
+    refuse(data, UNSUPPORTED)
+    _check_tools(data)
+    request = validate(ResponsesRequest, data)
+    request.items()  # every input item is checked before the 200
+    names = {t.name for t in request.tools or []}
+    if isinstance(request.tool_choice, NamedFunction) and request.tool_choice.name not in names:
+        raise invalid_request(
+            f"tool_choice names '{request.tool_choice.name}', which is not in 'tools'.", "tool_choice"
+        )
+    fmt = request.text.format if request.text else None
+    if fmt is not None and fmt.type == "json_schema" and (not fmt.name or fmt.schema_ is None):
+        raise invalid_request("text.format of type 'json_schema' needs 'name' and 'schema'.", "text.format")
+    return request
+
+
+def input_messages(request: ResponsesRequest) -> list[dict[str, Any]]:
+    """The input items as chat messages: consecutive function calls become one assistant turn's
+    tool_calls, each function_call_output a `tool` message."""
+    out: list[dict[str, Any]] = []
+    for item in request.items():
+        if isinstance(item, MessageItem):
+            out.append({"role": item.role, "content": item.text()})
+        elif isinstance(item, FunctionCallItem):
+            call = {
+                "id": item.call_id,
+                "type": "function",
+                "function": {"name": item.name, "arguments": item.arguments},
+            }
+            last = out[-1] if out else None
+            if last is not None and last["role"] == "assistant" and "tool_calls" in last:
+                last["tool_calls"].append(call)
+            else:
+                out.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        else:
+            out.append({"role": "tool", "tool_call_id": item.call_id, "content": item.text()})
+    return out
+
+
+def _response_format(request: ResponsesRequest) -> dict[str, Any] | None:
+    fmt = request.text.format if request.text else None
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        return {"type": "json_object"}
+    schema = {"name": fmt.name, "schema": fmt.schema_, "strict": fmt.strict}
+    return {"type": "json_schema", "json_schema": {k: v for k, v in schema.items() if v is not None}}
+
+
+def to_chat(request: ResponsesRequest, history: list[dict[str, Any]]) -> ChatCompletionRequest:
+    """The chat for this request: instructions, the stored conversation it continues, its input."""
+    messages = [{"role": "system", "content": request.instructions}] if request.instructions else []
+    messages += [*history, *input_messages(request)]
+    chat: dict[str, Any] = {"model": request.model, "messages": messages, "stream": bool(request.stream)}
+    if request.stream:
+        chat["stream_options"] = {"include_usage": True}
+    if request.tools:
+        chat["tools"] = [
+            {"type": "function", "function": t.model_dump(exclude_none=True, exclude={"type"})} for t in request.tools
+        ]
+        choice = request.tool_choice
+        if choice is not None:
+            chat["tool_choice"] = (
+                choice if isinstance(choice, str) else {"type": "function", "function": {"name": choice.name}}
+            )
+    fields = {"max_tokens": request.max_output_tokens, "temperature": request.temperature, "top_p": request.top_p}
+    chat.update({k: v for k, v in fields.items() if v is not None})
+    response_format = _response_format(request)
+    if response_format is not None:
+        chat["response_format"] = response_format
+    if request.user:
+        chat["user"] = request.user
+    return validate(ChatCompletionRequest, chat)
