@@ -23,6 +23,7 @@ ALLOWED: dict[str, set[str]] = {
     "engine.sampling": {"errors"},
     "engine.embedding": {"errors"},
     "engine.parallel": set(),
+    "engine.channel": set(),
     "engine.worker": {
         "errors",
         "engine.base",
@@ -32,7 +33,7 @@ ALLOWED: dict[str, set[str]] = {
         "engine.embedding",
         "engine.parallel",
     },
-    "engine.process": {"config", "errors", "memory", "engine.base", "engine.worker"},
+    "engine.process": {"config", "errors", "memory", "engine.base", "engine.channel", "engine.worker"},
     "compute": set(),
     "watch": set(),
     "upstream.__init__": set(),
