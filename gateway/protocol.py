@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-import json
+import re
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gateway import limits
 from gateway.errors import invalid_request
+from gateway.jsonbody import parse_object
+
+Name = Annotated[str, Field(max_length=limits.MAX_NAME_CHARS)]
+_TOKEN_ID_KEY = re.compile(r"[0-9]{1,10}")  # ASCII digits only: str.isdigit() also takes "²"
 
 
 class _Strict(BaseModel):
@@ -21,12 +26,12 @@ class TextPart(_Strict):
 
 
 class FunctionCall(_Strict):
-    name: str
+    name: Annotated[str, Field(max_length=limits.MAX_TOOL_NAME_CHARS)]
     arguments: str
 
 
 class ToolCall(_Strict):
-    id: str
+    id: Name
     type: Literal["function"]
     function: FunctionCall
 
@@ -34,9 +39,9 @@ class ToolCall(_Strict):
 class Message(_Strict):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
-    name: str | None = None
-    tool_calls: list[ToolCall] | None = None  # assistant turns that called tools
-    tool_call_id: str | None = None  # tool turns: the call they answer
+    name: Name | None = None
+    tool_calls: Annotated[list[ToolCall], Field(max_length=limits.MAX_TOOLS)] | None = None  # assistant turns
+    tool_call_id: Name | None = None  # tool turns: the call they answer
 
     @model_validator(mode="after")
     def _tool_turns(self) -> Message:
@@ -76,7 +81,7 @@ class StreamOptions(_Strict):
 
 class FunctionSpec(_Strict):
     name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
-    description: str | None = None
+    description: Annotated[str, Field(max_length=limits.MAX_TOOL_DESCRIPTION_CHARS)] | None = None
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
 
@@ -87,7 +92,7 @@ class Tool(_Strict):
 
 
 class NamedFunction(_Strict):
-    name: str
+    name: Annotated[str, Field(max_length=limits.MAX_TOOL_NAME_CHARS)]
 
 
 class NamedToolChoice(_Strict):
@@ -99,7 +104,7 @@ class JsonSchemaFormat(_Strict):
     name: str = Field(min_length=1, max_length=64)
     schema_: dict[str, Any] = Field(alias="schema")
     strict: bool | None = None
-    description: str | None = None
+    description: Annotated[str, Field(max_length=limits.MAX_TOOL_DESCRIPTION_CHARS)] | None = None
 
 
 class ResponseFormat(_Strict):
@@ -138,7 +143,7 @@ MAX_CHOICES = 16  # n: choices are generated one after another on the model's wo
 class _GenerationRequest(_Strict):
     """Fields chat and text completions share."""
 
-    model: str = Field(min_length=1)
+    model: str = Field(min_length=1, max_length=limits.MAX_MODEL_NAME_CHARS)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     max_tokens: Annotated[int, Field(ge=1)] | None = None
@@ -146,30 +151,36 @@ class _GenerationRequest(_Strict):
     top_p: Annotated[float, Field(ge=0, le=1)] | None = None
     presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
     frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
-    seed: int | None = None
-    stop: str | list[str] | None = None
+    seed: int | None = None  # any 64-bit integer (jsonbody checks the range); llama.cpp uses it mod 2**32
+    stop: (
+        Annotated[str, Field(max_length=limits.MAX_STOP_CHARS)]
+        | Annotated[
+            list[Annotated[str, Field(max_length=limits.MAX_STOP_CHARS)]],
+            Field(max_length=limits.MAX_STOP_SEQUENCES),
+        ]
+        | None
+    ) = None
     n: Annotated[int, Field(ge=1, le=MAX_CHOICES)] | None = None
-    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
-    user: str | None = None
+    logit_bias: (
+        Annotated[dict[str, Annotated[float, Field(ge=-100, le=100)]], Field(max_length=limits.MAX_LOGIT_BIAS)] | None
+    ) = None
+    user: Annotated[str, Field(max_length=limits.MAX_USER_CHARS)] | None = None
     # llama.cpp sampling extensions
-    top_k: Annotated[int, Field(ge=0)] | None = None
+    top_k: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
     min_p: Annotated[float, Field(ge=0, le=1)] | None = None
     repeat_penalty: Annotated[float, Field(ge=0)] | None = None
-
-    @field_validator("stop")
-    @classmethod
-    def _stop_list(cls, value: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(value, list) and len(value) > 4:
-            raise ValueError("at most 4 stop sequences are allowed")
-        return value
 
     @field_validator("logit_bias")
     @classmethod
     def _token_ids(cls, value: dict[str, float] | None) -> dict[str, float] | None:
         for key in value or {}:
-            if not key.isdigit():
-                raise ValueError(f"keys must be token ids, got {key!r}")
+            if not _TOKEN_ID_KEY.fullmatch(key) or int(key) > limits.MAX_TOKEN_ID:
+                raise ValueError(f"keys must be token ids (0..{limits.MAX_TOKEN_ID}), got {key[:20]!r}")
         return value
+
+    def token_ids(self) -> list[int]:
+        """The token ids the request names (logit_bias keys), to check against the vocabulary."""
+        return [int(key) for key in self.logit_bias or {}]
 
     @property
     def choices(self) -> int:
@@ -192,13 +203,13 @@ class _GenerationRequest(_Strict):
 
 
 class ChatCompletionRequest(_GenerationRequest):
-    messages: list[Message] = Field(min_length=1)
+    messages: list[Message] = Field(min_length=1, max_length=limits.MAX_MESSAGES)
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
     logprobs: bool | None = None
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     response_format: ResponseFormat | None = None
     modalities: list[Literal["text"]] | None = None
-    tools: Annotated[list[Tool], Field(min_length=1, max_length=128)] | None = None
+    tools: Annotated[list[Tool], Field(min_length=1, max_length=limits.MAX_TOOLS)] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
 
@@ -226,7 +237,7 @@ class ChatCompletionRequest(_GenerationRequest):
 
 
 class CompletionRequest(_GenerationRequest):
-    prompt: str | Annotated[list[str], Field(min_length=1)]
+    prompt: str | Annotated[list[str], Field(min_length=1, max_length=limits.MAX_PROMPTS)]
     echo: bool = False
     suffix: str | None = None
     logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
@@ -242,7 +253,11 @@ def _param_name(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             name += f"[{part}]"
-        elif part in {"str", "list[TextPart]", "TextPart", "int", "float", "bool", "none"} or "[" in part:
+        elif (
+            part in {"str", "list[TextPart]", "TextPart", "int", "float", "bool", "none"}
+            or "[" in part
+            or part.startswith("constrained-")
+        ):
             continue  # union branch labels pydantic adds to the location
         else:
             name += f".{part}" if name else part
@@ -254,18 +269,12 @@ def _describe(error: dict[str, Any]) -> str:
     if kind == "missing":
         return "is required"
     if kind == "literal_error" and error["loc"][-1] == "role":
-        return f"{error['input']!r} is not a supported role (system, developer, user, assistant, tool)"
+        return f"{str(error['input'])[:40]!r} is not a supported role (system, developer, user, assistant, tool)"
     return str(error["msg"]).replace("Input should be", "should be")
 
 
 def _load_json(body: bytes) -> dict[str, Any]:
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise invalid_request(f"The request body is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise invalid_request("The request body must be a JSON object.")
-    return data
+    return parse_object(body)
 
 
 def _refuse(data: dict[str, Any], unsupported: tuple[str, ...]) -> None:
@@ -282,7 +291,8 @@ def _validate(cls: type[_Model], data: dict[str, Any]) -> _Model:
         return cls.model_validate(data)
     except ValidationError as exc:
         # Within a union (content: str | parts) the deepest error is the one that explains the problem.
-        first = max(exc.errors(), key=lambda e: len(e["loc"]))
+        # Among equally deep ones, a violated limit says more than "should be a string" from another branch.
+        first = max(exc.errors(), key=lambda e: (len(e["loc"]), not e["type"].endswith("_type")))
         param = _param_name(first["loc"])
         message = f"Invalid value for '{param}': {_describe(dict(first))}." if param else str(first["msg"])
         raise invalid_request(message, param=param or None) from None
@@ -297,7 +307,13 @@ def parse_chat_request(body: bytes) -> ChatCompletionRequest:
     chat = _validate(ChatCompletionRequest, data)
     if chat.tool_choice is not None and not chat.tools:
         raise invalid_request("'tool_choice' needs 'tools'.", param="tool_choice")
-    names = {t.function.name for t in chat.tools or []}
+    names: set[str] = set()
+    for tool in chat.tools or []:
+        if tool.function.name in names:  # which one a call meant could not be told
+            raise invalid_request(
+                f"Tool names must be unique; '{tool.function.name}' is given more than once.", param="tools"
+            )
+        names.add(tool.function.name)
     if chat.forced_tool is not None and chat.forced_tool not in names:
         raise invalid_request(f"tool_choice names '{chat.forced_tool}', which is not in 'tools'.", param="tool_choice")
     if chat.tool_mode in ("named", "required") and chat.response_format and chat.response_format.type != "text":
@@ -324,13 +340,20 @@ def parse_completion_request(body: bytes) -> CompletionRequest:
 
 
 class TokenizeRequest(_Strict):
-    model: str = Field(min_length=1)
+    model: str = Field(min_length=1, max_length=limits.MAX_MODEL_NAME_CHARS)
     input: str
+
+    @field_validator("input")
+    @classmethod
+    def _bounded(cls, value: str) -> str:
+        if len(value) > limits.MAX_TOKENIZE_BYTES or len(value.encode("utf-8")) > limits.MAX_TOKENIZE_BYTES:
+            raise ValueError(f"at most {limits.MAX_TOKENIZE_BYTES} bytes of UTF-8 text can be tokenized at once")
+        return value
 
 
 class DetokenizeRequest(_Strict):
-    model: str = Field(min_length=1)
-    tokens: list[Annotated[int, Field(ge=0)]]
+    model: str = Field(min_length=1, max_length=limits.MAX_MODEL_NAME_CHARS)
+    tokens: list[Annotated[int, Field(ge=0, le=limits.MAX_TOKEN_ID)]]
 
 
 def parse_tokenize_request(body: bytes) -> TokenizeRequest:
@@ -341,20 +364,33 @@ def parse_detokenize_request(body: bytes) -> DetokenizeRequest:
     return _validate(DetokenizeRequest, _load_json(body))
 
 
-MAX_EMBEDDING_INPUTS = 2048  # OpenAI's limit per request
+def check_vocabulary(token_ids: list[int], n_vocab: int, param: str) -> None:
+    """Token ids a request names must exist in the model's vocabulary (0 when the GGUF does not say:
+    the worker checks again against the loaded model either way)."""
+    if n_vocab <= 0 or not token_ids:
+        return
+    bad = max(token_ids)
+    if bad >= n_vocab:
+        raise invalid_request(f"Token id {bad} is outside this model's vocabulary (0..{n_vocab - 1}).", param=param)
+
+
+MAX_EMBEDDING_INPUTS = limits.MAX_EMBEDDING_INPUTS
+TokenId = Annotated[int, Field(ge=0, le=limits.MAX_TOKEN_ID)]
 
 
 class EmbeddingRequest(_Strict):
-    model: str = Field(min_length=1)
+    model: str = Field(min_length=1, max_length=limits.MAX_MODEL_NAME_CHARS)
     input: (
         str
         | Annotated[list[str], Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS)]
-        | Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
-        | Annotated[list[Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]], Field(min_length=1)]
+        | Annotated[list[TokenId], Field(min_length=1)]
+        | Annotated[
+            list[Annotated[list[TokenId], Field(min_length=1)]], Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS)
+        ]
     )
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: Annotated[int, Field(ge=1)] | None = None
-    user: str | None = None
+    user: Annotated[str, Field(max_length=limits.MAX_USER_CHARS)] | None = None
 
     @property
     def inputs(self) -> list[str | list[int]]:
@@ -365,6 +401,9 @@ class EmbeddingRequest(_Strict):
         if all(isinstance(item, int) for item in items):
             return [items]  # one token array
         return items
+
+    def token_ids(self) -> list[int]:
+        return [t for item in self.inputs if isinstance(item, list) for t in item]
 
 
 def parse_embedding_request(body: bytes) -> EmbeddingRequest:

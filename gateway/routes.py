@@ -30,6 +30,7 @@ from gateway.errors import context_length_exceeded, internal_error, invalid_requ
 from gateway.metrics import CONTENT_TYPE, Metrics
 from gateway.protocol import (
     ChatCompletionRequest,
+    check_vocabulary,
     parse_chat_request,
     parse_completion_request,
     parse_detokenize_request,
@@ -334,6 +335,7 @@ async def run_chat(request: Request, chat: ChatCompletionRequest) -> Outcome:
     if record is not None and record.output is not None:  # log_content is on
         record.messages = [m.model_dump(exclude_none=True) for m in chat.messages]
     _generative(slot)
+    check_vocabulary(chat.token_ids(), slot.facts.info.vocab_size, "logit_bias")
     if slot.entry.model.chat_format is None and not slot.facts.has_chat_template:
         raise invalid_request(
             f"Model '{slot.model_id}' has no chat template in its GGUF and no model.chat_format in "
@@ -391,6 +393,7 @@ async def completions(request: Request) -> Response:
         return await _pass_through(request, remote, "completions", raw, bool(body.stream))
     slot = _target(request, body.model)
     _generative(slot)
+    check_vocabulary(body.token_ids(), slot.facts.info.vocab_size, "logit_bias")
     registry = registry_of(request)
     interval = registry.settings.gateway.stream_interval
     prompts = body.prompts
@@ -443,6 +446,7 @@ async def embeddings(request: Request) -> Response:
             "omit 'dimensions' or set it to that.",
             param="dimensions",
         )
+    check_vocabulary(body.token_ids(), slot.facts.info.vocab_size, "input")
     lease = await _hold(registry_of(request), slot.model_id)
     try:
         vectors, tokens = await lease.engine.embed(body.inputs)
@@ -471,5 +475,6 @@ async def tokenize(request: Request) -> Response:
 
 async def detokenize(request: Request) -> Response:
     body = parse_detokenize_request(await request.body())
+    check_vocabulary(body.tokens, resolve_for(request, body.model).facts.info.vocab_size, "tokens")
     model_id, text = await _on_model(request, body.model, lambda engine: engine.detokenize(body.tokens))
     return JSONResponse({"model": model_id, "text": text})
