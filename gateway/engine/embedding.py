@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.engine.guard import Tokenizer
 from gateway.errors import context_length_exceeded, invalid_request
 
 POOLING = {"none": 0, "mean": 1, "cls": 2, "last": 3}
 
 
-def embed(llm: Any, inputs: list[str | list[int]]) -> tuple[list[list[float]], int]:
+def embed(llm: Any, inputs: list[str | list[int]], tokenizer: Tokenizer) -> tuple[list[list[float]], int]:
     """One normalised vector per input (text or token ids), and the tokens read. Inputs longer than the
     context are refused, not cut."""
     import llama_cpp
@@ -20,7 +21,10 @@ def embed(llm: Any, inputs: list[str | list[int]]) -> tuple[list[list[float]], i
     used = 0
     total = 0
     for index, item in enumerate(inputs):
-        tokens = llm.tokenize(item.encode("utf-8"), add_bos=True, special=False) if isinstance(item, str) else item
+        if isinstance(item, str):
+            tokens = tokenizer.tokens(item, add_bos=True, special=False, limit=n_ctx, param="input")
+        else:
+            tokens = item
         if not tokens:
             raise invalid_request(f"input[{index}] is empty.", param="input")
         if len(tokens) > n_ctx:

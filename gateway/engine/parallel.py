@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from gateway.engine.guard import sampler_seed
+
 MAX_SEQUENCES = 16  # protocol.MAX_CHOICES
 
 
@@ -56,7 +58,7 @@ class Parallel:
             context.kv_cache_seq_cp(0, sequence, 0, len(prompt))
         samplers = []
         for sequence in range(len(outputs)):
-            llm.set_seed(seed + sequence)
+            llm.set_seed(sampler_seed(seed + sequence))
             samplers.append(llm._init_sampler(**sampling))
         # Every choice starts from the prompt's last logits.
         last = {s: samplers[s].sample(context, -1) for s in range(len(outputs))}

@@ -28,6 +28,7 @@ from typing import Any
 from gateway.engine.base import GenerationParams
 from gateway.engine.deltas import DeltaBatcher
 from gateway.engine.embedding import POOLING, embed
+from gateway.engine.guard import Tokenizer, nonempty_prompt, sampler_seed, tokenize
 from gateway.engine.parallel import Parallel
 from gateway.engine.sampling import LogprobScorer, grammar_for, logit_bias_processor
 from gateway.engine.stops import StopMatcher
@@ -64,14 +65,15 @@ def main(conn: Connection) -> None:
 
     threading.Thread(target=_read_commands, args=(conn, send, jobs, cancelled, llm), daemon=True).start()
     parallel = Parallel(llm)
+    tokenizer = Tokenizer(llm)
     while True:
         kind, request_id, payload = jobs.get()
         try:
             if kind == "embed":
-                send(("result", request_id, embed(llm, payload)))
+                send(("result", request_id, embed(llm, payload, tokenizer)))
             else:
                 params = GenerationParams.from_wire(payload)
-                _generate(llm, formatter, request_id, params, send, cancelled, parallel)
+                _generate(llm, formatter, tokenizer, request_id, params, send, cancelled, parallel)
         except GatewayError as exc:
             send(("error", request_id, exc.to_wire()))
         except (BrokenPipeError, EOFError):
@@ -121,8 +123,8 @@ def _read_commands(
 
 
 def _call(llm: Any, op: str, argument: Any) -> Any:
-    if op == "tokenize":
-        return llm.tokenize(str(argument).encode("utf-8"), add_bos=False, special=True)
+    if op == "tokenize":  # the gateway bounds the text's length (limits.MAX_TOKENIZE_BYTES)
+        return tokenize(llm, str(argument).encode("utf-8"), add_bos=False, special=True)
     if op == "detokenize":
         n_vocab = llm.n_vocab()
         bad = [t for t in argument if not isinstance(t, int) or not 0 <= t < n_vocab]
@@ -241,23 +243,30 @@ class ChoiceOutput:
         self._batcher.flush()
 
 
-def _prompt(llm: Any, formatter: Formatter | None, params: GenerationParams) -> tuple[list[int], list[str]]:
+def _prompt(
+    llm: Any, formatter: Formatter | None, tokenizer: Tokenizer, params: GenerationParams
+) -> tuple[list[int], list[str]]:
     """The prompt's tokens and the template's own stop strings; errors here are the client's 400s."""
+    n_ctx = llm.n_ctx()
     if params.prompt is not None:
-        return llm.tokenize(params.prompt.encode("utf-8"), add_bos=True, special=True), []
+        tokens = tokenizer.tokens(params.prompt, add_bos=True, special=True, limit=n_ctx, param="prompt")
+        return nonempty_prompt(llm, tokens, "prompt"), []
     if formatter is None:
         raise invalid_request("This model has no chat template; set model.chat_format in models.yaml.")
     try:
         rendered = formatter(messages=params.messages, tools=params.tools)
     except Exception as exc:  # templates raise for message orders they do not support
         raise invalid_request(f"The model's chat template rejected the messages: {exc}", "messages") from None
-    tokens = llm.tokenize(rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special, special=True)
-    return tokens, _stops(rendered.stop)
+    tokens = tokenizer.tokens(
+        rendered.prompt, add_bos=not rendered.added_special, special=True, limit=n_ctx, param="messages"
+    )
+    return nonempty_prompt(llm, tokens, "messages"), _stops(rendered.stop)
 
 
 def _generate(
     llm: Any,
     formatter: Formatter | None,
+    tokenizer: Tokenizer,
     request_id: int,
     params: GenerationParams,
     send: Send,
@@ -267,7 +276,7 @@ def _generate(
     if request_id in cancelled:
         send(("finished", request_id, "cancelled", 0, 0))
         return
-    prompt, template_stops = _prompt(llm, formatter, params)
+    prompt, template_stops = _prompt(llm, formatter, tokenizer, params)
     n_ctx = llm.n_ctx()
     room = (n_ctx - len(prompt)) // params.n
     if room <= 0:
@@ -278,7 +287,7 @@ def _generate(
     stops = [*params.stop, *template_stops]
     outputs = [ChoiceOutput(llm, request_id, i, stops, limit, params, send) for i in range(params.n)]
     send(("started", request_id, len(prompt)))
-    seed = params.seed if params.seed is not None else random.randrange(2**31)
+    seed = sampler_seed(params.seed) if params.seed is not None else random.randrange(2**31)
     sampling = {
         "top_k": params.top_k,
         "top_p": params.top_p,

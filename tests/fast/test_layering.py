@@ -23,8 +23,9 @@ ALLOWED: dict[str, set[str]] = {
     "engine.base": {"config", "errors", "protocol", "tools", "toolprompt"},
     "engine.fake": {"config", "errors", "engine.base", "engine.stops"},
     "engine.sampling": {"errors"},
-    "engine.embedding": {"errors"},
-    "engine.parallel": set(),
+    "engine.guard": {"errors"},
+    "engine.embedding": {"errors", "engine.guard"},
+    "engine.parallel": {"engine.guard"},
     "engine.channel": set(),
     "engine.worker": {
         "errors",
@@ -33,6 +34,7 @@ ALLOWED: dict[str, set[str]] = {
         "engine.deltas",
         "engine.sampling",
         "engine.embedding",
+        "engine.guard",
         "engine.parallel",
     },
     "engine.process": {"config", "errors", "memory", "engine.base", "engine.channel", "engine.worker"},
@@ -145,7 +147,7 @@ def test_dependencies_point_downward() -> None:
         assert ours <= ALLOWED[name], f"{name} imports {sorted(ours - ALLOWED[name])}"
 
 
-WORKER_SIDE = {"engine.worker", "engine.sampling", "engine.embedding", "engine.parallel"}
+WORKER_SIDE = {"engine.worker", "engine.sampling", "engine.embedding", "engine.parallel", "engine.guard"}
 
 
 def test_llama_cpp_is_imported_only_by_the_worker() -> None:
