@@ -65,6 +65,12 @@ class GGUFInfo:
         return int(declared) if declared is not None else self.array_lengths.get("tokenizer.ggml.tokens", 0)
 
     @property
+    def pools_embeddings(self) -> bool:
+        """The GGUF names a pooling type other than none (0), as embedding models' files do."""
+        value = self.metadata.get(f"{self.architecture}.pooling_type")
+        return value is not None and int(value) > 0
+
+    @property
     def has_chat_template(self) -> bool:
         return bool(self.metadata.get("tokenizer.chat_template"))
 

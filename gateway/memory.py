@@ -70,6 +70,13 @@ def inspect_models(settings: Settings) -> dict[str, ModelFacts]:
             facts[model_id] = inspect_model(entry)
         except (OSError, GGUFFormatError) as exc:
             problems.append(f"models.{model_id}.model.path: cannot read GGUF {entry.model.path}: {exc}")
+            continue
+        if entry.embedding and entry.model.pooling is None and not facts[model_id].info.pools_embeddings:
+            problems.append(
+                f"models.{model_id}: embedding is true, but {entry.model.path.name} names no pooling type "
+                "(a causal LM has none), so llama.cpp would give no vector per input; "
+                "set model.pooling: mean (or cls, last)"
+            )
     if problems:
         raise ConfigError("\n".join(problems))
     return facts

@@ -20,6 +20,7 @@ def write_tiny_gguf(
     heads: int = 4,
     heads_kv: int = 2,
     chat_template: str | None = "{% for m in messages %}{{ m['content'] }}{% endfor %}",
+    pooling: gguf.PoolingType | None = None,
 ) -> Path:
     writer = gguf.GGUFWriter(str(path), "llama")
     writer.add_block_count(layers)
@@ -31,6 +32,8 @@ def write_tiny_gguf(
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
     if chat_template is not None:
         writer.add_chat_template(chat_template)
+    if pooling is not None:
+        writer.add_pooling_type(pooling)
     rng = np.random.default_rng(0)
     writer.add_tensor("token_embd.weight", rng.standard_normal((32, embedding), dtype=np.float32))
     for layer in range(layers):

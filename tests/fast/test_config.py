@@ -119,3 +119,26 @@ def test_embedded_default_serves_the_bundled_model(tmp_path: Path) -> None:
     assert settings.models["smollm2-135m-instruct"].model.path == (
         tmp_path / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
     )
+
+
+def test_embedding_model_without_pooling_is_a_configuration_error(make_config: Any, tmp_path: Path) -> None:
+    """A causal LM's GGUF names no pooling type: as an embedding entry it needs model.pooling."""
+    import gguf
+
+    from gateway.cli import main
+    from gateway.memory import inspect_models
+    from tests.ggufgen import write_tiny_gguf
+
+    doc = make_config({"chat": {}, "lm": {"embedding": True}, "ok": {"embedding": True, "model": {"pooling": "mean"}}})
+    pooled = write_tiny_gguf(tmp_path / "pooled.gguf", pooling=gguf.PoolingType.CLS)
+    doc["models"]["bert"] = {"embedding": True, "model": {"path": str(pooled)}}  # the GGUF names its pooling
+    with pytest.raises(ConfigError) as info:
+        inspect_models(parse_settings(doc, tmp_path))
+    (problem,) = str(info.value).splitlines()
+    assert problem.startswith("models.lm: embedding is true, but lm.gguf names no pooling type")
+    assert problem.endswith("set model.pooling: mean (or cls, last)")
+    path = tmp_path / "models.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    assert main(["check", "--config", str(path)]) == 2  # `gateway check`, and `serve` reads it the same way
+    doc["models"]["lm"]["model"]["pooling"] = "mean"
+    assert set(inspect_models(parse_settings(doc, tmp_path))) == {"chat", "lm", "ok", "bert"}
