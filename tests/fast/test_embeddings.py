@@ -19,7 +19,9 @@ from gateway.engine.fake import FakeEngineFactory
 
 @pytest.fixture
 def client(make_config: Any, tmp_path: Path) -> Iterator[TestClient]:
-    settings = parse_settings(make_config({"chat": {}, "embed": {"embedding": True, "model": {"pooling": "mean"}}}), tmp_path)
+    settings = parse_settings(
+        make_config({"chat": {}, "embed": {"embedding": True, "model": {"pooling": "mean"}}}), tmp_path
+    )
     with TestClient(create_app(settings, engine_factory=FakeEngineFactory())) as c:
         yield c
 

@@ -60,7 +60,10 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     doc = {
         "models": {
             "m": {"model": {"path": str(write_tiny_gguf(folder / "m.gguf")), "n_ctx": 64}},
-            "e": {"embedding": True, "model": {"path": str(write_tiny_gguf(folder / "e.gguf")), "n_ctx": 64, "pooling": "mean"}},
+            "e": {
+                "embedding": True,
+                "model": {"path": str(write_tiny_gguf(folder / "e.gguf")), "n_ctx": 64, "pooling": "mean"},
+            },
         }
     }
     with TestClient(create_app(parse_settings(doc, folder), engine_factory=FakeEngineFactory())) as c:
