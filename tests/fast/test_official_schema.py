@@ -1,55 +1,22 @@
-"""Responses validate against OpenAI's official OpenAPI description (../shared/reference, read at test
-time and not copied into the project), converted to JSON Schema: `nullable` becomes a null
-alternative and component references point into `$defs`."""
+"""Every response shape, streamed and not, checked as OpenAI defines it (tests/wire.py: the `openai`
+SDK's own types plus strict key checks), on the fake engine."""
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import jsonschema
 import pytest
-import yaml
 from starlette.testclient import TestClient
 
 from gateway.app import create_app
 from gateway.config import parse_settings
 from gateway.engine.fake import FakeEngineFactory
+from tests import wire
 
-SPEC = Path(__file__).resolve().parents[3] / "shared" / "reference" / "openai-openapi.yaml"
 MSG = [{"role": "user", "content": "one two"}]
 TOOLS = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
-
-
-def _convert(node: Any) -> Any:
-    if isinstance(node, list):
-        return [_convert(item) for item in node]
-    if not isinstance(node, dict):
-        return node
-    out = {k: _convert(v) for k, v in node.items() if k not in ("nullable", "discriminator", "x-oaiMeta")}
-    if isinstance(out.get("required"), list):
-        out["required"] = list(dict.fromkeys(out["required"]))  # the spec repeats some names
-    if isinstance(out.get("$ref"), str):
-        out["$ref"] = out["$ref"].replace("#/components/schemas/", "#/$defs/")
-    if node.get("nullable") is True:
-        return {"anyOf": [out, {"type": "null"}]}
-    return out
-
-
-@functools.cache
-def _definitions() -> dict[str, Any]:
-    assert SPEC.is_file(), f"the official OpenAPI description is expected at {SPEC}"
-    with SPEC.open() as handle:
-        spec = yaml.load(handle, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    return {"$defs": _convert(spec["components"]["schemas"])}
-
-
-def validate(instance: Any, name: str) -> None:
-    schema = {**_definitions(), "$ref": f"#/$defs/{name}"}
-    jsonschema.Draft202012Validator(schema).validate(instance)
 
 
 @pytest.fixture(scope="module")
@@ -84,26 +51,45 @@ def stream(client: TestClient, path: str, body: dict[str, Any]) -> list[dict[str
 )
 def test_chat(client: TestClient, extra: dict[str, Any]) -> None:
     body = {"model": "m", "messages": MSG, "max_tokens": 3, **extra}
-    validate(client.post("/v1/chat/completions", json=body).json(), "CreateChatCompletionResponse")
-    for chunk in stream(client, "/v1/chat/completions", body):
-        validate(chunk, "CreateChatCompletionStreamResponse")
+    wire.chat_completion(client.post("/v1/chat/completions", json=body).json())
+    chunks = stream(client, "/v1/chat/completions", body)
+    for chunk in chunks:
+        wire.chat_chunk(chunk)
+    assert chunks[-1]["usage"] is not None and chunks[-1]["choices"] == []
 
 
 def test_completions(client: TestClient) -> None:
     body = {"model": "m", "prompt": ["a", "b"], "max_tokens": 3, "logprobs": 1}
-    validate(client.post("/v1/completions", json=body).json(), "CreateCompletionResponse")
+    wire.completion(client.post("/v1/completions", json=body).json())
     chunks = stream(client, "/v1/completions", body)
-    # The spec has no separate chunk type for this legacy endpoint; its last chunks match it exactly.
     for chunk in chunks:
-        if all(choice["finish_reason"] for choice in chunk["choices"]):
-            validate(chunk, "CreateCompletionResponse")
+        wire.completion(chunk, streamed=True)
+    finished = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
+    assert len(finished) == 2  # one per prompt
 
 
 def test_embeddings_models_and_errors(client: TestClient) -> None:
-    # (The spec types `embedding` as an array only, although OpenAI answers base64 with a string.)
-    body = {"model": "e", "input": ["a", "b c"], "encoding_format": "float"}
-    validate(client.post("/v1/embeddings", json=body).json(), "CreateEmbeddingResponse")
-    validate(client.get("/v1/models").json(), "ListModelsResponse")
-    validate(client.get("/v1/models/m").json(), "Model")
-    validate(client.post("/v1/chat/completions", json={"model": "nope", "messages": MSG}).json(), "ErrorResponse")
-    validate(client.post("/v1/chat/completions", content=b"{").json(), "ErrorResponse")
+    for encoding in ("float", "base64"):
+        body = {"model": "e", "input": ["a", "b c"], "encoding_format": encoding}
+        wire.embeddings(client.post("/v1/embeddings", json=body).json())
+    wire.model_list(client.get("/v1/models").json())
+    wire.model_card(client.get("/v1/models/m").json())
+    assert wire.error(client.post("/v1/chat/completions", json={"model": "nope", "messages": MSG}).json())["param"]
+    assert wire.error(client.post("/v1/chat/completions", content=b"{").json())["param"] is None
+    assert wire.error(client.get("/v1/nowhere").json())["code"] == "not_found"
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        ({"id": "x", "object": "chat.completion", "created": 1, "model": "m"}, r"missing \['choices'\]"),
+        ({"id": "x", "object": "chat.completion", "created": 1, "model": "m", "choices": [], "extra": 1}, "extra"),
+    ],
+)
+def test_the_strict_checks_catch_what_the_sdk_lets_through(body: dict[str, Any], problem: str) -> None:
+    with pytest.raises(AssertionError, match=problem):
+        wire.keys(body, "body", {"id", "object", "created", "model", "choices"}, {"usage"})
+    message = {"role": "assistant", "content": "hi"}  # the SDK accepts it; OpenAI always sends refusal: null
+    choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}
+    with pytest.raises(AssertionError, match="refusal"):
+        wire.chat_completion({"id": "x", "object": "chat.completion", "created": 1, "model": "m", "choices": [choice]})
