@@ -28,7 +28,7 @@ from typing import Any
 from gateway.engine.base import GenerationParams
 from gateway.engine.deltas import DeltaBatcher
 from gateway.engine.embedding import POOLING, embed
-from gateway.engine.guard import Tokenizer, nonempty_prompt, sampler_seed, tokenize
+from gateway.engine.guard import Tokenizer, fresh_prompt, nonempty_prompt, sampler_seed, tokenize
 from gateway.engine.parallel import Parallel
 from gateway.engine.sampling import LogprobScorer, grammar_for, logit_bias_processor
 from gateway.engine.stops import StopMatcher
@@ -310,6 +310,8 @@ def _generate(
         return
     (output,) = outputs
     llm.set_seed(seed)
+    if params.seed is not None:
+        fresh_prompt(llm)
     was_cancelled = False
     for token in llm.generate(prompt, **sampling):
         if request_id in cancelled:

@@ -232,7 +232,12 @@ def test_embeddings_from_a_real_model(api: GatewayServer) -> None:
     assert [d.index for d in result.data] == [0, 1, 2]
     assert all(len(v) == 576 for v in vectors)
     assert all(abs(sum(x * x for x in v) - 1) < 1e-3 for v in vectors)  # unit length
-    assert vectors[0] == pytest.approx(vectors[1], abs=1e-5)
+    # Not bit-identical: llama.cpp sums floats in an order that depends on where a sequence sits in the
+    # batch (SIMD lanes over its KV cells and over the pooling matmul) and, on some CPUs and every GPU,
+    # on kernels picked by batch size. Measured here: at most 3e-8 between the same text alone and in a
+    # batch; a different kernel adds float32 rounding per layer. 1e-4 on unit vectors is far below
+    # what separates two different texts (cosine < 0.999 below).
+    assert vectors[0] == pytest.approx(vectors[1], abs=1e-4)
 
     def cosine(a: list[float], b: list[float]) -> float:
         return sum(x * y for x, y in zip(a, b, strict=True))
@@ -240,7 +245,7 @@ def test_embeddings_from_a_real_model(api: GatewayServer) -> None:
     assert cosine(vectors[0], vectors[2]) < 0.999
     assert result.usage.prompt_tokens > 10
     floats = client.embeddings.create(model="smollm2-embed", input=texts[0], encoding_format="float")
-    assert floats.data[0].embedding == pytest.approx(vectors[0], abs=1e-5)
+    assert floats.data[0].embedding == pytest.approx(vectors[0], abs=1e-4)  # alone vs in a batch: as above
     tokens = httpx.post(f"{api.base_url}/extras/tokenize", json={"model": "smollm2-embed", "input": texts[0]}).json()
     by_tokens = client.embeddings.create(model="smollm2-embed", input=[tokens["tokens"]], encoding_format="float")
     assert by_tokens.usage.prompt_tokens == tokens["count"]

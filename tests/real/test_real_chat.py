@@ -83,14 +83,25 @@ def test_stop_sequence_cuts_output(client: OpenAI) -> None:
     assert cut.choices[0].message.content == text[: text.index("5")]
 
 
-def test_seed_makes_sampling_repeatable(client: OpenAI) -> None:
-    def sample(seed: int) -> str:
-        r = client.chat.completions.create(
-            model="smollm2", messages=HELLO, max_tokens=24, temperature=1.2, top_p=1, seed=seed
-        )
-        return r.choices[0].message.content or ""
+def test_seed_makes_sampling_repeatable(client: OpenAI, server: GatewayServer) -> None:
+    """Same seed, prompt and settings give the same output whatever ran before on the model, and after
+    the model is unloaded and loaded again (README: "Seeds")."""
+    settings: dict[str, Any] = {"model": "smollm2", "max_tokens": 48, "temperature": 1.2, "top_p": 1}
 
-    assert sample(7) == sample(7)
+    def sample(seed: int, messages: list[dict[str, str]] = HELLO) -> str:
+        reply = client.chat.completions.create(messages=messages, seed=seed, **settings)  # type: ignore[call-overload]
+        return str(reply.choices[0].message.content)
+
+    first = sample(7)
+    assert sample(7) == first  # the whole prompt is in the KV cache now
+    # Other requests in between: a longer prompt sharing the template's prefix, and an unseeded one.
+    sample(3, [{"role": "user", "content": "Say hello to everyone in the room, one by one."}])
+    client.chat.completions.create(model="smollm2", messages=COUNT, max_tokens=30)
+    assert sample(7) == first
+    admin = httpx.Client(base_url=server.base_url, timeout=120)
+    assert admin.post("/admin/models/smollm2/unload").status_code == 200
+    assert server.statuses()["smollm2"] == "unloaded"
+    assert sample(7) == first  # a fresh worker
     assert len({sample(s) for s in (1, 2, 3, 4)}) > 1  # and the seed does change the sample
 
 
