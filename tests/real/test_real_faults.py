@@ -182,36 +182,56 @@ def test_queue_full_and_never_fits(fresh_server: Any) -> None:
 
 
 def test_disconnect_frees_the_model_for_the_next_request(fresh_server: Any) -> None:
-    server = fresh_server(one_fits_config())
+    server = fresh_server(one_fits_config())  # no spare worker: the model's worker is the only one
     client = sdk(server)
     long = {"model": "smollm2", "messages": LONG, "max_tokens": 450, "temperature": 0}
-    started = time.monotonic()
     full = client.chat.completions.create(**long)  # type: ignore[call-overload]
-    full_time = time.monotonic() - started
     assert full.usage is not None and full.usage.completion_tokens > 300
+    (pid,) = server.worker_pids()
+    worker = psutil.Process(pid)
+
+    def cpu() -> float:  # the worker's CPU seconds: work done, however busy the machine is
+        times = worker.cpu_times()
+        return float(times.user + times.system)
+
+    before = cpu()
+    client.chat.completions.create(**long)  # type: ignore[call-overload]
+    full_cpu = cpu() - before
+    before = cpu()
     stream = client.chat.completions.create(stream=True, **long)  # type: ignore[call-overload]
     for _ in range(3):
         next(stream)
     stream.close()  # the client goes away
-    started = time.monotonic()
+    admin = httpx.Client(base_url=server.base_url, timeout=60)
+    assert wait_for(lambda: _model(admin, "smollm2")["in_flight"] == 0 and _model(admin, "smollm2")["leases"] == 0)
     client.chat.completions.create(model="smollm2", messages=HELLO, max_tokens=2)
-    # Had the abandoned generation run on, this request would have queued behind all of it.
-    assert time.monotonic() - started < full_time / 2
+    # Had the abandoned generation run on to its 450 tokens, the worker would have done all its work.
+    assert cpu() - before < full_cpu / 2
+
+
+def _model(admin: httpx.Client, model_id: str) -> dict[str, Any]:
+    listing: dict[str, Any] = {m["id"]: m for m in admin.get("/admin/models").json()["models"]}
+    return dict(listing[model_id])
 
 
 def test_health_answers_while_models_generate_and_load(fresh_server: Any) -> None:
     server = fresh_server(standard_config())
     client = sdk(server)
-    stream = client.chat.completions.create(model="smollm2", messages=LONG, max_tokens=400, stream=True)
+    admin = httpx.Client(base_url=server.base_url, timeout=60)
+    stream = client.chat.completions.create(model="smollm2", messages=LONG, max_tokens=400, stream=True, temperature=0)
     next(stream)
     loader = threading.Thread(
         target=lambda: client.chat.completions.create(model="gemma", messages=HELLO, max_tokens=2)
     )
     loader.start()
     for _ in range(10):
-        assert httpx.get(f"{server.base_url}/health", timeout=0.5).status_code == 200
-    loader.join(60)
-    list(stream)
+        assert httpx.get(f"{server.base_url}/health", timeout=30).status_code == 200
+    # All ten answered while the stream was still generating: /health did not wait behind it.
+    assert _model(admin, "smollm2")["in_flight"] == 1
+    loader.join(120)
+    assert server.statuses()["gemma"] == "loaded"
+    finish = [c.choices[0].finish_reason for c in stream if c.choices and c.choices[0].finish_reason]
+    assert len(finish) == 1
 
 
 def test_workers_exit_when_the_gateway_is_killed(fresh_server: Any) -> None:
