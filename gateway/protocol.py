@@ -290,9 +290,9 @@ def _validate(cls: type[_Model], data: dict[str, Any]) -> _Model:
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
-        # Within a union (content: str | parts) the deepest error is the one that explains the problem.
-        # Among equally deep ones, a violated limit says more than "should be a string" from another branch.
-        first = max(exc.errors(), key=lambda e: (len(e["loc"]), not e["type"].endswith("_type")))
+        # A violated limit or value says more than "should be a string" from another branch of a union;
+        # then the deepest error (content: str | parts) is the one that explains the problem.
+        first = max(exc.errors(), key=lambda e: (not e["type"].endswith("_type"), len(e["loc"])))
         param = _param_name(first["loc"])
         message = f"Invalid value for '{param}': {_describe(dict(first))}." if param else str(first["msg"])
         raise invalid_request(message, param=param or None) from None
