@@ -89,7 +89,7 @@ def invalid_request(message: str, param: str | None = None, code: str | None = N
 def model_not_found(model: str) -> GatewayError:
     return GatewayError(
         404,
-        f"The model '{model}' does not exist or you do not have access to it.",
+        f"The model '{model[:256]}' does not exist or you do not have access to it.",  # never echo a megabyte
         param="model",
         code="model_not_found",
     )
