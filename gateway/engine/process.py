@@ -1,6 +1,6 @@
 """Parent-side handle of a worker process (see `engine/worker.py` for the pipe protocol).
 
-The pipe is read from the event loop (`channel.py`), so no thread sits between a token and the
+The pipe is read from the event loop (`looppipe.py`), so no thread sits between a token and the
 client. A worker that exits unexpectedly fails every generation it held, and the registry is told.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 from gateway.config import ModelEntry
 from gateway.engine import worker
 from gateway.engine.base import ChoiceFinished, Delta, Engine, Finished, Generation, GenerationParams, Started
-from gateway.engine.channel import Channel
+from gateway.engine.looppipe import LoopPipe
 from gateway.errors import GatewayError, load_failed, worker_died
 from gateway.memory import process_rss
 
@@ -120,7 +120,7 @@ class ProcessEngine(Engine):
         self._load_timeout = load_timeout
         self._spares = spares
         self._process: multiprocessing.process.BaseProcess | None = None
-        self._channel: Channel | None = None
+        self._pipe: LoopPipe | None = None
         self._loaded: asyncio.Future[dict[str, Any]] | None = None
         self._generations: dict[int, Generation] = {}
         self._calls: dict[int, asyncio.Future[Any]] = {}
@@ -142,7 +142,7 @@ class ProcessEngine(Engine):
         self._loaded = loop.create_future()
         process, conn = await (self._spares.take() if self._spares else spawn_worker())
         self._process = process
-        self._channel = Channel(conn, self._dispatch, lambda: self._on_dead(self._exit_description()))
+        self._pipe = LoopPipe(conn, self._dispatch, lambda: self._on_dead(self._exit_description()))
         self._send(("load", worker_config(self._entry)))
         try:
             info = await asyncio.wait_for(asyncio.shield(self._loaded), self._load_timeout)
@@ -157,7 +157,7 @@ class ProcessEngine(Engine):
 
     def generate(self, params: GenerationParams) -> Generation:
         generation = Generation(next(self._ids), self._cancel, params.n)
-        if not self.alive or self._channel is None:
+        if not self.alive or self._pipe is None:
             generation.feed(worker_died(self.model_id, self._dead_reason or "not running"))
             return generation
         self._generations[generation.request_id] = generation
@@ -195,8 +195,8 @@ class ProcessEngine(Engine):
             self._send(("cancel", request_id))
 
     def _send(self, message: tuple[Any, ...]) -> None:
-        if self._channel is not None:
-            self._channel.send(message)
+        if self._pipe is not None:
+            self._pipe.send(message)
 
     def measured_bytes(self) -> int | None:
         return self._peak_rss
@@ -275,9 +275,9 @@ class ProcessEngine(Engine):
             self._report_exit(reason)
 
     def _detach(self) -> None:
-        if self._channel is not None:
-            self._channel.close()
-            self._channel = None
+        if self._pipe is not None:
+            self._pipe.close()
+            self._pipe = None
 
     async def stop(self) -> None:
         self._stopping = True

@@ -26,7 +26,7 @@ ALLOWED: dict[str, set[str]] = {
     "engine.guard": {"errors"},
     "engine.embedding": {"errors", "engine.guard"},
     "engine.parallel": {"engine.guard"},
-    "engine.channel": set(),
+    "engine.looppipe": set(),
     "engine.worker": {
         "errors",
         "engine.base",
@@ -37,7 +37,7 @@ ALLOWED: dict[str, set[str]] = {
         "engine.guard",
         "engine.parallel",
     },
-    "engine.process": {"config", "errors", "memory", "engine.base", "engine.channel", "engine.worker"},
+    "engine.process": {"config", "errors", "memory", "engine.base", "engine.looppipe", "engine.worker"},
     "compute": set(),
     "watch": set(),
     "upstream.__init__": set(),

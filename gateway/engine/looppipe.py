@@ -57,7 +57,7 @@ def unframe(buffer: bytearray) -> tuple[list[Any], int]:
     return messages, offset
 
 
-class Channel:
+class LoopPipe:
     """Sends and receives whole messages over `conn` from the running event loop.
 
     `on_message` gets each message in order; `on_closed` is called once, when the worker's end is

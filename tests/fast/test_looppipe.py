@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import uvloop
 
-from gateway.engine.channel import Channel, frame, unframe
+from gateway.engine.looppipe import LoopPipe, frame, unframe
 
 
 def test_frames_match_connection_framing() -> None:
@@ -53,7 +53,7 @@ def test_large_messages_cross_both_ways_on_uvloop(size: int) -> None:
             if len(received) == 3:
                 done.set()
 
-        channel = Channel(gateway_end, on_message, closed.set)
+        channel = LoopPipe(gateway_end, on_message, closed.set)
         for n in range(3):
             channel.send(("generate", n, "y" * size))
         await asyncio.wait_for(done.wait(), 60)
@@ -78,7 +78,7 @@ def test_closed_pipe_is_reported_once() -> None:
             calls += 1
             lost.set()
 
-        channel = Channel(gateway_end, lambda message: None, on_closed)
+        channel = LoopPipe(gateway_end, lambda message: None, on_closed)
         worker_end.close()
         await asyncio.wait_for(lost.wait(), 10)
         channel.send(("cancel", 1))  # harmless once closed
