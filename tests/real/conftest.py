@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from openai import OpenAI
 
-from tests.real.server import GEMMA, SMOLLM, SMOLLM_Q8, GatewayServer, ensure_models
+from tests.real.server import CLIENT_TIMEOUT, GEMMA, SMOLLM, SMOLLM_Q8, GatewayServer, ensure_models
 
 
 def model(path: Path, **extra: Any) -> dict[str, Any]:
@@ -53,7 +53,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayServer]:
 
 @pytest.fixture(scope="module")
 def client(server: GatewayServer) -> OpenAI:
-    return OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0, timeout=120)
+    return OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0, timeout=CLIENT_TIMEOUT)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pytest
 from openai import OpenAI
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from tests.real.server import GatewayServer
+from tests.real.server import CLIENT_TIMEOUT, GatewayServer
 
 pytestmark = pytest.mark.real
 
@@ -25,7 +25,7 @@ def stream_chunks(client: OpenAI, **kwargs: Any) -> list[ChatCompletionChunk]:
 
 
 def raw_stream(base_url: str, body: dict[str, Any]) -> tuple[int, list[str]]:
-    with httpx.stream("POST", f"{base_url}/v1/chat/completions", json=body, timeout=120) as response:
+    with httpx.stream("POST", f"{base_url}/v1/chat/completions", json=body, timeout=CLIENT_TIMEOUT) as response:
         payloads = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
         return response.status_code, payloads
 
@@ -98,7 +98,7 @@ def test_seed_makes_sampling_repeatable(client: OpenAI, server: GatewayServer) -
     sample(3, [{"role": "user", "content": "Say hello to everyone in the room, one by one."}])
     client.chat.completions.create(model="smollm2", messages=COUNT, max_tokens=30)
     assert sample(7) == first
-    admin = httpx.Client(base_url=server.base_url, timeout=120)
+    admin = httpx.Client(base_url=server.base_url, timeout=CLIENT_TIMEOUT)
     assert admin.post("/admin/models/smollm2/unload").status_code == 200
     assert server.statuses()["smollm2"] == "unloaded"
     assert sample(7) == first  # a fresh worker
@@ -113,7 +113,7 @@ def test_named_chat_format_model(client: OpenAI) -> None:
 
 def test_models_endpoint_reports_state_and_measured_memory(server: GatewayServer, client: OpenAI) -> None:
     client.chat.completions.create(model="smollm2", messages=HELLO, max_tokens=2)
-    cards = {c["id"]: c for c in httpx.get(f"{server.base_url}/v1/models").json()["data"]}
+    cards = {c["id"]: c for c in httpx.get(f"{server.base_url}/v1/models", timeout=CLIENT_TIMEOUT).json()["data"]}
     assert cards["smollm2"]["status"]["value"] == "loaded"
     models = client.models.list()
     assert {m.id for m in models.data} == {"smollm2", "smollm2-q8", "gemma"}
@@ -131,9 +131,9 @@ def test_errors(client: OpenAI, server: GatewayServer) -> None:
     with pytest.raises(openai.BadRequestError) as bad:
         client.chat.completions.create(model="smollm2", messages=[{"role": "robot", "content": "x"}])  # type: ignore[list-item]
     assert bad.value.param == "messages[0].role"
-    response = httpx.post(f"{server.base_url}/v1/chat/completions", content=b"{nope", timeout=10)
+    response = httpx.post(f"{server.base_url}/v1/chat/completions", content=b"{nope", timeout=CLIENT_TIMEOUT)
     assert response.status_code == 400 and response.json()["error"]["type"] == "invalid_request_error"
-    response = httpx.post(f"{server.base_url}/v1/chat/completions", json={"model": "smollm2"}, timeout=10)
+    response = httpx.post(f"{server.base_url}/v1/chat/completions", json={"model": "smollm2"}, timeout=CLIENT_TIMEOUT)
     assert response.status_code == 400 and response.json()["error"]["param"] == "messages"
 
 

@@ -18,7 +18,7 @@ from openai import OpenAI
 
 from tests.ggufgen import write_tiny_gguf
 from tests.real.conftest import model, one_fits_config, standard_config
-from tests.real.server import SMOLLM
+from tests.real.server import CLIENT_TIMEOUT, SMOLLM
 
 pytestmark = pytest.mark.real
 
@@ -28,10 +28,10 @@ HELLO = [{"role": "user", "content": "Say hello."}]
 
 
 def sdk(server: Any) -> OpenAI:
-    return OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0, timeout=120)
+    return OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0, timeout=CLIENT_TIMEOUT)
 
 
-def wait_for(predicate: Any, timeout: float = 20.0) -> bool:
+def wait_for(predicate: Any, timeout: float = 120.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -73,7 +73,7 @@ def test_killed_worker_fails_only_its_stream(fresh_server: Any) -> None:
     server = fresh_server(one_fits_config())
     body = {"model": "smollm2", "messages": LONG, "max_tokens": 400, "stream": True, "temperature": 0}
     payloads: list[str] = []
-    with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=body, timeout=60) as response:
+    with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=body, timeout=CLIENT_TIMEOUT) as response:
         assert response.status_code == 200
         for line in response.iter_lines():
             if line.startswith("data: "):
@@ -85,7 +85,7 @@ def test_killed_worker_fails_only_its_stream(fresh_server: Any) -> None:
     error = json.loads(payloads[-2])["error"]
     assert error["code"] == "model_worker_crashed"
     assert "signal 9" in error["message"]
-    assert httpx.get(f"{server.base_url}/health").status_code == 200
+    assert httpx.get(f"{server.base_url}/health", timeout=CLIENT_TIMEOUT).status_code == 200
     # The next request starts a fresh worker.
     reply = sdk(server).chat.completions.create(model="smollm2", messages=HELLO, max_tokens=4)
     assert reply.choices[0].message.content is not None
@@ -116,7 +116,9 @@ def test_sigterm_finishes_streams_and_leaves_no_worker(fresh_server: Any) -> Non
     def stream() -> None:
         body = {"model": "smollm2", "messages": LONG, "max_tokens": 80, "stream": True, "temperature": 0}
         payloads = []
-        with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=body, timeout=60) as response:
+        with httpx.stream(
+            "POST", f"{server.base_url}/v1/chat/completions", json=body, timeout=CLIENT_TIMEOUT
+        ) as response:
             for line in response.iter_lines():
                 if line.startswith("data: "):
                     payloads.append(line[6:])
@@ -125,11 +127,11 @@ def test_sigterm_finishes_streams_and_leaves_no_worker(fresh_server: Any) -> Non
 
     thread = threading.Thread(target=stream)
     thread.start()
-    assert first_chunk.wait(60)
+    assert first_chunk.wait(CLIENT_TIMEOUT)
     assert wait_for(lambda: len(server.worker_pids()) == 3)  # two models and a spare
     workers = server.worker_pids()
     code = server.stop(signal.SIGTERM)
-    thread.join(60)
+    thread.join(CLIENT_TIMEOUT)
     assert code == 0, server.log()
     payloads = result["payloads"]
     assert payloads[-1] == "[DONE]"
@@ -145,14 +147,20 @@ def test_start_up_rejects_a_bad_config(tmp_path: Path) -> None:
     bad = tmp_path / "models.yaml"
     bad.write_text(f"models:\n  m:\n    model: {{path: {SMOLLM}}}\n    sampling: {{temprature: 1}}\n")
     result = subprocess.run(
-        [sys.executable, "-m", "gateway", "serve", "--config", str(bad)], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "gateway", "serve", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=CLIENT_TIMEOUT,
     )
     assert result.returncode == 2
     assert "models.m.sampling.temprature: unknown key" in result.stderr
     missing = tmp_path / "missing.yaml"
     missing.write_text("models:\n  m:\n    model: {path: nowhere.gguf}\n")
     result = subprocess.run(
-        [sys.executable, "-m", "gateway", "serve", "--config", str(missing)], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "gateway", "serve", "--config", str(missing)],
+        capture_output=True,
+        text=True,
+        timeout=CLIENT_TIMEOUT,
     )
     assert result.returncode == 2
     assert "models.m.model.path: file not found" in result.stderr
@@ -202,7 +210,7 @@ def test_disconnect_frees_the_model_for_the_next_request(fresh_server: Any) -> N
     for _ in range(3):
         next(stream)
     stream.close()  # the client goes away
-    admin = httpx.Client(base_url=server.base_url, timeout=60)
+    admin = httpx.Client(base_url=server.base_url, timeout=CLIENT_TIMEOUT)
     assert wait_for(lambda: _model(admin, "smollm2")["in_flight"] == 0 and _model(admin, "smollm2")["leases"] == 0)
     client.chat.completions.create(model="smollm2", messages=HELLO, max_tokens=2)
     # Had the abandoned generation run on to its 450 tokens, the worker would have done all its work.
@@ -217,7 +225,7 @@ def _model(admin: httpx.Client, model_id: str) -> dict[str, Any]:
 def test_health_answers_while_models_generate_and_load(fresh_server: Any) -> None:
     server = fresh_server(standard_config())
     client = sdk(server)
-    admin = httpx.Client(base_url=server.base_url, timeout=60)
+    admin = httpx.Client(base_url=server.base_url, timeout=CLIENT_TIMEOUT)
     stream = client.chat.completions.create(model="smollm2", messages=LONG, max_tokens=400, stream=True, temperature=0)
     next(stream)
     loader = threading.Thread(
@@ -225,10 +233,10 @@ def test_health_answers_while_models_generate_and_load(fresh_server: Any) -> Non
     )
     loader.start()
     for _ in range(10):
-        assert httpx.get(f"{server.base_url}/health", timeout=30).status_code == 200
+        assert httpx.get(f"{server.base_url}/health", timeout=CLIENT_TIMEOUT).status_code == 200
     # All ten answered while the stream was still generating: /health did not wait behind it.
     assert _model(admin, "smollm2")["in_flight"] == 1
-    loader.join(120)
+    loader.join(CLIENT_TIMEOUT)
     assert server.statuses()["gemma"] == "loaded"
     finish = [c.choices[0].finish_reason for c in stream if c.choices and c.choices[0].finish_reason]
     assert len(finish) == 1

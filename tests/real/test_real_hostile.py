@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from tests import corpus, wire
 from tests.fast.test_fuzz import requests
 from tests.real.conftest import model
-from tests.real.server import SMOLLM, GatewayServer
+from tests.real.server import CLIENT_TIMEOUT, SMOLLM, GatewayServer
 
 pytestmark = pytest.mark.real
 
@@ -102,7 +102,7 @@ def test_a_stream_survives_every_hostile_request_to_its_model(hostile: GatewaySe
 
     thread = threading.Thread(target=stream)
     thread.start()
-    assert started.wait(120)
+    assert started.wait(CLIENT_TIMEOUT)
     with concurrent.futures.ThreadPoolExecutor(8) as pool:  # every class of hostile input, all at once
         answered = collections.Counter(status for status, _ in pool.map(lambda c: post(hostile, c), corpus.cases()))
     thread.join(600)

@@ -16,7 +16,7 @@ from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.real.conftest import model, standard_config
-from tests.real.server import SMOLLM, SMOLLM_Q8, GatewayServer
+from tests.real.server import CLIENT_TIMEOUT, SMOLLM, SMOLLM_Q8, GatewayServer
 
 pytestmark = pytest.mark.real
 
@@ -54,11 +54,11 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 
 def sdk(server: GatewayServer, key: str = "unused") -> OpenAI:
-    return OpenAI(base_url=f"{server.base_url}/v1", api_key=key, max_retries=0, timeout=120)
+    return OpenAI(base_url=f"{server.base_url}/v1", api_key=key, max_retries=0, timeout=CLIENT_TIMEOUT)
 
 
 def samples(server: GatewayServer) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    text = httpx.get(f"{server.base_url}/metrics", timeout=10).text
+    text = httpx.get(f"{server.base_url}/metrics", timeout=CLIENT_TIMEOUT).text
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(text)
@@ -79,9 +79,14 @@ def test_auth_matrix_on_the_real_server(secured: GatewayServer) -> None:
     with pytest.raises(openai.RateLimitError) as info:
         limited.chat.completions.create(model="smollm2", messages=HELLO, max_tokens=2)
     assert int(info.value.response.headers["retry-after"]) > 0
-    admin = httpx.get(f"{secured.base_url}/admin/models", headers={"x-api-key": ADMIN_KEY})
+    admin = httpx.get(f"{secured.base_url}/admin/models", headers={"x-api-key": ADMIN_KEY}, timeout=CLIENT_TIMEOUT)
     assert admin.status_code == 200
-    assert httpx.get(f"{secured.base_url}/admin/models", headers={"x-api-key": USER_KEY}).status_code == 401
+    assert (
+        httpx.get(
+            f"{secured.base_url}/admin/models", headers={"x-api-key": USER_KEY}, timeout=CLIENT_TIMEOUT
+        ).status_code
+        == 401
+    )
 
 
 def test_metrics_move_on_the_real_server(secured: GatewayServer) -> None:
@@ -114,7 +119,9 @@ def wait_for(predicate: Any, timeout: float = 60.0) -> bool:
 
 
 def test_access_log_is_json_without_prompt_text(secured: GatewayServer) -> None:
-    client = httpx.Client(base_url=secured.base_url, headers={"authorization": f"Bearer {USER_KEY}"})
+    client = httpx.Client(
+        base_url=secured.base_url, headers={"authorization": f"Bearer {USER_KEY}"}, timeout=CLIENT_TIMEOUT
+    )
     response = client.post(
         "/v1/chat/completions",
         json={"model": "smollm2", "messages": HELLO, "max_tokens": 4},
@@ -156,7 +163,7 @@ def test_reload_applies_a_diff_while_a_stream_runs(fresh_server: Any) -> None:
 
     thread = threading.Thread(target=stream)
     thread.start()
-    assert started.wait(60)
+    assert started.wait(CLIENT_TIMEOUT)
     new = standard_config()
     del new["models"]["gemma"]  # removed
     new["models"]["smollm2-q8"]["model"]["n_ctx"] = 256  # changed
@@ -164,7 +171,7 @@ def test_reload_applies_a_diff_while_a_stream_runs(fresh_server: Any) -> None:
     server.config_path.write_text(yaml.safe_dump(new))
     server.process.send_signal(signal.SIGHUP)
     assert wait_for(lambda: set(server.statuses()) == {"smollm2", "smollm2-q8", "smollm2-b"})
-    thread.join(120)
+    thread.join(CLIENT_TIMEOUT)
     chunks = result["chunks"]
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 300  # uninterrupted
     assert server.statuses()["smollm2"] == "loaded"  # unchanged: still loaded
@@ -182,7 +189,7 @@ def test_invalid_reload_keeps_the_running_configuration(fresh_server: Any) -> No
     server.config_path.write_text(
         "models:\n  broken:\n    model: {path: missing.gguf}\n    sampling: {temprature: 1}\n"
     )
-    response = httpx.post(f"{server.base_url}/admin/reload", timeout=30)
+    response = httpx.post(f"{server.base_url}/admin/reload", timeout=CLIENT_TIMEOUT)
     assert response.status_code == 400
     message = response.json()["error"]["message"]
     assert "models.broken.sampling.temprature: unknown key" in message
@@ -199,13 +206,13 @@ def test_admin_unload_waits_for_the_stream(fresh_server: Any) -> None:
     client = sdk(server)
     stream = client.chat.completions.create(model="smollm2", messages=LONG, max_tokens=200, stream=True, temperature=0)
     next(stream)
-    admin = httpx.Client(base_url=server.base_url, timeout=60)
+    admin = httpx.Client(base_url=server.base_url, timeout=CLIENT_TIMEOUT)
     listing = {m["id"]: m for m in admin.get("/admin/models").json()["models"]}
     assert listing["smollm2"]["leases"] == 1 and listing["smollm2"]["in_flight"] == 1
     unloading = threading.Thread(target=lambda: admin.post("/admin/models/smollm2/unload"))
     unloading.start()
     rest = list(stream)
-    unloading.join(60)
+    unloading.join(CLIENT_TIMEOUT)
     assert [c.choices[0].finish_reason for c in rest if c.choices and c.choices[0].finish_reason] == ["length"]
     assert server.statuses()["smollm2"] == "unloaded"
     assert admin.post("/admin/models/gemma/load").json()["state"] == "loaded"
@@ -222,7 +229,10 @@ def test_gateway_check(tmp_path: Any) -> None:
     path = tmp_path / "models.yaml"
     path.write_text(yaml.safe_dump(config))
     result = subprocess.run(
-        [sys.executable, "-m", "gateway", "check", "--config", str(path)], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "gateway", "check", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=CLIENT_TIMEOUT,
     )
     assert result.returncode == 0, result.stderr
     out = result.stdout
@@ -235,7 +245,10 @@ def test_gateway_check(tmp_path: Any) -> None:
     too_small = dict(config, gateway={"memory_budget": "100MiB"})
     path.write_text(yaml.safe_dump(too_small))
     result = subprocess.run(
-        [sys.executable, "-m", "gateway", "check", "--config", str(path)], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "gateway", "check", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=CLIENT_TIMEOUT,
     )
     assert result.returncode == 1
     assert "can never fit" in result.stdout
@@ -243,20 +256,28 @@ def test_gateway_check(tmp_path: Any) -> None:
 
 def test_health_ready_cors_and_body_limit(secured: GatewayServer) -> None:
     base = secured.base_url
-    assert httpx.get(f"{base}/health").json() == {"status": "ok"}
-    assert wait_for(lambda: httpx.get(f"{base}/health/ready").status_code == 200)  # the pinned model loads at start
-    assert httpx.get(f"{base}/health/ready").json() == {"status": "ready"}
-    models = httpx.get(f"{base}/admin/models", headers={"x-api-key": ADMIN_KEY}).json()["models"]
+    assert httpx.get(f"{base}/health", timeout=CLIENT_TIMEOUT).json() == {"status": "ok"}
+    assert wait_for(
+        lambda: httpx.get(f"{base}/health/ready", timeout=CLIENT_TIMEOUT).status_code == 200
+    )  # the pinned model loads at start
+    assert httpx.get(f"{base}/health/ready", timeout=CLIENT_TIMEOUT).json() == {"status": "ready"}
+    models = httpx.get(f"{base}/admin/models", headers={"x-api-key": ADMIN_KEY}, timeout=CLIENT_TIMEOUT).json()[
+        "models"
+    ]
     assert {m["id"]: m["state"] for m in models}["gemma"] == "loaded"
     preflight = {
         "origin": "https://chat.example",
         "access-control-request-method": "POST",
         "access-control-request-headers": "authorization,content-type",
     }
-    allowed = httpx.options(f"{base}/v1/chat/completions", headers=preflight)
+    allowed = httpx.options(f"{base}/v1/chat/completions", headers=preflight, timeout=CLIENT_TIMEOUT)
     assert allowed.headers["access-control-allow-origin"] == "https://chat.example"
-    denied = httpx.options(f"{base}/v1/chat/completions", headers={**preflight, "origin": "https://other.example"})
+    denied = httpx.options(
+        f"{base}/v1/chat/completions", headers={**preflight, "origin": "https://other.example"}, timeout=CLIENT_TIMEOUT
+    )
     assert "access-control-allow-origin" not in denied.headers
     big = {"model": "smollm2", "messages": [{"role": "user", "content": "x" * 70_000}]}
-    response = httpx.post(f"{base}/v1/chat/completions", json=big, headers={"authorization": f"Bearer {USER_KEY}"})
+    response = httpx.post(
+        f"{base}/v1/chat/completions", json=big, headers={"authorization": f"Bearer {USER_KEY}"}, timeout=CLIENT_TIMEOUT
+    )
     assert response.status_code == 413 and response.json()["error"]["code"] == "request_too_large"
