@@ -16,8 +16,8 @@ from openai.types import Completion, CreateEmbeddingResponse, Model
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 FINISH_REASONS = {"stop", "length", "tool_calls", "content_filter", "function_call"}
-# The gateway's documented additions to a model card (/v1/models): Open WebUI's status, memory, aliases.
-MODEL_EXTENSIONS = {"status", "memory_bytes", "aliases"}
+# The gateway's documented additions to a model card (/v1/models): Open WebUI's status, memory, aliases, tool format.
+MODEL_EXTENSIONS = {"status", "memory_bytes", "aliases", "tool_template"}
 
 
 def keys(obj: Any, where: str, required: Iterable[str], optional: Iterable[str] = ()) -> dict[str, Any]:

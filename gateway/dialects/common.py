@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from gateway.errors import invalid_request
+from gateway.jsonbody import parse_object
 
 Model = TypeVar("Model", bound=BaseModel)
 _UNION_LABELS = ("str", "list[", "dict[", "int", "float", "bool", "none", "literal[", "function-")
@@ -19,13 +19,8 @@ class Strict(BaseModel):
 
 
 def load_json(body: bytes) -> dict[str, Any]:
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise invalid_request(f"The request body is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise invalid_request("The request body must be a JSON object.")
-    return data
+    """Strict JSON, bounded nesting, valid Unicode, 64-bit integers: as every endpoint (jsonbody.py)."""
+    return parse_object(body)
 
 
 def _param(loc: tuple[int | str, ...]) -> str:

@@ -37,6 +37,8 @@ VALID: dict[str, dict[str, Any]] = {
     "/v1/embeddings": {"model": "embed", "input": ["a", "b c"], "encoding_format": "float"},
     "/extras/tokenize": {"model": "smollm2", "input": "a b c"},
     "/extras/detokenize": {"model": "smollm2", "tokens": [1, 2]},
+    "/v1/messages": {"model": "smollm2", "max_tokens": 3, "messages": MSG, "stop_sequences": ["x"]},
+    "/v1/responses": {"model": "smollm2", "input": "one two", "max_output_tokens": 3},
 }
 # Fields to mutate per endpoint: top-level ones and some nested paths.
 PATHS: dict[str, list[tuple[str | int, ...]]] = {endpoint: [(key,) for key in body] for endpoint, body in VALID.items()}
@@ -55,6 +57,8 @@ PATHS["/v1/chat/completions"] += [
 ]
 PATHS["/v1/completions"] += [("prompt", 0), ("stream",), ("logprobs",), ("suffix",), ("best_of",)]
 PATHS["/v1/embeddings"] += [("input", 0), ("dimensions",)]
+PATHS["/v1/messages"] += [("messages", 0, "content"), ("messages", 0, "role"), ("system",), ("stream",), ("tools",)]
+PATHS["/v1/responses"] += [("instructions",), ("stream",), ("tools",), ("text",)]
 
 ODD_TEXT = st.sampled_from(
     ["", " ", "\ud800", "a\udfffb", "\x00", "\u202e", "\ufeff", "é" * 300, "<|im_start|>", "x" * 5000, "²", "-1"]
@@ -139,11 +143,18 @@ def send(client: TestClient, endpoint: str, raw: bytes) -> int:
         text = "".join(response.iter_text())
     assert response.status_code < 500, (endpoint, raw[:300], text[:500])
     if response.status_code >= 400:
-        wire.error(json.loads(text))
+        body = json.loads(text)
+        if endpoint.startswith("/v1/messages"):  # Anthropic's shape: {"type": "error", "error": {type, message}}
+            assert body["type"] == "error" and {"type", "message"} <= body["error"].keys(), body
+        else:
+            wire.error(body)
     elif response.headers["content-type"].startswith("text/event-stream"):
-        frames = [line[6:] for line in text.splitlines() if line.startswith("data: ")]
-        assert frames[-1] == "[DONE]"
-        assert not any('"error"' in frame[:10] for frame in frames), (endpoint, raw[:300], frames[-2])
+        if endpoint in ("/v1/messages", "/v1/responses"):  # their own stream events, no [DONE]
+            assert "event: error" not in text and "response.failed" not in text, (endpoint, raw[:300], text[-500:])
+        else:
+            frames = [line[6:] for line in text.splitlines() if line.startswith("data: ")]
+            assert frames[-1] == "[DONE]"
+            assert not any('"error"' in frame[:10] for frame in frames), (endpoint, raw[:300], frames[-2])
     return response.status_code
 
 

@@ -70,7 +70,7 @@ ALLOWED: dict[str, set[str]] = {
         "upstream.proxy",
     },
     "dialects.__init__": set(),
-    "dialects.common": {"errors"},
+    "dialects.common": {"errors", "jsonbody"},
     "dialects.anthropic_request": {"dialects.common", "errors", "protocol"},
     "dialects.anthropic_reply": {"errors"},
     "dialects.anthropic_routes": {
