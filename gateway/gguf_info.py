@@ -45,6 +45,12 @@ class GGUFInfo:
     tensor_bytes: int
     tensor_count: int
     array_lengths: dict[str, int] = field(default_factory=dict, repr=False)  # arrays skipped, not decoded
+    # Tensor bytes by where llama.cpp places them: repeating blocks (`blk.N.*`) by layer, the input
+    # embedding (always on the CPU), and the output head (offloaded with the last "layer").
+    layer_bytes: tuple[int, ...] = ()
+    input_bytes: int = 0
+    output_bytes: int = 0
+    has_output_tensor: bool = False  # False: the head is tied to token_embd and copied where the head runs
 
     @property
     def block_count(self) -> int:
@@ -185,8 +191,11 @@ def _parse(path: Path, buf: mmap.mmap) -> GGUFInfo:
         if cur.skipped_length:
             array_lengths[key] = cur.skipped_length
     tensor_bytes = 0
+    by_layer: dict[int, int] = {}
+    input_bytes = output_bytes = 0
+    has_output = False
     for _ in range(tensor_count):
-        cur.skip_string()
+        name = cur.string()
         n_dims = cur.unpack("<I")
         elements = 1
         for _ in range(n_dims):
@@ -197,7 +206,16 @@ def _parse(path: Path, buf: mmap.mmap) -> GGUFInfo:
             block_size, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(ggml_type)]
         except (ValueError, KeyError):
             raise GGUFFormatError(f"unknown tensor type {ggml_type}") from None
-        tensor_bytes += elements // block_size * type_size
+        size = elements // block_size * type_size
+        tensor_bytes += size
+        layer = _layer_of(name)
+        if layer is not None:
+            by_layer[layer] = by_layer.get(layer, 0) + size
+        elif name.startswith(("token_embd", "tok_embd")):
+            input_bytes += size
+        else:  # output.weight, output_norm and other non-repeating tensors run with the head
+            output_bytes += size
+            has_output = has_output or name == "output.weight"
     architecture = metadata.get("general.architecture")
     if not isinstance(architecture, str):
         raise GGUFFormatError("general.architecture is missing")
@@ -209,4 +227,16 @@ def _parse(path: Path, buf: mmap.mmap) -> GGUFInfo:
         tensor_bytes=tensor_bytes,
         tensor_count=tensor_count,
         array_lengths=array_lengths,
+        layer_bytes=tuple(by_layer.get(i, 0) for i in range(max(by_layer, default=-1) + 1)),
+        input_bytes=input_bytes,
+        output_bytes=output_bytes,
+        has_output_tensor=has_output,
     )
+
+
+def _layer_of(tensor_name: str) -> int | None:
+    """The repeating block a tensor belongs to (`blk.12.attn_q.weight` → 12), or None."""
+    parts = tensor_name.split(".", 2)
+    if len(parts) >= 2 and parts[0] == "blk" and parts[1].isdigit():
+        return int(parts[1])
+    return None

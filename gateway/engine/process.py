@@ -16,6 +16,7 @@ from typing import Any
 from gateway.config import ModelEntry
 from gateway.engine import worker
 from gateway.engine.base import ChoiceFinished, Delta, Engine, Finished, Generation, GenerationParams, Started
+from gateway.engine.loadlog import LoadReport
 from gateway.engine.looppipe import LoopPipe
 from gateway.errors import GatewayError, load_failed, worker_died
 from gateway.memory import process_rss
@@ -43,11 +44,12 @@ def worker_config(entry: ModelEntry) -> dict[str, Any]:
 Spawned = tuple[multiprocessing.process.BaseProcess, Connection]
 
 
-async def spawn_worker() -> Spawned:
-    """Start a worker process that imports llama_cpp and waits for its model."""
+async def spawn_worker(env: dict[str, str] | None = None) -> Spawned:
+    """Start a worker process that imports llama_cpp and waits for its model. `env` is applied in the
+    child before llama.cpp starts (`CUDA_VISIBLE_DEVICES` for a GPU placement)."""
     ctx = multiprocessing.get_context("spawn")
     parent_conn, child_conn = ctx.Pipe(duplex=True)
-    process = ctx.Process(target=worker.main, args=(child_conn,), name="gateway-worker", daemon=True)
+    process = ctx.Process(target=worker.main, args=(child_conn, env), name="gateway-worker", daemon=True)
     # Spawning writes the pickled start-up data to the child: off the event loop.
     await asyncio.to_thread(process.start)
     child_conn.close()  # only the child holds its end now, so its exit reads as EOF here
@@ -128,6 +130,9 @@ class ProcessEngine(Engine):
         self._stopping = False
         self._dead_reason: str | None = None
         self._peak_rss: int | None = None
+        # What llama.cpp allocated per device (the worker's own names: cuda0 = its first visible GPU),
+        # after a load, or after a failed one (then `oom` says which allocation ran out).
+        self.load_report: LoadReport | None = None
 
     @property
     def pid(self) -> int | None:
@@ -211,10 +216,12 @@ class ProcessEngine(Engine):
     def _dispatch(self, message: tuple[Any, ...]) -> None:
         kind = message[0]
         if kind == "loaded":
+            self.load_report = LoadReport.from_wire(message[1].get("memory") or {})
             if self._loaded and not self._loaded.done():
                 self._loaded.set_result(message[1])
             return
         if kind == "load_failed":
+            self.load_report = LoadReport.from_wire(message[2]) if len(message) > 2 else None
             if self._loaded and not self._loaded.done():
                 self._loaded.set_exception(load_failed(self.model_id, message[1], None))
             return

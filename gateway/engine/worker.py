@@ -4,7 +4,8 @@ Started with the `spawn` method by `engine/process.py`. Protocol over the pipe (
 
 parent → worker: ("load", config) first, then ("generate", id, params) | ("cancel", id)
                  | ("embed", id, inputs) | ("call", id, op, argument) | ("shutdown",)
-worker → parent: ("loaded", info) | ("load_failed", reason)
+worker → parent: ("loaded", info) | ("load_failed", reason, memory)   (memory: loadlog.LoadReport wire form,
+                 also in info["memory"]: bytes llama.cpp allocated per device)
                  ("started", id, prompt_tokens) | ("delta", id, text)
                  ("finished", id, finish_reason, prompt_tokens, completion_tokens) | ("error", id, error)
                  ("result", id, value)   (answer to embed, or to a call: tokenize, detokenize)
@@ -29,6 +30,7 @@ from gateway.engine.base import GenerationParams
 from gateway.engine.deltas import DeltaBatcher
 from gateway.engine.embedding import POOLING, embed
 from gateway.engine.guard import Tokenizer, fresh_prompt, nonempty_prompt, sampler_seed, tokenize
+from gateway.engine.loadlog import LogCapture, failure_message
 from gateway.engine.parallel import Parallel
 from gateway.engine.sampling import LogprobScorer, grammar_for, logit_bias_processor
 from gateway.engine.stops import StopMatcher
@@ -38,8 +40,10 @@ Send = Callable[[tuple[Any, ...]], None]
 Formatter = Callable[..., Any]
 
 
-def main(conn: Connection) -> None:
-    """Entry point of the worker process."""
+def main(conn: Connection, env: dict[str, str] | None = None) -> None:
+    """Entry point of the worker process. `env` (e.g. CUDA_VISIBLE_DEVICES) is set before llama.cpp
+    starts, so the worker sees only the devices it was given."""
+    os.environ.update(env or {})
     import llama_cpp  # noqa: F401  (the slow part of a cold start, done before a model is asked for)
 
     try:
@@ -48,12 +52,15 @@ def main(conn: Connection) -> None:
         return
     if message[0] != "load":
         return
+    capture = LogCapture(echo=bool(message[1].get("verbose")))
+    capture.install()  # per-device buffer sizes and allocation failures, from llama.cpp's own log
     try:
         llm, formatter = _load(message[1])
     except Exception as exc:  # anything llama.cpp raises is a load failure to report, not a crash
-        conn.send(("load_failed", f"{type(exc).__name__}: {exc}"))
+        report = capture.report()
+        conn.send(("load_failed", failure_message(exc, report, list(capture.errors)), report.to_wire()))
         return
-    conn.send(("loaded", {"n_ctx": llm.n_ctx(), "pid": os.getpid()}))
+    conn.send(("loaded", {"n_ctx": llm.n_ctx(), "pid": os.getpid(), "memory": capture.report().to_wire()}))
 
     jobs: queue.SimpleQueue[tuple[str, int, Any]] = queue.SimpleQueue()
     cancelled: set[int] = set()

@@ -1,0 +1,225 @@
+"""What llama.cpp allocated, per device, read from the lines it logs while loading a model.
+
+llama.cpp logs every buffer it allocates (`load_tensors: CUDA0 model buffer size = 120.50 MiB`, the
+KV cache, compute, output and recurrent-state buffers), the devices it uses with their free memory,
+how many layers it offloaded, and allocation failures. The function name before the colon changes
+between versions (`llm_load_tensors`, `load_tensors`, `llama_kv_cache_init`, `sched_reserve`...), so
+the patterns below match on what follows it.
+
+`parse_lines` is pure; `LogCapture` feeds it from a `llama_log_set` callback in the worker, which
+sees every line whatever `verbose` says (llama-cpp-python's own callback prints only some levels).
+Device names are the worker's own (`cuda0` is the first device the worker can see); the parent
+maps them onto its pools.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import re
+import sys
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+HOST = "host"
+_UNITS = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
+_SIZE = r"(?P<size>\d+(?:\.\d+)?)\s*(?P<unit>[KMG]iB|B)\b"
+_BUFFER = re.compile(
+    r"(?:^|:)\s*(?P<buf>[A-Za-z][\w]*)\s+(?:(?P<kind>model|KV|compute|output|RS)\s+)?buffer size\s*=\s*" + _SIZE
+)
+_DEVICE_FREE = re.compile(r"using device (?P<dev>\w+) \((?P<desc>.*)\).*?- (?P<free>\d+) MiB free")
+_OFFLOADED = re.compile(r"offloaded (?P<n>\d+)/(?P<m>\d+) layers to GPU")
+_OOM_PATTERNS = (
+    # ggml-cuda: "allocating 5120.00 MiB on device 0: cudaMalloc failed: out of memory"
+    re.compile(r"allocating (?P<mib>\d+(?:\.\d+)?) MiB on device (?P<index>\d+): \w+ failed: out of memory"),
+    # ggml-alloc / ggml-backend: "failed to allocate CUDA0 buffer of size 5368709120"
+    re.compile(r"failed to allocate (?P<buf>\w+) buffer of size (?P<bytes>\d+)"),
+    # llama-model: "unable to allocate CUDA0 buffer"
+    re.compile(r"unable to allocate (?P<buf>\w+) buffer"),
+    re.compile(r"out of memory|ErrorOutOfDeviceMemory|OutOfDeviceMemory", re.IGNORECASE),
+)
+_KEEP_ERRORS = 20
+_LEVEL_ERROR = 3
+
+
+def device_of(buffer_name: str) -> str:
+    """The device (pool) a buffer lives in: `CUDA0` → cuda0, `CUDA_Host`/`CPU_Mapped` → host, `Metal` → metal0."""
+    name = buffer_name.strip()
+    upper = name.upper()
+    if upper.startswith("CPU") or upper.endswith("_HOST") or upper in ("BLAS", "ACCEL", "AMX"):
+        return HOST
+    match = re.match(r"^([A-Za-z]+)(\d*)", name)
+    if not match:
+        return name.lower()
+    backend, index = match.group(1).lower(), match.group(2) or "0"
+    return f"{backend}{index}"
+
+
+@dataclass(frozen=True)
+class Buffer:
+    device: str  # cuda0, host, metal0, vulkan0...
+    kind: str  # model, KV, compute, output, RS
+    bytes: int
+    name: str  # as llama.cpp wrote it: CUDA0, CUDA_Host, CPU_Mapped...
+
+
+@dataclass(frozen=True)
+class OutOfMemory:
+    device: str | None  # None when the line does not say
+    need: int | None  # bytes of the allocation that failed, when the line says
+    line: str
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """Per-device figures from one load."""
+
+    buffers: tuple[Buffer, ...] = ()
+    free_at_load: dict[str, int] = field(default_factory=dict)  # device → bytes free when llama.cpp looked
+    descriptions: dict[str, str] = field(default_factory=dict)  # device → "NVIDIA H200" etc.
+    offloaded: tuple[int, int] | None = None  # (layers on GPUs, layers in the model + output)
+    oom: OutOfMemory | None = None
+
+    def by_device(self) -> dict[str, int]:
+        """Bytes per device, summed over every buffer."""
+        totals: dict[str, int] = {}
+        for buffer in self.buffers:
+            totals[buffer.device] = totals.get(buffer.device, 0) + buffer.bytes
+        return totals
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "buffers": [[b.device, b.kind, b.bytes, b.name] for b in self.buffers],
+            "free_at_load": dict(self.free_at_load),
+            "descriptions": dict(self.descriptions),
+            "offloaded": list(self.offloaded) if self.offloaded else None,
+            "oom": [self.oom.device, self.oom.need, self.oom.line] if self.oom else None,
+        }
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> LoadReport:
+        oom = data.get("oom")
+        offloaded = data.get("offloaded")
+        return cls(
+            buffers=tuple(Buffer(str(d), str(k), int(n), str(name)) for d, k, n, name in data.get("buffers", [])),
+            free_at_load={str(k): int(v) for k, v in data.get("free_at_load", {}).items()},
+            descriptions={str(k): str(v) for k, v in data.get("descriptions", {}).items()},
+            offloaded=(int(offloaded[0]), int(offloaded[1])) if offloaded else None,
+            oom=OutOfMemory(oom[0], oom[1], oom[2]) if oom else None,
+        )
+
+
+def _bytes(size: str, unit: str) -> int:
+    return round(float(size) * _UNITS[unit])
+
+
+def parse_oom(line: str) -> OutOfMemory | None:
+    """The failed allocation a log line reports, if it reports one."""
+    for pattern in _OOM_PATTERNS:
+        match = pattern.search(line)
+        if match is None:
+            continue
+        groups = match.groupdict()
+        if groups.get("index") is not None:
+            return OutOfMemory(f"cuda{groups['index']}", round(float(groups["mib"]) * 2**20), line.strip())
+        device = device_of(groups["buf"]) if groups.get("buf") else None
+        need = int(groups["bytes"]) if groups.get("bytes") else None
+        return OutOfMemory(device, need, line.strip())
+    return None
+
+
+def _merge_oom(first: OutOfMemory | None, new: OutOfMemory) -> OutOfMemory:
+    """Keep the first failure, filling in what later lines about it add (device, size)."""
+    if first is None:
+        return new
+    return OutOfMemory(first.device or new.device, first.need or new.need, first.line)
+
+
+def parse_lines(lines: list[str], report: LoadReport | None = None) -> LoadReport:
+    """Fold log lines into a report (pure)."""
+    buffers = list(report.buffers) if report else []
+    free = dict(report.free_at_load) if report else {}
+    descriptions = dict(report.descriptions) if report else {}
+    offloaded = report.offloaded if report else None
+    oom = report.oom if report else None
+    for line in lines:
+        if "buffer size" in line and (match := _BUFFER.search(line)):
+            name = match.group("buf")
+            kind = match.group("kind") or "model"  # old versions: "llm_load_tensors: CPU buffer size"
+            buffers.append(Buffer(device_of(name), kind, _bytes(match.group("size"), match.group("unit")), name))
+        elif "using device" in line and (match := _DEVICE_FREE.search(line)):
+            device = device_of(match.group("dev"))
+            free[device] = int(match.group("free")) * 2**20
+            descriptions[device] = match.group("desc").split(")")[0]
+        elif "offloaded" in line and (match := _OFFLOADED.search(line)):
+            offloaded = (int(match.group("n")), int(match.group("m")))
+        elif (failure := parse_oom(line)) is not None:
+            oom = _merge_oom(oom, failure)
+    return LoadReport(tuple(buffers), free, descriptions, offloaded, oom)
+
+
+class LogCapture:
+    """Receives llama.cpp's log text (in pieces that need not end lines) and keeps what matters:
+    the lines `parse_lines` understands, and the last error lines for a failure message."""
+
+    def __init__(self, echo: bool = False) -> None:
+        self._echo = echo
+        self._partial = ""
+        self._report = LoadReport()
+        self.errors: deque[str] = deque(maxlen=_KEEP_ERRORS)
+        self._callback: Any = None  # the ctypes callback: must outlive llama.cpp's pointer to it
+
+    def feed(self, level: int, text: str) -> None:
+        if self._echo:
+            sys.stderr.write(text)
+        if level == _LEVEL_ERROR and text.strip():
+            self.errors.append(text.strip())
+        self._partial += text
+        if "\n" not in self._partial:
+            return
+        *complete, self._partial = self._partial.split("\n")
+        relevant = [line for line in complete if "buffer" in line or "device" in line or "memory" in line.lower()]
+        relevant += [line for line in complete if "offloaded" in line]
+        if relevant:
+            self._report = parse_lines(relevant, self._report)
+
+    def report(self) -> LoadReport:
+        if self._partial:  # a last line without its newline
+            self._report = parse_lines([self._partial], self._report)
+            self._partial = ""
+        return self._report
+
+    def install(self) -> None:
+        """Route llama.cpp's (and ggml's) log to this capture, in this process."""
+        import llama_cpp
+
+        def callback(level: int, text: bytes | None, user_data: Any) -> None:
+            if text:
+                self.feed(level, text.decode("utf-8", errors="replace"))
+
+        self._callback = llama_cpp.llama_log_callback(callback)
+        llama_cpp.llama_log_set(self._callback, ctypes.c_void_p(0))
+
+
+def failure_message(exc: BaseException, report: LoadReport, errors: list[str]) -> str:
+    """Why a load failed, with the allocation that ran out of memory when llama.cpp said so."""
+    message = f"{type(exc).__name__}: {exc}"
+    if report.oom is not None:
+        where = report.oom.device or "a device"
+        need = f" allocating {report.oom.need / 2**20:.0f} MiB" if report.oom.need else ""
+        return f"{message} (out of memory on {where}{need}: {report.oom.line})"
+    if errors:
+        return f"{message} ({errors[-1]})"
+    return message
+
+
+def to_pools(report: LoadReport, visible: list[str]) -> dict[str, int]:
+    """Bytes per gateway pool: the worker's `cuda0` is the first device it was given (`visible`)."""
+    pools: dict[str, int] = {}
+    for device, size in report.by_device().items():
+        pool = device
+        match = re.match(r"^[a-z]+(\d+)$", device)
+        if device != HOST and match and int(match.group(1)) < len(visible):
+            pool = visible[int(match.group(1))]
+        pools[pool] = pools.get(pool, 0) + size
+    return pools
