@@ -27,7 +27,7 @@ _SIZE = r"(?P<size>\d+(?:\.\d+)?)\s*(?P<unit>[KMG]iB|B)\b"
 _BUFFER = re.compile(
     r"(?:^|:)\s*(?P<buf>[A-Za-z][\w]*)\s+(?:(?P<kind>model|KV|compute|output|RS)\s+)?buffer size\s*=\s*" + _SIZE
 )
-_DEVICE_FREE = re.compile(r"using device (?P<dev>\w+) \((?P<desc>.*)\).*?- (?P<free>\d+) MiB free")
+_DEVICE_FREE = re.compile(r"using device (?P<dev>\w+) (?P<rest>\(.*\)).*?- (?P<free>\d+) MiB free")
 _OFFLOADED = re.compile(r"offloaded (?P<n>\d+)/(?P<m>\d+) layers to GPU")
 _OOM_PATTERNS = (
     # ggml-cuda: "allocating 5120.00 MiB on device 0: cudaMalloc failed: out of memory"
@@ -36,6 +36,8 @@ _OOM_PATTERNS = (
     re.compile(r"failed to allocate (?P<buf>\w+) buffer of size (?P<bytes>\d+)"),
     # llama-model: "unable to allocate CUDA0 buffer"
     re.compile(r"unable to allocate (?P<buf>\w+) buffer"),
+    # ggml-vulkan: "Device memory allocation of size 1073741824 failed."
+    re.compile(r"memory allocation of size (?P<bytes>\d+) failed"),
     re.compile(r"out of memory|ErrorOutOfDeviceMemory|OutOfDeviceMemory", re.IGNORECASE),
 )
 _KEEP_ERRORS = 20
@@ -135,6 +137,16 @@ def _merge_oom(first: OutOfMemory | None, new: OutOfMemory) -> OutOfMemory:
     return OutOfMemory(first.device or new.device, first.need or new.need, first.line)
 
 
+def _first_group(text: str) -> str:
+    """The contents of the first parenthesised group, nested parentheses included."""
+    depth = 0
+    for i, char in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if depth == 0:
+            return text[1:i]
+    return text.strip("()")
+
+
 def parse_lines(lines: list[str], report: LoadReport | None = None) -> LoadReport:
     """Fold log lines into a report (pure)."""
     buffers = list(report.buffers) if report else []
@@ -150,7 +162,7 @@ def parse_lines(lines: list[str], report: LoadReport | None = None) -> LoadRepor
         elif "using device" in line and (match := _DEVICE_FREE.search(line)):
             device = device_of(match.group("dev"))
             free[device] = int(match.group("free")) * 2**20
-            descriptions[device] = match.group("desc").split(")")[0]
+            descriptions[device] = _first_group(match.group("rest"))
         elif "offloaded" in line and (match := _OFFLOADED.search(line)):
             offloaded = (int(match.group("n")), int(match.group("m")))
         elif (failure := parse_oom(line)) is not None:
