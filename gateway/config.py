@@ -52,6 +52,35 @@ Budget = Annotated[
         }
     ),
 ]
+_POOL_NAME = re.compile(r"^(host|gpu|(cuda|rocm|vulkan|metal)\d+|GPU-[0-9a-fA-F-]+)$")
+
+
+def _pool_budget(value: Any) -> Any:
+    """'auto', a share of the device ('90%'), or bytes."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    if isinstance(value, str) and value.strip().endswith("%"):
+        share = float(value.strip()[:-1])
+        if not 0 < share <= 100:
+            raise ValueError(f"'{value}': a share must be above 0% and at most 100%")
+        return f"{share:g}%"
+    return parse_bytes(value)
+
+
+PoolBudget = Annotated[
+    int | str,
+    BeforeValidator(_pool_budget),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": 0},
+                {"type": "string", "pattern": r"^(auto|\d+(\.\d+)?%|\d+(\.\d+)?\s*[a-zA-Z]*)$"},
+            ],
+            "examples": ["auto", "90%", "40GiB"],
+        }
+    ),
+]
+Placement = Literal["pack", "spread"]
 Duration = Annotated[
     float,
     BeforeValidator(parse_duration),
@@ -77,6 +106,31 @@ class ModelSection(_Section):
     pooling: Literal["mean", "cls", "last"] | None = Field(
         None, description="embedding models: how token vectors become one; default: the GGUF's own"
     )
+    devices: list[str] | None = Field(
+        None, description="GPUs this model may use (cuda0, cuda1, ... or GPU UUIDs); default: any"
+    )
+    main_gpu: int | None = Field(None, ge=0, description="the GPU (cudaN) to use first when the model fits on one")
+    tensor_split: list[float] | None = Field(
+        None,
+        min_length=1,
+        description="share of the offloaded layers per GPU (in `devices` order, else cuda0, cuda1...): always spread",
+    )
+    placement: Placement | None = Field(
+        None, description="pack: one GPU when it fits; spread: across all GPUs; default gateway.placement"
+    )
+
+    @model_validator(mode="after")
+    def _placement_is_consistent(self) -> ModelSection:
+        if self.devices is not None:
+            bad = [d for d in self.devices if d in ("host", "gpu") or not _POOL_NAME.match(d)]
+            if bad or not self.devices:
+                raise ValueError(f"devices: {bad or '[]'}: name GPUs as cuda0, cuda1, ... or by UUID")
+        if self.tensor_split is not None:
+            if any(share < 0 for share in self.tensor_split) or sum(self.tensor_split) <= 0:
+                raise ValueError("tensor_split: shares must be >= 0 and not all 0")
+            if self.devices is not None and len(self.devices) != len(self.tensor_split):
+                raise ValueError("tensor_split: give one share per entry of devices")
+        return self
 
 
 class SamplingSection(_Section):
@@ -179,6 +233,13 @@ class GatewaySection(_Section):
     memory_budget: Budget = Field(
         None, description="bytes all loaded models may use together, or 'auto' (80% of physical memory)"
     )
+    budgets: dict[str, PoolBudget] = Field(
+        default_factory=dict,
+        description="memory pools: host (RAM) and each GPU (cuda0, rocm1, a GPU UUID, or gpu for every GPU not "
+        "named): bytes, a share ('90%') or 'auto' (host: 80% of RAM; GPU: its memory minus gpu_reserve)",
+    )
+    gpu_reserve: ByteSize = Field(2**30, description="memory left free on every GPU (auto budgets, free-memory check)")
+    placement: Placement = Field("pack", description="pack: a model on one GPU when it fits; spread: across all GPUs")
     max_loaded: int | None = Field(None, ge=1, description="cap on resident models")
     max_queue: int = Field(16, ge=1, description="per model: requests running or waiting before 429")
     room_wait: Duration = Field(30.0, description="how long a request waits for busy models to free memory before 503")
@@ -211,6 +272,15 @@ class GatewaySection(_Section):
     responses_store_max: int = Field(
         1000, ge=1, description="stored /v1/responses kept for previous_response_id; the oldest go first"
     )
+
+    @model_validator(mode="after")
+    def _pools_are_named(self) -> GatewaySection:
+        bad = [name for name in self.budgets if not _POOL_NAME.match(name)]
+        if bad:
+            raise ValueError(f"budgets: {bad}: pools are host, gpu, cuda0, cuda1, ..., rocm0, ... or a GPU UUID")
+        if "host" in self.budgets and self.memory_budget is not None:
+            raise ValueError("budgets.host and memory_budget both set the host budget: give one")
+        return self
 
 
 class Settings(_Section):

@@ -136,6 +136,21 @@ def never_fits(model: str, needed: int, budget: int) -> GatewayError:
     )
 
 
+def device_out_of_memory(
+    model: str, device: str, needed: int | None, free: int | None, retry_after: float | None
+) -> GatewayError:
+    """A load ran out of GPU memory, and evicting and retrying once did not help."""
+    need = f"needed {needed / 2**20:.0f} MiB" if needed is not None else "needed more than it had"
+    have = f", {free / 2**20:.0f} MiB free" if free is not None else ""
+    return GatewayError(
+        503,
+        f"Cannot load model '{model}': {device} is out of memory ({need}{have}). Retry shortly.",
+        type=SERVER_ERROR,
+        code="device_out_of_memory",
+        retry_after=retry_after,
+    )
+
+
 def load_failed(model: str, reason: str, retry_after: float | None) -> GatewayError:
     return GatewayError(
         503,

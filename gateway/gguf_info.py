@@ -66,6 +66,16 @@ class GGUFInfo:
         return int(self.metadata.get(f"{self.architecture}.embedding_length", 0))
 
     @property
+    def head_count(self) -> int:
+        heads = self.metadata.get(f"{self.architecture}.attention.head_count", 0)
+        return int(max(heads) if isinstance(heads, list) and heads else heads or 0)
+
+    @property
+    def feed_forward_length(self) -> int:
+        value = self.metadata.get(f"{self.architecture}.feed_forward_length", 0)
+        return int(max(value) if isinstance(value, list) and value else value or 0)
+
+    @property
     def vocab_size(self) -> int:
         declared = self.metadata.get(f"{self.architecture}.vocab_size")
         return int(declared) if declared is not None else self.array_lengths.get("tokenizer.ggml.tokens", 0)
@@ -92,6 +102,10 @@ class GGUFInfo:
 
     def kv_bytes_per_token(self, cache_type_bytes: int = 2) -> int:
         """Bytes of K and V cache one token of context costs across all layers."""
+        return sum(self.kv_bytes_per_layer(cache_type_bytes))
+
+    def kv_bytes_per_layer(self, cache_type_bytes: int = 2) -> list[int]:
+        """Bytes of K and V cache one token of context costs in each layer."""
         arch = self.architecture
         layers = self.block_count
         heads = self.metadata.get(f"{arch}.attention.head_count", 0)
@@ -102,7 +116,7 @@ class GGUFInfo:
         key_length = int(self.metadata.get(f"{arch}.attention.key_length", head_dim))
         value_length = int(self.metadata.get(f"{arch}.attention.value_length", head_dim))
         per_layer_kv = heads_kv if isinstance(heads_kv, list) else [heads_kv] * layers
-        return sum(int(n) * (key_length + value_length) * cache_type_bytes for n in per_layer_kv[:layers])
+        return [int(n) * (key_length + value_length) * cache_type_bytes for n in per_layer_kv[:layers]]
 
 
 class _Cursor:

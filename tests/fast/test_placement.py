@@ -1,0 +1,269 @@
+"""The placement planner over memory vectors: pack, spread, pinned, foreign usage, measured over
+budget → rebalance, OOM → evict → retry."""
+
+from __future__ import annotations
+
+from gateway.footprint import Placement
+from gateway.placement import (
+    ModelPlacementConfig,
+    NoRoom,
+    Option,
+    Plan,
+    Resident,
+    after_oom,
+    evictions_for,
+    held_by,
+    llama_arguments,
+    placement_options,
+    plan_load,
+    rebalance,
+    should_retry_after_oom,
+    worker_environment,
+)
+from gateway.pools import HOST, PoolState, Vector
+
+GiB = 2**30
+
+
+def gpu(name: str, budget: float, total: float = 80, free: float | None = None, reserve: float = 1) -> PoolState:
+    """A GPU pool; `free` is what the device reports (default: total minus nothing)."""
+    return PoolState(
+        name,
+        int(budget * GiB),
+        int(total * GiB),
+        int((total if free is None else free) * GiB),
+        int(reserve * GiB),
+        uuid=f"GPU-{name}",
+    )
+
+
+HOST_POOL = PoolState(HOST, 64 * GiB)
+
+
+def vec(**pools: float) -> Vector:
+    return Vector.of({name: int(size * GiB) for name, size in pools.items()})
+
+
+def need_fn(weights_gib: float, host_gib: float = 1.0) -> object:
+    """A footprint stand-in: the GPU part split by shares, the host part fixed."""
+
+    def need_of(placement: Placement) -> Vector:
+        if not placement.on_gpu:
+            return vec(host=weights_gib + host_gib)
+        shares = placement.split or (1.0,)
+        total = sum(shares)
+        parts = {d: weights_gib * s / total for d, s in zip(placement.devices, shares, strict=True)}
+        return Vector.of({HOST: int(host_gib * GiB), **{d: int(n * GiB) for d, n in parts.items() if n}})
+
+    return need_of
+
+
+def options(config: ModelPlacementConfig, pools: list[PoolState], residents: list[Resident], gib: float) -> list[Option]:
+    return placement_options(config, pools, held_by(residents), need_fn(gib))  # type: ignore[arg-type]
+
+
+def resident(model_id: str, last_used: float, idle: bool = True, pinned: bool = False, **pools: float) -> Resident:
+    return Resident(model_id, vec(**pools), idle=idle, pinned=pinned, last_used=last_used)
+
+
+ALL = ModelPlacementConfig(n_gpu_layers=-1)
+
+
+def test_vector_arithmetic() -> None:
+    a, b = vec(host=1, cuda0=2), vec(cuda0=1, cuda1=3)
+    assert (a + b).as_dict() == {HOST: GiB, "cuda0": 3 * GiB, "cuda1": 3 * GiB}
+    assert (a - vec(cuda0=2)).as_dict() == {HOST: GiB}
+    assert (a + b).pools == ("cuda0", "cuda1", HOST)
+    assert Vector.of({"cuda0": 0}) == Vector()
+
+
+def test_cpu_only_model_goes_to_host() -> None:
+    pools = [HOST_POOL, gpu("cuda0", 40)]
+    (only,) = options(ModelPlacementConfig(n_gpu_layers=0), pools, [], 4)
+    assert only.placement == Placement()
+    assert only.need.as_dict() == {HOST: 5 * GiB}
+
+
+def test_no_gpus_means_host_even_when_offload_is_asked() -> None:
+    (only,) = options(ALL, [HOST_POOL], [], 4)
+    assert not only.placement.on_gpu
+
+
+def test_pack_prefers_the_gpu_with_most_room() -> None:
+    pools = [HOST_POOL, gpu("cuda0", 40), gpu("cuda1", 40)]
+    residents = [resident("a", 1, cuda0=30)]
+    opts = options(ALL, pools, residents, 8)
+    assert [o.placement.devices for o in opts] == [("cuda1",), ("cuda0",), ("cuda0", "cuda1")]
+    plan = plan_load(opts, pools, residents)
+    assert isinstance(plan, Plan)
+    assert plan.option.placement.devices == ("cuda1",)
+    assert plan.evict == ()
+
+
+def test_main_gpu_comes_first() -> None:
+    pools = [HOST_POOL, gpu("cuda0", 40), gpu("cuda1", 40)]
+    opts = options(ModelPlacementConfig(n_gpu_layers=-1, main_gpu=1), pools, [resident("a", 1, cuda1=10)], 8)
+    assert opts[0].placement.devices == ("cuda1",)
+
+
+def test_spreads_when_no_single_gpu_has_room() -> None:
+    pools = [HOST_POOL, gpu("cuda0", 40), gpu("cuda1", 40)]
+    residents = [resident("busy0", 1, idle=False, cuda0=25), resident("busy1", 2, idle=False, cuda1=15)]
+    plan = plan_load(options(ALL, pools, residents, 30), pools, residents)
+    assert isinstance(plan, Plan)
+    placement = plan.option.placement
+    assert placement.devices == ("cuda0", "cuda1")
+    assert placement.split is not None
+    # shares follow room: cuda0 has 15 GiB, cuda1 25 GiB
+    assert abs(placement.split[0] - 15 / 40) < 1e-9
+    assert plan.evict == ()
+
+
+def test_spread_policy_always_spreads() -> None:
+    pools = [HOST_POOL, gpu("cuda0", 40), gpu("cuda1", 40)]
+    (only,) = options(ModelPlacementConfig(n_gpu_layers=-1, policy="spread"), pools, [], 2)
+    assert only.placement.devices == ("cuda0", "cuda1")
+    assert only.placement.split == (0.5, 0.5)
+
+
+def test_configured_tensor_split_and_devices() -> None:
+    pools = [HOST_POOL, gpu("cuda0", 40), gpu("cuda1", 40), gpu("cuda2", 40)]
+    config = ModelPlacementConfig(n_gpu_layers=-1, devices=("cuda2", "GPU-cuda0"), tensor_split=(3, 1))
+    (only,) = options(config, pools, [], 8)
+    assert only.placement.devices == ("cuda2", "cuda0")
+    assert only.need.as_dict() == {HOST: GiB, "cuda2": 6 * GiB, "cuda0": 2 * GiB}
+
+
+def test_devices_restrict_the_choice() -> None:
+    pools = [HOST_POOL, gpu("cuda0", 40), gpu("cuda1", 40)]
+    opts = options(ModelPlacementConfig(n_gpu_layers=-1, devices=("cuda1",)), pools, [], 8)
+    assert [o.placement.devices for o in opts] == [("cuda1",)]
+
+
+def test_evicts_only_models_in_the_short_pool() -> None:
+    pools = [HOST_POOL, gpu("cuda0", 20)]
+    residents = [
+        resident("cpu-old", 0, host=10),  # least recently used, but holds nothing on cuda0
+        resident("gpu-old", 1, host=1, cuda0=8),
+        resident("gpu-new", 2, host=1, cuda0=8),
+    ]
+    plan = plan_load(options(ALL, pools, residents, 8), pools, residents)
+    assert plan == Plan(plan.option, ("gpu-old",)) if isinstance(plan, Plan) else False
+
+
+def test_pinned_and_busy_are_never_evicted() -> None:
+    pools = [HOST_POOL, gpu("cuda0", 20)]
+    residents = [
+        resident("pinned", 0, pinned=True, cuda0=8),
+        resident("busy", 1, idle=False, cuda0=8),
+        resident("idle", 2, cuda0=2),
+    ]
+    plan = plan_load(options(ALL, pools, residents, 3.5), pools, residents)
+    assert isinstance(plan, Plan)
+    assert plan.evict == ("idle",)
+    no = plan_load(options(ALL, pools, residents, 9), pools, residents)
+    assert isinstance(no, NoRoom)
+    assert not no.never  # the busy model will finish
+    assert no.shortfall.pool == "cuda0"
+
+
+def test_never_fits_with_pinned_models() -> None:
+    pools = [HOST_POOL, gpu("cuda0", 20)]
+    residents = [resident("pinned", 0, pinned=True, cuda0=15)]
+    no = plan_load(options(ALL, pools, residents, 8), pools, residents)
+    assert isinstance(no, NoRoom)
+    assert no.never
+    assert "cuda0 needs 8192 MiB, 5120 MiB available" in no.shortfall.describe()
+
+
+def test_foreign_usage_is_respected() -> None:
+    # Budget says 40 GiB, but another process holds 70 of the 80: only 9 GiB above the reserve.
+    pools = [HOST_POOL, gpu("cuda0", 40, total=80, free=10)]
+    plan = plan_load(options(ALL, pools, [], 8), pools, [])
+    assert isinstance(plan, Plan)
+    no = plan_load(options(ALL, pools, [], 12), pools, [])
+    assert isinstance(no, NoRoom)
+    assert not no.never  # the other process may exit
+    assert no.shortfall.available == 9 * GiB
+    assert no.shortfall.free == 10 * GiB
+
+
+def test_eviction_counts_freed_memory_as_coming_back() -> None:
+    # Our idle model holds 6 GiB of the used memory; evicting it makes room on the device too.
+    pools = [HOST_POOL, gpu("cuda0", 40, total=24, free=3)]
+    residents = [resident("ours", 1, cuda0=6)]
+    plan = plan_load(options(ALL, pools, residents, 7), pools, residents)
+    assert isinstance(plan, Plan)
+    assert plan.evict == ("ours",)
+
+
+def test_fewest_evictions_wins_over_preference() -> None:
+    pools = [HOST_POOL, gpu("cuda0", 20), gpu("cuda1", 20)]
+    residents = [
+        resident("a", 1, cuda0=8),
+        resident("b", 2, cuda0=8),
+        resident("c", 3, cuda1=12),
+        resident("d", 4, idle=False, cuda0=1),
+    ]
+    # Room: cuda0 3, cuda1 8 (not even 15 together). cuda0 alone needs 2 evictions, cuda1 alone 1.
+    plan = plan_load(options(ALL, pools, residents, 15), pools, residents)
+    assert isinstance(plan, Plan)
+    assert plan.option.placement.devices == ("cuda1",)
+    assert plan.evict == ("c",)
+
+
+def test_max_loaded_still_applies() -> None:
+    residents = [resident("a", 1, host=1), resident("b", 2, host=1)]
+    plan = plan_load(options(ModelPlacementConfig(), [HOST_POOL], residents, 1), [HOST_POOL], residents, max_loaded=2)
+    assert isinstance(plan, Plan)
+    assert plan.evict == ("a",)
+
+
+def test_host_pool_behaves_as_the_single_budget_did() -> None:
+    host = PoolState(HOST, 10 * GiB)
+    residents = [resident("a", 1, host=4), resident("b", 2, host=4)]
+    plan = plan_load([Option(Placement(), vec(host=5))], [host], residents)
+    assert plan == Plan(Option(Placement(), vec(host=5)), ("a",))
+    assert evictions_for(vec(host=11), [host], residents) is None
+
+
+def test_estimate_too_low_then_measured_over_budget_rebalances() -> None:
+    pools = [HOST_POOL, gpu("cuda0", 20)]
+    estimated = [resident("old", 1, cuda0=6), resident("new", 5, idle=False, cuda0=12)]
+    assert rebalance(pools, estimated) == ()
+    # Measured after load: the new model holds 16 GiB, not 12; the pool is 2 GiB over its budget.
+    measured = [estimated[0], resident("new", 5, idle=False, cuda0=16)]
+    assert rebalance(pools, measured) == ("old",)
+
+
+def test_rebalance_when_the_device_runs_below_its_reserve() -> None:
+    pools = [HOST_POOL, gpu("cuda0", 40, total=24, free=0.5)]
+    residents = [resident("a", 1, cuda0=2), resident("b", 2, cuda0=2), resident("cpu", 0, host=3)]
+    assert rebalance(pools, residents) == ("a",)
+
+
+def test_oom_evicts_on_that_device_then_retries_once() -> None:
+    pool = gpu("cuda0", 40, total=24, free=2)
+    residents = [
+        resident("other-device", 0, cuda1=8),
+        resident("a", 1, cuda0=3),
+        resident("b", 2, cuda0=3),
+        resident("busy", 3, idle=False, cuda0=3),
+    ]
+    evicted = after_oom("cuda0", 5 * GiB, pool, residents, keep=frozenset({"target"}))
+    assert evicted == ("a", "b")  # 2 free + 3 - 1 reserve < 5; + 3 more >= 5
+    assert after_oom("cuda0", 4 * GiB, pool, residents, frozenset()) == ("a",)
+    assert after_oom("cuda0", None, pool, residents, frozenset()) == ("a", "b")
+    assert should_retry_after_oom(0, evicted)
+    assert not should_retry_after_oom(1, evicted)
+    assert not should_retry_after_oom(0, ())
+
+
+def test_worker_sees_only_its_devices() -> None:
+    pools = [HOST_POOL, gpu("cuda0", 40), gpu("cuda1", 40)]
+    spread = Placement(("cuda1", "cuda0"), (0.25, 0.75), -1)
+    assert worker_environment(spread, pools) == {"CUDA_VISIBLE_DEVICES": "GPU-cuda1,GPU-cuda0"}
+    assert worker_environment(Placement(), pools) == {"CUDA_VISIBLE_DEVICES": "", "HIP_VISIBLE_DEVICES": ""}
+    assert llama_arguments(spread) == {"n_gpu_layers": -1, "main_gpu": 0, "tensor_split": [0.25, 0.75]}
+    assert llama_arguments(Placement(("cuda1",), None, 20)) == {"n_gpu_layers": 20, "main_gpu": 0}
+    assert llama_arguments(Placement()) == {"n_gpu_layers": 0}
