@@ -4,8 +4,8 @@ Everything here is a function of immutable values (pools with their budgets and 
 report, the resident models with their vectors, the ways the new model could be placed), so the
 scheduler can ask, act, and be tested without a GPU. The rules:
 
-- A model fits when every pool it touches has room: min(budget − held by our models,
-  device free − reserve). Memory other processes use shows up as less free.
+- A model fits when every pool it touches has room: min(budget - held by our models,
+  device free - reserve). Memory other processes use shows up as less free.
 - Placement: on one GPU first (the configured `main_gpu`, else the one with the most room), across
   several (layer split in proportion to room) when no single one has room, or always with
   `placement: spread` or an explicit `tensor_split`. Partial offload only when configured.
@@ -130,9 +130,7 @@ def evictions_for(
         over_count = max_loaded is not None and len(remaining) >= max_loaded
         if not short and not over_count:
             return tuple(evicted)
-        candidates = [
-            r for r in _evictable(remaining, keep) if (not short or any(r.vector[p] > 0 for p in short))
-        ]
+        candidates = [r for r in _evictable(remaining, keep) if (not short or any(r.vector[p] > 0 for p in short))]
         if not candidates:
             return None
         victim = candidates[0]

@@ -102,7 +102,7 @@ class PoolState:
         return max(0, min(self.budget, self.total - self.reserve))
 
     def available(self, held: int, freed: int = 0) -> int:
-        """Room for another model, given what our models hold: min(budget − held, free − reserve).
+        """Room for another model, given what our models hold: min(budget - held, free - reserve).
         `freed`: bytes our models gave back since `free` was read (unloads the device will show)."""
         room = self.budget - held
         if self.free is not None:

@@ -3,6 +3,8 @@ budget → rebalance, OOM → evict → retry."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from gateway.footprint import Placement
 from gateway.placement import (
     ModelPlacementConfig,
@@ -44,7 +46,7 @@ def vec(**pools: float) -> Vector:
     return Vector.of({name: int(size * GiB) for name, size in pools.items()})
 
 
-def need_fn(weights_gib: float, host_gib: float = 1.0) -> object:
+def need_fn(weights_gib: float, host_gib: float = 1.0) -> Callable[[Placement], Vector]:
     """A footprint stand-in: the GPU part split by shares, the host part fixed."""
 
     def need_of(placement: Placement) -> Vector:
@@ -58,8 +60,10 @@ def need_fn(weights_gib: float, host_gib: float = 1.0) -> object:
     return need_of
 
 
-def options(config: ModelPlacementConfig, pools: list[PoolState], residents: list[Resident], gib: float) -> list[Option]:
-    return placement_options(config, pools, held_by(residents), need_fn(gib))  # type: ignore[arg-type]
+def options(
+    config: ModelPlacementConfig, pools: list[PoolState], residents: list[Resident], gib: float
+) -> list[Option]:
+    return placement_options(config, pools, held_by(residents), need_fn(gib))
 
 
 def resident(model_id: str, last_used: float, idle: bool = True, pinned: bool = False, **pools: float) -> Resident:
