@@ -13,9 +13,11 @@ import urllib.request
 from pathlib import Path
 from types import FrameType
 
+from gateway.capacity import describe_plan, describe_pools, pools_for
 from gateway.config import DEFAULT_CONFIG_NAME, Settings, default_settings, json_schema, load_settings
 from gateway.errors import ConfigError
-from gateway.memory import ModelFacts, inspect_models, resolve_budget
+from gateway.memory import ModelFacts, inspect_models
+from gateway.pools import unknown_budget_names
 from gateway.units import format_bytes
 
 log = logging.getLogger("gateway")
@@ -64,17 +66,27 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def check(args: argparse.Namespace) -> int:
-    """Validate the configuration and report what each model needs; exit 1 on any problem."""
+    """Validate the configuration and report what each model needs where; exit 1 on any problem."""
+    import psutil
+
     from gateway.engine.worker import backend_info
+    from gateway.inventory import read_devices
 
     settings = _settings(args.config)
     facts = inspect_models(settings)
-    budget = resolve_budget(settings.gateway.memory_budget)
     backend = backend_info()
     offload = "supported" if backend["gpu_offload"] else "not supported"
     print(f"llama.cpp backend: {backend['backend']} (GPU offload {offload})")
-    print(f"memory budget: {format_bytes(budget)}, max_loaded: {settings.gateway.max_loaded or 'no limit'}")
-    problems = 0
+    devices = read_devices()
+    if devices and not backend["gpu_offload"]:
+        print(f"  warning: {len(devices)} GPU(s) found, but this llama.cpp build cannot use them: planning for the CPU")
+        devices = []
+    pools = pools_for(settings, devices, psutil.virtual_memory().total)
+    print(f"memory budget: {format_bytes(pools[0].budget)}, max_loaded: {settings.gateway.max_loaded or 'no limit'}")
+    print("memory pools:")
+    print("\n".join(describe_pools(pools)))
+    for name in unknown_budget_names(settings.gateway.budgets, devices):
+        print(f"  warning: gateway.budgets.{name} names no GPU on this machine")
     for model_id, fact in facts.items():
         print(_describe(model_id, settings, fact))
         entry = settings.models[model_id]
@@ -85,31 +97,14 @@ def check(args: argparse.Namespace) -> int:
             )
         if not fact.has_chat_template and not entry.model.chat_format:
             print(f"  warning: {model_id} has no chat template: chat requests will be refused")
-        if fact.estimate.total > budget:
-            print(f"  problem: {model_id} needs {format_bytes(fact.estimate.total)} and can never fit the budget")
-            problems += 1
     for model_id, remote in settings.upstreams.items():
         servers = ", ".join(f"{u.base_url} ({u.model or model_id})" for u in remote.upstream)
         print(f"{model_id}: served by {servers}; no memory budget applies")
-    _print_fits(settings, facts, budget)
+    lines, problems = describe_plan(settings, facts, pools)
+    print("\n".join(lines))
+    for problem in problems:
+        print(f"  problem: {problem}")
     return 1 if problems else 0
-
-
-def _print_fits(settings: Settings, facts: dict[str, ModelFacts], budget: int) -> None:
-    sizes = {m: f.estimate.total for m, f in facts.items()}
-    total = sum(sizes.values())
-    limit = settings.gateway.max_loaded
-    if total <= budget and (limit is None or len(sizes) <= limit):
-        print(f"all models fit together ({format_bytes(total)} of {format_bytes(budget)})")
-        return
-    print(f"not all models fit together ({format_bytes(total)} of {format_bytes(budget)}); each fit together with:")
-    for model_id, size in sizes.items():
-        partners = [
-            other
-            for other, other_size in sizes.items()
-            if other != model_id and size + other_size <= budget and (limit is None or limit >= 2)
-        ]
-        print(f"  {model_id}: {', '.join(partners) if partners else 'none (alone only)'}")
 
 
 def _describe(model_id: str, settings: Settings, fact: ModelFacts) -> str:
