@@ -25,8 +25,9 @@ log = logging.getLogger(__name__)
 _STOP_WAIT = 5.0
 
 
-def worker_config(entry: ModelEntry) -> dict[str, Any]:
+def worker_config(entry: ModelEntry, placement: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
+        "placement": placement,
         "path": str(entry.model.path),
         "n_ctx": entry.model.n_ctx,
         "n_batch": entry.model.n_batch,
@@ -114,11 +115,23 @@ def _discard(spawned: Spawned) -> None:
 
 class ProcessEngine(Engine):
     def __init__(
-        self, model_id: str, entry: ModelEntry, load_timeout: float = 300.0, spares: SparePool | None = None
+        self,
+        model_id: str,
+        entry: ModelEntry,
+        load_timeout: float = 300.0,
+        spares: SparePool | None = None,
+        *,
+        env: dict[str, str] | None = None,
+        placement: dict[str, Any] | None = None,
     ) -> None:
+        """`env` (CUDA_VISIBLE_DEVICES...) and `placement` (llama.cpp's n_gpu_layers, tensor_split,
+        main_gpu: see placement.worker_environment and llama_arguments) put the model on its devices;
+        a worker given an environment is started for it, since a spare's GPU runtime is set up already."""
         super().__init__()
         self.model_id = model_id
         self._entry = entry
+        self._env = env
+        self._placement = placement
         self._load_timeout = load_timeout
         self._spares = spares
         self._process: multiprocessing.process.BaseProcess | None = None
@@ -145,10 +158,11 @@ class ProcessEngine(Engine):
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._loaded = loop.create_future()
-        process, conn = await (self._spares.take() if self._spares else spawn_worker())
+        use_spare = self._spares is not None and self._env is None
+        process, conn = await (self._spares.take() if self._spares and use_spare else spawn_worker(self._env))
         self._process = process
         self._pipe = LoopPipe(conn, self._dispatch, lambda: self._on_dead(self._exit_description()))
-        self._send(("load", worker_config(self._entry)))
+        self._send(("load", worker_config(self._entry, self._placement)))
         try:
             info = await asyncio.wait_for(asyncio.shield(self._loaded), self._load_timeout)
         except TimeoutError:

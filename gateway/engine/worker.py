@@ -150,10 +150,11 @@ def _load(config: dict[str, Any]) -> tuple[Any, Formatter | None]:
         # An input is embedded in one batch, so a batch holds a whole context; pooling gives one vector.
         options = {"embedding": True, "n_batch": config["n_ctx"], "n_ubatch": config["n_ctx"]}
         options["pooling_type"] = POOLING.get(config["pooling"] or "", llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED)
+    # Where the layers go: set by the gateway's placement (devices numbered as this worker sees them).
+    options.update(config.get("placement") or {"n_gpu_layers": config["n_gpu_layers"]})
     llm = llama_cpp.Llama(
         model_path=config["path"],
         n_ctx=config["n_ctx"],
-        n_gpu_layers=config["n_gpu_layers"],
         n_threads=config["n_threads"],
         use_mmap=config["use_mmap"],
         last_n_tokens_size=config["repeat_last_n"],

@@ -1,0 +1,49 @@
+"""A real worker reports the buffers llama.cpp logged while loading (captured with verbose off), and
+they agree with the GGUF header and with the worker's measured resident memory."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from gateway.config import ModelEntry
+from gateway.engine.loadlog import HOST, LoadReport
+from gateway.engine.process import ProcessEngine
+from gateway.gguf_info import read_gguf_info
+from gateway.memory import WORKER_BASELINE_BYTES
+from tests.real.server import SMOLLM
+
+pytestmark = pytest.mark.real
+MiB = 2**20
+N_CTX = 1024
+
+
+async def load_and_measure(entry: ModelEntry) -> tuple[LoadReport | None, int | None]:
+    engine = ProcessEngine("smollm2", entry, spares=None)
+    await engine.start()
+    try:
+        return engine.load_report, engine.measured_bytes()
+    finally:
+        await engine.stop()
+
+
+def test_captured_buffers_match_the_header_and_resident_memory() -> None:
+    entry = ModelEntry.model_validate(
+        {"model": {"path": str(SMOLLM), "n_ctx": N_CTX}, "runtime": {"thread_count": 1, "verbose": False}}
+    )
+    report, rss = asyncio.run(load_and_measure(entry))
+    assert report is not None and rss is not None
+    assert report.oom is None
+    assert set(report.by_device()) == {HOST}  # a CPU build: everything in host memory
+    sizes = {kind: sum(b.bytes for b in report.buffers if b.kind == kind) for kind in ("model", "KV", "compute")}
+    info = read_gguf_info(Path(SMOLLM))
+    # llama.cpp logs sizes rounded to 0.01 MiB
+    assert abs(sizes["model"] - info.tensor_bytes) <= 0.01 * MiB
+    assert abs(sizes["KV"] - N_CTX * info.kv_bytes_per_token()) <= 0.01 * MiB
+    assert sizes["compute"] > 0
+    # Resident memory holds the weights (mapped and read in) and the zeroed KV cache, and no more
+    # than every buffer plus the interpreter (compute buffers are only partly touched).
+    host_buffers = report.by_device()[HOST]
+    assert sizes["model"] + sizes["KV"] <= rss <= host_buffers + 2 * WORKER_BASELINE_BYTES, (rss, sizes)
