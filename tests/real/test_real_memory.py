@@ -47,3 +47,15 @@ def test_captured_buffers_match_the_header_and_resident_memory() -> None:
     # than every buffer plus the interpreter (compute buffers are only partly touched).
     host_buffers = report.by_device()[HOST]
     assert sizes["model"] + sizes["KV"] <= rss <= host_buffers + 2 * WORKER_BASELINE_BYTES, (rss, sizes)
+
+
+def test_gpu_check_models_load_in_a_real_worker(tmp_path: Path) -> None:
+    """scripts/gpu-check's synthetic models (no vocabulary) load in llama.cpp, and the capture reads them."""
+    from tests.fast.test_gpu_check import gpu_check
+
+    path = gpu_check.write_model(tmp_path / "m.gguf", layers=2, embedding=256)
+    entry = ModelEntry.model_validate({"model": {"path": str(path), "n_ctx": 512}, "runtime": {"thread_count": 1}})
+    report, _ = asyncio.run(load_and_measure(entry))
+    assert report is not None
+    model = sum(b.bytes for b in report.buffers if b.kind == "model")
+    assert abs(model - read_gguf_info(path).tensor_bytes) <= 0.01 * MiB

@@ -1,0 +1,96 @@
+"""The non-GPU logic of scripts/gpu-check: the budget it sets, and how it judges what it recorded."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from gateway.footprint import Placement, footprint
+from gateway.gguf_info import read_gguf_info
+
+REPO = Path(__file__).resolve().parents[2]
+MiB = 2**20
+
+
+def load_script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "scripts" / "gpu_check.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check"] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+gpu_check = load_script()
+
+
+def test_budget_holds_two_models_never_three() -> None:
+    needs = {"small": 1000 * MiB, "medium": 1200 * MiB, "large": 1800 * MiB}
+    budget = gpu_check.choose_budget(needs)
+    assert 1200 * MiB + 1800 * MiB <= budget < sum(needs.values())
+    with pytest.raises(AssertionError):
+        gpu_check.choose_budget({"a": 10 * MiB, "b": 10 * MiB, "c": 10})
+
+
+def test_within_five_percent() -> None:
+    assert gpu_check.within(1050, 1000)
+    assert not gpu_check.within(1051, 1000)
+    assert not gpu_check.within(0, 0)
+
+
+def load(model: str, evicted: list[str], need: int, buffers: int, nvml: int | None, total: int | None) -> object:
+    error = (need - nvml) / nvml if nvml else None
+    return gpu_check.Load(model, evicted, need, buffers, nvml, error, total, 1.0)
+
+
+def good_summary() -> object:
+    summary = gpu_check.Summary(device="cuda0", budget=3000 * MiB, context_bytes=400 * MiB)
+    summary.loads = [
+        load("small", [], 1100 * MiB, 600 * MiB, 1000 * MiB, 1000 * MiB),
+        load("medium", [], 1300 * MiB, 800 * MiB, 1210 * MiB, 2210 * MiB),
+        load("large", ["small"], 1800 * MiB, 1300 * MiB, 1690 * MiB, 2900 * MiB),
+    ]
+    summary.returned_after_unload = [{"model": "small", "visible": True, "waited": 1.2}]
+    summary.free_at_start = summary.free_at_end = 100_000 * MiB
+    return summary
+
+
+def test_a_run_where_everything_holds() -> None:
+    assert gpu_check.judge(good_summary()) == []
+
+
+@pytest.mark.parametrize(
+    ("change", "failure"),
+    [
+        (lambda s: setattr(s.loads[2], "ours_total", 3100 * MiB), "> budget"),
+        (lambda s: setattr(s.loads[1], "nvml", 1400 * MiB), "over 5% apart"),
+        (lambda s: setattr(s.loads[0], "need", 900 * MiB), "not conservative"),
+        (lambda s: setattr(s.loads[2], "evicted", []), "did not force eviction"),
+        (lambda s: s.returned_after_unload[0].update(visible=False), "not seen free again"),
+        (lambda s: setattr(s, "free_at_end", 99_000 * MiB), "after unloading all"),
+        (lambda s: setattr(s.loads[0], "nvml", None), "no per-process figure"),
+    ],
+)
+def test_each_check_can_fail(change: object, failure: str) -> None:
+    summary = good_summary()
+    change(summary)  # type: ignore[operator]
+    assert any(failure in f for f in gpu_check.judge(summary))
+
+
+def test_synthetic_models_have_the_sizes_the_check_relies_on(tmp_path: Path) -> None:
+    info = read_gguf_info(gpu_check.write_model(tmp_path / "m.gguf", layers=2, embedding=256))
+    assert info.architecture == "llama"
+    assert info.block_count == 2
+    assert info.has_output_tensor
+    assert info.input_bytes == gpu_check.VOCAB * 256 * 2
+    need = footprint(info, gpu_check.N_CTX, Placement(("cuda0",), None, -1)).vector
+    assert need["cuda0"] > info.tensor_bytes - info.input_bytes
+
+
+def test_the_script_is_sound_shell() -> None:
+    subprocess.run(["bash", "-n", str(REPO / "scripts" / "gpu-check")], check=True)
