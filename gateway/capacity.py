@@ -71,7 +71,7 @@ def fits_with(
     alone = plan_alone(first, settings, facts, pools)
     if not isinstance(alone, Plan):
         return False
-    residents = [Resident(first, alone.option.need, idle=False)]
+    residents = [Resident(first, alone.option.need, busy=True)]
     pools = _as_if_loaded(pools, alone.option.need)
     options = model_options(settings.models[second], facts[second], settings, pools, alone.option.need)
     together = plan_load(options, pools, residents, settings.gateway.max_loaded)
@@ -126,7 +126,7 @@ def _all_fit(settings: Settings, facts: dict[str, ModelFacts], pools: Sequence[P
         plan = plan_load(options, loaded, residents, settings.gateway.max_loaded)
         if not isinstance(plan, Plan) or plan.evict:
             return False
-        residents.append(Resident(model_id, plan.option.need, idle=False))
+        residents.append(Resident(model_id, plan.option.need, busy=True))
         held = held + plan.option.need
     return True
 

@@ -12,11 +12,12 @@ The host part of a CPU-only model is exactly `memory.estimate` (fitted to measur
 from __future__ import annotations
 
 import bisect
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gateway.gguf_info import GGUFInfo
 from gateway.memory import KV_CACHE_TYPE_BYTES, estimate
-from gateway.pools import HOST, Vector
+from gateway.pools import HOST, PoolState, Vector
 
 # A worker's CUDA context on each GPU it uses (driver state, cuBLAS workspaces, loaded kernels);
 # llama.cpp's buffer lines do not include it. 300-500 MiB on recent GPUs: rounded up.
@@ -48,6 +49,27 @@ class Placement:
             return f"{self.devices[0]} ({layers})"
         shares = ", ".join(f"{d} {s:.2f}" for d, s in zip(self.devices, self.split or (), strict=False))
         return f"spread over {', '.join(self.devices)} ({layers}; split {shares})"
+
+
+def worker_environment(placement: Placement, pools: Sequence[PoolState]) -> dict[str, str]:
+    """Environment for the worker: it sees only its GPUs (by UUID, stable whatever the order)."""
+    if not placement.on_gpu:  # a CPU model creates no GPU context (llama.cpp would otherwise use one)
+        return {"CUDA_VISIBLE_DEVICES": "", "HIP_VISIBLE_DEVICES": ""}
+    by_name = {p.name: p for p in pools}
+    ids = [by_name[d].uuid or d.removeprefix("cuda").removeprefix("rocm") for d in placement.devices]
+    if placement.devices[0].startswith("rocm"):
+        return {"HIP_VISIBLE_DEVICES": ",".join(ids)}
+    return {"CUDA_VISIBLE_DEVICES": ",".join(ids)}
+
+
+def llama_arguments(placement: Placement) -> dict[str, object]:
+    """The llama_cpp.Llama arguments for this placement (devices numbered as the worker sees them)."""
+    if not placement.on_gpu:
+        return {"n_gpu_layers": 0}
+    arguments: dict[str, object] = {"n_gpu_layers": placement.n_gpu_layers, "main_gpu": 0}
+    if len(placement.devices) > 1:
+        arguments["tensor_split"] = list(placement.split or [1.0] * len(placement.devices))
+    return arguments
 
 
 def layer_devices(n_layer: int, n_gpu_layers: int, shares: tuple[float, ...]) -> list[int | None]:

@@ -30,7 +30,7 @@ class Resident:
 
     model_id: str
     vector: Vector  # estimated until loaded, then measured
-    idle: bool = True  # no request holds it
+    busy: bool = False  # held by requests, loading or draining: never chosen (as scheduler.eviction)
     pinned: bool = False
     last_used: float = 0.0
 
@@ -108,7 +108,7 @@ def shortfalls(need: Vector, pools: Sequence[PoolState], held: Vector, freed: Ve
 
 def _evictable(residents: Sequence[Resident], keep: frozenset[str]) -> list[Resident]:
     return sorted(
-        (r for r in residents if r.idle and not r.pinned and r.model_id not in keep), key=lambda r: r.last_used
+        (r for r in residents if not r.busy and not r.pinned and r.model_id not in keep), key=lambda r: r.last_used
     )
 
 
@@ -258,24 +258,3 @@ def after_oom(
 def should_retry_after_oom(attempt: int, evicted: Sequence[str]) -> bool:
     """One retry, and only when something was unloaded on that device (else nothing changed)."""
     return attempt == 0 and bool(evicted)
-
-
-def worker_environment(placement: Placement, pools: Sequence[PoolState]) -> dict[str, str]:
-    """Environment for the worker: it sees only its GPUs (by UUID, stable whatever the order)."""
-    if not placement.on_gpu:  # a CPU model creates no GPU context (llama.cpp would otherwise use one)
-        return {"CUDA_VISIBLE_DEVICES": "", "HIP_VISIBLE_DEVICES": ""}
-    by_name = {p.name: p for p in pools}
-    ids = [by_name[d].uuid or d.removeprefix("cuda").removeprefix("rocm") for d in placement.devices]
-    if placement.devices[0].startswith("rocm"):
-        return {"HIP_VISIBLE_DEVICES": ",".join(ids)}
-    return {"CUDA_VISIBLE_DEVICES": ",".join(ids)}
-
-
-def llama_arguments(placement: Placement) -> dict[str, object]:
-    """The llama_cpp.Llama arguments for this placement (devices numbered as the worker sees them)."""
-    if not placement.on_gpu:
-        return {"n_gpu_layers": 0}
-    arguments: dict[str, object] = {"n_gpu_layers": placement.n_gpu_layers, "main_gpu": 0}
-    if len(placement.devices) > 1:
-        arguments["tensor_split"] = list(placement.split or [1.0] * len(placement.devices))
-    return arguments

@@ -151,10 +151,10 @@ async def run(order: list[str], directory: Path) -> Summary:
     from gateway.config import ModelEntry
     from gateway.engine.loadlog import to_pools
     from gateway.engine.process import ProcessEngine
-    from gateway.footprint import Placement, footprint
+    from gateway.footprint import Placement, footprint, llama_arguments, worker_environment
     from gateway.gguf_info import read_gguf_info
     from gateway.inventory import nvidia_devices, wait_until_free
-    from gateway.placement import Option, Plan, Resident, llama_arguments, plan_load, worker_environment
+    from gateway.placement import Option, Plan, Resident, plan_load
     from gateway.pools import PoolState, Vector
 
     devices = nvidia_devices()

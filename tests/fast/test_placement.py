@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from gateway.footprint import Placement
+from gateway.footprint import Placement, llama_arguments, worker_environment
 from gateway.placement import (
     ModelPlacementConfig,
     NoRoom,
@@ -15,12 +15,10 @@ from gateway.placement import (
     after_oom,
     evictions_for,
     held_by,
-    llama_arguments,
     placement_options,
     plan_load,
     rebalance,
     should_retry_after_oom,
-    worker_environment,
 )
 from gateway.pools import HOST, PoolState, Vector
 
@@ -66,8 +64,8 @@ def options(
     return placement_options(config, pools, held_by(residents), need_fn(gib))
 
 
-def resident(model_id: str, last_used: float, idle: bool = True, pinned: bool = False, **pools: float) -> Resident:
-    return Resident(model_id, vec(**pools), idle=idle, pinned=pinned, last_used=last_used)
+def resident(model_id: str, last_used: float, busy: bool = False, pinned: bool = False, **pools: float) -> Resident:
+    return Resident(model_id, vec(**pools), busy=busy, pinned=pinned, last_used=last_used)
 
 
 ALL = ModelPlacementConfig(n_gpu_layers=-1)
@@ -112,7 +110,7 @@ def test_main_gpu_comes_first() -> None:
 
 def test_spreads_when_no_single_gpu_has_room() -> None:
     pools = [HOST_POOL, gpu("cuda0", 40), gpu("cuda1", 40)]
-    residents = [resident("busy0", 1, idle=False, cuda0=25), resident("busy1", 2, idle=False, cuda1=15)]
+    residents = [resident("busy0", 1, busy=True, cuda0=25), resident("busy1", 2, busy=True, cuda1=15)]
     plan = plan_load(options(ALL, pools, residents, 30), pools, residents)
     assert isinstance(plan, Plan)
     placement = plan.option.placement
@@ -159,7 +157,7 @@ def test_pinned_and_busy_are_never_evicted() -> None:
     pools = [HOST_POOL, gpu("cuda0", 20)]
     residents = [
         resident("pinned", 0, pinned=True, cuda0=8),
-        resident("busy", 1, idle=False, cuda0=8),
+        resident("busy", 1, busy=True, cuda0=8),
         resident("idle", 2, cuda0=2),
     ]
     plan = plan_load(options(ALL, pools, residents, 3.5), pools, residents)
@@ -207,7 +205,7 @@ def test_fewest_evictions_wins_over_preference() -> None:
         resident("a", 1, cuda0=8),
         resident("b", 2, cuda0=8),
         resident("c", 3, cuda1=12),
-        resident("d", 4, idle=False, cuda0=1),
+        resident("d", 4, busy=True, cuda0=1),
     ]
     # Room: cuda0 3, cuda1 8 (not even 15 together). cuda0 alone needs 2 evictions, cuda1 alone 1.
     plan = plan_load(options(ALL, pools, residents, 15), pools, residents)
@@ -233,10 +231,10 @@ def test_host_pool_behaves_as_the_single_budget_did() -> None:
 
 def test_estimate_too_low_then_measured_over_budget_rebalances() -> None:
     pools = [HOST_POOL, gpu("cuda0", 20)]
-    estimated = [resident("old", 1, cuda0=6), resident("new", 5, idle=False, cuda0=12)]
+    estimated = [resident("old", 1, cuda0=6), resident("new", 5, busy=True, cuda0=12)]
     assert rebalance(pools, estimated) == ()
     # Measured after load: the new model holds 16 GiB, not 12; the pool is 2 GiB over its budget.
-    measured = [estimated[0], resident("new", 5, idle=False, cuda0=16)]
+    measured = [estimated[0], resident("new", 5, busy=True, cuda0=16)]
     assert rebalance(pools, measured) == ("old",)
 
 
@@ -252,7 +250,7 @@ def test_oom_evicts_on_that_device_then_retries_once() -> None:
         resident("other-device", 0, cuda1=8),
         resident("a", 1, cuda0=3),
         resident("b", 2, cuda0=3),
-        resident("busy", 3, idle=False, cuda0=3),
+        resident("busy", 3, busy=True, cuda0=3),
     ]
     evicted = after_oom("cuda0", 5 * GiB, pool, residents, keep=frozenset({"target"}))
     assert evicted == ("a", "b")  # 2 free + 3 - 1 reserve < 5; + 3 more >= 5
