@@ -41,7 +41,9 @@ _OOM_PATTERNS = (
     re.compile(r"out of memory|ErrorOutOfDeviceMemory|OutOfDeviceMemory", re.IGNORECASE),
 )
 _KEEP_ERRORS = 20
-_LEVEL_ERROR = 3
+# ggml_log_level: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5 (llama-cpp-python's own callback
+# still maps the older numbering, where 4 was DEBUG, and so drops every error line).
+_LEVEL_ERROR = 4
 
 
 def device_of(buffer_name: str) -> str:
@@ -182,7 +184,7 @@ class LogCapture:
         self._callback: Any = None  # the ctypes callback: must outlive llama.cpp's pointer to it
 
     def feed(self, level: int, text: str) -> None:
-        if self._echo:
+        if self._echo or level == _LEVEL_ERROR:
             sys.stderr.write(text)
         if level == _LEVEL_ERROR and text.strip():
             self.errors.append(text.strip())
@@ -220,8 +222,8 @@ def failure_message(exc: BaseException, report: LoadReport, errors: list[str]) -
         where = report.oom.device or "a device"
         need = f" allocating {report.oom.need / 2**20:.0f} MiB" if report.oom.need else ""
         return f"{message} (out of memory on {where}{need}: {report.oom.line})"
-    if errors:
-        return f"{message} ({errors[-1]})"
+    if errors:  # the first error is the cause; later ones report that loading stopped
+        return f"{message} ({errors[0]})"
     return message
 
 

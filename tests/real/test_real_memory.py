@@ -59,3 +59,15 @@ def test_gpu_check_models_load_in_a_real_worker(tmp_path: Path) -> None:
     assert report is not None
     model = sum(b.bytes for b in report.buffers if b.kind == "model")
     assert abs(model - read_gguf_info(path).tensor_bytes) <= 0.01 * MiB
+
+
+def test_a_failed_load_says_why(tmp_path: Path) -> None:
+    """llama.cpp's own error line (dropped by llama-cpp-python's logger) reaches the load failure."""
+    from gateway.errors import GatewayError
+    from tests.ggufgen import write_tiny_gguf
+
+    broken = write_tiny_gguf(tmp_path / "broken.gguf")  # a header llama.cpp rejects
+    entry = ModelEntry.model_validate({"model": {"path": str(broken)}, "runtime": {"thread_count": 1}})
+    with pytest.raises(GatewayError) as info:
+        asyncio.run(load_and_measure(entry))
+    assert "error loading model" in info.value.message
