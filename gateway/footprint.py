@@ -12,7 +12,7 @@ The host part of a CPU-only model is exactly `memory.estimate` (fitted to measur
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from gateway.gguf_info import GGUFInfo
@@ -153,3 +153,25 @@ def footprint(info: GGUFInfo, n_ctx: int, placement: Placement, n_ubatch: int = 
     )
     parts = [Vector.of(weights), Vector.of(kv), Vector.of(compute), Vector.of(overhead)]
     return Footprint(parts[0] + parts[1] + parts[2] + parts[3], *parts)
+
+
+def measured_vector(
+    estimate: Vector,
+    host_rss: int | None,
+    device_buffers: Mapping[str, int],
+    device_process_bytes: Mapping[str, int | None],
+) -> Vector:
+    """What a loaded model holds, per pool: the host is the worker's resident memory; a GPU is what
+    the driver says the worker holds there (NVML per process), else llama.cpp's logged buffers plus
+    the CUDA context. A pool without any figure keeps its estimate."""
+    measured: dict[str, int] = {}
+    for pool in estimate.pools:
+        if pool == HOST:
+            measured[pool] = host_rss if host_rss is not None else estimate[pool]
+        elif device_process_bytes.get(pool) is not None:
+            measured[pool] = int(device_process_bytes[pool] or 0)
+        elif pool in device_buffers:
+            measured[pool] = device_buffers[pool] + GPU_CONTEXT_BYTES
+        else:
+            measured[pool] = estimate[pool]
+    return Vector.of(measured)

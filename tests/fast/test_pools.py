@@ -12,11 +12,11 @@ import pytest
 
 from gateway.config import GatewaySection, ModelSection
 from gateway.errors import ConfigError
-from gateway.footprint import GPU_CONTEXT_BYTES, Placement, footprint, layer_devices
+from gateway.footprint import GPU_CONTEXT_BYTES, Placement, footprint, layer_devices, measured_vector
 from gateway.gguf_info import read_gguf_info
 from gateway.inventory import amd_devices, nvidia_devices, read_devices, wait_until_free
 from gateway.memory import estimate
-from gateway.pools import HOST, Device, PoolState, host_budget, resolve_pools, unknown_budget_names
+from gateway.pools import HOST, Device, PoolState, Vector, host_budget, resolve_pools, unknown_budget_names
 from tests.ggufgen import write_tiny_gguf
 
 GiB = 2**30
@@ -241,3 +241,15 @@ def test_wait_until_free_sees_memory_come_back() -> None:
     assert asyncio.run(wait_until_free(read, {"cuda0": 8 * GiB}, timeout=30, interval=0))
     assert last == {"cuda0": 9 * GiB}
     assert not asyncio.run(wait_until_free(lambda: {"cuda0": 0}, {"cuda0": 1}, timeout=0, interval=0))
+
+
+def test_measured_replaces_the_estimate_per_pool() -> None:
+    estimate = Vector.of({HOST: 500, "cuda0": 3000, "cuda1": 2000, "cuda2": 100})
+    measured = measured_vector(estimate, 400, {"cuda0": 1000, "cuda1": 1500}, {"cuda0": 2600, "cuda1": None})
+    assert measured.as_dict() == {
+        HOST: 400,  # RSS
+        "cuda0": 2600,  # NVML's per-process figure
+        "cuda1": 1500 + GPU_CONTEXT_BYTES,  # not visible: buffers + context
+        "cuda2": 100,  # no figure at all: the estimate stays
+    }
+    assert measured_vector(estimate, None, {}, {})[HOST] == 500
