@@ -269,3 +269,37 @@ def test_worker_sees_only_its_devices() -> None:
     assert llama_arguments(spread) == {"n_gpu_layers": -1, "main_gpu": 0, "tensor_split": [0.25, 0.75]}
     assert llama_arguments(Placement(("cuda1",), None, 20)) == {"n_gpu_layers": 20, "main_gpu": 0}
     assert llama_arguments(Placement()) == {"n_gpu_layers": 0}
+
+
+def test_oom_scenario_from_the_log_to_the_503() -> None:
+    """A load fails with llama.cpp's OOM lines; idle models on that device are unloaded, the freed
+    memory is awaited, the load is retried once, and a second OOM becomes a 503 naming device, need
+    and free memory."""
+    import asyncio
+    from pathlib import Path
+
+    from gateway.engine.loadlog import parse_lines
+    from gateway.errors import device_out_of_memory
+    from gateway.inventory import wait_until_free
+
+    log = (Path(__file__).resolve().parents[1] / "fixtures" / "loadlog" / "cuda-oom.log").read_text()
+    report = parse_lines(log.splitlines())
+    assert report.oom is not None and report.oom.device == "cuda0"
+    pool = gpu("cuda0", 80, total=80, free=2)
+    residents = [resident("old", 1, cuda0=30), resident("newer", 2, cuda0=30), resident("busy", 3, busy=True, cuda0=10)]
+    evicted = after_oom(report.oom.device, report.oom.need, pool, residents, keep=frozenset({"target"}))
+    assert evicted == ("old", "newer")  # 39.5 GiB wanted: 2 free + 30 is not enough, + 30 is
+    readings = iter([2, 20, 62])  # GiB free as the driver catches up after the workers exit
+    wanted = {"cuda0": int((2 + 60) * GiB * 0.9)}
+    assert asyncio.run(wait_until_free(lambda: {"cuda0": next(readings) * GiB}, wanted, timeout=60, interval=0))
+    assert should_retry_after_oom(0, evicted)
+    # The retry fails too (someone else took the memory): no second retry, a 503 that explains.
+    assert not should_retry_after_oom(1, evicted)
+    error = device_out_of_memory("target", "cuda0", report.oom.need, 3 * GiB, retry_after=5)
+    assert error.status == 503
+    assert error.code == "device_out_of_memory"
+    assert (
+        error.message
+        == "Cannot load model 'target': cuda0 is out of memory (needed 39520 MiB, 3072 MiB free). Retry shortly."
+    )
+    assert error.headers() == {"Retry-After": "5"}
