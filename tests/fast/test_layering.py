@@ -176,3 +176,16 @@ def test_worker_side_stays_free_of_the_web_stack() -> None:
                 for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(name=node.module or "")])
             ]
             assert not [m for m in module_level if m.split(".")[0] in heavy], module_name(path)
+
+
+def test_llama_cpp_starts_only_after_the_worker_environment_is_set() -> None:
+    """worker.main sets CUDA_VISIBLE_DEVICES before importing llama_cpp; a module-level import on the
+    worker side would start the GPU runtime first, seeing every device."""
+    for path in PACKAGE.rglob("*.py"):
+        top_level = [
+            alias.name if isinstance(node, ast.Import) else node.module or ""
+            for node in ast.parse(path.read_text()).body
+            if isinstance(node, ast.Import | ast.ImportFrom)
+            for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(name=node.module or "")])
+        ]
+        assert not [m for m in top_level if m.split(".")[0] == "llama_cpp"], module_name(path)
