@@ -95,6 +95,9 @@ def check(args: argparse.Namespace) -> int:
                 f"  warning: {model_id} asks for GPU offload (n_gpu_layers={entry.model.n_gpu_layers}) but this "
                 "llama.cpp build cannot offload; it will run on the CPU"
             )
+        missing = [d for d in entry.model.devices or [] if d not in {p.name for p in pools} | {p.uuid for p in pools}]
+        if missing and devices:
+            print(f"  warning: {model_id}.model.devices names {missing}, not on this machine")
         if not fact.has_chat_template and not entry.model.chat_format:
             print(f"  warning: {model_id} has no chat template: chat requests will be refused")
     for model_id, remote in settings.upstreams.items():

@@ -48,7 +48,12 @@ def test_check_prints_where_each_model_goes(
     path = write_config(
         tmp_path,
         {"memory_budget": "1GiB", "budgets": {"cuda0": "1GiB", "cuda1": "auto", "cuda7": "1GiB"}},
-        {"cpu": {}, "gpu": {"n_gpu_layers": -1}, "spread": {"n_gpu_layers": -1, "placement": "spread"}},
+        {
+            "cpu": {},
+            "gpu": {"n_gpu_layers": -1},
+            "spread": {"n_gpu_layers": -1, "placement": "spread"},
+            "elsewhere": {"n_gpu_layers": -1, "devices": ["cuda5", "GPU-1"]},
+        },
     )
     assert cli.main(["check", "--config", str(path)]) == 0
     out = capsys.readouterr().out
@@ -58,6 +63,8 @@ def test_check_prints_where_each_model_goes(
     assert "  cpu: host: host " in out
     assert "  gpu: cuda0 (all layers): cuda0 " in out  # most room: 1 GiB budget vs 2 - 1 reserve on cuda1
     assert "  spread: spread over cuda0, cuda1" in out
+    assert "warning: elsewhere.model.devices names ['cuda5'], not on this machine" in out
+    assert "  elsewhere: cuda1 (all layers)" in out  # by UUID
     assert "fit together" in out
 
 
