@@ -178,8 +178,14 @@ async def run(order: list[str], directory: Path) -> Summary:
         return PoolState(device.name, budget, now.total, now.free, 2**30, now.description, now.uuid)
 
     def ours(pids: list[int]) -> int | None:
+        """NVML's figure for our workers; None when it lists none of them (per-process use hidden, or
+        PIDs from another namespace inside a container)."""
         now = next(d for d in nvidia_devices() if d.uuid == device.uuid)
-        return now.used_by(pids)
+        return now.used_by(pids) or None
+
+    def used_since_start() -> int:
+        now = next(d for d in nvidia_devices() if d.uuid == device.uuid)
+        return now.used - device.used
 
     for step, name in enumerate(order):
         pools = [PoolState("host", 2**40), pool()]
@@ -216,7 +222,7 @@ async def run(order: list[str], directory: Path) -> Summary:
             held[name] = nvml
             if summary.context_bytes is None:
                 summary.context_bytes = nvml - buffers  # the CUDA context: NVML's figure minus the buffers
-        total = ours([e.pid or -1 for e, _ in engines.values()])
+        total = ours([e.pid or -1 for e, _ in engines.values()]) or used_since_start()
         need = needs[name][device.name]
         error = (need - nvml) / nvml if nvml else None
         summary.loads.append(Load(name, list(plan.evict), need, buffers, nvml, error, total, seconds))
