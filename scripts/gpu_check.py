@@ -147,7 +147,7 @@ def judge(summary: Summary) -> list[str]:
     return failures
 
 
-async def run(order: list[str], directory: Path) -> Summary:
+async def run(order: list[str], directory: Path, models: dict[str, tuple[int, int]] = MODELS) -> Summary:
     from gateway.config import ModelEntry
     from gateway.engine.loadlog import to_pools
     from gateway.engine.process import ProcessEngine
@@ -162,7 +162,7 @@ async def run(order: list[str], directory: Path) -> Summary:
         raise SystemExit(2)
     device = devices[0]
     placement = Placement((device.name,), None, -1)
-    infos = {name: read_gguf_info(write_model(directory / f"{name}.gguf", *shape)) for name, shape in MODELS.items()}
+    infos = {name: read_gguf_info(write_model(directory / f"{name}.gguf", *shape)) for name, shape in models.items()}
     needs = {name: footprint(info, N_CTX, placement).vector for name, info in infos.items()}
     budget = choose_budget({name: need[device.name] for name, need in needs.items()})
     summary = Summary(device=f"{device.name} {device.description} {device.uuid}", budget=budget)

@@ -71,3 +71,34 @@ def test_a_failed_load_says_why(tmp_path: Path) -> None:
     with pytest.raises(GatewayError) as info:
         asyncio.run(load_and_measure(entry))
     assert "error loading model" in info.value.message
+
+
+def test_gpu_check_runs_its_course_against_a_fake_device(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """scripts/gpu-check's orchestration end to end on CPU workers, with a stand-in for NVML that
+    reports each worker's resident memory as its use of the device (the judging is tested apart)."""
+    import psutil
+
+    from gateway.pools import Device
+    from tests.fast.test_gpu_check import gpu_check
+
+    gib = 2**30
+
+    def fake_devices() -> list[Device]:
+        workers = [p for p in psutil.Process().children(recursive=True) if p.is_running()]
+        processes = []
+        for worker in workers:
+            try:
+                processes.append((worker.pid, int(worker.memory_info().rss)))
+            except psutil.Error:
+                continue
+        used = sum(size for _, size in processes)
+        return [Device("cuda0", "GPU-fake", 0, "Fake GPU", 100 * gib, 100 * gib - used, used, tuple(processes))]
+
+    monkeypatch.setattr("gateway.inventory.nvidia_devices", fake_devices)
+    tiny = {"small": (2, 256), "medium": (3, 256), "large": (4, 256)}
+    summary = asyncio.run(gpu_check.run(["small", "medium", "large", "small"], tmp_path, tiny))
+    assert summary.failures == []
+    assert [load.model for load in summary.loads] == ["small", "medium", "large", "small"]
+    assert all(load.nvml for load in summary.loads)
+    assert summary.context_bytes is not None
+    assert summary.budget < sum(load.need for load in summary.loads[:3])
