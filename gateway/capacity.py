@@ -103,10 +103,10 @@ def describe_plan(
         if isinstance(plan, Plan):
             lines.append(f"  {model_id}: {plan.option.placement.describe()}: {_vector_text(plan.option.need)}")
         elif plan.never:
-            problems.append(f"{model_id} can never fit: {plan.shortfall.describe()}")
-            lines.append(f"  {model_id}: can never fit ({plan.shortfall.describe()})")
+            problems.append(f"{model_id} can never fit: {plan.describe()}")
+            lines.append(f"  {model_id}: can never fit ({plan.describe()})")
         else:
-            lines.append(f"  {model_id}: no room now ({plan.shortfall.describe()})")
+            lines.append(f"  {model_id}: no room now ({plan.describe()})")
     ids = list(settings.models)
     partners = {m: [o for o in ids if o != m and fits_with(m, o, settings, facts, pools)] for m in ids}
     if all(len(p) == len(ids) - 1 for p in partners.values()) and _all_fit(settings, facts, pools):

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from gateway.footprint import Placement
-from gateway.pools import HOST, PoolState, Vector, total_of
+from gateway.pools import PoolState, Vector, total_of
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,13 @@ class NoRoom:
     problem); otherwise busy models or other processes hold the memory for now."""
 
     never: bool
-    shortfall: Shortfall
+    shortfall: Shortfall | None  # the first pool short of room; None when the cap on models is the reason
+    max_loaded: int | None = None
+
+    def describe(self) -> str:
+        if self.shortfall is not None:
+            return self.shortfall.describe()
+        return f"max_loaded ({self.max_loaded}) models are loaded and none can be unloaded"
 
 
 @dataclass(frozen=True)
@@ -174,12 +180,13 @@ def plan_load(
             best = (key, Plan(option, evict))
     if best is not None:
         return best[1]
+    if max_loaded is not None and sum(r.pinned for r in residents) >= max_loaded:
+        return NoRoom(True, None, max_loaded)
     never = [_never_fits(o.need, pools, residents) for o in options]
     if never and all(s is not None for s in never):
-        return NoRoom(True, never[0] or Shortfall(HOST, 0, 0, None, 0))
-    first = options[0]
-    short = shortfalls(first.need, pools, held) or [Shortfall(HOST, first.need[HOST], 0, None, 0)]
-    return NoRoom(False, short[0])
+        return NoRoom(True, never[0])
+    short = shortfalls(options[0].need, pools, held)
+    return NoRoom(False, short[0] if short else None, max_loaded)
 
 
 def placement_options(

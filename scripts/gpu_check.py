@@ -193,7 +193,7 @@ async def run(order: list[str], directory: Path, models: dict[str, tuple[int, in
         option = Option(placement, needs[name])
         plan = plan_load([option], pools, residents)
         if not isinstance(plan, Plan):
-            summary.failures.append(f"no room for {name}: {plan.shortfall.describe()}")
+            summary.failures.append(f"no room for {name}: {plan.describe()}")
             break
         for victim in plan.evict:
             engine, _ = engines.pop(victim)

@@ -166,7 +166,7 @@ def test_pinned_and_busy_are_never_evicted() -> None:
     no = plan_load(options(ALL, pools, residents, 9), pools, residents)
     assert isinstance(no, NoRoom)
     assert not no.never  # the busy model will finish
-    assert no.shortfall.pool == "cuda0"
+    assert no.shortfall is not None and no.shortfall.pool == "cuda0"
 
 
 def test_never_fits_with_pinned_models() -> None:
@@ -175,7 +175,7 @@ def test_never_fits_with_pinned_models() -> None:
     no = plan_load(options(ALL, pools, residents, 8), pools, residents)
     assert isinstance(no, NoRoom)
     assert no.never
-    assert "cuda0 needs 8192 MiB, 5120 MiB available" in no.shortfall.describe()
+    assert "cuda0 needs 8192 MiB, 5120 MiB available" in no.describe()
 
 
 def test_foreign_usage_is_respected() -> None:
@@ -186,6 +186,7 @@ def test_foreign_usage_is_respected() -> None:
     no = plan_load(options(ALL, pools, [], 12), pools, [])
     assert isinstance(no, NoRoom)
     assert not no.never  # the other process may exit
+    assert no.shortfall is not None
     assert no.shortfall.available == 9 * GiB
     assert no.shortfall.free == 10 * GiB
 
@@ -219,6 +220,13 @@ def test_max_loaded_still_applies() -> None:
     plan = plan_load(options(ModelPlacementConfig(), [HOST_POOL], residents, 1), [HOST_POOL], residents, max_loaded=2)
     assert isinstance(plan, Plan)
     assert plan.evict == ("a",)
+    busy = [resident("a", 1, busy=True, host=1), resident("b", 2, busy=True, host=1)]
+    wait = plan_load(options(ModelPlacementConfig(), [HOST_POOL], busy, 1), [HOST_POOL], busy, max_loaded=2)
+    assert wait == NoRoom(False, None, 2)
+    assert wait.describe() == "max_loaded (2) models are loaded and none can be unloaded"
+    pinned = [resident("a", 1, pinned=True, host=1)]
+    never = plan_load(options(ModelPlacementConfig(), [HOST_POOL], pinned, 1), [HOST_POOL], pinned, max_loaded=1)
+    assert isinstance(never, NoRoom) and never.never
 
 
 def test_host_pool_behaves_as_the_single_budget_did() -> None:
