@@ -44,7 +44,15 @@ ALLOWED: dict[str, set[str]] = {
         "engine.loadlog",
     },
     "engine.loadlog": set(),
-    "engine.process": {"config", "errors", "memory", "engine.base", "engine.loadlog", "engine.looppipe", "engine.worker"},
+    "engine.process": {
+        "config",
+        "errors",
+        "memory",
+        "engine.base",
+        "engine.loadlog",
+        "engine.looppipe",
+        "engine.worker",
+    },
     "compute": set(),
     "watch": set(),
     "upstream.__init__": set(),
@@ -154,7 +162,14 @@ def test_dependencies_point_downward() -> None:
         assert ours <= ALLOWED[name], f"{name} imports {sorted(ours - ALLOWED[name])}"
 
 
-WORKER_SIDE = {"engine.worker", "engine.loadlog", "engine.sampling", "engine.embedding", "engine.parallel", "engine.guard"}
+WORKER_SIDE = {
+    "engine.worker",
+    "engine.loadlog",
+    "engine.sampling",
+    "engine.embedding",
+    "engine.parallel",
+    "engine.guard",
+}
 
 
 def test_llama_cpp_is_imported_only_by_the_worker() -> None:
