@@ -8,59 +8,58 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from gateway.registry import Registry, Slot
-from gateway.toolprompt import native_tools
+from gateway.plan import native_tools
+from gateway.scheduler import Scheduler, SlotView
 
 Reload = Callable[[], Awaitable[dict[str, Any]]]
 
 
-def _registry(request: Request) -> Registry:
-    registry: Registry = request.app.state.registry
-    return registry
+def _scheduler(request: Request) -> Scheduler:
+    scheduler: Scheduler = request.app.state.scheduler
+    return scheduler
 
 
-def describe(registry: Registry, slot: Slot) -> dict[str, Any]:
+def describe(view: SlotView) -> dict[str, Any]:
     return {
-        "id": slot.model_id,
-        "state": slot.state.value,
-        "pinned": slot.entry.pinned,
-        "memory_bytes": slot.memory_bytes,
-        "estimated_bytes": slot.facts.estimate.total,
-        "measured_bytes": slot.measured_bytes,
-        "leases": slot.leases,
-        "in_flight": slot.generating,
-        "queued": slot.queued,
-        "idle_expires_in": registry.idle_expiry(slot),
-        "draining": slot.draining,
-        "tool_template": "native"
-        if native_tools(slot.entry.model.chat_format, slot.facts.info.metadata.get("tokenizer.chat_template"))
-        else "generic",
+        "id": view.model_id,
+        "state": view.state.value,
+        "pinned": view.entry.pinned,
+        "memory_bytes": view.memory_bytes,
+        "memory_pools": dict(view.pools),
+        "estimated_bytes": view.estimated_bytes,
+        "measured_bytes": view.measured_bytes,
+        "leases": view.holds,
+        "in_flight": view.running,
+        "queued": view.holds - view.running,
+        "parallel": view.parallel,
+        "idle_expires_in": view.idle_expires_in,
+        "draining": view.draining,
+        "tool_template": "native" if native_tools(view) else "generic",
     }
 
 
 async def list_running(request: Request) -> Response:
-    registry = _registry(request)
+    snapshot = _scheduler(request).snapshot()
+    cpu = _scheduler(request).cpu.view()
     return JSONResponse(
         {
-            "memory_budget": registry.budget,
-            "memory_used": registry.resident_bytes(),
-            "models": [describe(registry, s) for s in registry.slots()],
+            "memory_budget": snapshot.budget,
+            "memory_used": snapshot.memory_used,
+            "models": [describe(v) for v in snapshot.models],
+            "retiring": [describe(v) for v in snapshot.retiring],
+            "cpu": {"capacity": cpu.capacity, "in_use": cpu.in_use, "grants": cpu.grants, "waiting": list(cpu.waiting)},
         }
     )
 
 
 async def load(request: Request) -> Response:
-    registry = _registry(request)
-    slot = await registry.warm(request.path_params["model"])
-    return JSONResponse(describe(registry, slot))
+    return JSONResponse(describe(await _scheduler(request).warm(request.path_params["model"])))
 
 
 async def unload(request: Request) -> Response:
-    registry = _registry(request)
     force = request.query_params.get("force", "").lower() in ("1", "true", "yes")
-    name = request.path_params["model"]
-    await registry.unload(name, force=force)
-    return JSONResponse(describe(registry, registry.resolve(name)))
+    view = await _scheduler(request).unload(request.path_params["model"], force=force)
+    return JSONResponse(describe(view))
 
 
 async def reload(request: Request) -> Response:

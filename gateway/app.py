@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway import admin, routes
+from gateway import admin, info_routes, routes
 from gateway.accesslog import AccessLog
 from gateway.auth import KeyRing, RateLimiter
 from gateway.config import ModelEntry, Settings, load_settings
@@ -32,7 +32,7 @@ from gateway.memory import ModelFacts, inspect_models, resolve_budget
 from gateway.metrics import Metrics, ModelState
 from gateway.middleware import Gate, GatewayMiddleware, error_response
 from gateway.record import RequestRecord
-from gateway.registry import Registry
+from gateway.scheduler import Scheduler
 from gateway.upstream.proxy import Upstreams
 from gateway.watch import ConfigWatch
 
@@ -124,14 +124,14 @@ def create_app(
     processes = None
     if engine_factory is None:
         processes = engine_factory = _ProcessEngines(settings)
-    registry = Registry(
+    scheduler = Scheduler(
         settings,
         facts if facts is not None else inspect_models(settings),
         engine_factory,
         budget if budget is not None else resolve_budget(settings.gateway.memory_budget),
         observer=metrics,
     )
-    metrics.watch(lambda: _model_states(registry))
+    metrics.watch(lambda: _model_states(scheduler))
     upstreams = Upstreams(settings, metrics, upstream_transport)
     metrics.watch_circuits(lambda: [(m, u, state.value) for m, u, state in upstreams.circuits()])
     access_log = AccessLog(settings.gateway.access_log, settings.gateway.log_content)
@@ -160,7 +160,7 @@ def create_app(
                 raise GatewayError(
                     400, f"The configuration was not reloaded (the running one stays): {exc}", code="invalid_config"
                 ) from None
-            summary = registry.apply(new, new_facts, resolve_budget(new.gateway.memory_budget))
+            summary = scheduler.apply(new, new_facts, resolve_budget(new.gateway.memory_budget)).summary()
             for key, names in upstreams.apply(new).items():
                 summary[key] = [*summary[key], *names]
             gate.keyring = KeyRing(new)
@@ -186,7 +186,7 @@ def create_app(
             processes.spares.refill()
         if handle_sighup:
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_sighup)
-        await registry.start()
+        await scheduler.start()
         watcher = None
         if watch_config > 0 and config_path is not None:
             watcher = asyncio.create_task(ConfigWatch(config_path, watch_config, reload).run())
@@ -195,7 +195,7 @@ def create_app(
         finally:
             if watcher is not None:
                 watcher.cancel()
-            await registry.close()
+            await scheduler.close()
             await upstreams.close()
             if processes is not None:
                 await processes.spares.close()
@@ -204,11 +204,11 @@ def create_app(
 
     app = Starlette(
         routes=[
-            Route("/health", routes.health, methods=["GET"]),
-            Route("/health/ready", routes.ready, methods=["GET"]),
-            Route("/metrics", routes.metrics, methods=["GET"]),
-            Route("/v1/models", routes.list_models, methods=["GET"]),
-            Route("/v1/models/{model:path}", routes.get_model, methods=["GET"]),
+            Route("/health", info_routes.health, methods=["GET"]),
+            Route("/health/ready", info_routes.ready, methods=["GET"]),
+            Route("/metrics", info_routes.metrics, methods=["GET"]),
+            Route("/v1/models", info_routes.list_models, methods=["GET"]),
+            Route("/v1/models/{model:path}", info_routes.get_model, methods=["GET"]),
             Route("/v1/chat/completions", routes.chat_completions, methods=["POST"]),
             Route("/v1/completions", routes.completions, methods=["POST"]),
             Route("/v1/embeddings", routes.embeddings, methods=["POST"]),
@@ -248,7 +248,7 @@ def create_app(
         },
         lifespan=lifespan,
     )
-    app.state.registry = registry
+    app.state.scheduler = scheduler
     app.state.upstreams = upstreams
     app.state.metrics = metrics
     app.state.responses_store = open_store(settings.gateway.responses_store, settings.gateway.responses_store_max)
@@ -257,9 +257,12 @@ def create_app(
     return app
 
 
-def _model_states(registry: Registry) -> tuple[list[ModelState], int]:
+def _model_states(scheduler: Scheduler) -> tuple[list[ModelState], int]:
+    snapshot = scheduler.snapshot()
     states = [
-        ModelState(s.model_id, s.state.value, s.generating, s.queued, s.facts.estimate.total, s.measured_bytes)
-        for s in registry.slots()
+        ModelState(
+            v.model_id, v.state.client_value, v.running, v.holds - v.running, v.estimated_bytes, v.measured_bytes
+        )
+        for v in snapshot.models
     ]
-    return states, registry.budget
+    return states, snapshot.budget

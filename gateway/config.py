@@ -149,6 +149,9 @@ class SamplingSection(_Section):
 
 class RuntimeSection(_Section):
     thread_count: int | None = Field(None, ge=1, description="threads for generation; default: half the cores")
+    parallel: int = Field(
+        1, ge=1, le=64, description="requests of this model decoded together; more wait in its queue (max_queue)"
+    )
     verbose: bool = False
 
 
@@ -250,6 +253,10 @@ class GatewaySection(_Section):
         None,
         ge=0,
         description="CPU threads generations may use at once across models (default: all cores; 0: no limit)",
+    )
+    cpu_wait_max: Duration = Field(
+        2.0,
+        description="longest a model waits for CPU threads other models hold before it runs anyway (oversubscribed)",
     )
     stream_interval: Duration = Field(
         0.015,

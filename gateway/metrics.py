@@ -1,7 +1,7 @@
 """Prometheus collectors for the gateway, in a registry of their own (no global state).
 
 Request figures are recorded as requests finish; model state (queue depth, in-flight requests,
-memory, budget) is read from the registry at scrape time through `state`.
+memory, budget) is read from the scheduler's snapshot at scrape time through `state`.
 """
 
 from __future__ import annotations

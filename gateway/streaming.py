@@ -2,7 +2,8 @@
 
 The response has already been committed (status 200) when this runs, so a failure is sent in-band
 as `data: {"error": ...}` followed by `data: [DONE]`. When the client goes away, sse-starlette
-cancels the iteration and the `finally` cancels the generation, freeing the model.
+cancels the iteration and the `finally` cancels the generation; the hold around it (see
+`dispatch`) then frees the model.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from typing import Any, Protocol
 from gateway.engine.base import ChoiceFinished, Delta, Finished, Generation
 from gateway.errors import GatewayError, internal_error
 from gateway.record import RequestRecord
-from gateway.registry import Lease
 from gateway.responses import Choice
 from gateway.tools import Piece, Shaper
 
@@ -45,7 +45,6 @@ def client_finish_reason(reason: str, shaper: Shaper | None = None) -> str:
 async def chunk_stream(
     responder: StreamResponder,
     generations: AsyncIterator[tuple[int, Generation]],
-    lease: Lease,
     record: RequestRecord | None,
     *,
     include_usage: bool,
@@ -53,7 +52,8 @@ async def chunk_stream(
 ) -> AsyncGenerator[dict[str, Any], None]:
     """Each generation's chunks in turn (its choices numbered from the index it comes with, and
     interleaved as the worker decodes them together), then the usage chunk. Errors propagate to the
-    caller, who frames them for its dialect; the lease is released however the stream ends.
+    caller, who frames them for its dialect. Closed early (the client went away), the generation in
+    progress is cancelled; the hold around the stream (see `dispatch`) then frees the model.
 
     `shaper`: turns each choice's text into content and tool-call deltas (chat with tools). A choice's
     first chunk (its role) waits for its first piece, so that a tool call opens with `content: null`
@@ -74,45 +74,42 @@ async def chunk_stream(
                 out.append(responder.tool_chunk(index, value))
         return out
 
-    try:
-        async for base, generation in generations:
-            shapes = {base + i: shaper() if shaper is not None else Shaper() for i in range(generation.choices)}
-            open_choices = set(shapes)
-            try:
-                async for event in generation:
-                    if isinstance(event, Delta):
-                        index = base + event.index
-                        if record is not None:
-                            record.token(event.text)
-                        for chunk in chunks(index, shapes[index].feed(event.text), event.logprobs):
+    async for base, generation in generations:
+        shapes = {base + i: shaper() if shaper is not None else Shaper() for i in range(generation.choices)}
+        open_choices = set(shapes)
+        try:
+            async for event in generation:
+                if isinstance(event, Delta):
+                    index = base + event.index
+                    if record is not None:
+                        record.token(event.text)
+                    for chunk in chunks(index, shapes[index].feed(event.text), event.logprobs):
+                        yield chunk
+                elif isinstance(event, ChoiceFinished | Finished):
+                    if isinstance(event, Finished):
+                        prompt_tokens += event.prompt_tokens
+                        completion_tokens += event.completion_tokens
+                    # A single choice ends with Finished; several end one by one first.
+                    ended = [base + event.index] if isinstance(event, ChoiceFinished) else sorted(open_choices)
+                    for index in ended:
+                        open_choices.discard(index)
+                        for chunk in chunks(index, shapes[index].finish()):
                             yield chunk
-                    elif isinstance(event, ChoiceFinished | Finished):
-                        if isinstance(event, Finished):
-                            prompt_tokens += event.prompt_tokens
-                            completion_tokens += event.completion_tokens
-                        # A single choice ends with Finished; several end one by one first.
-                        ended = [base + event.index] if isinstance(event, ChoiceFinished) else sorted(open_choices)
-                        for index in ended:
-                            open_choices.discard(index)
-                            for chunk in chunks(index, shapes[index].finish()):
+                        if index not in opened:  # an empty answer still opens with its role
+                            opened.add(index)
+                            for chunk in responder.begin_chunks(index, False):
                                 yield chunk
-                            if index not in opened:  # an empty answer still opens with its role
-                                opened.add(index)
-                                for chunk in responder.begin_chunks(index, False):
-                                    yield chunk
-                            reason = client_finish_reason(event.finish_reason, shapes[index])
-                            yield responder.finish_chunk(index, reason)
-            finally:
-                generation.cancel()
-        if record is not None:
-            record.finished(prompt_tokens, completion_tokens)
-        if include_usage:
-            yield responder.usage_chunk(prompt_tokens, completion_tokens)
-    finally:
-        lease.release()
+                        reason = client_finish_reason(event.finish_reason, shapes[index])
+                        yield responder.finish_chunk(index, reason)
+        finally:
+            generation.cancel()
+    if record is not None:
+        record.finished(prompt_tokens, completion_tokens)
+    if include_usage:
+        yield responder.usage_chunk(prompt_tokens, completion_tokens)
 
 
-async def sse_data(chunks: AsyncGenerator[dict[str, Any], None]) -> AsyncIterator[str]:
+async def sse_data(chunks: AsyncGenerator[dict[str, Any], None]) -> AsyncGenerator[str, None]:
     """OpenAI's framing of a stream that has already been answered with a 200: each chunk as a `data:`
     payload, a failure in-band as `data: {"error": ...}`, then `data: [DONE]`."""
     async with contextlib.aclosing(chunks):

@@ -6,15 +6,18 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from gateway.dialects import anthropic_reply
 from gateway.dialects.anthropic_reply import Event, MessageEvents
 from gateway.dialects.anthropic_request import count_chat, parse_count_tokens_request, parse_messages_request, to_chat
+from gateway.dispatch import ChatStream
 from gateway.errors import GatewayError, internal_error
-from gateway.routes import CLIENT_CLOSED_REQUEST, ChatStream, prompt_tokens, run_chat, sse, sse_event
+from gateway.routes import prompt_tokens, run_chat
 from gateway.streaming import encode
+from gateway.web import CLIENT_CLOSED_REQUEST, sse, sse_event
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +29,7 @@ async def messages(request: Request) -> Response:
     if outcome is None:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
     if isinstance(outcome, ChatStream):
-        return sse(request, _events(outcome))
+        return sse(request, _events(outcome), BackgroundTask(outcome.close))  # released even if never read
     return JSONResponse(anthropic_reply.message(outcome))
 
 

@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -15,9 +16,11 @@ from gateway.dialects import responses_reply
 from gateway.dialects.response_store import ResponseStore, Stored
 from gateway.dialects.responses_reply import Event, ResponseEvents
 from gateway.dialects.responses_request import ResponsesRequest, input_messages, parse_responses_request, to_chat
+from gateway.dispatch import ChatStream
 from gateway.errors import GatewayError, internal_error
-from gateway.routes import CLIENT_CLOSED_REQUEST, ChatStream, principal_of, run_chat, sse, sse_event
+from gateway.routes import run_chat
 from gateway.streaming import encode
+from gateway.web import CLIENT_CLOSED_REQUEST, principal_of, sse, sse_event
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +58,7 @@ async def create(request: Request) -> Response:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
     if isinstance(outcome, ChatStream):
         base = responses_reply.skeleton(body, outcome.model)
-        return sse(request, _events(request, body, history, outcome, base))
+        return sse(request, _events(request, body, history, outcome, base), BackgroundTask(outcome.close))
     answer = responses_reply.response(responses_reply.skeleton(body, outcome["model"]), outcome)
     await _keep(request, body, history, answer)
     return JSONResponse(answer)

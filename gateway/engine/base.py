@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from gateway.errors import GatewayError
-from gateway.toolprompt import generic_messages, generic_schema
-from gateway.tools import forced_hint, forced_schema
+from gateway.errors import GatewayError, context_length_exceeded
 
 if TYPE_CHECKING:  # the worker process imports this module: keep pydantic out of it
     from gateway.config import ModelEntry
-    from gateway.protocol import ChatCompletionRequest, CompletionRequest, _GenerationRequest
-
-COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for the legacy endpoint
 
 
 @dataclass(frozen=True)
@@ -53,85 +47,13 @@ class GenerationParams:
         return cls(**data)
 
 
-def _pick(value: Any, default: Any) -> Any:
-    return default if value is None else value
-
-
-def _sampling(request: _GenerationRequest, entry: ModelEntry, delta_interval: float) -> dict[str, Any]:
-    """Request fields over the model entry's `sampling` defaults."""
-    defaults = entry.sampling
-    return {
-        "temperature": _pick(request.temperature, defaults.temperature),
-        "top_p": _pick(request.top_p, defaults.top_p),
-        "top_k": _pick(request.top_k, defaults.top_k),
-        "min_p": _pick(request.min_p, defaults.min_p),
-        "repeat_penalty": _pick(request.repeat_penalty, defaults.repeat_penalty),
-        "presence_penalty": _pick(request.presence_penalty, defaults.presence_penalty),
-        "frequency_penalty": _pick(request.frequency_penalty, defaults.frequency_penalty),
-        "stop": request.stop_list,
-        "seed": _pick(request.seed, defaults.seed),
-        "logit_bias": request.logit_bias,
-        # Nobody sees the pieces of a non-streamed answer: send them in one message at the end.
-        "delta_interval": delta_interval if request.stream else math.inf,
-    }
-
-
-def chat_params(
-    request: ChatCompletionRequest, entry: ModelEntry, delta_interval: float = 0.0, *, native_tools: bool = True
-) -> GenerationParams:
-    """Request fields over the model entry's `sampling` and `output` defaults. `native_tools`: the
-    model's chat template presents tools itself; else they go in a generic tool prompt."""
-    messages = [m.for_template() for m in request.messages]
-    tools = request.tools_for_template()
-    forced = bool(tools) and request.tool_mode in ("named", "required")
-    if not native_tools:
-        messages = generic_messages(messages, None if forced else tools)
-    if tools and forced:
-        messages.insert(0, {"role": "system", "content": forced_hint(tools, request.forced_tool)})
-    return GenerationParams(
-        messages=messages,
-        tools=tools if native_tools else None,
-        max_tokens=_pick(request.completion_limit, entry.output.max_tokens),
-        constraint=_constraint(request, entry, native_tools),
-        logprobs=bool(request.logprobs),
-        top_logprobs=request.top_logprobs or 0,
-        n=request.choices,
-        **_sampling(request, entry, delta_interval),
-    )
-
-
-def completion_params(
-    request: CompletionRequest, prompt: str, entry: ModelEntry, delta_interval: float = 0.0
-) -> GenerationParams:
-    return GenerationParams(
-        messages=None,
-        prompt=prompt,
-        max_tokens=_pick(request.max_tokens, COMPLETIONS_DEFAULT_MAX_TOKENS),
-        n=request.choices,
-        logprobs=request.logprobs is not None,
-        top_logprobs=request.logprobs or 0,
-        **_sampling(request, entry, delta_interval),
-    )
-
-
-def _constraint(request: ChatCompletionRequest, entry: ModelEntry, native_tools: bool) -> dict[str, Any] | None:
-    tools = request.tools_for_template()
-    if tools and request.tool_mode in ("named", "required"):
-        return {"json_schema": forced_schema(tools, request.forced_tool)}
-    if generic_auto(request, native_tools):
-        return {"json_schema": generic_schema(tools or [])}
-    if request.response_format is not None:
-        return request.response_format.constraint()
-    if entry.output.grammar_schema is not None:
-        return {"json_schema": entry.output.grammar_schema}
-    return None
-
-
-def generic_auto(request: ChatCompletionRequest, native_tools: bool) -> bool:
-    """Tools on `auto` for a template without them: the answer takes the generic tool format (a
-    response_format, which would constrain it otherwise, leaves the tools to the prompt alone)."""
-    plain = request.response_format is None or request.response_format.type == "text"
-    return request.tool_mode == "auto" and not native_tools and plain
+def completion_room(prompt_tokens: int, n_ctx: int, n: int, max_tokens: int | None, param: str) -> int:
+    """The context-length rule: tokens each of `n` choices may generate after a prompt of
+    `prompt_tokens` in a context of `n_ctx`; a prompt that leaves no room is a 400."""
+    room = (n_ctx - prompt_tokens) // n
+    if room <= 0:
+        raise context_length_exceeded(prompt_tokens, n_ctx, param)
+    return min(max_tokens, room) if max_tokens else room
 
 
 @dataclass(frozen=True)
@@ -206,7 +128,7 @@ class Generation:
 
 
 class Engine(ABC):
-    """A loaded model. One generation runs at a time; others wait in order."""
+    """A loaded model. The scheduler submits at most `runtime.parallel` generations at once."""
 
     def __init__(self) -> None:
         self._exit_callback: Callable[[str], None] | None = None

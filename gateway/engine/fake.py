@@ -114,7 +114,7 @@ class FakeEngine(Engine):
             task.cancel()
 
     def crash(self, reason: str = "killed by signal 9") -> None:
-        """Simulate the worker dying: every generation fails, the registry is told."""
+        """Simulate the worker dying: every generation fails, the scheduler is told."""
         self.crashed = True
         for task in self._tasks.values():
             task.cancel()

@@ -1,7 +1,7 @@
 """Parent-side handle of a worker process (see `engine/worker.py` for the pipe protocol).
 
 The pipe is read from the event loop (`looppipe.py`), so no thread sits between a token and the
-client. A worker that exits unexpectedly fails every generation it held, and the registry is told.
+client. A worker that exits unexpectedly fails every generation it held, and the scheduler is told.
 """
 
 from __future__ import annotations

@@ -45,15 +45,15 @@ async def test_disconnect_cancels_the_generation(make_config: Any, tmp_path: Pat
     engine = factory.engines[0]
     assert sent[0]["status"] == (200 if stream else 499)
     assert engine.cancelled == [1] and engine.completed == []
-    assert app.state.registry.resolve("m").leases == 0
-    await app.state.registry.close()
+    assert app.state.scheduler.view("m").holds == 0
+    await app.state.scheduler.close()
 
 
 @pytest.mark.anyio
 async def test_queue_full_before_the_200_in_each_shape(make_config: Any, tmp_path: Path) -> None:
     app, _ = make_app(make_config, tmp_path, {"m": {"max_queue": 1}})
-    registry = app.state.registry
-    held = await registry.acquire("m")
+    registry = app.state.scheduler
+    held = await registry.hold("m", generate=False).__aenter__()
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
         claude = await c.post("/v1/messages", json={**BODIES["/v1/messages"], "stream": True})
         assert claude.status_code == 429 and claude.headers["retry-after"] == "1"
@@ -73,5 +73,5 @@ async def test_count_tokens_frees_the_model(make_config: Any, tmp_path: Path) ->
         counted = await c.post("/v1/messages/count_tokens", json={"model": "m", "messages": USER})
         assert counted.json() == {"input_tokens": 2}
     assert factory.engines[0].cancelled == [1] and factory.engines[0].completed == []
-    assert app.state.registry.resolve("m").leases == 0
-    await app.state.registry.close()
+    assert app.state.scheduler.view("m").holds == 0
+    await app.state.scheduler.close()

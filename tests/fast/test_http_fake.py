@@ -185,8 +185,8 @@ def test_unknown_route_and_method_are_openai_shaped(client: TestClient) -> None:
 @pytest.mark.anyio
 async def test_queue_full_is_429_with_retry_after(make_config: Any, tmp_path: Path) -> None:
     app, _ = make_app(make_config, tmp_path, {"m": {"max_queue": 1}})
-    registry = app.state.registry
-    held = await registry.acquire("m")
+    registry = app.state.scheduler
+    held = await registry.hold("m", generate=False).__aenter__()
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
         response = await c.post("/v1/chat/completions", json={"model": "m", "messages": MSG})
         assert_error(response, 429, "queue_full")
@@ -199,9 +199,9 @@ async def test_queue_full_is_429_with_retry_after(make_config: Any, tmp_path: Pa
 @pytest.mark.anyio
 async def test_no_room_is_503_with_retry_after(make_config: Any, tmp_path: Path) -> None:
     app, _ = make_app(make_config, tmp_path, {"a": {}, "b": {}}, gateway={"room_wait": 0.05})
-    registry = app.state.registry
-    registry.budget = registry.resolve("a").facts.estimate.total + 1  # room for one
-    held = await registry.acquire("a")
+    registry = app.state.scheduler
+    registry.budget = registry.view("a").facts.estimate.total + 1  # room for one
+    held = await registry.hold("a", generate=False).__aenter__()
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
         response = await c.post("/v1/chat/completions", json={"model": "b", "messages": MSG})
         assert_error(response, 503, "model_capacity_unavailable")
@@ -264,12 +264,12 @@ async def test_client_disconnect_cancels_generation(make_config: Any, tmp_path: 
     assert sent[0]["status"] == 200
     assert engine.cancelled == [1], "the generation was not cancelled"
     assert engine.completed == []
-    assert app.state.registry.resolve("m").leases == 0
+    assert app.state.scheduler.view("m").holds == 0
     # The model is free for the next request.
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
         response = await c.post("/v1/chat/completions", json={"model": "m", "messages": MSG, "max_tokens": 2})
         assert response.status_code == 200
-    await app.state.registry.close()
+    await app.state.scheduler.close()
 
 
 @pytest.mark.anyio
@@ -285,5 +285,5 @@ async def test_client_disconnect_cancels_a_non_streamed_generation(make_config: 
     engine = factory.engines[0]
     assert engine.cancelled == [1] and engine.completed == []
     assert sent[0]["status"] == 499
-    assert app.state.registry.resolve("m").leases == 0
-    await app.state.registry.close()
+    assert app.state.scheduler.view("m").holds == 0
+    await app.state.scheduler.close()

@@ -1,4 +1,4 @@
-from gateway.eviction import Plan, Resident, plan_room
+from gateway.scheduler.eviction import Plan, Resident, plan_room
 
 MB = 2**20
 

@@ -15,36 +15,41 @@ from gateway.config import parse_settings
 from gateway.engine.fake import FakeEngineFactory
 from gateway.errors import GatewayError
 from gateway.memory import inspect_models
-from gateway.registry import Registry, State
+from gateway.scheduler import Hold, Scheduler, State
 
 MSG = [{"role": "user", "content": "hi"}]
 
 
-def loaded(registry: Registry) -> set[str]:
-    return {s.model_id for s in registry.slots() if s.state is State.LOADED}
+def loaded(registry: Scheduler) -> set[str]:
+    return {v.model_id for v in registry.views() if v.state is State.LOADED}
+
+
+async def acquire(registry: Scheduler, name: str) -> Hold:
+    hold = registry.hold(name, generate=False)
+    return await hold.__aenter__()
 
 
 @pytest.mark.anyio
 async def test_apply_diff_keeps_requests_running(make_config: Any, tmp_path: Path) -> None:
     before = parse_settings(make_config({"same": {}, "changed": {}, "gone": {}}), tmp_path)
     factory = FakeEngineFactory()
-    registry = Registry(before, inspect_models(before), factory, budget=2**40)
-    same = await registry.acquire("same")
-    changed = await registry.acquire("changed")
-    gone = await registry.acquire("gone")
+    registry = Scheduler(before, inspect_models(before), factory, budget=2**40)
+    same = await acquire(registry, "same")
+    changed = await acquire(registry, "changed")
+    gone = await acquire(registry, "gone")
     same_engine, changed_engine = same.engine, changed.engine
 
     after = parse_settings(make_config({"same": {}, "changed": {"model": {"n_ctx": 128}}, "new": {}}), tmp_path)
-    summary = registry.apply(after, inspect_models(after), 2**40)
+    summary = registry.apply(after, inspect_models(after), 2**40).summary()
     assert summary == {"added": ["new"], "removed": ["gone"], "changed": ["changed"], "unchanged": ["same"]}
 
     # In-flight requests keep their engines until they finish.
     assert same_engine.alive and changed_engine.alive and gone.engine.alive
     with pytest.raises(GatewayError) as info:
-        await registry.acquire("gone")
+        await acquire(registry, "gone")
     assert info.value.code == "model_not_found"
     # A new request for the changed model waits for the old one to drain, then loads the new entry.
-    waiting = asyncio.create_task(registry.acquire("changed"))
+    waiting = asyncio.create_task(acquire(registry, "changed"))
     await asyncio.sleep(0.01)
     assert not waiting.done()
     changed.release()
@@ -58,7 +63,7 @@ async def test_apply_diff_keeps_requests_running(make_config: Any, tmp_path: Pat
     # The unchanged model was never touched.
     assert same.engine is same_engine and same_engine.alive
     same.release()
-    (await registry.acquire("new")).release()
+    (await acquire(registry, "new")).release()
     assert loaded(registry) == {"same", "changed", "new"}
     assert factory.loads == {"same": 1, "changed": 2, "gone": 1, "new": 1}
     await registry.close()
@@ -115,8 +120,8 @@ async def test_reload_racing_a_load_and_another_reload(make_config: Any, tmp_pat
 
     before = parse_settings(make_config({"m": {}}), tmp_path)
     factory = FakeEngineFactory(scripts={"m": FakeScript(load_delay=0.05)})
-    registry = Registry(before, inspect_models(before), factory, budget=2**40)
-    loading = asyncio.create_task(registry.acquire("m"))
+    registry = Scheduler(before, inspect_models(before), factory, budget=2**40)
+    loading = asyncio.create_task(acquire(registry, "m"))
     await asyncio.sleep(0.01)
     first = parse_settings(make_config({"m": {"model": {"n_ctx": 100}}}), tmp_path)
     second = parse_settings(make_config({"m": {"model": {"n_ctx": 200}}}), tmp_path)
@@ -124,7 +129,7 @@ async def test_reload_racing_a_load_and_another_reload(make_config: Any, tmp_pat
     registry.apply(second, inspect_models(second), 2**40)
     old = await asyncio.wait_for(loading, 5)  # the request that started the load is served by it
     assert old.entry.model.n_ctx == 64
-    waiting = asyncio.create_task(registry.acquire("m"))
+    waiting = asyncio.create_task(acquire(registry, "m"))
     await asyncio.sleep(0.2)  # several load delays: the new version must not start before the old drains
     assert not waiting.done()
     assert factory.loads == {"m": 1}

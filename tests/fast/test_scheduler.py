@@ -1,4 +1,4 @@
-"""Registry behaviour on the fake engine: single-flight loads, LRU under budget, leases, pinned, TTL, crashes."""
+"""Scheduler behaviour on the fake engine: single-flight loads, LRU under budget, holds, pinned, TTL, crashes."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from gateway.config import parse_settings
 from gateway.engine.fake import FakeEngineFactory, FakeScript
 from gateway.errors import GatewayError
 from gateway.memory import inspect_models
-from gateway.registry import Registry, State
+from gateway.scheduler import Hold, Scheduler, State
 
 pytestmark = pytest.mark.anyio
 MB = 2**20
@@ -34,28 +34,34 @@ def build(
     fits: int = 10,
     gateway: dict[str, Any] | None = None,
     scripts: dict[str, FakeScript] | None = None,
-) -> tuple[Registry, FakeEngineFactory, Clock]:
+) -> tuple[Scheduler, FakeEngineFactory, Clock]:
     settings = parse_settings(make_config(models, gateway=gateway), tmp_path)
     facts = inspect_models(settings)
     one = max(f.estimate.total for f in facts.values())
     factory = FakeEngineFactory(scripts=scripts or {})
     clock = Clock()
-    return Registry(settings, facts, factory, budget=one * fits + MB // 2, clock=clock), factory, clock
+    return Scheduler(settings, facts, factory, budget=one * fits + MB // 2, clock=clock), factory, clock
 
 
-def loaded(registry: Registry) -> set[str]:
-    return {s.model_id for s in registry.slots() if s.state is State.LOADED}
+def loaded(registry: Scheduler) -> set[str]:
+    return {v.model_id for v in registry.views() if v.state is State.LOADED}
 
 
-async def use(registry: Registry, name: str, clock: Clock | None = None) -> None:
+async def acquire(registry: Scheduler, name: str) -> Hold:
+    """A hold entered by hand (released by the test): one that takes no turn, so several can be held."""
+    hold = registry.hold(name, generate=False)
+    return await hold.__aenter__()
+
+
+async def use(registry: Scheduler, name: str, clock: Clock | None = None) -> None:
     if clock:
         clock.now += 1
-    (await registry.acquire(name)).release()
+    (await acquire(registry, name)).release()
 
 
 async def test_single_flight_load(make_config: Any, tmp_path: Path) -> None:
     registry, factory, _ = build(make_config, tmp_path, {"a": {}}, scripts={"a": FakeScript(load_delay=0.05)})
-    leases = await asyncio.gather(*(registry.acquire("a") for _ in range(10)))
+    leases = await asyncio.gather(*(acquire(registry, "a") for _ in range(10)))
     assert factory.loads == {"a": 1}
     assert len({id(lease.engine) for lease in leases}) == 1
     for lease in leases:
@@ -66,7 +72,7 @@ async def test_single_flight_load(make_config: Any, tmp_path: Path) -> None:
 async def test_unknown_model_is_404(make_config: Any, tmp_path: Path) -> None:
     registry, _, _ = build(make_config, tmp_path, {"a": {"aliases": ["alias"]}})
     with pytest.raises(GatewayError) as info:
-        await registry.acquire("nope")
+        await acquire(registry, "nope")
     assert (info.value.status, info.value.code, info.value.param) == (404, "model_not_found", "model")
     await use(registry, "alias")
     assert loaded(registry) == {"a"}
@@ -83,15 +89,15 @@ async def test_lru_eviction_under_budget(make_config: Any, tmp_path: Path) -> No
     assert loaded(registry) == {"a", "b"}
     assert factory.live() == ["b", "a"]  # live engines in the order they were made: b's, then a's second
     assert factory.loads == {"a": 2, "b": 1, "c": 1}  # c, the least recently used, went; b stayed
-    assert registry.resident_bytes() <= registry.budget
+    assert registry.snapshot().memory_used <= registry.budget
     await registry.close()
 
 
 async def test_model_in_use_is_never_evicted(make_config: Any, tmp_path: Path) -> None:
     registry, _, _ = build(make_config, tmp_path, {"a": {}, "b": {}}, fits=1, gateway={"room_wait": 0.1})
-    lease = await registry.acquire("a")
+    lease = await acquire(registry, "a")
     with pytest.raises(GatewayError) as info:
-        await registry.acquire("b")
+        await acquire(registry, "b")
     assert info.value.status == 503
     assert info.value.code == "model_capacity_unavailable"
     assert info.value.headers()["Retry-After"]
@@ -104,8 +110,8 @@ async def test_model_in_use_is_never_evicted(make_config: Any, tmp_path: Path) -
 
 async def test_waiting_load_proceeds_when_busy_model_goes_idle(make_config: Any, tmp_path: Path) -> None:
     registry, _, _ = build(make_config, tmp_path, {"a": {}, "b": {}}, fits=1, gateway={"room_wait": 30})
-    lease = await registry.acquire("a")
-    waiter = asyncio.create_task(registry.acquire("b"))
+    lease = await acquire(registry, "a")
+    waiter = asyncio.create_task(acquire(registry, "b"))
     await asyncio.sleep(0.02)
     assert not waiter.done()
     lease.release()
@@ -117,7 +123,7 @@ async def test_waiting_load_proceeds_when_busy_model_goes_idle(make_config: Any,
 async def test_model_that_can_never_fit(make_config: Any, tmp_path: Path) -> None:
     registry, _, _ = build(make_config, tmp_path, {"a": {}}, fits=0)
     with pytest.raises(GatewayError) as info:
-        await registry.acquire("a")
+        await acquire(registry, "a")
     assert (info.value.status, info.value.code) == (503, "model_exceeds_memory_budget")
     assert "memory budget" in info.value.message and info.value.retry_after is None
     await registry.close()
@@ -133,13 +139,13 @@ async def test_max_loaded(make_config: Any, tmp_path: Path) -> None:
 
 async def test_queue_full_is_429(make_config: Any, tmp_path: Path) -> None:
     registry, _, _ = build(make_config, tmp_path, {"a": {"max_queue": 2}})
-    held = [await registry.acquire("a"), await registry.acquire("a")]
+    held = [await acquire(registry, "a"), await acquire(registry, "a")]
     with pytest.raises(GatewayError) as info:
-        await registry.acquire("a")
+        await acquire(registry, "a")
     assert (info.value.status, info.value.code) == (429, "queue_full")
     assert info.value.headers() == {"Retry-After": "1"}
     held[0].release()
-    (await registry.acquire("a")).release()
+    (await acquire(registry, "a")).release()
     held[1].release()
     await registry.close()
 
@@ -163,7 +169,7 @@ async def test_ttl_unloads_idle_models(make_config: Any, tmp_path: Path) -> None
     await use(registry, "a")
     await use(registry, "b")
     await use(registry, "p")
-    lease = await registry.acquire("a")
+    lease = await acquire(registry, "a")
     clock.now += 11
     assert await registry.reap() == []  # a has a request in flight
     lease.release()
@@ -176,12 +182,12 @@ async def test_ttl_unloads_idle_models(make_config: Any, tmp_path: Path) -> None
 
 async def test_crashed_worker_is_replaced_on_next_request(make_config: Any, tmp_path: Path) -> None:
     registry, factory, _ = build(make_config, tmp_path, {"a": {}})
-    lease = await registry.acquire("a")
+    lease = await acquire(registry, "a")
     engine = lease.engine
     lease.release()
     engine.crash()  # type: ignore[attr-defined]
     assert loaded(registry) == set()
-    lease = await registry.acquire("a")
+    lease = await acquire(registry, "a")
     assert lease.engine is not engine and lease.engine.alive
     assert factory.loads == {"a": 2}
     lease.release()
@@ -198,27 +204,27 @@ async def test_failed_load_cools_down(make_config: Any, tmp_path: Path) -> None:
     )
     for _ in range(2):
         with pytest.raises(GatewayError) as info:
-            await registry.acquire("a")
+            await acquire(registry, "a")
         assert (info.value.status, info.value.code) == (503, "model_load_failed")
         assert "bad tensor" in info.value.message
     assert factory.loads == {"a": 1}  # the second request did not retry during the cooldown
     assert info.value.retry_after is not None and 0 < info.value.retry_after <= 5
-    assert registry.resolve("a").state is State.FAILED
+    assert registry.view("a").state is State.FAILED
     clock.now += 6
     with pytest.raises(GatewayError):
-        await registry.acquire("a")
+        await acquire(registry, "a")
     assert factory.loads == {"a": 2}
     await registry.close()
 
 
 async def test_load_is_not_tied_to_the_first_client(make_config: Any, tmp_path: Path) -> None:
     registry, factory, _ = build(make_config, tmp_path, {"a": {}}, scripts={"a": FakeScript(load_delay=0.05)})
-    first = asyncio.create_task(registry.acquire("a"))
+    first = asyncio.create_task(acquire(registry, "a"))
     await asyncio.sleep(0.01)
     first.cancel()
-    lease = await registry.acquire("a")
+    lease = await acquire(registry, "a")
     assert factory.loads == {"a": 1}
-    assert registry.resolve("a").leases == 1  # the cancelled request gave its lease back
+    assert registry.view("a").holds == 1  # the cancelled request gave its lease back
     lease.release()
     await registry.close()
 
@@ -226,11 +232,11 @@ async def test_load_is_not_tied_to_the_first_client(make_config: Any, tmp_path: 
 async def test_loaded_model_does_not_wait_for_another_load(make_config: Any, tmp_path: Path) -> None:
     registry, _, _ = build(make_config, tmp_path, {"a": {}, "slow": {}}, scripts={"slow": FakeScript(load_delay=30)})
     await use(registry, "a")
-    slow = asyncio.create_task(registry.acquire("slow"))
+    slow = asyncio.create_task(acquire(registry, "slow"))
     await asyncio.sleep(0.01)
-    assert registry.resolve("slow").state is State.LOADING
-    (await asyncio.wait_for(registry.acquire("a"), 5)).release()
-    assert registry.resolve("slow").state is State.LOADING
+    assert registry.view("slow").state is State.LOADING
+    (await asyncio.wait_for(acquire(registry, "a"), 5)).release()
+    assert registry.view("slow").state is State.LOADING
     slow.cancel()
     await registry.close()
 
@@ -242,5 +248,5 @@ async def test_close_stops_every_engine(make_config: Any, tmp_path: Path) -> Non
     await registry.close()
     assert factory.live() == []
     with pytest.raises(GatewayError) as info:
-        await registry.acquire("a")
+        await acquire(registry, "a")
     assert info.value.code == "shutting_down"

@@ -1,0 +1,35 @@
+"""One owner of model state: which models are loaded, who holds them, who waits, what gets evicted.
+
+Modules:
+- `views`: immutable snapshots (`SlotView`, `Snapshot`): all that routes, admin and metrics see.
+- `slot`: the mutable record of one model version (private), with its turns (`runtime.parallel`).
+- `eviction`: LRU eviction and TTL expiry as pure functions of a snapshot.
+- `reload`: a reload as a pure diff of two configurations.
+- `cpu`: CPU threads lent per model, with a maximum wait (fairness across models).
+- `lifecycle`: load (single flight), unload, drain, forced unload, crash; `observer`: who is told.
+- `hold`: a request's hold, an async context manager that releases exactly once.
+- `core`: `Scheduler`: admission, reload, TTL.
+
+Invariants (held by tests/fast/test_scheduler_invariants.py after every step):
+1. Slots change only inside this package, on the event loop, and a read that gates a change is
+   made in the same synchronous stretch as the change (no `await` between them).
+2. A model with holds, a load under way, a drain or a retirement is never chosen for eviction or TTL.
+3. Per model, `running <= runtime.parallel` and `running + waiting + quick <= max_queue`; the turns
+   go to waiting holds in arrival order.
+4. At most one load per model version is under way; requests to a loaded model never wait for
+   another model's load; a load is not tied to the request that started it.
+5. A version chosen for unloading takes no new hold from that instant (state `unloading`); a
+   version replaced by a reload keeps counting its memory until its worker has exited, and its
+   successor opens only then.
+6. A hold is released exactly once, however its request ends; when every request has ended, every
+   count is zero and the CPU budget lends nothing.
+7. A model has at most one CPU grant, shared by its running requests; no model waits for one longer
+   than `gateway.cpu_wait_max`.
+"""
+
+from gateway.scheduler.core import Scheduler
+from gateway.scheduler.hold import Hold
+from gateway.scheduler.observer import Observer
+from gateway.scheduler.views import HOST_POOL, SlotView, Snapshot, State
+
+__all__ = ["HOST_POOL", "Hold", "Observer", "Scheduler", "SlotView", "Snapshot", "State"]

@@ -1,0 +1,115 @@
+"""The mutable record of one model version. Private to the scheduler package: others get `SlotView`s."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from dataclasses import dataclass, field
+
+from gateway.config import ModelEntry
+from gateway.engine.base import Engine
+from gateway.memory import ModelFacts
+from gateway.scheduler.views import HOST_POOL, SlotView, State
+
+
+@dataclass(eq=False)
+class Slot:
+    model_id: str
+    entry: ModelEntry
+    facts: ModelFacts
+    state: State = State.UNLOADED
+    engine: Engine | None = None
+    running: int = 0  # holds that took one of the `parallel` turns
+    waiting: int = 0  # generating holds not running yet (the model loads, or every turn is taken)
+    quick: int = 0  # holds for calls that do not generate
+    turns: collections.deque[asyncio.Future[None]] = field(default_factory=collections.deque)
+    last_used: float = 0.0
+    load_task: asyncio.Task[None] | None = None
+    abort_load: str | None = None  # why the load under way must stop (a forced unload)
+    failed_until: float = 0.0
+    failure: str = ""
+    draining: bool = False
+    retiring: bool = False
+    after_predecessor: bool = False  # a reload replaced it: opens once the older version has unloaded
+    last_measured: int | None = None
+
+    @property
+    def holds(self) -> int:
+        return self.running + self.waiting + self.quick
+
+    @property
+    def admitting(self) -> bool:
+        """New holds may be taken (else they wait for a drain or an older version to finish)."""
+        return not self.draining and not self.after_predecessor
+
+    @property
+    def measured_bytes(self) -> int | None:
+        measured = self.engine.measured_bytes() if self.engine is not None else None
+        return measured if measured is not None else self.last_measured
+
+    @property
+    def memory_bytes(self) -> int:
+        """What the model may hold: at least what was measured, and never less than the estimate,
+        which counts memory a worker allocates later (the second context of the first n > 1 request)."""
+        measured = self.measured_bytes
+        estimate = self.facts.estimate.total
+        return estimate if measured is None else max(measured, estimate)
+
+    def view(self, now: float) -> SlotView:
+        return SlotView(
+            model_id=self.model_id,
+            entry=self.entry,
+            facts=self.facts,
+            state=self.state,
+            running=self.running,
+            waiting=self.waiting,
+            quick=self.quick,
+            last_used=self.last_used,
+            draining=self.draining,
+            retiring=self.retiring,
+            measured_bytes=self.measured_bytes,
+            idle_expires_in=self._idle_expiry(now),
+            failure=self.failure,
+            pools={HOST_POOL: self.memory_bytes},
+        )
+
+    def _idle_expiry(self, now: float) -> float | None:
+        ttl = self.entry.ttl
+        if self.state is not State.LOADED or self.holds or self.entry.pinned or ttl is None or self.retiring:
+            return None
+        return max(0.0, ttl - (now - self.last_used))
+
+    # -- turns: at most `parallel` holds run at once, the others wait in order -----------------
+
+    async def take_turn(self) -> None:
+        """Move one waiting hold to running, in arrival order. Cancelled, it leaves no trace."""
+        if self.running < self.entry.runtime.parallel and not self.turns:
+            self.waiting -= 1
+            self.running += 1
+            return
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.turns.append(turn)
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():
+                self.end_turn()  # given the turn just as the request went away
+            else:
+                if turn in self.turns:
+                    self.turns.remove(turn)
+                self.waiting -= 1
+            raise
+
+    def end_turn(self) -> None:
+        self.running -= 1
+        self.pass_turns()
+
+    def pass_turns(self) -> None:
+        """Hand free turns to the longest waiting holds (also after a reload raised `parallel`)."""
+        while self.turns and self.running < self.entry.runtime.parallel:
+            turn = self.turns.popleft()
+            if turn.done():
+                continue  # its request was cancelled; it settles its own count
+            self.waiting -= 1
+            self.running += 1
+            turn.set_result(None)
