@@ -1,0 +1,168 @@
+"""A hold has one owner (issue 9.3): whatever step fails after a request holds its model, the hold
+is released exactly once, the model serves the next request, and /admin/models shows no hold."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from gateway import dispatch, plan
+from gateway.app import create_app
+from gateway.config import parse_settings
+from gateway.engine import fake
+from gateway.engine.base import Delta, Generation
+from gateway.engine.fake import FakeEngineFactory
+from gateway.memory import inspect_models
+
+MSG = [{"role": "user", "content": "hello there"}]
+TOOLS = [{"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}}]
+NAMED = {"type": "function", "function": {"name": "add"}}
+
+
+class Boom(Exception):
+    """A bug of ours, injected."""
+
+
+def _raise(*args: Any, **kwargs: Any) -> Any:
+    raise Boom("injected")
+
+
+def _shaping(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(plan, "_sampling", _raise)
+
+
+def _tool_grammar(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(plan, "forced_schema", _raise)
+
+
+def _submit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fake.FakeEngine, "generate", _raise)
+
+
+def _first_event(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Generation, "next_event", _raise)
+
+
+def _mid_stream(monkeypatch: pytest.MonkeyPatch) -> None:
+    original = Generation.next_event
+
+    async def fail_after_two_deltas(self: Generation) -> Any:
+        event = await original(self)
+        if isinstance(event, Delta) and event.text.startswith("tok2"):
+            raise Boom("injected")
+        return event
+
+    monkeypatch.setattr(Generation, "next_event", fail_after_two_deltas)
+
+
+def _shaping_the_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After the generation finished, building the response body fails."""
+    from gateway.responses import ChatResponder
+
+    monkeypatch.setattr(ChatResponder, "completion", _raise)
+    monkeypatch.setattr(ChatResponder, "finish_chunk", _raise)
+
+
+STEPS = {
+    "request shaping": _shaping,
+    "tool grammar": _tool_grammar,
+    "submit to the worker": _submit,
+    "first event": _first_event,
+    "mid-stream": _mid_stream,
+    "answer shaping": _shaping_the_answer,
+}
+
+
+@pytest.fixture
+def client(make_config: Any, tmp_path: Path) -> Iterator[TestClient]:
+    settings = parse_settings(make_config({"m": {}}), tmp_path)
+    app = create_app(settings, engine_factory=FakeEngineFactory(), budget=2**40)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        yield c
+
+
+def holds(client: TestClient) -> dict[str, Any]:
+    listing = client.get("/admin/models").json()
+    (model,) = listing["models"]
+    return {"leases": model["leases"], "in_flight": model["in_flight"], "cpu": listing["cpu"]["in_use"]}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+@pytest.mark.parametrize("step", list(STEPS))
+def test_a_failure_at_any_step_releases_the_hold(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, step: str, stream: bool
+) -> None:
+    body = {"model": "m", "messages": MSG, "stream": stream, "tools": TOOLS, "tool_choice": NAMED}
+    with monkeypatch.context() as patch:
+        STEPS[step](patch)
+        response = client.post("/v1/chat/completions", json=body)
+        text = response.text
+    # Failed before the answer began: a 500 of its own; after: in-band in a 200 stream.
+    if response.status_code == 200:
+        assert stream and '"error"' in text and text.rstrip().endswith("data: [DONE]"), text
+    else:
+        assert response.status_code == 500, text
+        assert response.json()["error"]["type"] == "server_error"
+    assert holds(client) == {"leases": 0, "in_flight": 0, "cpu": 0}
+    # The model still serves, streamed or not.
+    again = client.post("/v1/chat/completions", json={**body, "max_tokens": 2})
+    assert again.status_code == 200
+    assert holds(client) == {"leases": 0, "in_flight": 0, "cpu": 0}
+
+
+def test_every_step_was_reached(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each injected step is on the path of a normal request (else the test above proves nothing)."""
+    reached: set[str] = set()
+    for name, target, attribute in [
+        ("request shaping", plan, "_sampling"),
+        ("tool grammar", plan, "forced_schema"),
+        ("submit to the worker", fake.FakeEngine, "generate"),
+        ("first event", Generation, "next_event"),
+        ("dispatch", dispatch, "start"),
+    ]:
+        original = getattr(target, attribute)
+
+        def spy(*args: Any, _name: str = name, _original: Any = original, **kwargs: Any) -> Any:
+            reached.add(_name)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(target, attribute, spy)
+    body = {"model": "m", "messages": MSG, "stream": True, "tools": TOOLS, "tool_choice": NAMED}
+    assert client.post("/v1/chat/completions", json=body).status_code == 200
+    assert reached == {"request shaping", "tool grammar", "submit to the worker", "first event", "dispatch"}
+
+
+def test_duplicate_tool_names_are_a_400_and_hold_nothing(client: TestClient) -> None:
+    """Once a 500 that leaked the model's hold (issue 9): now refused before anything is held."""
+    body = {"model": "m", "messages": MSG, "tools": TOOLS * 2, "tool_choice": NAMED}
+    response = client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["type"], error["param"]) == ("invalid_request_error", "tools")
+    assert holds(client) == {"leases": 0, "in_flight": 0, "cpu": 0}
+    assert client.post("/v1/chat/completions", json={"model": "m", "messages": MSG}).status_code == 200
+
+
+@pytest.mark.anyio
+async def test_a_stream_dropped_unread_releases_its_hold(make_config: Any, tmp_path: Path) -> None:
+    from gateway.plan import plan_chat
+    from gateway.protocol import parse_chat_request
+    from gateway.scheduler import Scheduler
+
+    settings = parse_settings(make_config({"m": {}}), tmp_path)
+    scheduler = Scheduler(settings, inspect_models(settings), FakeEngineFactory(), budget=2**40)
+    chat = parse_chat_request(b'{"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]}')
+    plan = plan_chat(chat, scheduler.view("m"), settings.gateway)
+    stream = await dispatch.open_stream(plan, scheduler, None)
+    assert stream.prompt_tokens == 1 and scheduler.view("m").running == 1
+    await stream.close()
+    await stream.close()  # twice is harmless
+    assert scheduler.view("m").holds == 0 and scheduler.cpu.in_use == 0
+    read = await dispatch.open_stream(plan, scheduler, None)
+    payloads = [item async for item in read.items]
+    assert payloads[-1] == "[DONE]" and scheduler.view("m").holds == 0
+    await scheduler.close()

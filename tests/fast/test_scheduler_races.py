@@ -1,0 +1,159 @@
+"""Races the scheduler closes (issue 12.5): each test fails on the registry it replaced."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.config import parse_settings
+from gateway.engine.fake import FakeEngineFactory, FakeScript
+from gateway.errors import GatewayError
+from gateway.memory import inspect_models
+from gateway.scheduler import Hold, Scheduler, State
+from gateway.scheduler.cpu import CpuBudget
+
+pytestmark = pytest.mark.anyio
+
+
+def build(
+    make_config: Any,
+    tmp_path: Path,
+    models: dict[str, dict[str, Any]],
+    *,
+    fits: int = 10,
+    gateway: dict[str, Any] | None = None,
+    scripts: dict[str, FakeScript] | None = None,
+) -> tuple[Scheduler, FakeEngineFactory]:
+    settings = parse_settings(make_config(models, gateway=gateway), tmp_path)
+    facts = inspect_models(settings)
+    one = max(f.estimate.total for f in facts.values())
+    factory = FakeEngineFactory(scripts=scripts or {})
+    return Scheduler(settings, facts, factory, budget=one * fits + 1), factory
+
+
+async def enter(hold: Hold) -> Hold:
+    return await hold.__aenter__()
+
+
+@pytest.mark.parametrize("yields", range(6))
+async def test_eviction_racing_a_new_hold_of_the_victim(make_config: Any, tmp_path: Path, yields: int) -> None:
+    """Loading b evicts idle a; a request for a arriving while the eviction is under way must not be
+    handed a's worker as it is being stopped. Tried at every interleaving of the first few steps."""
+    scheduler, _ = build(make_config, tmp_path, {"a": {}, "b": {}}, fits=1, gateway={"room_wait": 5})
+    async with scheduler.hold("a", generate=False):
+        pass
+    loading_b = asyncio.create_task(enter(scheduler.hold("b", generate=False)))
+    for _ in range(yields):
+        await asyncio.sleep(0)
+    hold_a = asyncio.create_task(enter(scheduler.hold("a", generate=False)))
+    done, _ = await asyncio.wait({loading_b, hold_a}, timeout=5, return_when=asyncio.FIRST_COMPLETED)
+    winner = done.pop().result()
+    await asyncio.sleep(0.05)  # let any unload under way finish
+    assert winner.engine.alive, f"{winner.model_id} was handed a worker that is being stopped"
+    winner.release()
+    other = await asyncio.wait_for(loading_b if winner.model_id == "a" else hold_a, 5)
+    assert other.engine.alive
+    other.release()
+    await scheduler.close()
+
+
+async def test_cpu_queue_survives_a_reload_that_shrinks_capacity() -> None:
+    """A waiter sized for the old capacity must not wait forever once the capacity shrinks below it."""
+    cpu = CpuBudget(capacity=4, max_wait=3600)
+    await cpu.enter("a", 4)
+    waiting = asyncio.create_task(cpu.enter("b", 4))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    cpu.resize(2)
+    cpu.leave("a")
+    await asyncio.wait_for(waiting, 5)
+    assert cpu.view().grants == {"b": 2}
+    cpu.leave("b")
+    assert cpu.in_use == 0
+
+
+async def test_cpu_queue_wakes_when_a_reload_grows_capacity() -> None:
+    cpu = CpuBudget(capacity=2, max_wait=3600)
+    await cpu.enter("a", 2)
+    waiting = asyncio.create_task(cpu.enter("b", 2))
+    await asyncio.sleep(0)
+    cpu.resize(4)
+    await asyncio.wait_for(waiting, 5)  # without a release: the capacity alone made room
+    assert cpu.view().grants == {"a": 2, "b": 2}
+
+
+async def test_forced_unload_during_a_load(make_config: Any, tmp_path: Path) -> None:
+    """The load stops, its waiters get a 503 (not a cancellation), the model is unloaded and not
+    left 'loaded' without a worker, and the next request loads it again."""
+    scheduler, factory = build(make_config, tmp_path, {"a": {}}, scripts={"a": FakeScript(load_delay=0.2)})
+    waiter = asyncio.create_task(enter(scheduler.hold("a")))
+    while scheduler.view("a").state is not State.LOADING:
+        await asyncio.sleep(0.005)
+    view = await scheduler.unload("a", force=True)
+    assert view.state is State.UNLOADED and view.holds == 0
+    with pytest.raises(GatewayError) as info:
+        await asyncio.wait_for(waiter, 5)
+    assert (info.value.status, info.value.code) == (503, "model_unloaded")
+    assert factory.live() == []
+    async with scheduler.hold("a") as held:
+        assert held.engine.alive and scheduler.view("a").state is State.LOADED
+    assert factory.loads == {"a": 2}
+    await scheduler.close()
+
+
+async def test_reload_window_counts_the_retiring_memory(make_config: Any, tmp_path: Path) -> None:
+    """Right after a reload replaces or removes a loaded model, before any other task has run, its
+    memory still counts: no load may plan with it."""
+    scheduler, _ = build(make_config, tmp_path, {"a": {}, "gone": {}})
+    for name in ("a", "gone"):
+        async with scheduler.hold(name, generate=False):
+            pass
+    used = scheduler.snapshot().memory_used
+    after = parse_settings(make_config({"a": {"model": {"n_ctx": 32}}}), tmp_path)
+    scheduler.apply(after, inspect_models(after), scheduler.budget)
+    snapshot = scheduler.snapshot()  # same step as the reload: no await in between
+    assert snapshot.memory_used >= used
+    assert {v.model_id for v in snapshot.retiring} == {"a", "gone"}
+    await scheduler.close()
+
+
+async def test_turns_follow_runtime_parallel(make_config: Any, tmp_path: Path) -> None:
+    """Up to `parallel` holds run at once; more wait in arrival order; the queue bound counts all."""
+    scheduler, _ = build(make_config, tmp_path, {"a": {"runtime": {"parallel": 2}, "max_queue": 4}})
+    first, second = await enter(scheduler.hold("a")), await enter(scheduler.hold("a"))
+    third = asyncio.create_task(enter(scheduler.hold("a")))
+    fourth = asyncio.create_task(enter(scheduler.hold("a")))
+    await asyncio.sleep(0.01)
+    view = scheduler.view("a")
+    assert (view.running, view.waiting) == (2, 2)
+    with pytest.raises(GatewayError) as info:
+        await enter(scheduler.hold("a"))
+    assert info.value.status == 429
+    fourth.cancel()  # a waiting request that goes away leaves no trace
+    await asyncio.sleep(0)
+    assert (scheduler.view("a").running, scheduler.view("a").waiting) == (2, 1)
+    first.release()
+    third_hold = await asyncio.wait_for(third, 5)
+    first.release()  # a second release is a no-op
+    assert (scheduler.view("a").running, scheduler.view("a").waiting) == (2, 0)
+    second.release()
+    third_hold.release()
+    assert scheduler.view("a").holds == 0 and scheduler.cpu.in_use == 0
+    await scheduler.close()
+
+
+async def test_a_request_waiting_its_turn_gets_a_live_worker_after_a_crash(make_config: Any, tmp_path: Path) -> None:
+    scheduler, factory = build(make_config, tmp_path, {"a": {}})
+    running = await enter(scheduler.hold("a"))
+    waiting = asyncio.create_task(enter(scheduler.hold("a")))
+    await asyncio.sleep(0.01)
+    running.engine.crash()  # type: ignore[attr-defined]
+    running.release()
+    held = await asyncio.wait_for(waiting, 5)
+    assert held.engine.alive and held.engine is not running.engine
+    assert factory.loads == {"a": 2}
+    held.release()
+    await scheduler.close()
