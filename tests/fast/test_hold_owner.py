@@ -154,7 +154,8 @@ async def test_a_stream_dropped_unread_releases_its_hold(make_config: Any, tmp_p
     from gateway.scheduler import Scheduler
 
     settings = parse_settings(make_config({"m": {}}), tmp_path)
-    scheduler = Scheduler(settings, inspect_models(settings), FakeEngineFactory(), budget=2**40)
+    factory = FakeEngineFactory()
+    scheduler = Scheduler(settings, inspect_models(settings), factory, budget=2**40)
     chat = parse_chat_request(b'{"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]}')
     plan = plan_chat(chat, scheduler.view("m"), settings.gateway)
     stream = await dispatch.open_stream(plan, scheduler, None)
@@ -162,7 +163,9 @@ async def test_a_stream_dropped_unread_releases_its_hold(make_config: Any, tmp_p
     await stream.close()
     await stream.close()  # twice is harmless
     assert scheduler.view("m").holds == 0 and scheduler.cpu.in_use == 0
+    (engine,) = factory.engines
+    assert engine.cancelled == [1]  # its generation stopped too
     read = await dispatch.open_stream(plan, scheduler, None)
-    payloads = [item async for item in read.items]
-    assert payloads[-1] == "[DONE]" and scheduler.view("m").holds == 0
+    chunks = [chunk async for chunk in read.chunks]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop" and scheduler.view("m").holds == 0
     await scheduler.close()

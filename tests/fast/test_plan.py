@@ -28,7 +28,8 @@ TOOLS = [
 
 @pytest.fixture
 def views(make_config: Any, tmp_path: Path) -> dict[str, SlotView]:
-    doc = make_config({"m": {"sampling": {"temperature": 0.3}, "output": {"max_tokens": 7}}, "e": {"embedding": True}})
+    native = {"_template": "{{ messages }}{{ tools }}", "sampling": {"temperature": 0.3}, "output": {"max_tokens": 7}}
+    doc = make_config({"m": native, "g": {}, "e": {"embedding": True}})
     settings = parse_settings(doc, tmp_path)
     facts = inspect_models(settings)
     return {m: Slot(m, entry, facts[m]).view(0.0) for m, entry in settings.models.items()}
@@ -72,6 +73,21 @@ def test_tool_mode_decides_template_tools_hint_constraint_and_shaper(
             "named": "NamedCall",
         }[mode]
     )
+
+
+def test_a_template_without_tools_gets_the_generic_tool_format(
+    views: dict[str, SlotView], make_config: Any, tmp_path: Path
+) -> None:
+    auto = plan_chat(chat(tools=TOOLS), views["g"], gateway(make_config, tmp_path))
+    (params,) = auto.generations
+    assert auto.tools.generic and params.tools is None
+    assert params.messages is not None and "You can call these functions" in params.messages[0]["content"]
+    assert params.constraint is not None and "tool_call" in str(params.constraint)
+    assert type(auto.tools.shaper()).__name__ == "GenericReply"
+    with_format = plan_chat(
+        chat(tools=TOOLS, response_format={"type": "json_object"}), views["g"], gateway(make_config, tmp_path)
+    )
+    assert not with_format.tools.generic and with_format.generations[0].constraint == {"json_object": True}
 
 
 def test_plan_takes_model_defaults_and_request_overrides(
