@@ -29,7 +29,7 @@ TOOLS = [
 @pytest.fixture
 def views(make_config: Any, tmp_path: Path) -> dict[str, SlotView]:
     native = {"_template": "{{ messages }}{{ tools }}", "sampling": {"temperature": 0.3}, "output": {"max_tokens": 7}}
-    doc = make_config({"m": native, "g": {}, "e": {"embedding": True}})
+    doc = make_config({"m": native, "g": {}, "e": {"embedding": True, "model": {"pooling": "mean"}}})
     settings = parse_settings(doc, tmp_path)
     facts = inspect_models(settings)
     return {m: Slot(m, entry, facts[m]).view(0.0) for m, entry in settings.models.items()}
