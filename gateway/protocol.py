@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gateway import limits
+from gateway import structured
 from gateway.errors import invalid_request
 from gateway.jsonbody import parse_object
 
@@ -110,6 +111,8 @@ class JsonSchemaFormat(_Strict):
 class ResponseFormat(_Strict):
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaFormat | None = None
+    # llama-cpp-python's extension: {"type": "json_object", "schema": {...}} (sent by older instructor).
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
 
     @model_validator(mode="after")
     def _schema_given(self) -> ResponseFormat:
@@ -117,12 +120,20 @@ class ResponseFormat(_Strict):
             raise ValueError("'json_schema' is required when type is 'json_schema'")
         return self
 
-    def constraint(self) -> dict[str, Any] | None:
-        """What the engine must enforce: {"json_object": True} or {"json_schema": {...}}, or None."""
-        if self.type == "json_object":
-            return {"json_object": True}
+    def check(self) -> None:
+        """A 400 naming the schema and the keyword when the engine cannot enforce it."""
         if self.type == "json_schema" and self.json_schema is not None:
-            return {"json_schema": self.json_schema.schema_}
+            structured.check(self.json_schema.schema_, "response_format.json_schema.schema")
+        elif self.type == "json_object" and self.schema_ is not None:
+            structured.check(self.schema_, "response_format.schema")
+
+    def constraint(self) -> dict[str, Any] | None:
+        """What the engine must enforce: {"json_schema": <a checked schema>}, or None for text."""
+        if self.type == "json_object":
+            return {"json_schema": self.schema_ if self.schema_ is not None else structured.ANY_OBJECT}
+        if self.type == "json_schema" and self.json_schema is not None:
+            schema = self.json_schema.schema_
+            return {"json_schema": structured.strict(schema) if self.json_schema.strict else schema}
         return None
 
 
@@ -320,6 +331,12 @@ def parse_chat_request(body: bytes) -> ChatCompletionRequest:
         raise invalid_request(
             "A forced tool call and a response_format cannot both constrain the answer.", "response_format"
         )
+    if chat.response_format is not None:
+        chat.response_format.check()
+    if chat.tool_mode in ("named", "required"):
+        for index, tool in enumerate(chat.tools or []):
+            if tool.function.parameters and chat.forced_tool in (None, tool.function.name):
+                structured.check(tool.function.parameters, f"tools[{index}].function.parameters")
     return chat
 
 

@@ -16,6 +16,8 @@ import re
 import uuid
 from typing import Any
 
+from gateway import structured
+
 # A piece of a shaped answer: ("content", text) or ("tool", a delta for one tool call).
 Piece = tuple[str, Any]
 
@@ -25,8 +27,8 @@ def new_call_id() -> str:
 
 
 def _parameters(tool: dict[str, Any]) -> dict[str, Any]:
-    schema = tool["function"].get("parameters")
-    return schema if schema else {"type": "object", "properties": {}}
+    schema = tool["function"].get("parameters") or {"type": "object", "properties": {}}
+    return structured.strict(schema) if tool["function"].get("strict") else schema
 
 
 def forced_schema(tools: list[dict[str, Any]], name: str | None) -> dict[str, Any]:
@@ -41,6 +43,7 @@ def forced_schema(tools: list[dict[str, Any]], name: str | None) -> dict[str, An
                 "type": "object",
                 "properties": {"name": {"const": t["function"]["name"]}, "arguments": _parameters(t)},
                 "required": ["name", "arguments"],
+                "additionalProperties": False,
             }
             for t in tools
         ]

@@ -10,13 +10,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from gateway.engine.guard import sampler_seed
-
 MAX_SEQUENCES = 16  # protocol.MAX_CHOICES
 
 
 class Output(Protocol):
     def token(self, token: int, ctx: Any = None, idx: int = -1) -> bool: ...
+
+
+class Sampler(Protocol):
+    def sample(self, context: Any, idx: int) -> int: ...
 
 
 class Parallel:
@@ -43,11 +45,10 @@ class Parallel:
         self,
         prompt: list[int],
         outputs: Sequence[Output],
-        seed: int,
-        sampling: dict[str, Any],
+        samplers: Sequence[Sampler],
         cancelled: Callable[[], bool],
     ) -> None:
-        """Decode len(outputs) choices; choice i samples with seed + i."""
+        """Decode len(outputs) choices; choice i samples with samplers[i]."""
         llm = self._llm
         context, batch = self._ready()
         context.kv_cache_clear()
@@ -56,10 +57,6 @@ class Parallel:
             context.decode(batch)
         for sequence in range(1, len(outputs)):
             context.kv_cache_seq_cp(0, sequence, 0, len(prompt))
-        samplers = []
-        for sequence in range(len(outputs)):
-            llm.set_seed(sampler_seed(seed + sequence))
-            samplers.append(llm._init_sampler(**sampling))
         # Every choice starts from the prompt's last logits.
         last = {s: samplers[s].sample(context, -1) for s in range(len(outputs))}
         active = [s for s in range(len(outputs)) if not outputs[s].token(last[s], context.ctx, -1)]

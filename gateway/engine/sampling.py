@@ -1,11 +1,13 @@
-"""What constrains or reports on sampling in the worker: grammars for response formats and forced
-tool calls, the client's logit bias, and per-token log probabilities. Runs in the worker process."""
+"""What constrains or reports on sampling in the worker: the sampler of one sequence (llama.cpp's
+chain, under a grammar for response formats and forced tool calls), the client's logit bias, and
+per-token log probabilities. Runs in the worker process."""
 
 from __future__ import annotations
 
-import json
+import ctypes
 from typing import Any
 
+from gateway.engine.constraint import Grammar, Matcher
 from gateway.errors import invalid_request
 
 
@@ -66,19 +68,51 @@ class LogprobScorer:
         return {"token": piece.decode("utf-8", errors="replace"), "logprob": logprob, "bytes": list(piece)}
 
 
-def grammar_for(constraint: dict[str, Any] | None) -> Any:
-    """A llama.cpp grammar for the response format; a schema it cannot express is the client's 400."""
-    if not constraint:
-        return None
-    from llama_cpp import llama_grammar
+class ConstrainedSampler:
+    """llama.cpp's sampler chain under a grammar, the way llama.cpp applies one: sample from the chain
+    first and check only that token; only when the grammar rejects it, mask the logits with the full
+    set of allowed tokens and sample again. Most tokens pass the check, so the mask (and its walk of
+    the vocabulary) is rarely computed. The chain accepts only the token finally chosen."""
 
-    if constraint.get("json_object"):
-        return llama_grammar.LlamaGrammar.from_string(llama_grammar.JSON_GBNF, verbose=False)
-    try:
-        text = json.dumps(constraint["json_schema"])
-        return llama_grammar.LlamaGrammar.from_json_schema(text, verbose=False)
-    except Exception as exc:  # the converter raises plain exceptions for schemas it cannot handle
-        raise invalid_request(
-            f"response_format.json_schema cannot be enforced with a grammar: {type(exc).__name__}: {exc}",
-            param="response_format",
-        ) from None
+    def __init__(self, chain: Any, matcher: Matcher, n_vocab: int) -> None:
+        import llama_cpp
+        import numpy as np
+        from llama_cpp import _internals
+
+        self._np = np
+        self._llama = llama_cpp
+        self._chain = chain  # a llama_cpp._internals.LlamaSampler; owns the llama_sampler
+        self.matcher = matcher
+        self._n_vocab = n_vocab
+        self._candidates = _internals.LlamaTokenDataArray(n_vocab=n_vocab)
+        self.masked = 0  # tokens that needed the full mask (for measurements)
+
+    def sample(self, context: Any, idx: int) -> int:
+        """The next token from `context`'s logits at `idx` (a llama_cpp._internals.LlamaContext)."""
+        np = self._np
+        logits = np.ctypeslib.as_array(self._llama.llama_get_logits_ith(context.ctx, idx), shape=(self._n_vocab,))
+        token = self._pick(logits)
+        if not self.matcher.try_consume(token):
+            self.masked += 1
+            allowed = logits.copy()  # llama.cpp's buffer stays as it is, for log probabilities
+            self.matcher.apply(allowed)
+            token = self._pick(allowed)
+            self.matcher.consume(token)
+        self._llama.llama_sampler_accept(self._chain.sampler, token)
+        return token
+
+    def _pick(self, logits: Any) -> int:
+        candidates = self._candidates
+        candidates.copy_logits(logits)
+        self._llama.llama_sampler_apply(self._chain.sampler, ctypes.byref(candidates.candidates))
+        return int(candidates.candidates_data.id[candidates.candidates.selected])
+
+
+def make_sampler(llm: Any, seed: int, sampling: dict[str, Any], grammar: Grammar | None) -> Any:
+    """One sequence's sampler (`.sample(context, idx) -> token`): llama.cpp's chain for `sampling`
+    seeded with `seed`, under `grammar` when the output is constrained."""
+    llm.set_seed(seed)
+    chain = llm._init_sampler(**sampling)
+    if grammar is None:
+        return chain
+    return ConstrainedSampler(chain, grammar.matcher(), llm.n_vocab())

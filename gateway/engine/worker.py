@@ -26,13 +26,15 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
+from gateway.engine import single
 from gateway.engine.base import GenerationParams
+from gateway.engine.constraint import Constraints
 from gateway.engine.deltas import DeltaBatcher
 from gateway.engine.embedding import POOLING, embed
 from gateway.engine.guard import Tokenizer, fresh_prompt, nonempty_prompt, sampler_seed, tokenize
 from gateway.engine.loadlog import LogCapture, failure_message
 from gateway.engine.parallel import Parallel
-from gateway.engine.sampling import LogprobScorer, grammar_for, logit_bias_processor
+from gateway.engine.sampling import LogprobScorer, logit_bias_processor, make_sampler
 from gateway.engine.stops import StopMatcher
 from gateway.errors import GatewayError, context_length_exceeded, internal_error, invalid_request
 
@@ -73,6 +75,7 @@ def main(conn: Connection, env: dict[str, str] | None = None) -> None:
     threading.Thread(target=_read_commands, args=(conn, send, jobs, cancelled, llm), daemon=True).start()
     parallel = Parallel(llm)
     tokenizer = Tokenizer(llm)
+    constraints = Constraints(llm._model.vocab)
     while True:
         kind, request_id, payload = jobs.get()
         try:
@@ -80,7 +83,7 @@ def main(conn: Connection, env: dict[str, str] | None = None) -> None:
                 send(("result", request_id, embed(llm, payload, tokenizer)))
             else:
                 params = GenerationParams.from_wire(payload)
-                _generate(llm, formatter, tokenizer, request_id, params, send, cancelled, parallel)
+                _generate(llm, formatter, tokenizer, request_id, params, send, cancelled, parallel, constraints)
         except GatewayError as exc:
             send(("error", request_id, exc.to_wire()))
         except (BrokenPipeError, EOFError):
@@ -280,6 +283,7 @@ def _generate(
     send: Send,
     cancelled: set[int],
     parallel: Parallel,
+    constraints: Constraints,
 ) -> None:
     if request_id in cancelled:
         send(("finished", request_id, "cancelled", 0, 0))
@@ -290,7 +294,7 @@ def _generate(
     if room <= 0:
         raise context_length_exceeded(len(prompt), n_ctx, "messages" if params.prompt is None else "prompt")
     limit = min(params.max_tokens, room) if params.max_tokens else room
-    grammar = grammar_for(params.constraint)
+    grammar = constraints.compile(params.constraint)
     bias = logit_bias_processor(llm, params.logit_bias)
     stops = [*params.stop, *template_stops]
     outputs = [ChoiceOutput(llm, request_id, i, stops, limit, params, send) for i in range(params.n)]
@@ -304,11 +308,12 @@ def _generate(
         "repeat_penalty": params.repeat_penalty,
         "presence_penalty": params.presence_penalty,
         "frequency_penalty": params.frequency_penalty,
-        "grammar": grammar,
         "logits_processor": bias,
     }
+    # Choice i samples with seed + i, each under its own matcher of the shared grammar.
+    samplers = [make_sampler(llm, sampler_seed(seed + i), sampling, grammar) for i in range(params.n)]
     if params.n > 1:
-        parallel.run(prompt, outputs, seed, sampling, lambda: request_id in cancelled)
+        parallel.run(prompt, outputs, samplers, lambda: request_id in cancelled)
         cancelled_now = request_id in cancelled
         for index, output in enumerate(outputs):
             output.close(cancelled_now)
@@ -317,15 +322,8 @@ def _generate(
         send(("finished", request_id, "cancelled" if cancelled_now else "stop", len(prompt), total))
         return
     (output,) = outputs
-    llm.set_seed(seed)
     if params.seed is not None:
         fresh_prompt(llm)
-    was_cancelled = False
-    for token in llm.generate(prompt, **sampling):
-        if request_id in cancelled:
-            was_cancelled = True
-            break
-        if output.token(token):
-            break
+    was_cancelled = single.decode(llm, prompt, samplers[0], output.token, lambda: request_id in cancelled)
     output.close(was_cancelled)
     send(("finished", request_id, output.finish_reason, len(prompt), output.produced))

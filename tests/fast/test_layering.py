@@ -14,7 +14,8 @@ ALLOWED: dict[str, set[str]] = {
     "config": {"errors", "units"},
     "limits": set(),
     "jsonbody": {"errors", "limits"},
-    "protocol": {"errors", "jsonbody", "limits"},
+    "structured": {"errors"},
+    "protocol": {"errors", "jsonbody", "limits", "structured"},
     "memory": {"config", "errors", "gguf_info"},
     "pools": set(),
     "footprint": {"gguf_info", "memory", "pools"},
@@ -23,14 +24,16 @@ ALLOWED: dict[str, set[str]] = {
     "capacity": {"config", "footprint", "memory", "placement", "pools", "units"},
     "engine.stops": set(),
     "engine.deltas": set(),
-    "tools": set(),
+    "tools": {"structured"},
     "toolprompt": {"tools"},
     "engine.base": {"config", "errors"},
     "engine.fake": {"config", "errors", "engine.base", "engine.stops"},
-    "engine.sampling": {"errors"},
+    "engine.constraint": {"errors", "structured"},
+    "engine.sampling": {"errors", "engine.constraint"},
     "engine.guard": {"errors"},
     "engine.embedding": {"errors", "engine.guard"},
-    "engine.parallel": {"engine.guard"},
+    "engine.parallel": set(),
+    "engine.single": set(),
     "engine.looppipe": set(),
     "engine.worker": {
         "errors",
@@ -42,6 +45,8 @@ ALLOWED: dict[str, set[str]] = {
         "engine.guard",
         "engine.parallel",
         "engine.loadlog",
+        "engine.single",
+        "engine.constraint",
     },
     "engine.loadlog": set(),
     "engine.process": {
@@ -224,6 +229,8 @@ WORKER_SIDE = {
     "engine.embedding",
     "engine.parallel",
     "engine.guard",
+    "engine.constraint",
+    "engine.single",
 }
 
 
