@@ -110,7 +110,7 @@ def test_schema_the_grammar_cannot_express_is_400(api: GatewayServer) -> None:
                 stream=stream,  # type: ignore[call-overload]
             )
             list(result) if stream else None
-        assert info.value.param == "response_format"
+        assert info.value.param == "response_format.json_schema.schema"
 
 
 def test_text_completions(api: GatewayServer) -> None:
