@@ -28,6 +28,8 @@ from typing import Any
 import httpx
 import psutil
 import yaml
+from bench_structured import measure as measure_structured
+from bench_structured import rows as structured_rows
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "models"
@@ -325,6 +327,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result["alternation"].update({"peer_rps": peer_rps, "ratio": gateway_rps / peer_rps})
         peer.stop()
 
+    result["structured"] = measure_structured(gw.url, "smollm2", rounds, max_tokens)
     result["health_under_load"] = health_latency(gw.url, 40 if quick else 150)
     result["concurrency_tps"] = concurrency(gw.url, [1, 2, 4, 8], 32 if quick else 64)
 
@@ -438,6 +441,7 @@ def markdown(r: dict[str, Any]) -> str:
             cycles["growth_mb"] <= 10,
         )
     )
+    rows.extend(structured_rows(r["structured"]))
     conc = ", ".join(f"{k}: {v:.0f}" for k, v in r["concurrency_tps"].items())
     rows.append(("Aggregate tokens/s at 1, 2, 4, 8 streams", conc, "-", "baseline", None))
     lines = ["| measure | gateway | llama-cpp-python server | target | met |", "|---|---|---|---|---|"]

@@ -1,0 +1,121 @@
+"""Structured outputs: constrained decode speed and time to first token against the same requests
+without a constraint, on one gateway, rounds interleaved (medians).
+
+Part of `scripts/bench`; alone: `.venv/bin/python scripts/bench_structured.py [--quick]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+# Greedy SmolLM2 writes "apple" until max_tokens, as a list when the schema asks for one.
+PROMPT = [{"role": "user", "content": "Repeat the word 'apple' 500 times."}]
+SAMPLING = {"temperature": 0.0, "repeat_penalty": 1.0}
+WORDS = {
+    "type": "object",
+    "properties": {"words": {"type": "array", "items": {"type": "string", "maxLength": 12}}},
+    "required": ["words"],
+    "additionalProperties": False,
+}
+FORMATS: dict[str, dict[str, Any] | None] = {
+    "none": None,
+    "json_object": {"type": "json_object"},
+    "json_schema": {"type": "json_schema", "json_schema": {"name": "words", "schema": WORDS, "strict": True}},
+}
+
+
+def timing(
+    client: httpx.Client, url: str, model: str, max_tokens: int, fmt: dict[str, Any] | None
+) -> tuple[float, float]:
+    """(seconds to the first content, decode tokens/s after it) of one streamed request."""
+    body: dict[str, Any] = {"model": model, "messages": PROMPT, "max_tokens": max_tokens, "stream": True, **SAMPLING}
+    body["stream_options"] = {"include_usage": True}
+    if fmt is not None:
+        body["response_format"] = fmt
+    started = time.perf_counter()
+    first = last = 0.0
+    tokens = 0
+    with client.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=300) as response:
+        response.raise_for_status()
+        for line in response.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            data = json.loads(line[6:])
+            if data.get("usage"):
+                tokens = data["usage"]["completion_tokens"]
+            if data.get("choices") and data["choices"][0]["delta"].get("content"):
+                last = time.perf_counter()
+                first = first or last
+    return first - started, (tokens - 1) / (last - first) if last > first else 0.0
+
+
+def measure(url: str, model: str, rounds: int, max_tokens: int) -> dict[str, Any]:
+    """Decode tokens/s and TTFT per response format; ratios and deltas against no format."""
+    decode: dict[str, list[float]] = {name: [] for name in FORMATS}
+    ttft: dict[str, list[float]] = {name: [] for name in FORMATS}
+    with httpx.Client() as client:
+        # The first request with each schema compiles its grammar (and the worker's tokenizer bridge).
+        first_compile_ms = {name: timing(client, url, model, 2, fmt)[0] * 1000 for name, fmt in FORMATS.items()}
+        for _ in range(rounds):
+            for name, fmt in FORMATS.items():
+                decode[name].append(timing(client, url, model, max_tokens, fmt)[1])
+                ttft[name].append(timing(client, url, model, 2, fmt)[0] * 1000)
+    tps = {name: statistics.median(values) for name, values in decode.items()}
+    ms = {name: statistics.median(values) for name, values in ttft.items()}
+    return {
+        "decode_tps": tps,
+        "ttft_ms": ms,
+        "first_request_ttft_ms": first_compile_ms,
+        "decode_ratio": {name: tps[name] / tps["none"] for name in FORMATS if name != "none"},
+        "ttft_delta_ms": {name: ms[name] - ms["none"] for name in FORMATS if name != "none"},
+    }
+
+
+def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, bool]]:
+    """Rows of bench.md's table: (measure, gateway, peer, target, met)."""
+    ratio, delta, tps = r["decode_ratio"], r["ttft_delta_ms"], r["decode_tps"]
+    return [
+        (
+            "Constrained decode tokens/s / unconstrained (json_object; json_schema)",
+            f"{ratio['json_object']:.2f}; {ratio['json_schema']:.2f} ({tps['json_schema']:.0f} vs {tps['none']:.0f})",
+            "-",
+            ">= 0.8",
+            min(ratio.values()) >= 0.8,
+        ),
+        (
+            "Schema TTFT - plain, grammar cached (json_object; json_schema)",
+            f"{delta['json_object']:+.1f}; {delta['json_schema']:+.1f} ms",
+            "-",
+            "<= +50 ms",
+            max(delta.values()) <= 50,
+        ),
+    ]
+
+
+def main() -> None:
+    from bench import SMOLLM, gateway_server  # scripts/ is on sys.path when run as a script
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    server = gateway_server(Path(tempfile.mkdtemp(prefix="bench-structured-")), "gw", {"smollm2": SMOLLM}, {})
+    try:
+        result = measure(server.url, "smollm2", 2 if args.quick else 5, 128 if args.quick else 256)
+    finally:
+        server.stop()
+    json.dump(result, sys.stdout, indent=2)
+    for name, ours, _, target, met in rows(result):
+        print(f"| {name} | {ours} | - | {target} | {'yes' if met else '**no**'} |")
+
+
+if __name__ == "__main__":
+    main()
