@@ -22,7 +22,8 @@ PROMPT = [{"role": "user", "content": "Repeat the word 'apple' 500 times."}]
 SAMPLING = {"temperature": 0.0, "repeat_penalty": 1.0}
 WORDS = {
     "type": "object",
-    "properties": {"words": {"type": "array", "items": {"type": "string", "maxLength": 12}}},
+    # At least 64 items: greedy decoding would otherwise close the list at once.
+    "properties": {"words": {"type": "array", "items": {"type": "string", "maxLength": 12}, "minItems": 64}},
     "required": ["words"],
     "additionalProperties": False,
 }

@@ -22,7 +22,15 @@ def test_bench_quick_writes_results(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads((tmp_path / "bench.json").read_text())
-    for key in ("single_stream", "alternation", "cold_start", "health_under_load", "memory", "concurrency_tps"):
+    for key in (
+        "single_stream",
+        "alternation",
+        "cold_start",
+        "health_under_load",
+        "memory",
+        "concurrency_tps",
+        "structured",
+    ):
         assert key in data
     assert {"raw", "gateway", "peer"} <= set(data["single_stream"])
     assert data["single_stream"]["gateway"]["decode_tps"] > 0
