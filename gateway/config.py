@@ -20,10 +20,12 @@ from pydantic import (
     Field,
     ValidationError,
     WithJsonSchema,
+    field_validator,
     model_validator,
 )
 
-from gateway.errors import ConfigError
+from gateway import structured
+from gateway.errors import ConfigError, GatewayError
 from gateway.units import parse_bytes, parse_duration
 
 DEFAULT_CONFIG_NAME = "models.yaml"
@@ -162,6 +164,16 @@ class OutputSection(_Section):
     grammar_schema: dict[str, Any] | None = Field(
         None, description="JSON schema every answer must follow unless the request sets response_format"
     )
+
+    @field_validator("grammar_schema")
+    @classmethod
+    def _enforceable(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            try:
+                structured.check(value, "grammar_schema")
+            except GatewayError as exc:
+                raise ValueError(exc.message) from None
+        return value
 
 
 class ModelEntry(_Section):

@@ -11,7 +11,7 @@ ALLOWED: dict[str, set[str]] = {
     "errors": set(),
     "units": set(),
     "gguf_info": set(),
-    "config": {"errors", "units"},
+    "config": {"errors", "units", "structured"},
     "limits": set(),
     "jsonbody": {"errors", "limits"},
     "structured": {"errors"},

@@ -238,3 +238,14 @@ def test_json_object_schema_and_forced_tool_parameters_are_checked_too() -> None
 def test_a_schema_that_is_not_an_object_is_a_400() -> None:
     error = refusal(chat(response_format=schema_format(["type", "object"])))
     assert error.param in (SCHEMA_PARAM, "response_format.json_schema.schema")
+
+
+def test_a_model_default_schema_the_engine_cannot_enforce_is_a_config_error(make_config: Any, tmp_path: Path) -> None:
+    from gateway.config import parse_settings
+    from gateway.errors import ConfigError
+
+    good = make_config({"m": {"output": {"grammar_schema": {"type": "object"}}}})
+    assert parse_settings(good, tmp_path).models["m"].output.grammar_schema == {"type": "object"}
+    bad = make_config({"m": {"output": {"grammar_schema": {"type": "array", "uniqueItems": True}}}})
+    with pytest.raises(ConfigError, match=r"models\.m\.output\.grammar_schema: .*uniqueItems"):
+        parse_settings(bad, tmp_path)
