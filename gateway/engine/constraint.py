@@ -118,9 +118,8 @@ class Constraints:
         tokenizer = self.tokenizer()
         template = LLMatcher(tokenizer, structured.grammar(schema), log_level=0)
         if template.is_error():
-            raise invalid_request(
-                f"'response_format' cannot be enforced: {template.get_error()}", param="response_format"
-            )
+            # The gateway checked the schema without a vocabulary; this is what only the vocabulary shows.
+            raise invalid_request(f"The output schema cannot be enforced: {template.get_error()}", "response_format")
         grammar = Grammar(template, tokenizer.vocab_size)
         self._cache[key] = grammar
         return grammar

@@ -211,6 +211,7 @@ def test_a_strict_forced_tool_follows_strict_rules() -> None:
         ({"type": "string", "pattern": "(?=a)b"}, "look-around"),
         ({"$ref": "https://example.com/schema.json"}, "https://example.com/schema.json"),
         ({"allOf": [{"type": "string"}, {"type": "integer"}]}, "incompatible types"),
+        ({"oneOf": [{"type": "integer"}, {"type": "number"}]}, "oneOf"),
     ],
 )
 def test_a_keyword_the_engine_cannot_enforce_is_a_400_naming_it(schema: dict[str, Any], keyword: str) -> None:
