@@ -30,6 +30,7 @@ import psutil
 import yaml
 from bench_structured import measure as measure_structured
 from bench_structured import rows as structured_rows
+from bench_structured import sampling_cpu
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "models"
@@ -328,6 +329,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         peer.stop()
 
     result["structured"] = measure_structured(gw.url, "smollm2", rounds, max_tokens)
+    result["structured"]["sampling_cpu_ms_per_token"] = sampling_cpu(SMOLLM, max_tokens)
     result["health_under_load"] = health_latency(gw.url, 40 if quick else 150)
     result["concurrency_tps"] = concurrency(gw.url, [1, 2, 4, 8], 32 if quick else 64)
 

@@ -81,6 +81,45 @@ def measure(url: str, model: str, rounds: int, max_tokens: int) -> dict[str, Any
     }
 
 
+class _Timed:
+    """A sampler that notes the CPU time each choice took."""
+
+    def __init__(self, sampler: Any) -> None:
+        self._sampler = sampler
+        self.spent: list[float] = []
+
+    def sample(self, context: Any, idx: int) -> int:
+        started = time.thread_time()
+        token = int(self._sampler.sample(context, idx))
+        self.spent.append(time.thread_time() - started)
+        return token
+
+
+def sampling_cpu(model_path: Path, tokens: int) -> dict[str, float]:
+    """CPU milliseconds per token spent choosing it (the sampler alone, in this process's thread), with
+    and without a grammar: a figure a busy machine does not distort, unlike tokens/s."""
+    import llama_cpp
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from gateway.engine import single
+    from gateway.engine.constraint import Constraints
+    from gateway.engine.sampling import make_sampler
+
+    llm = llama_cpp.Llama(str(model_path), n_ctx=1024, n_threads=2, verbose=False)
+    text = "<|im_start|>user\nRepeat the word 'apple' 500 times.<|im_end|>\n<|im_start|>assistant\n"
+    prompt = llm.tokenize(text.encode(), add_bos=False, special=True)
+    constraints = Constraints(llm._model.vocab)
+    sampling = {"top_k": 40, "top_p": 0.95, "min_p": 0.05, "temp": 0.0, "repeat_penalty": 1.0}
+    sampling |= {"presence_penalty": 0.0, "frequency_penalty": 0.0, "logits_processor": None}
+    result = {}
+    for name, spec in (("none", None), ("json_schema", {"json_schema": WORDS})):
+        timed = _Timed(make_sampler(llm, 1, sampling, constraints.compile(spec)))
+        single.decode(llm, prompt, timed, lambda _, t=timed: len(t.spent) >= tokens, lambda: False)
+        result[name] = 1000 * statistics.mean(timed.spent)
+    llm.close()
+    return result
+
+
 def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, bool]]:
     """Rows of bench.md's table: (measure, gateway, peer, target, met)."""
     ratio, delta, tps = r["decode_ratio"], r["ttft_delta_ms"], r["decode_tps"]
@@ -99,7 +138,19 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, bool]]:
             "<= +50 ms",
             max(delta.values()) <= 50,
         ),
-    ]
+    ] + (
+        [
+            (
+                "Sampler CPU per token, plain / under a schema",
+                f"{cpu['none']:.3f} / {cpu['json_schema']:.3f} ms",
+                "-",
+                "baseline",
+                True,
+            )
+        ]
+        if (cpu := r.get("sampling_cpu_ms_per_token"))
+        else []
+    )
 
 
 def main() -> None:
@@ -113,6 +164,7 @@ def main() -> None:
         result = measure(server.url, "smollm2", 2 if args.quick else 5, 128 if args.quick else 256)
     finally:
         server.stop()
+    result["sampling_cpu_ms_per_token"] = sampling_cpu(SMOLLM, 128 if args.quick else 256)
     json.dump(result, sys.stdout, indent=2)
     for name, ours, _, target, met in rows(result):
         print(f"| {name} | {ours} | - | {target} | {'yes' if met else '**no**'} |")

@@ -73,7 +73,8 @@ def validate(value: Any, schema: dict[str, Any]) -> None:
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenAI]:
     config = {"gateway": {"memory_budget": "1GiB"}, "models": {"smollm2": model(SMOLLM)}}
     server = GatewayServer(config, tmp_path_factory.mktemp("structured"))
-    yield OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0, timeout=120)
+    # A generous deadline: a busy machine may be many times slower than this one alone.
+    yield OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0, timeout=600)
     server.stop()
 
 
