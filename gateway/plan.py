@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from gateway import structured
 from gateway.config import GatewaySection, ModelEntry
 from gateway.engine.base import GenerationParams
 from gateway.errors import invalid_request
@@ -28,7 +29,7 @@ from gateway.responses import ChatResponder, CompletionResponder
 from gateway.scheduler.views import SlotView
 from gateway.toolprompt import GenericReply, generic_messages, generic_schema
 from gateway.toolprompt import native_tools as template_presents_tools
-from gateway.tools import AutoCall, NamedCall, RequiredCall, Shaper, forced_hint, forced_schema
+from gateway.tools import AutoCall, NamedCall, RequiredCall, Shaper, forced_hint, forced_schema, parameters_schema
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for the legacy endpoint
 ToolMode = Literal["none", "auto", "required", "named"]
@@ -53,6 +54,10 @@ class ToolPlan:
         if self.forcing:
             return {"json_schema": forced_schema(list(self.tools), self.forced)}
         if self.generic:
+            # The tools' schemas become part of the constraint here (not with a native template, where
+            # the model only may call them), so here they must be ones the engine can enforce.
+            for index, tool in enumerate(self.tools):
+                structured.check(parameters_schema(tool), f"tools[{index}].function.parameters")
             return {"json_schema": generic_schema(list(self.tools))}
         return None
 

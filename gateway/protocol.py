@@ -7,8 +7,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from gateway import limits
-from gateway import structured
+from gateway import limits, structured
 from gateway.errors import invalid_request
 from gateway.jsonbody import parse_object
 

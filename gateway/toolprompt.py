@@ -11,7 +11,7 @@ import json
 import re
 from typing import Any
 
-from gateway.tools import Piece, Shaper, new_call_id
+from gateway.tools import Piece, Shaper, new_call_id, parameters_schema
 
 _TOOLS_IN_TEMPLATE = re.compile(r"\btools\b")
 
@@ -22,16 +22,14 @@ def native_tools(chat_format: str | None, template: str | None) -> bool:
     return chat_format is None and template is not None and _TOOLS_IN_TEMPLATE.search(template) is not None
 
 
-def _parameters(tool: dict[str, Any]) -> dict[str, Any]:
-    return tool["function"].get("parameters") or {"type": "object", "properties": {}}
-
-
 def generic_tool_prompt(tools: list[dict[str, Any]]) -> str:
     lines = ["You can call these functions. Each is listed with the JSON schema of its arguments:"]
     for tool in tools:
         fn = tool["function"]
         description = f" - {fn['description']}" if fn.get("description") else ""
-        lines.append(f"- {fn['name']}{description}. Arguments: {json.dumps(_parameters(tool), ensure_ascii=False)}")
+        lines.append(
+            f"- {fn['name']}{description}. Arguments: {json.dumps(parameters_schema(tool), ensure_ascii=False)}"
+        )
     lines.append(
         'Answer with a JSON object: {"tool_call": {"name": "<function name>", "arguments": {...}}} to call a '
         'function, or {"response": "<your answer>"} to answer the user directly.'
@@ -39,20 +37,25 @@ def generic_tool_prompt(tools: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _only(properties: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "properties": properties, "required": list(properties), "additionalProperties": False}
+
+
 def generic_schema(tools: list[dict[str, Any]]) -> dict[str, Any]:
     """What a generic answer must be: one call of a known function, or a text response."""
     calls = [
         {
             "type": "object",
-            "properties": {"name": {"const": t["function"]["name"]}, "arguments": _parameters(t)},
+            "properties": {"name": {"const": t["function"]["name"]}, "arguments": parameters_schema(t)},
             "required": ["name", "arguments"],
+            "additionalProperties": False,  # the constraint engine allows other keys unless told
         }
         for t in tools
     ]
     return {
         "anyOf": [
-            {"type": "object", "properties": {"tool_call": {"anyOf": calls}}, "required": ["tool_call"]},
-            {"type": "object", "properties": {"response": {"type": "string"}}, "required": ["response"]},
+            _only({"tool_call": {"anyOf": calls}}),
+            _only({"response": {"type": "string"}}),
         ]
     }
 

@@ -26,7 +26,8 @@ def new_call_id() -> str:
     return f"call_{uuid.uuid4().hex[:24]}"
 
 
-def _parameters(tool: dict[str, Any]) -> dict[str, Any]:
+def parameters_schema(tool: dict[str, Any]) -> dict[str, Any]:
+    """The JSON schema of a tool's arguments (OpenAI's strict rules applied when it is `strict`)."""
     schema = tool["function"].get("parameters") or {"type": "object", "properties": {}}
     return structured.strict(schema) if tool["function"].get("strict") else schema
 
@@ -36,12 +37,12 @@ def forced_schema(tools: list[dict[str, Any]], name: str | None) -> dict[str, An
     a {"name", "arguments"} object for any of the tools."""
     if name is not None:
         (tool,) = [t for t in tools if t["function"]["name"] == name]
-        return _parameters(tool)
+        return parameters_schema(tool)
     return {
         "anyOf": [
             {
                 "type": "object",
-                "properties": {"name": {"const": t["function"]["name"]}, "arguments": _parameters(t)},
+                "properties": {"name": {"const": t["function"]["name"]}, "arguments": parameters_schema(t)},
                 "required": ["name", "arguments"],
                 "additionalProperties": False,
             }
@@ -57,7 +58,7 @@ def forced_hint(tools: list[dict[str, Any]], name: str | None) -> str:
     for tool in chosen:
         fn = tool["function"]
         description = f": {fn['description']}" if fn.get("description") else ""
-        lines.append(f"- {fn['name']}{description}. Parameters schema: {json.dumps(_parameters(tool))}")
+        lines.append(f"- {fn['name']}{description}. Parameters schema: {json.dumps(parameters_schema(tool))}")
     return "\n".join(lines)
 
 
