@@ -30,7 +30,7 @@ class GenerationParams:
     stop: list[str]
     seed: int | None
     delta_interval: float = 0.0  # seconds the engine may coalesce streamed text over
-    # Output constraint enforced with a grammar: {"json_object": True} or {"json_schema": {...}}.
+    # Output constraint, a checked schema the worker enforces with llguidance: {"json_schema": {...}}.
     constraint: dict[str, Any] | None = None
     prompt: str | None = None  # raw text completion instead of a chat
     logit_bias: dict[str, float] | None = None  # token id (as JSON keys are strings) -> bias
