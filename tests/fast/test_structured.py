@@ -83,7 +83,7 @@ def test_the_corpus_is_large_and_covers_every_keyword() -> None:
         assert f'"{keyword}"' in text or keyword in text, keyword
     modes = {case["mode"] for _, case in corpus()}
     assert modes == {"json_schema", "json_object_schema", "tool_named", "tool_required"}
-    assert sum(bool(case.get("unconstrained_violates")) for _, case in corpus()) >= 3
+    assert sum(bool(case.get("unconstrained_violates")) for _, case in corpus()) >= 2
 
 
 @pytest.mark.parametrize(("name", "case"), corpus(), ids=[name for name, _ in corpus()])

@@ -171,7 +171,7 @@ def test_unconstrained_the_model_breaks_the_bounds(client: OpenAI, name: str) ->
         model="smollm2",
         messages=[{"role": "user", "content": case["prompt"]}],
         response_format={"type": "json_object"},
-        max_tokens=case["max_tokens"],
+        max_tokens=100,
         temperature=0,
     )
     value = strict_json(reply.choices[0].message.content or "")
