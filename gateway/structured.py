@@ -25,11 +25,32 @@ _SCHEMA_LISTS = ("anyOf", "allOf", "oneOf", "prefixItems")
 _SCHEMA_VALUES = ("items", "additionalProperties", "not", "contains", "if", "then", "else")
 
 
+# A time's fractional seconds may have any number of digits, and a small model sampling at
+# temperature 1 can write them until max_tokens: without a maxLength of their own, times are capped
+# (still valid times; the longest with microseconds and an offset is 32 characters).
+TIME_MAX_LENGTH = {"time": 24, "date-time": 35}
+
+
 def grammar(schema: dict[str, Any]) -> str:
     """The llguidance grammar text for a JSON schema (validated separately: see `check`)."""
     from llguidance import LLMatcher
 
-    return LLMatcher.grammar_from_json_schema(schema, overrides=COMPILE_OPTIONS)  # type: ignore[arg-type]
+    bounded = copy.deepcopy(schema)
+    _bound_times(bounded)
+    return LLMatcher.grammar_from_json_schema(bounded, overrides=COMPILE_OPTIONS)  # type: ignore[arg-type]
+
+
+def _bound_times(node: Any) -> None:
+    if isinstance(node, dict):
+        kind = node.get("format")
+        limit = TIME_MAX_LENGTH.get(kind) if isinstance(kind, str) else None
+        if limit is not None and "maxLength" not in node:
+            node["maxLength"] = limit
+        for child in node.values():
+            _bound_times(child)
+    elif isinstance(node, list):
+        for child in node:
+            _bound_times(child)
 
 
 def check(schema: Any, param: str) -> None:
