@@ -29,6 +29,7 @@ _SCHEMA_VALUES = ("items", "additionalProperties", "not", "contains", "if", "the
 # temperature 1 can write them until max_tokens: without a maxLength of their own, times are capped
 # (still valid times; the longest with microseconds and an offset is 32 characters).
 TIME_MAX_LENGTH = {"time": 24, "date-time": 35}
+_VALUES = ("const", "enum", "default", "examples")  # JSON values, not schemas
 
 
 def grammar(schema: dict[str, Any]) -> str:
@@ -46,8 +47,9 @@ def _bound_times(node: Any) -> None:
         limit = TIME_MAX_LENGTH.get(kind) if isinstance(kind, str) else None
         if limit is not None and "maxLength" not in node:
             node["maxLength"] = limit
-        for child in node.values():
-            _bound_times(child)
+        for key, child in node.items():
+            if key not in _VALUES:
+                _bound_times(child)
     elif isinstance(node, list):
         for child in node:
             _bound_times(child)

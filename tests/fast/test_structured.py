@@ -138,6 +138,8 @@ def test_times_have_bounded_fractions_unless_the_schema_bounds_them() -> None:
     assert accepts(schema, '{"t":"20:05:28.123456+01:00"}')
     assert not accepts(schema, '{"t":"20:05:28.' + "1" * 40 + 'Z"}')
     assert "maxLength" not in schema["properties"]["t"]  # the client's schema is left as it was
+    value = {"type": "object", "properties": {"v": {"const": {"format": "time"}}}}
+    assert accepts(value, '{"v":{"format":"time"}}')  # a value that looks like a schema is a value
 
 
 def test_a_recursive_schema_compiles_and_holds() -> None:
