@@ -87,7 +87,9 @@ def test_a_template_without_tools_gets_the_generic_tool_format(
     with_format = plan_chat(
         chat(tools=TOOLS, response_format={"type": "json_object"}), views["g"], gateway(make_config, tmp_path)
     )
-    assert not with_format.tools.generic and with_format.generations[0].constraint == {"json_object": True}
+    assert not with_format.tools.generic and with_format.generations[0].constraint == {
+        "json_schema": {"type": "object"}
+    }
 
 
 def test_plan_takes_model_defaults_and_request_overrides(
