@@ -147,8 +147,8 @@ class MessageEvents:
         return events
 
     @staticmethod
-    def error(error: GatewayError) -> Event:
-        return "error", error_body(error)
+    def error(error: GatewayError) -> list[Event]:
+        return [("error", error_body(error))]
 
     def _begin(self, block: dict[str, Any], kind: str) -> list[Event]:
         events = self._close()

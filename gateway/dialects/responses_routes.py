@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,16 +11,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from gateway.dialects import responses_reply
+from gateway.dialects.relay import relay
 from gateway.dialects.response_store import ResponseStore, Stored
-from gateway.dialects.responses_reply import Event, ResponseEvents
+from gateway.dialects.responses_reply import ResponseEvents
 from gateway.dialects.responses_request import ResponsesRequest, input_messages, parse_responses_request, to_chat
 from gateway.dispatch import ChatStream
-from gateway.errors import GatewayError, internal_error
+from gateway.errors import GatewayError
 from gateway.routes import run_chat
-from gateway.streaming import encode
-from gateway.web import CLIENT_CLOSED_REQUEST, principal_of, sse, sse_event
-
-log = logging.getLogger(__name__)
+from gateway.web import CLIENT_CLOSED_REQUEST, principal_of, sse
 
 
 def _store(request: Request) -> ResponseStore:
@@ -74,34 +70,15 @@ async def _keep(
     await asyncio.to_thread(_store(request).put, answer["id"], stored)
 
 
-async def _events(
+def _events(
     request: Request, body: ResponsesRequest, history: list[dict[str, Any]], stream: ChatStream, base: dict[str, Any]
 ) -> AsyncIterator[dict[str, str]]:
     events = ResponseEvents(base)
 
-    def frames(batch: list[Event]) -> list[dict[str, str]]:
-        return [sse_event(event["type"], encode(event)) for event in batch]
-
-    async with contextlib.aclosing(stream.chunks):
-        for frame in frames(events.start()):
-            yield frame
-        try:
-            async for chunk in stream.chunks:
-                for frame in frames(events.chunk(chunk)):
-                    yield frame
-        except GatewayError as exc:
-            for frame in frames(events.error(exc)):
-                yield frame
-            return
-        except Exception as exc:  # a bug of ours: still end the stream in the Responses way
-            log.exception("stream failed")
-            for frame in frames(events.error(internal_error(type(exc).__name__))):
-                yield frame
-            return
-        final = events.end()
+    async def keep() -> None:  # stored before the last event, so a client may continue at once
         await _keep(request, body, history, events.response)
-        for frame in frames(final):
-            yield frame
+
+    return relay(stream, events, lambda event: (event["type"], event), before_end=keep)
 
 
 async def retrieve(request: Request) -> Response:
