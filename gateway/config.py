@@ -149,6 +149,9 @@ class SamplingSection(_Section):
 
 class RuntimeSection(_Section):
     thread_count: int | None = Field(None, ge=1, description="threads for generation; default: half the cores")
+    parallel: int = Field(
+        1, ge=1, description="requests decoded together (continuous batching); the KV cache holds n_ctx for each"
+    )
     verbose: bool = False
 
 

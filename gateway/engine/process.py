@@ -1,23 +1,40 @@
 """Parent-side handle of a worker process (see `engine/worker.py` for the pipe protocol).
 
-The pipe is read from the event loop (`looppipe.py`), so no thread sits between a token and the
+The pipe is read from the event loop with `add_reader`, so no thread sits between a token and the
 client. A worker that exits unexpectedly fails every generation it held, and the registry is told.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import multiprocessing
+from collections.abc import Awaitable, Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
 from gateway.config import ModelEntry
 from gateway.engine import worker
-from gateway.engine.base import ChoiceFinished, Delta, Engine, Finished, Generation, GenerationParams, Started
-from gateway.engine.loadlog import LoadReport
-from gateway.engine.looppipe import LoopPipe
+from gateway.engine.base import Engine, Finished, Generation, GenerationParams
+from gateway.engine.wire import (
+    Call,
+    Cancel,
+    Channel,
+    Embed,
+    Event,
+    Failed,
+    FromWorker,
+    Generate,
+    Load,
+    Loaded,
+    LoadFailed,
+    Result,
+    Shutdown,
+    ToWorker,
+    Usage,
+)
 from gateway.errors import GatewayError, load_failed, worker_died
 from gateway.memory import process_rss
 
@@ -25,9 +42,8 @@ log = logging.getLogger(__name__)
 _STOP_WAIT = 5.0
 
 
-def worker_config(entry: ModelEntry, placement: dict[str, Any] | None = None) -> dict[str, Any]:
+def worker_config(entry: ModelEntry) -> dict[str, Any]:
     return {
-        "placement": placement,
         "path": str(entry.model.path),
         "n_ctx": entry.model.n_ctx,
         "n_batch": entry.model.n_batch,
@@ -37,6 +53,7 @@ def worker_config(entry: ModelEntry, placement: dict[str, Any] | None = None) ->
         "n_threads": entry.runtime.thread_count,
         "verbose": entry.runtime.verbose,
         "repeat_last_n": entry.sampling.repeat_last_n,
+        "parallel": entry.runtime.parallel,
         "embedding": entry.embedding,
         "pooling": entry.model.pooling,
     }
@@ -45,12 +62,11 @@ def worker_config(entry: ModelEntry, placement: dict[str, Any] | None = None) ->
 Spawned = tuple[multiprocessing.process.BaseProcess, Connection]
 
 
-async def spawn_worker(env: dict[str, str] | None = None) -> Spawned:
-    """Start a worker process that imports llama_cpp and waits for its model. `env` is applied in the
-    child before llama.cpp starts (`CUDA_VISIBLE_DEVICES` for a GPU placement)."""
+async def spawn_worker() -> Spawned:
+    """Start a worker process that imports llama_cpp and waits for its model."""
     ctx = multiprocessing.get_context("spawn")
     parent_conn, child_conn = ctx.Pipe(duplex=True)
-    process = ctx.Process(target=worker.main, args=(child_conn, env), name="gateway-worker", daemon=True)
+    process = ctx.Process(target=worker.main, args=(child_conn,), name="gateway-worker", daemon=True)
     # Spawning writes the pickled start-up data to the child: off the event loop.
     await asyncio.to_thread(process.start)
     child_conn.close()  # only the child holds its end now, so its exit reads as EOF here
@@ -120,32 +136,25 @@ class ProcessEngine(Engine):
         entry: ModelEntry,
         load_timeout: float = 300.0,
         spares: SparePool | None = None,
-        *,
-        env: dict[str, str] | None = None,
-        placement: dict[str, Any] | None = None,
+        spawn: Callable[[], Awaitable[Spawned]] = spawn_worker,
     ) -> None:
-        """`env` (CUDA_VISIBLE_DEVICES...) and `placement` (llama.cpp's n_gpu_layers, tensor_split,
-        main_gpu: see placement.worker_environment and llama_arguments) put the model on its devices;
-        a worker given an environment is started for it, since a spare's GPU runtime is set up already."""
+        """`spawn`: how a worker starts (tests start the real worker loop over a fake llama.cpp in a thread)."""
         super().__init__()
         self.model_id = model_id
         self._entry = entry
-        self._env = env
-        self._placement = placement
         self._load_timeout = load_timeout
         self._spares = spares
+        self._spawn = spawn
         self._process: multiprocessing.process.BaseProcess | None = None
-        self._pipe: LoopPipe | None = None
-        self._loaded: asyncio.Future[dict[str, Any]] | None = None
+        self._channel: Channel | None = None
+        self._loaded: asyncio.Future[Loaded] | None = None
+        self.usage: Usage | None = None  # the worker's batch, as last reported
         self._generations: dict[int, Generation] = {}
         self._calls: dict[int, asyncio.Future[Any]] = {}
         self._ids = itertools.count(1)
         self._stopping = False
         self._dead_reason: str | None = None
         self._peak_rss: int | None = None
-        # What llama.cpp allocated per device (the worker's own names: cuda0 = its first visible GPU),
-        # after a load, or after a failed one (then `oom` says which allocation ran out).
-        self.load_report: LoadReport | None = None
 
     @property
     def pid(self) -> int | None:
@@ -158,11 +167,10 @@ class ProcessEngine(Engine):
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._loaded = loop.create_future()
-        use_spare = self._spares is not None and self._env is None
-        process, conn = await (self._spares.take() if self._spares and use_spare else spawn_worker(self._env))
-        self._process = process
-        self._pipe = LoopPipe(conn, self._dispatch, lambda: self._on_dead(self._exit_description()))
-        self._send(("load", worker_config(self._entry, self._placement)))
+        process, conn = await (self._spares.take() if self._spares else self._spawn())
+        self._process, self._channel = process, Channel(conn)
+        loop.add_reader(conn.fileno(), self._on_readable)
+        self._send(Load(worker_config(self._entry)))
         try:
             info = await asyncio.wait_for(asyncio.shield(self._loaded), self._load_timeout)
         except TimeoutError:
@@ -171,16 +179,20 @@ class ProcessEngine(Engine):
         except GatewayError:
             await self.stop()
             raise
-        log.info("model %s loaded in worker pid %s (n_ctx=%s)", self.model_id, process.pid, info["n_ctx"])
+        log.info(
+            "model %s loaded in worker pid %s (n_ctx=%s, parallel=%s, KV cells=%s)",
+            self.model_id, process.pid, info.n_ctx, info.slots, info.kv_cells,
+        )  # fmt: skip
+        self.usage = Usage(0, 0, 0, info.kv_cells)
         self._sample_memory()
 
     def generate(self, params: GenerationParams) -> Generation:
         generation = Generation(next(self._ids), self._cancel, params.n)
-        if not self.alive or self._pipe is None:
+        if not self.alive or self._channel is None:
             generation.feed(worker_died(self.model_id, self._dead_reason or "not running"))
             return generation
         self._generations[generation.request_id] = generation
-        self._send(("generate", generation.request_id, params.to_wire()))
+        self._send(Generate(generation.request_id, params))
         return generation
 
     async def tokenize(self, text: str) -> list[int]:
@@ -203,7 +215,7 @@ class ProcessEngine(Engine):
         call_id = next(self._ids)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._calls[call_id] = future
-        self._send(("embed", call_id, argument) if op == "embed" else ("call", call_id, op, argument))
+        self._send(Embed(call_id, argument) if op == "embed" else Call(call_id, op, argument))
         try:
             return await future
         finally:
@@ -211,11 +223,15 @@ class ProcessEngine(Engine):
 
     def _cancel(self, request_id: int) -> None:
         if self._generations.pop(request_id, None) is not None:
-            self._send(("cancel", request_id))
+            self._send(Cancel(request_id))
 
-    def _send(self, message: tuple[Any, ...]) -> None:
-        if self._pipe is not None:
-            self._pipe.send(message)
+    def _send(self, message: ToWorker) -> None:
+        if self._channel is None:
+            return
+        try:
+            self._channel.send(message)
+        except OSError:
+            self._on_dead("its pipe closed")
 
     def measured_bytes(self) -> int | None:
         return self._peak_rss
@@ -227,43 +243,46 @@ class ProcessEngine(Engine):
         if rss is not None:
             self._peak_rss = max(rss, self._peak_rss or 0)
 
-    def _dispatch(self, message: tuple[Any, ...]) -> None:
-        kind = message[0]
-        if kind == "loaded":
-            self.load_report = LoadReport.from_wire(message[1].get("memory") or {})
-            if self._loaded and not self._loaded.done():
-                self._loaded.set_result(message[1])
+    def _on_readable(self) -> None:
+        channel = self._channel
+        if channel is None:
             return
-        if kind == "load_failed":
-            self.load_report = LoadReport.from_wire(message[2]) if len(message) > 2 else None
-            if self._loaded and not self._loaded.done():
-                self._loaded.set_exception(load_failed(self.model_id, message[1], None))
+        try:
+            while channel.poll():
+                self._dispatch(channel.recv())
+        except (EOFError, OSError):
+            self._on_dead(self._exit_description())
+
+    def _dispatch(self, message: FromWorker) -> None:
+        if isinstance(message, Usage):
+            self.usage = message
             return
-        call = self._calls.get(message[1])
+        if isinstance(message, Loaded | LoadFailed):
+            if self._loaded and not self._loaded.done():
+                if isinstance(message, Loaded):
+                    self._loaded.set_result(message)
+                else:
+                    self._loaded.set_exception(load_failed(self.model_id, message.reason, None))
+            return
+        call = self._calls.get(message.request_id)
         if call is not None:
-            if call.done():
-                return
-            if kind == "result":
-                call.set_result(message[2])
-            elif kind == "error":
-                call.set_exception(GatewayError.from_wire(message[2]))
+            if not call.done():
+                if isinstance(message, Result):
+                    call.set_result(message.value)
+                elif isinstance(message, Failed):
+                    call.set_exception(GatewayError.from_wire(message.error))
             return
-        generation = self._generations.get(message[1])
+        generation = self._generations.get(message.request_id)
         if generation is None:
             return  # cancelled: the worker's last words about it are not needed
-        if kind == "delta":
-            generation.feed(Delta(message[2], message[3], message[4]))
-        elif kind == "choice_finished":
-            generation.feed(ChoiceFinished(message[2], message[3], message[4]))
-        elif kind == "started":
-            generation.feed(Started(message[2]))
-        elif kind == "finished":
-            del self._generations[message[1]]
-            generation.feed(Finished(message[2], message[3], message[4]))
-            self._sample_memory()
-        elif kind == "error":
-            del self._generations[message[1]]
-            generation.feed(GatewayError.from_wire(message[2]))
+        if isinstance(message, Event):
+            if isinstance(message.event, Finished):
+                del self._generations[message.request_id]
+                self._sample_memory()
+            generation.feed(message.event)
+        elif isinstance(message, Failed):
+            del self._generations[message.request_id]
+            generation.feed(GatewayError.from_wire(message.error))
 
     def _exit_description(self) -> str:
         process = self._process
@@ -296,16 +315,18 @@ class ProcessEngine(Engine):
             self._report_exit(reason)
 
     def _detach(self) -> None:
-        if self._pipe is not None:
-            self._pipe.close()
-            self._pipe = None
+        if self._channel is not None:
+            with contextlib.suppress(RuntimeError, ValueError, OSError):
+                asyncio.get_running_loop().remove_reader(self._channel.fileno())
+            self._channel.close()
+            self._channel = None
 
     async def stop(self) -> None:
         self._stopping = True
         process = self._process
         if process is None:
             return
-        self._send(("shutdown",))
+        self._send(Shutdown())
         self._on_dead("stopped")
         if not await asyncio.to_thread(_join, process, _STOP_WAIT):
             log.warning("worker %s for model %s did not exit; killing it", process.pid, self.model_id)

@@ -1,82 +1,70 @@
 """What constrains or reports on sampling in the worker: grammars for response formats and forced
-tool calls, the client's logit bias, and per-token log probabilities. Runs in the worker process."""
+tool calls, the client's logit bias, and per-token log probabilities. Runs in the worker process.
+
+`grammar_for` is the one place that turns a request's constraint into what a sequence's sampler
+enforces (GBNF text today; a structured-output matcher can replace it here).
+"""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
+from gateway.engine.backend import Backend
 from gateway.errors import invalid_request
 
 
-def logit_bias_processor(llm: Any, bias: dict[str, float] | None) -> Any:
-    """A logits processor adding the client's bias per token id (ids checked against the vocabulary)."""
+def logit_bias(bias: dict[str, float] | None, n_vocab: int) -> dict[int, float] | None:
+    """The client's bias per token id (JSON keys are strings), ids checked against the vocabulary."""
     if not bias:
         return None
-    import numpy as np
-    from llama_cpp import LogitsProcessorList
-
-    n_vocab = llm.n_vocab()
-    ids = np.array([int(k) for k in bias], dtype=np.intc)
-    if ids.size and (ids.min() < 0 or ids.max() >= n_vocab):
+    ids = {int(k): float(v) for k, v in bias.items()}
+    if any(not 0 <= token < n_vocab for token in ids):
         raise invalid_request(f"logit_bias has token ids outside 0..{n_vocab - 1}.", param="logit_bias")
-    values = np.array(list(bias.values()), dtype=np.single)
-
-    def apply(input_ids: Any, scores: Any) -> Any:
-        scores[ids] += values
-        return scores
-
-    return LogitsProcessorList([apply])
+    return ids
 
 
 class LogprobScorer:
     """Log probabilities of each sampled token (and the most likely alternatives) from the logits
-    llama.cpp kept for the last position: no `logits_all`, which would cost n_ctx x vocab x 4 bytes."""
+    llama.cpp kept for its batch row: no `logits_all`, which would cost n_ctx x vocab x 4 bytes."""
 
-    def __init__(self, llm: Any, top: int) -> None:
-        import llama_cpp
+    def __init__(self, backend: Backend, top: int) -> None:
         import numpy as np
 
         self._np = np
-        self._llm = llm
+        self._backend = backend
         self._top = top
-        self._n_vocab = llm.n_vocab()
-        self._logits_ith = llama_cpp.llama_get_logits_ith
 
-    def entry(self, token: int, piece: bytes, ctx: Any = None, idx: int = -1) -> dict[str, Any]:
-        """`ctx`/`idx`: where the logits that chose `token` are (default: the main context's last)."""
+    def entry(self, token: int, piece: bytes, row: int) -> dict[str, Any]:
         np = self._np
-        source = self._llm.ctx if ctx is None else ctx
-        logits = np.ctypeslib.as_array(self._logits_ith(source, idx), shape=(self._n_vocab,))
+        logits = np.asarray(self._backend.logits(row), dtype=np.float64)
         shifted = logits - logits.max()
         logprobs = shifted - np.log(np.exp(shifted).sum())
-        entry = self._describe(token, piece, float(logprobs[token]))
+        entry = self._describe(piece, float(logprobs[token]))
         alternatives = []
         if self._top:
             best = np.argpartition(-logprobs, self._top)[: self._top]
             for candidate in best[np.argsort(-logprobs[best])]:
-                candidate = int(candidate)
-                raw = self._llm.detokenize([candidate])
-                alternatives.append(self._describe(candidate, raw, float(logprobs[candidate])))
+                raw = self._backend.piece(int(candidate))
+                alternatives.append(self._describe(raw, float(logprobs[candidate])))
         entry["top_logprobs"] = alternatives
         return entry
 
     @staticmethod
-    def _describe(token: int, piece: bytes, logprob: float) -> dict[str, Any]:
+    def _describe(piece: bytes, logprob: float) -> dict[str, Any]:
         return {"token": piece.decode("utf-8", errors="replace"), "logprob": logprob, "bytes": list(piece)}
 
 
-def grammar_for(constraint: dict[str, Any] | None) -> Any:
-    """A llama.cpp grammar for the response format; a schema it cannot express is the client's 400."""
+def grammar_for(constraint: dict[str, Any] | None) -> str | None:
+    """GBNF for the response format; a schema it cannot express is the client's 400."""
     if not constraint:
         return None
     from llama_cpp import llama_grammar
 
     if constraint.get("json_object"):
-        return llama_grammar.LlamaGrammar.from_string(llama_grammar.JSON_GBNF, verbose=False)
+        return llama_grammar.JSON_GBNF
     try:
-        text = json.dumps(constraint["json_schema"])
-        return llama_grammar.LlamaGrammar.from_json_schema(text, verbose=False)
+        return str(llama_grammar.json_schema_to_gbnf(json.dumps(constraint["json_schema"])))
     except Exception as exc:  # the converter raises plain exceptions for schemas it cannot handle
         raise invalid_request(
             f"response_format.json_schema cannot be enforced with a grammar: {type(exc).__name__}: {exc}",
