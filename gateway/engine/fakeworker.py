@@ -4,6 +4,7 @@ parent handle, the wire messages, the channel, the worker and its batch all run 
 from __future__ import annotations
 
 import itertools
+import socket
 import threading
 import time
 from multiprocessing import Pipe
@@ -68,6 +69,9 @@ def fake_main(conn: Connection, script: FakeScript, backends: list[FakeLlama]) -
     try:
         worker.run()
     finally:
+        # Like a process exit: the parent reads EOF, and so does the reader thread blocked in recv.
+        with socket.fromfd(conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
         conn.close()
 
 

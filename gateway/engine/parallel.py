@@ -297,6 +297,8 @@ class Batch:
             if length > 0 and not job.cancelled:
                 for redundant in self.cache.add(primary, job.tokens[:length]):
                     self._release(redundant)
+                while len(self.cache) > self.slots:  # as many cached prompts as slots keeps ids dense
+                    self._evict(self.cache.oldest())  # type: ignore[arg-type]
             else:
                 self._release(primary)
 
