@@ -258,8 +258,21 @@ def create_app(
 
 
 def _model_states(registry: Registry) -> tuple[list[ModelState], int]:
-    states = [
-        ModelState(s.model_id, s.state.value, s.generating, s.queued, s.facts.estimate.total, s.measured_bytes)
-        for s in registry.slots()
-    ]
+    states = []
+    for s in registry.slots():
+        batch = s.engine.batch_state() if s.engine is not None else None
+        states.append(
+            ModelState(
+                s.model_id,
+                s.state.value,
+                s.generating,
+                s.queued,
+                s.facts.estimate.total,
+                s.measured_bytes,
+                slots=s.entry.runtime.parallel,
+                batch_running=batch.running if batch else 0,
+                batch_waiting=batch.waiting if batch else 0,
+                kv_usage=batch.kv_usage if batch else 0.0,
+            )
+        )
     return states, registry.budget

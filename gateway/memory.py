@@ -36,10 +36,11 @@ class Estimate:
         return self.weights + self.kv_cache + self.overhead
 
 
-def estimate(info: GGUFInfo, n_ctx: int) -> Estimate:
+def estimate(info: GGUFInfo, n_ctx: int, parallel: int = 1) -> Estimate:
+    """`parallel` requests decode together, each with up to `n_ctx` tokens: the KV pool holds them all."""
     return Estimate(
         weights=info.tensor_bytes,
-        kv_cache=n_ctx * info.kv_bytes_per_token(KV_CACHE_TYPE_BYTES),
+        kv_cache=n_ctx * parallel * info.kv_bytes_per_token(KV_CACHE_TYPE_BYTES),
         overhead=WORKER_BASELINE_BYTES + COMPUTE_BASE_BYTES + BYTES_PER_VOCAB_TOKEN * info.vocab_size,
     )
 
@@ -58,7 +59,7 @@ class ModelFacts:
 
 def inspect_model(entry: ModelEntry) -> ModelFacts:
     info = read_gguf_info(entry.model.path)
-    return ModelFacts(info=info, estimate=estimate(info, entry.model.n_ctx))
+    return ModelFacts(info=info, estimate=estimate(info, entry.model.n_ctx, entry.runtime.parallel))
 
 
 def inspect_models(settings: Settings) -> dict[str, ModelFacts]:

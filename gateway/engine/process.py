@@ -17,7 +17,7 @@ from typing import Any
 
 from gateway.config import ModelEntry
 from gateway.engine import worker
-from gateway.engine.base import Engine, Finished, Generation, GenerationParams
+from gateway.engine.base import BatchState, Engine, Finished, Generation, GenerationParams
 from gateway.engine.wire import (
     Call,
     Cancel,
@@ -33,7 +33,6 @@ from gateway.engine.wire import (
     Result,
     Shutdown,
     ToWorker,
-    Usage,
 )
 from gateway.errors import GatewayError, load_failed, worker_died
 from gateway.memory import process_rss
@@ -148,7 +147,7 @@ class ProcessEngine(Engine):
         self._process: multiprocessing.process.BaseProcess | None = None
         self._channel: Channel | None = None
         self._loaded: asyncio.Future[Loaded] | None = None
-        self.usage: Usage | None = None  # the worker's batch, as last reported
+        self._batch: BatchState | None = None  # the worker's batch, as last reported
         self._generations: dict[int, Generation] = {}
         self._calls: dict[int, asyncio.Future[Any]] = {}
         self._ids = itertools.count(1)
@@ -183,7 +182,7 @@ class ProcessEngine(Engine):
             "model %s loaded in worker pid %s (n_ctx=%s, parallel=%s, KV cells=%s)",
             self.model_id, process.pid, info.n_ctx, info.slots, info.kv_cells,
         )  # fmt: skip
-        self.usage = Usage(0, 0, 0, info.kv_cells)
+        self._batch = BatchState(0, 0, 0, info.kv_cells)
         self._sample_memory()
 
     def generate(self, params: GenerationParams) -> Generation:
@@ -233,6 +232,9 @@ class ProcessEngine(Engine):
         except OSError:
             self._on_dead("its pipe closed")
 
+    def batch_state(self) -> BatchState | None:
+        return self._batch if self.alive else None
+
     def measured_bytes(self) -> int | None:
         return self._peak_rss
 
@@ -254,8 +256,8 @@ class ProcessEngine(Engine):
             self._on_dead(self._exit_description())
 
     def _dispatch(self, message: FromWorker) -> None:
-        if isinstance(message, Usage):
-            self.usage = message
+        if isinstance(message, BatchState):
+            self._batch = message
             return
         if isinstance(message, Loaded | LoadFailed):
             if self._loaded and not self._loaded.done():

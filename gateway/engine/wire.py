@@ -3,7 +3,7 @@
 parent -> worker: `Load` first, then `Generate` | `Cancel` | `Call` | `Embed` | `Shutdown`.
 worker -> parent: `Loaded` | `LoadFailed`, then per request `Event` (Started, Delta, ChoiceFinished,
 Finished: the events a `Generation` yields), `Failed` (a GatewayError on the wire), `Result` (answer
-to a call or an embedding), and `Usage` whenever the worker's batch changes (running and waiting
+to a call or an embedding), and `BatchState` whenever the worker's batch changes (running and waiting
 requests, KV cells in use: the gauges routers and autoscalers read).
 
 A request's events arrive in order: Started (the prompt fits; sent before the HTTP 200), Deltas,
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from gateway.engine.base import ChoiceFinished, Delta, Finished, GenerationParams, Started
+from gateway.engine.base import BatchState, ChoiceFinished, Delta, Finished, GenerationParams, Started
 
 
 @dataclass(frozen=True)
@@ -87,18 +87,8 @@ class Result:
     value: Any
 
 
-@dataclass(frozen=True)
-class Usage:
-    """The worker's batch now: what the gateway's per-model gauges show."""
-
-    running: int
-    waiting: int
-    kv_used: int
-    kv_cells: int
-
-
 ToWorker = Load | Generate | Cancel | Call | Embed | Shutdown
-FromWorker = Loaded | LoadFailed | Event | Failed | Result | Usage
+FromWorker = Loaded | LoadFailed | Event | Failed | Result | BatchState
 
 
 class Channel:

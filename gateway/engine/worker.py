@@ -18,7 +18,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from gateway.engine.backend import Backend, SamplerSettings
-from gateway.engine.base import ChoiceFinished, Delta, Finished, GenerationParams, Started
+from gateway.engine.base import BatchState, ChoiceFinished, Delta, Finished, GenerationParams, Started
 from gateway.engine.embedding import POOLING, embed
 from gateway.engine.parallel import MAX_SEQUENCES, Batch, Request
 from gateway.engine.prompt import Render, formatter, renderer
@@ -36,7 +36,6 @@ from gateway.engine.wire import (
     LoadFailed,
     Result,
     Shutdown,
-    Usage,
 )
 from gateway.errors import GatewayError, context_length_exceeded, internal_error, invalid_request
 
@@ -111,7 +110,7 @@ class Worker:
         self._render = render
         self._inbox: queue.SimpleQueue[Generate | Cancel | None] = queue.SimpleQueue()
         self.batch = Batch(backend, slots, self._event, self._error)
-        self._usage: Usage | None = None
+        self._usage: BatchState | None = None
 
     def serve(self) -> None:
         threading.Thread(target=self.read, daemon=True, name="worker-reader").start()
@@ -228,7 +227,7 @@ class Worker:
     def _error(self, request_id: int, error: GatewayError) -> None:
         self._send(Failed(request_id, error.to_wire()))
 
-    def _send(self, message: Event | Failed | Usage) -> None:
+    def _send(self, message: Event | Failed | BatchState) -> None:
         try:
             self._channel.send(message)
         except (BrokenPipeError, EOFError, OSError):
@@ -236,7 +235,7 @@ class Worker:
 
     def _report(self) -> None:
         batch = self.batch
-        usage = Usage(len(batch.running), len(batch.waiting), batch.kv_committed(), self._backend.kv_cells)
+        usage = BatchState(len(batch.running), len(batch.waiting), batch.kv_committed(), self._backend.kv_cells)
         if usage != self._usage:
             self._usage = usage
             self._send(usage)

@@ -47,3 +47,9 @@ def test_rejects_non_gguf_and_truncated(tmp_path: Path) -> None:
     empty.write_bytes(b"")
     with pytest.raises(GGUFFormatError):
         read_gguf_info(empty)
+
+
+def test_estimate_holds_a_context_for_each_parallel_request(tmp_path: Path) -> None:
+    info = read_gguf_info(write_tiny_gguf(tmp_path / "t.gguf"))
+    one, four = estimate(info, n_ctx=1000), estimate(info, n_ctx=1000, parallel=4)
+    assert four.kv_cache == 4 * one.kv_cache and four.total - one.total == 3 * one.kv_cache

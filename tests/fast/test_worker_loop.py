@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from gateway.config import ModelEntry
-from gateway.engine.base import ChoiceFinished, Delta, Finished, GenerationParams, Started
+from gateway.engine.base import BatchState, ChoiceFinished, Delta, Finished, GenerationParams, Started
 from gateway.engine.fakellama import FakeLlama, FakeScript
 from gateway.engine.fakeworker import spawn_fake_worker
 from gateway.engine.process import ProcessEngine
@@ -110,8 +110,8 @@ async def test_mixed_concurrent_requests_each_as_if_alone(engine: tuple[ProcessE
     batched = backends[0].decodes[steps_alone:]
     assert max(len({row.seq for row in rows}) for rows in batched) >= 4
     assert len(batched) < sum(len(r["texts"]) * 12 for r in together)
-    await wait_until(lambda: handle.usage is not None and handle.usage.running == 0)
-    assert handle.usage is not None and handle.usage.kv_used == 0
+    await wait_until(lambda: (state := handle.batch_state()) is not None and state.running == 0)
+    assert (state := handle.batch_state()) is not None and state.kv_used == 0
 
 
 async def wait_until(condition: Any, deadline: float = 10.0) -> None:
@@ -133,11 +133,12 @@ async def test_usage_reports_running_and_waiting(tmp_path: Path) -> None:
     handle, _ = await start(tmp_path, FakeScript(reply_tokens=100, step_delay=0.01), parallel=2)
     try:
         generations = [handle.generate(params(f"prompt {i}", max_tokens=50)) for i in range(3)]
-        await wait_until(lambda: handle.usage is not None and handle.usage.running == 2 and handle.usage.waiting == 1)
-        assert handle.usage is not None and 0 < handle.usage.kv_used <= handle.usage.kv_cells
+        await wait_until(lambda: handle.batch_state() == BatchState(2, 1, 2 * (2 + 50), 256))
+        state = handle.batch_state()
+        assert state is not None and state.kv_usage == 104 / 256  # prompt and max_tokens of each, reserved
         for generation in generations:
             generation.cancel()
-        await wait_until(lambda: handle.usage is not None and handle.usage.running + handle.usage.waiting == 0)
+        await wait_until(lambda: handle.batch_state() == BatchState(0, 0, 0, 256))
     finally:
         await handle.stop()
 
