@@ -273,6 +273,7 @@ def _model_states(registry: Registry) -> tuple[list[ModelState], int]:
                 batch_running=batch.running if batch else 0,
                 batch_waiting=batch.waiting if batch else 0,
                 kv_usage=batch.kv_usage if batch else 0.0,
+                reused_tokens=batch.reused_tokens if batch else 0,
             )
         )
     return states, registry.budget

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -30,6 +30,7 @@ class ModelState:
     batch_running: int = 0  # in the worker's batch
     batch_waiting: int = 0  # in the worker, for a slot or KV room
     kv_usage: float = 0.0  # KV cells held or reserved by running requests, 0..1
+    reused_tokens: int = 0  # prompt tokens served from the prefix cache since the worker loaded
 
 
 class _StateCollector(Collector):
@@ -88,12 +89,18 @@ def _batch_gauges(models: list[ModelState]) -> Iterator[Metric]:
         "share of the KV pool held or reserved by running requests (0..1)",
         labels=["model"],
     )
+    reused = CounterMetricFamily(
+        "gateway_prefix_cache_reused_tokens",
+        "prompt tokens whose KV cells were reused from an earlier or running request (since the worker loaded)",
+        labels=["model"],
+    )
     for m in models:
+        reused.add_metric([m.model], m.reused_tokens)
         running.add_metric([m.model], m.batch_running)
         waiting.add_metric([m.model], m.queued + m.batch_waiting)
         slots.add_metric([m.model], m.slots)
         kv.add_metric([m.model], m.kv_usage)
-    yield from (running, waiting, slots, kv)
+    yield from (running, waiting, slots, kv, reused)
 
 
 class Metrics:

@@ -177,6 +177,7 @@ class BatchState:
     waiting: int
     kv_used: int
     kv_cells: int
+    reused_tokens: int = 0  # prompt tokens taken from cached or running sequences' cells, since load
 
     @property
     def kv_usage(self) -> float:

@@ -90,6 +90,7 @@ class Batch:
         self.waiting: deque[_Job] = deque()
         self.running: list[_Job] = []
         self.steps = 0
+        self.reused_tokens = 0  # prompt tokens whose cells came from another sequence
 
     # -- the outside world ----------------------------------------------------------------------
 
@@ -237,6 +238,7 @@ class Batch:
             if source in self.cache:
                 self.cache.touch(source)
         job.prefilled = reused
+        self.reused_tokens += reused
         job.tokens = list(request.prompt[:reused])
         job.reserve = need
         return True

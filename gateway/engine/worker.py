@@ -235,7 +235,9 @@ class Worker:
 
     def _report(self) -> None:
         batch = self.batch
-        usage = BatchState(len(batch.running), len(batch.waiting), batch.kv_committed(), self._backend.kv_cells)
+        usage = BatchState(
+            len(batch.running), len(batch.waiting), batch.kv_committed(), self._backend.kv_cells, batch.reused_tokens
+        )
         if usage != self._usage:
             self._usage = usage
             self._send(usage)

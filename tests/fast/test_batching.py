@@ -142,6 +142,7 @@ def test_prefix_reuse_copies_cached_cells_instead_of_recomputing() -> None:
     run(batch, backend)
     assert first == 52
     assert len(backend.decodes[decodes_before]) == 2  # only what follows the shared 50 tokens
+    assert batch.reused_tokens == 50
     assert rec.text(2) == rec.text(1)
 
 
