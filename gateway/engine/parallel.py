@@ -58,6 +58,7 @@ class _Choice:
     pos: int = 0  # the next position this sequence writes
     pending: int | None = None  # sampled, to be decoded next step
     done: bool = False
+    released: bool = False  # its sequence id went back to the pool
 
 
 @dataclass
@@ -191,6 +192,7 @@ class Batch:
                 ChoiceFinished(choice.index, choice.output.finish_reason, choice.output.produced),
             )
             if choice is not job.primary:
+                choice.released = True
                 self._release(choice.seq)  # its own cells are free at once; the prompt stays shared
 
     # -- admission and retirement ---------------------------------------------------------------
@@ -291,7 +293,8 @@ class Batch:
 
     def _free_job(self, job: _Job) -> None:
         for choice in job.choices:
-            if choice is not job.primary and choice.seq not in self._free:
+            if choice is not job.primary and not choice.released:
+                choice.released = True
                 self._release(choice.seq)
         if job.choices:
             primary = job.primary.seq

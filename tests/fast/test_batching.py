@@ -245,3 +245,19 @@ def test_prefix_cache_drops_entries_a_longer_one_covers() -> None:
     assert cache.add(1, [1, 2, 3, 4]) == [0]
     assert cache.best([1, 2, 9]) == (1, 2)
     assert cache.oldest(keep=1) is None
+
+
+def test_a_choice_that_ends_early_frees_its_sequence_once() -> None:
+    """Its id may go to the next request at once; the end of its own request must not free it again."""
+    backend, batch, rec = make(slots=2, reply=50)
+    hot = SamplerSettings(0.9, 1.0, 0, 0.0, 1.0, 64, 0.0, 0.0)
+    # With seed 1 the fake's draws end choice 1 at the first step, choice 0 twenty steps later.
+    batch.submit(request(backend, 1, "a b", n=2, limit=30, stops=["tok3"], settings=hot, seed=1))
+    batch.step()
+    batch.step()
+    assert [e.index for _, e in rec.events if isinstance(e, ChoiceFinished)] == [1]
+    batch.submit(request(backend, 2, "c d", limit=40))
+    batch.step()
+    assert batch_seq(batch, 2) == 1  # the id choice 1 gave back
+    run(batch, backend)
+    assert rec.finished(2) == Finished("length", 2, 40)
