@@ -20,63 +20,18 @@ from __future__ import annotations
 import random
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
-from gateway.engine.backend import Backend, Row, Sampler, SamplerSettings
+from gateway.engine.backend import Backend, Row
 from gateway.engine.base import ChoiceFinished, Delta, Finished
 from gateway.engine.kv import KvLedger, PrefixCache
 from gateway.engine.output import ChoiceOutput
+from gateway.engine.sequences import Choice, Job, Request
 from gateway.errors import GatewayError, internal_error
 
 MAX_SEQUENCES = 16  # protocol.MAX_CHOICES
 
 EventSink = Callable[[int, Delta | ChoiceFinished | Finished], None]
 ErrorSink = Callable[[int, GatewayError], None]
-
-
-@dataclass(frozen=True)
-class Request:
-    """A validated request: tokens that fit, and how to sample and end each choice."""
-
-    request_id: int
-    prompt: list[int]
-    n: int
-    limit: int  # completion tokens per choice
-    settings: SamplerSettings
-    seed: int | None
-    stops: list[str]
-    delta_interval: float
-    top_logprobs: int | None  # None: no log probabilities
-
-
-@dataclass
-class _Choice:
-    index: int
-    seq: int
-    sampler: Sampler
-    output: ChoiceOutput
-    pos: int = 0  # the next position this sequence writes
-    pending: int | None = None  # sampled, to be decoded next step
-    done: bool = False
-    released: bool = False  # its sequence id went back to the pool
-
-
-@dataclass
-class _Job:
-    request: Request
-    choices: list[_Choice] = field(default_factory=list)
-    prefilled: int = 0  # prompt tokens already in the first sequence's cells
-    reserve: int = 0  # cells it may still write
-    tokens: list[int] = field(default_factory=list)  # what the first sequence's cells hold
-    cancelled: bool = False
-
-    @property
-    def primary(self) -> _Choice:
-        return self.choices[0]
-
-    @property
-    def finished(self) -> bool:
-        return self.cancelled or all(c.done for c in self.choices)
 
 
 class Batch:
@@ -88,15 +43,15 @@ class Batch:
         self.ledger = KvLedger(backend.kv_cells)
         self.cache = PrefixCache()
         self._free = list(range(backend.max_sequences))
-        self.waiting: deque[_Job] = deque()
-        self.running: list[_Job] = []
+        self.waiting: deque[Job] = deque()
+        self.running: list[Job] = []
         self.steps = 0
         self.reused_tokens = 0  # prompt tokens whose cells came from another sequence
 
     # -- the outside world ----------------------------------------------------------------------
 
     def submit(self, request: Request) -> None:
-        self.waiting.append(_Job(request))
+        self.waiting.append(Job(request))
 
     def cancel(self, request_id: int) -> None:
         for job in [*self.waiting, *self.running]:
@@ -122,13 +77,13 @@ class Batch:
         self._retire()
         self._admit()
         rows: list[Row] = []
-        decoding: list[tuple[_Job, _Choice, int]] = []
+        decoding: list[tuple[Job, Choice, int]] = []
         for job in self.running:
             for choice in job.choices:
                 if choice.pending is not None and not choice.done:
                     decoding.append((job, choice, len(rows)))
                     rows.append(Row(choice.pending, choice.pos, choice.seq, True))
-        prefilling: list[tuple[_Job, int, int]] = []  # job, prompt tokens, row of its last
+        prefilling: list[tuple[Job, int, int]] = []  # job, prompt tokens, row of its last
         budget = self._backend.n_batch - len(rows)
         for job in self.running:
             prompt = job.request.prompt
@@ -163,7 +118,7 @@ class Batch:
                 self._first_tokens(job, last_row)
         self._retire()
 
-    def _first_tokens(self, job: _Job, row: int) -> None:
+    def _first_tokens(self, job: Job, row: int) -> None:
         """The prompt is in: copy it to the other choices, and every choice samples its first token."""
         length = len(job.request.prompt)
         for choice in job.choices:
@@ -174,7 +129,7 @@ class Batch:
         for choice in job.choices:
             self._take(job, choice, choice.sampler.sample(row), row)
 
-    def _take(self, job: _Job, choice: _Choice, token: int, row: int) -> None:
+    def _take(self, job: Job, choice: Choice, token: int, row: int) -> None:
         if job.cancelled:
             return
         if choice.output.token(token, row):
@@ -182,7 +137,7 @@ class Batch:
         else:
             choice.pending = token
 
-    def _end_choice(self, job: _Job, choice: _Choice) -> None:
+    def _end_choice(self, job: Job, choice: Choice) -> None:
         choice.done = True
         choice.pending = None
         choice.output.close(cancelled=False)
@@ -209,7 +164,7 @@ class Batch:
             self.waiting.popleft()
             self.running.append(job)
 
-    def _place(self, job: _Job) -> bool:
+    def _place(self, job: Job) -> bool:
         request = job.request
         source, reused = self._best_prefix(request.prompt)
         while True:
@@ -233,7 +188,7 @@ class Batch:
                 self._backend, self._emitter(request.request_id, index), request.stops, request.limit,
                 request.delta_interval, request.top_logprobs,
             )  # fmt: skip
-            job.choices.append(_Choice(index, seq, sampler, output))
+            job.choices.append(Choice(index, seq, sampler, output))
         if source is not None and reused > 0:
             self._backend.seq_cp(source, seqs[0], 0, reused)
             self.ledger.share(source, seqs[0], reused)
@@ -272,7 +227,7 @@ class Batch:
             self.running.remove(job)
             self._finish(job)
 
-    def _finish(self, job: _Job) -> None:
+    def _finish(self, job: Job) -> None:
         request = job.request
         for choice in job.choices:
             if not choice.done:
@@ -291,7 +246,7 @@ class Batch:
         self._on_event(request.request_id, Finished(reason, len(request.prompt), produced))
         self._free_job(job)
 
-    def _free_job(self, job: _Job) -> None:
+    def _free_job(self, job: Job) -> None:
         for choice in job.choices:
             if choice is not job.primary and not choice.released:
                 choice.released = True

@@ -19,15 +19,15 @@ from typing import Any
 
 from gateway.engine.backend import Backend, SamplerSettings
 from gateway.engine.base import BatchState, ChoiceFinished, Delta, Finished, GenerationParams, Started
-from gateway.engine.embedding import POOLING, embed
-from gateway.engine.parallel import MAX_SEQUENCES, Batch, Request
+from gateway.engine.embedding import load_embedding, serve_embeddings
+from gateway.engine.parallel import MAX_SEQUENCES, Batch
 from gateway.engine.prompt import Render, formatter, renderer
 from gateway.engine.sampling import logit_bias
+from gateway.engine.sequences import Request
 from gateway.engine.wire import (
     Call,
     Cancel,
     Channel,
-    Embed,
     Event,
     Failed,
     Generate,
@@ -54,7 +54,7 @@ def main(conn: Connection) -> None:
     config = message.config
     try:
         if config["embedding"]:
-            llm = _load_embedding(config)
+            llm = load_embedding(config)
         else:
             backend, render = load(config)
     except Exception as exc:  # anything llama.cpp raises is a load failure to report, not a crash
@@ -62,7 +62,7 @@ def main(conn: Connection) -> None:
         return
     if config["embedding"]:
         channel.send(Loaded(n_ctx=llm.n_ctx(), pid=os.getpid()))
-        _serve_embeddings(channel, llm)
+        serve_embeddings(channel, llm)
     else:
         slots = config.get("parallel", 1)
         channel.send(Loaded(n_ctx=backend.n_ctx, pid=os.getpid(), slots=slots, kv_cells=backend.kv_cells))
@@ -241,54 +241,3 @@ class Worker:
         if usage != self._usage:
             self._usage = usage
             self._send(usage)
-
-
-def _load_embedding(config: dict[str, Any]) -> Any:
-    import llama_cpp
-
-    # An input is embedded in one batch, so a batch holds a whole context; pooling gives one vector.
-    llm = llama_cpp.Llama(
-        model_path=config["path"],
-        n_ctx=config["n_ctx"],
-        n_gpu_layers=config["n_gpu_layers"],
-        n_threads=config["n_threads"],
-        use_mmap=config["use_mmap"],
-        verbose=config["verbose"],
-        embedding=True,
-        n_batch=config["n_ctx"],
-        n_ubatch=config["n_ctx"],
-        pooling_type=POOLING.get(config["pooling"] or "", llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED),
-    )
-    if int(llm.pooling_type()) == llama_cpp.LLAMA_POOLING_TYPE_NONE:
-        raise ValueError("this model pools no embedding; set model.pooling (mean, cls or last) in models.yaml")
-    return llm
-
-
-def _serve_embeddings(channel: Channel, llm: Any) -> None:
-    """Embedding models answer one embedding at a time, in order."""
-    while True:
-        try:
-            message = channel.recv()
-        except (EOFError, OSError):
-            os._exit(0)
-        if isinstance(message, Shutdown):
-            os._exit(0)
-        if not isinstance(message, Embed | Call):
-            continue
-        try:
-            if isinstance(message, Embed):
-                value = embed(llm, message.inputs)
-            elif message.op == "tokenize":
-                value = llm.tokenize(str(message.argument).encode("utf-8"), add_bos=False, special=True)
-            else:
-                value = llm.detokenize(list(message.argument), special=True).decode("utf-8", errors="replace")
-            channel.send(Result(message.request_id, value))
-        except GatewayError as exc:
-            channel.send(Failed(message.request_id, exc.to_wire()))
-        except (BrokenPipeError, EOFError):
-            os._exit(0)
-        except Exception as exc:
-            error = invalid_request(f"{type(exc).__name__}: {exc}", "tokens")
-            channel.send(
-                Failed(message.request_id, (error if isinstance(message, Call) else internal_error(str(exc))).to_wire())
-            )

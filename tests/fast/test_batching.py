@@ -9,7 +9,8 @@ from gateway.engine.backend import SamplerSettings
 from gateway.engine.base import ChoiceFinished, Delta, Finished
 from gateway.engine.fakellama import FakeLlama, FakeScript
 from gateway.engine.kv import KvLedger, PrefixCache
-from gateway.engine.parallel import Batch, Request
+from gateway.engine.parallel import Batch
+from gateway.engine.sequences import Request
 from gateway.errors import GatewayError
 
 GREEDY = SamplerSettings(0.0, 1.0, 0, 0.0, 1.0, 64, 0.0, 0.0)

@@ -25,10 +25,11 @@ ALLOWED: dict[str, set[str]] = {
     "engine.kv": set(),
     "engine.sampling": {"errors", "engine.backend"},
     "engine.output": {"engine.backend", "engine.deltas", "engine.sampling", "engine.stops"},
-    "engine.embedding": {"errors"},
+    "engine.embedding": {"errors", "engine.wire"},
+    "engine.sequences": {"engine.backend", "engine.output"},
     "engine.prompt": {"errors", "engine.base"},
     "engine.llamacpp": {"engine.backend", "engine.sampling"},
-    "engine.parallel": {"errors", "engine.backend", "engine.base", "engine.kv", "engine.output"},
+    "engine.parallel": {"errors", "engine.backend", "engine.base", "engine.kv", "engine.output", "engine.sequences"},
     "engine.worker": {
         "errors",
         "engine.backend",
@@ -38,6 +39,7 @@ ALLOWED: dict[str, set[str]] = {
         "engine.parallel",
         "engine.prompt",
         "engine.sampling",
+        "engine.sequences",
         "engine.wire",
     },
     "engine.fakellama": {"engine.backend", "engine.base"},
@@ -163,6 +165,7 @@ WORKER_SIDE = {
     "engine.kv",
     "engine.backend",
     "engine.wire",
+    "engine.sequences",
 }
 
 
