@@ -149,6 +149,8 @@ class ChainSampler:
             lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_temp(settings.temperature))
             lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(seed & 0xFFFFFFFF))
         self._grammar = None
+        self._candidates: Any = None
+        self._ids: Any = None
         if settings.grammar is not None:
             self._grammar = lib.llama_sampler_init_grammar(backend._vocab, settings.grammar.encode(), b"root")
             if not self._grammar:
@@ -179,8 +181,11 @@ class ChainSampler:
         import numpy as np
 
         lib = self._lib
-        candidates = np.zeros(len(logits), dtype=[("id", np.int32), ("logit", np.float32), ("p", np.float32)])
-        candidates["id"] = np.arange(len(logits), dtype=np.int32)
+        if self._candidates is None:  # reused: the chain sorts and cuts it in place, so it is refilled
+            self._candidates = np.zeros(len(logits), dtype=[("id", np.int32), ("logit", np.float32), ("p", np.float32)])
+            self._ids = np.arange(len(logits), dtype=np.int32)
+        candidates = self._candidates
+        candidates["id"] = self._ids
         candidates["logit"] = logits
         array = lib.llama_token_data_array(
             candidates.ctypes.data_as(ctypes.POINTER(lib.llama_token_data)), len(logits), -1, False
