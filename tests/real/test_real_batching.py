@@ -77,7 +77,8 @@ def requests(client: OpenAI) -> dict[str, Callable[[], Any]]:
     def logprobs() -> Any:
         reply = client.chat.completions.create(messages=STORY, logprobs=True, top_logprobs=2, **common)
         entries = reply.choices[0].logprobs.content or []  # type: ignore[union-attr]
-        return reply.choices[0].message.content, [e.token for e in entries]
+        gaps = [e.top_logprobs[0].logprob - e.top_logprobs[1].logprob for e in entries]
+        return [e.token for e in entries], gaps
 
     return {"plain": plain, "schema": schema, "tool": tool, "n3": three, "logprobs": logprobs}
 
@@ -115,17 +116,18 @@ def test_mixed_concurrent_requests_each_as_if_alone(client: OpenAI, batched: Gat
     assert together.pop("left") == 5
     assert isinstance(alone["schema"]["name"], str) and isinstance(alone["schema"]["population"], int)
     assert alone["tool"][0] == "get_weather" and "city" in alone["tool"][1]
-    assert len(alone["n3"]) == 3 and len(alone["logprobs"][1]) > 0
+    assert len(alone["n3"]) == 3 and len(alone["logprobs"][0]) == 40
     # Greedy answers in a batch match the answers alone, except where llama.cpp's batched arithmetic
-    # flips a near tie (seen: the 40th token of the logprobs answer, "cats" for "all"); from there
-    # the texts differ, so each must at least agree with its lone run for the first half.
+    # (other matrix shapes) flips a near tie; from there the texts differ. The logprobs request shows
+    # that any flip happens where the top two tokens were close (seen: 0.1-0.3 nats apart).
     assert together.keys() == alone.keys()
-    for name, answer in together.items():
-        assert not isinstance(answer, Exception), (name, answer)
-        if answer != alone[name]:
-            mine, theirs = json.dumps(answer), json.dumps(alone[name])
-            assert mine[: len(theirs) // 2] == theirs[: len(theirs) // 2], name
-    assert sum(together[name] == alone[name] for name in alone) >= 3
+    assert not [name for name, answer in together.items() if isinstance(answer, Exception)], together
+    tokens, gaps = alone["logprobs"]
+    mine = together["logprobs"][0]
+    if mine != tokens:
+        flip = next(i for i, (a, b) in enumerate(zip(mine, tokens, strict=False)) if a != b)
+        assert gaps[flip] < 1.0, (flip, tokens[flip], mine[flip], gaps[flip])
+    assert sum(together[name] == alone[name] for name in alone) >= 3, together
     metrics = httpx.get(f"{batched.base_url}/metrics").text
     assert 'gateway_batch_slots{model="smollm2"} 4.0' in metrics
 
