@@ -147,7 +147,13 @@ def llama_server(tmp: Path, binary: str) -> Server:
     port = free_port()
     argv = [binary, "-m", str(SMOLLM), "-c", str(N_CTX * SLOTS), "-np", str(SLOTS), "-t", str(THREADS)]
     argv += ["--port", str(port), "--host", "127.0.0.1", "--no-webui"]
-    return Server(argv, port, tmp / "llama-server.log")
+    server = Server(argv, port, tmp / "llama-server.log")
+    deadline = time.monotonic() + 120
+    while httpx.get(f"{server.url}/health", timeout=5).status_code != 200:  # 503 while it loads
+        if time.monotonic() > deadline:
+            raise RuntimeError("llama-server did not become ready")
+        time.sleep(0.2)
+    return server
 
 
 def prefix_reuse(tmp: Path) -> dict[str, float]:
