@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from gateway.engine.guard import Tokenizer
 from gateway.engine.wire import Call, Channel, Embed, Failed, Result, Shutdown
 from gateway.errors import GatewayError, context_length_exceeded, internal_error, invalid_request
 
 POOLING = {"none": 0, "mean": 1, "cls": 2, "last": 3}
 
 
-def embed(llm: Any, inputs: list[str | list[int]]) -> tuple[list[list[float]], int]:
+def embed(llm: Any, inputs: list[str | list[int]], tokenizer: Tokenizer) -> tuple[list[list[float]], int]:
     """One normalised vector per input (text or token ids), and the tokens read. Inputs longer than the
     context are refused, not cut."""
     import llama_cpp
@@ -22,7 +23,10 @@ def embed(llm: Any, inputs: list[str | list[int]]) -> tuple[list[list[float]], i
     used = 0
     total = 0
     for index, item in enumerate(inputs):
-        tokens = llm.tokenize(item.encode("utf-8"), add_bos=True, special=False) if isinstance(item, str) else item
+        if isinstance(item, str):
+            tokens = tokenizer.tokens(item, add_bos=True, special=False, limit=n_ctx, param="input")
+        else:
+            tokens = item
         if not tokens:
             raise invalid_request(f"input[{index}] is empty.", param="input")
         if len(tokens) > n_ctx:
@@ -74,6 +78,7 @@ def load_embedding(config: dict[str, Any]) -> Any:
 
 def serve_embeddings(channel: Channel, llm: Any) -> None:
     """Embedding models answer one embedding at a time, in order."""
+    tokenizer = Tokenizer(llm)
     while True:
         try:
             message = channel.recv()
@@ -85,7 +90,7 @@ def serve_embeddings(channel: Channel, llm: Any) -> None:
             continue
         try:
             if isinstance(message, Embed):
-                value = embed(llm, message.inputs)
+                value = embed(llm, message.inputs, tokenizer)
             elif message.op == "tokenize":
                 value = llm.tokenize(str(message.argument).encode("utf-8"), add_bos=False, special=True)
             else:

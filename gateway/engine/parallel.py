@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 from gateway.engine.backend import Backend, Row
 from gateway.engine.base import ChoiceFinished, Delta, Finished
+from gateway.engine.guard import sampler_seed
 from gateway.engine.kv import KvLedger, PrefixCache
 from gateway.engine.output import ChoiceOutput
 from gateway.engine.sequences import Choice, Job, Request
@@ -166,7 +167,9 @@ class Batch:
 
     def _place(self, job: Job) -> bool:
         request = job.request
-        source, reused = self._best_prefix(request.prompt)
+        # A seeded request evaluates its whole prompt, so that its output depends on its seed, prompt
+        # and settings only, never on which batches earlier requests split the prompt into.
+        source, reused = (None, 0) if request.seed is not None else self._best_prefix(request.prompt)
         while True:
             reused = min(reused, len(request.prompt) - 1)
             need = len(request.prompt) - reused + request.n * request.limit
@@ -180,9 +183,9 @@ class Batch:
             self._evict(victim)
         self._free.sort()  # dense ids: llama.cpp splits a batch whose sequence ids are scattered
         seqs = [self._free.pop(0) for _ in range(request.n)]
-        seed = request.seed if request.seed is not None else random.randrange(2**31)
+        seed = sampler_seed(request.seed) if request.seed is not None else random.randrange(2**31)
         for index, seq in enumerate(seqs):
-            sampler = self._backend.sampler(request.settings, seed + index)
+            sampler = self._backend.sampler(request.settings, sampler_seed(seed + index))
             sampler.accept_prompt(request.prompt)
             output = ChoiceOutput(
                 self._backend, self._emitter(request.request_id, index), request.stops, request.limit,

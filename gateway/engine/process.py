@@ -1,13 +1,12 @@
 """Parent-side handle of a worker process (see `engine/worker.py` for the pipe protocol).
 
-The pipe is read from the event loop with `add_reader`, so no thread sits between a token and the
+The pipe is read from the event loop (`looppipe.py`), so no thread sits between a token and the
 client. A worker that exits unexpectedly fails every generation it held, and the registry is told.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import multiprocessing
@@ -18,10 +17,11 @@ from typing import Any
 from gateway.config import ModelEntry
 from gateway.engine import worker
 from gateway.engine.base import BatchState, Engine, Finished, Generation, GenerationParams
+from gateway.engine.loadlog import LoadReport
+from gateway.engine.looppipe import LoopPipe
 from gateway.engine.wire import (
     Call,
     Cancel,
-    Channel,
     Embed,
     Event,
     Failed,
@@ -41,8 +41,9 @@ log = logging.getLogger(__name__)
 _STOP_WAIT = 5.0
 
 
-def worker_config(entry: ModelEntry) -> dict[str, Any]:
+def worker_config(entry: ModelEntry, placement: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
+        "placement": placement,
         "path": str(entry.model.path),
         "n_ctx": entry.model.n_ctx,
         "n_batch": entry.model.n_batch,
@@ -61,11 +62,12 @@ def worker_config(entry: ModelEntry) -> dict[str, Any]:
 Spawned = tuple[multiprocessing.process.BaseProcess, Connection]
 
 
-async def spawn_worker() -> Spawned:
-    """Start a worker process that imports llama_cpp and waits for its model."""
+async def spawn_worker(env: dict[str, str] | None = None) -> Spawned:
+    """Start a worker process that imports llama_cpp and waits for its model. `env` is applied in the
+    child before llama.cpp starts (`CUDA_VISIBLE_DEVICES` for a GPU placement)."""
     ctx = multiprocessing.get_context("spawn")
     parent_conn, child_conn = ctx.Pipe(duplex=True)
-    process = ctx.Process(target=worker.main, args=(child_conn,), name="gateway-worker", daemon=True)
+    process = ctx.Process(target=worker.main, args=(child_conn, env), name="gateway-worker", daemon=True)
     # Spawning writes the pickled start-up data to the child: off the event loop.
     await asyncio.to_thread(process.start)
     child_conn.close()  # only the child holds its end now, so its exit reads as EOF here
@@ -135,17 +137,25 @@ class ProcessEngine(Engine):
         entry: ModelEntry,
         load_timeout: float = 300.0,
         spares: SparePool | None = None,
-        spawn: Callable[[], Awaitable[Spawned]] = spawn_worker,
+        spawn: Callable[[], Awaitable[Spawned]] | None = None,
+        *,
+        env: dict[str, str] | None = None,
+        placement: dict[str, Any] | None = None,
     ) -> None:
-        """`spawn`: how a worker starts (tests start the real worker loop over a fake llama.cpp in a thread)."""
+        """`env` (CUDA_VISIBLE_DEVICES...) and `placement` (llama.cpp's n_gpu_layers, tensor_split,
+        main_gpu: see placement.worker_environment and llama_arguments) put the model on its devices;
+        a worker given an environment is started for it, since a spare's GPU runtime is set up already.
+        `spawn`: how a worker starts (tests start the real worker loop over a fake llama.cpp in a thread)."""
         super().__init__()
         self.model_id = model_id
         self._entry = entry
+        self._env = env
+        self._placement = placement
         self._load_timeout = load_timeout
         self._spares = spares
-        self._spawn = spawn
+        self._spawn = spawn or (lambda: spawn_worker(env))
         self._process: multiprocessing.process.BaseProcess | None = None
-        self._channel: Channel | None = None
+        self._pipe: LoopPipe | None = None
         self._loaded: asyncio.Future[Loaded] | None = None
         self._batch: BatchState | None = None  # the worker's batch, as last reported
         self._generations: dict[int, Generation] = {}
@@ -154,6 +164,9 @@ class ProcessEngine(Engine):
         self._stopping = False
         self._dead_reason: str | None = None
         self._peak_rss: int | None = None
+        # What llama.cpp allocated per device (the worker's own names: cuda0 = its first visible GPU),
+        # after a load, or after a failed one (then `oom` says which allocation ran out).
+        self.load_report: LoadReport | None = None
 
     @property
     def pid(self) -> int | None:
@@ -166,10 +179,11 @@ class ProcessEngine(Engine):
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._loaded = loop.create_future()
-        process, conn = await (self._spares.take() if self._spares else self._spawn())
-        self._process, self._channel = process, Channel(conn)
-        loop.add_reader(conn.fileno(), self._on_readable)
-        self._send(Load(worker_config(self._entry)))
+        use_spare = self._spares is not None and self._env is None
+        process, conn = await (self._spares.take() if self._spares and use_spare else self._spawn())
+        self._process = process
+        self._pipe = LoopPipe(conn, self._dispatch, lambda: self._on_dead(self._exit_description()))
+        self._send(Load(worker_config(self._entry, self._placement)))
         try:
             info = await asyncio.wait_for(asyncio.shield(self._loaded), self._load_timeout)
         except TimeoutError:
@@ -187,7 +201,7 @@ class ProcessEngine(Engine):
 
     def generate(self, params: GenerationParams) -> Generation:
         generation = Generation(next(self._ids), self._cancel, params.n)
-        if not self.alive or self._channel is None:
+        if not self.alive or self._pipe is None:
             generation.feed(worker_died(self.model_id, self._dead_reason or "not running"))
             return generation
         self._generations[generation.request_id] = generation
@@ -225,12 +239,8 @@ class ProcessEngine(Engine):
             self._send(Cancel(request_id))
 
     def _send(self, message: ToWorker) -> None:
-        if self._channel is None:
-            return
-        try:
-            self._channel.send(message)
-        except OSError:
-            self._on_dead("its pipe closed")
+        if self._pipe is not None:
+            self._pipe.send(message)
 
     def batch_state(self) -> BatchState | None:
         return self._batch if self.alive else None
@@ -245,21 +255,12 @@ class ProcessEngine(Engine):
         if rss is not None:
             self._peak_rss = max(rss, self._peak_rss or 0)
 
-    def _on_readable(self) -> None:
-        channel = self._channel
-        if channel is None:
-            return
-        try:
-            while channel.poll():
-                self._dispatch(channel.recv())
-        except (EOFError, OSError):
-            self._on_dead(self._exit_description())
-
     def _dispatch(self, message: FromWorker) -> None:
         if isinstance(message, BatchState):
             self._batch = message
             return
         if isinstance(message, Loaded | LoadFailed):
+            self.load_report = LoadReport.from_wire(message.memory or {}) if message.memory is not None else None
             if self._loaded and not self._loaded.done():
                 if isinstance(message, Loaded):
                     self._loaded.set_result(message)
@@ -317,11 +318,9 @@ class ProcessEngine(Engine):
             self._report_exit(reason)
 
     def _detach(self) -> None:
-        if self._channel is not None:
-            with contextlib.suppress(RuntimeError, ValueError, OSError):
-                asyncio.get_running_loop().remove_reader(self._channel.fileno())
-            self._channel.close()
-            self._channel = None
+        if self._pipe is not None:
+            self._pipe.close()
+            self._pipe = None
 
     async def stop(self) -> None:
         self._stopping = True

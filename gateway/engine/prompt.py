@@ -10,7 +10,7 @@ from gateway.engine.base import GenerationParams
 from gateway.errors import invalid_request
 
 Formatter = Callable[..., Any]
-Tokenize = Callable[[str, bool], list[int]]
+Tokenize = Callable[[str, bool, str], list[int]]  # text, add_bos, the request field it came from
 Render = Callable[[GenerationParams], tuple[list[int], list[str]]]
 
 
@@ -44,7 +44,7 @@ def renderer(format_chat: Formatter | None, tokenize: Tokenize) -> Render:
 
     def render(params: GenerationParams) -> tuple[list[int], list[str]]:
         if params.prompt is not None:
-            return tokenize(params.prompt, True), []
+            return tokenize(params.prompt, True, "prompt"), []
         if format_chat is None:
             raise invalid_request("This model has no chat template; set model.chat_format in models.yaml.")
         try:
@@ -53,6 +53,6 @@ def renderer(format_chat: Formatter | None, tokenize: Tokenize) -> Render:
             raise invalid_request(f"The model's chat template rejected the messages: {exc}", "messages") from None
         stop = rendered.stop
         stops = [] if stop is None else [stop] if isinstance(stop, str) else list(stop)
-        return tokenize(rendered.prompt, not rendered.added_special), stops
+        return tokenize(rendered.prompt, not rendered.added_special, "messages"), stops
 
     return render

@@ -62,11 +62,13 @@ class Loaded:
     pid: int
     slots: int = 1  # requests decoded together
     kv_cells: int = 0  # the shared KV pool, in tokens
+    memory: dict[str, Any] | None = None  # loadlog.LoadReport wire form: bytes llama.cpp allocated per device
 
 
 @dataclass(frozen=True)
 class LoadFailed:
     reason: str
+    memory: dict[str, Any] | None = None  # as in Loaded, up to the failure
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,8 @@ from typing import Any
 from gateway.engine.backend import Backend, SamplerSettings
 from gateway.engine.base import BatchState, ChoiceFinished, Delta, Finished, GenerationParams, Started
 from gateway.engine.embedding import load_embedding, serve_embeddings
+from gateway.engine.guard import Tokenizer, nonempty_prompt
+from gateway.engine.loadlog import LogCapture, failure_message
 from gateway.engine.parallel import MAX_SEQUENCES, Batch
 from gateway.engine.prompt import Render, formatter, renderer
 from gateway.engine.sampling import logit_bias
@@ -40,8 +42,10 @@ from gateway.engine.wire import (
 from gateway.errors import GatewayError, context_length_exceeded, internal_error, invalid_request
 
 
-def main(conn: Connection) -> None:
-    """Entry point of the worker process."""
+def main(conn: Connection, env: dict[str, str] | None = None) -> None:
+    """Entry point of the worker process. `env` (e.g. CUDA_VISIBLE_DEVICES) is set before llama.cpp
+    starts, so the worker sees only the devices it was given."""
+    os.environ.update(env or {})
     import llama_cpp  # noqa: F401  (the slow part of a cold start, done before a model is asked for)
 
     channel = Channel(conn)
@@ -52,20 +56,24 @@ def main(conn: Connection) -> None:
     if not isinstance(message, Load):
         return
     config = message.config
+    capture = LogCapture(echo=bool(config.get("verbose")))
+    capture.install()  # per-device buffer sizes and allocation failures, from llama.cpp's own log
     try:
         if config["embedding"]:
             llm = load_embedding(config)
         else:
             backend, render = load(config)
     except Exception as exc:  # anything llama.cpp raises is a load failure to report, not a crash
-        channel.send(LoadFailed(f"{type(exc).__name__}: {exc}"))
+        report = capture.report()
+        channel.send(LoadFailed(failure_message(exc, report, list(capture.errors)), report.to_wire()))
         return
     if config["embedding"]:
-        channel.send(Loaded(n_ctx=llm.n_ctx(), pid=os.getpid()))
+        channel.send(Loaded(n_ctx=llm.n_ctx(), pid=os.getpid(), memory=capture.report().to_wire()))
         serve_embeddings(channel, llm)
     else:
         slots = config.get("parallel", 1)
-        channel.send(Loaded(n_ctx=backend.n_ctx, pid=os.getpid(), slots=slots, kv_cells=backend.kv_cells))
+        memory = capture.report().to_wire()
+        channel.send(Loaded(backend.n_ctx, os.getpid(), slots=slots, kv_cells=backend.kv_cells, memory=memory))
         Worker(channel, backend, render, slots, config["repeat_last_n"]).serve()
 
 
@@ -75,7 +83,28 @@ def load(config: dict[str, Any]) -> tuple[Backend, Render]:
     slots = config.get("parallel", 1)
     # Each slot may run n choices; a finished request's sequence stays cached for prefix reuse.
     backend = LlamaCpp(config, slots, max_sequences=min(256, 2 * slots + MAX_SEQUENCES))
-    return backend, renderer(formatter(backend.model, config["chat_format"]), backend.tokenize)
+    view = _ModelView(backend.model)
+    tokenizer = Tokenizer(view)
+
+    def tokenize(text: str, add_bos: bool, param: str) -> list[int]:
+        """Bounded work, and never an empty prompt (guard.py)."""
+        tokens = tokenizer.tokens(text, add_bos=add_bos, special=True, limit=backend.n_ctx, param=param)
+        return nonempty_prompt(view, tokens, param)
+
+    return backend, renderer(formatter(backend.model, config["chat_format"]), tokenize)
+
+
+class _ModelView:
+    """What guard.py reads of a llama-cpp-python `Llama`, over the model alone."""
+
+    def __init__(self, model: Any) -> None:
+        self._model = model
+
+    def n_vocab(self) -> int:
+        return int(self._model.n_vocab())
+
+    def token_bos(self) -> int:
+        return int(self._model.token_bos())
 
 
 def backend_info() -> dict[str, Any]:

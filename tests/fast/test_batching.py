@@ -135,24 +135,29 @@ def test_admission_evicts_cached_prefixes_for_room() -> None:
 def test_prefix_reuse_copies_cached_cells_instead_of_recomputing() -> None:
     backend, batch, rec = make(slots=1, n_ctx=128, n_batch=64)
     system = " ".join(f"s{i}" for i in range(50))
-    batch.submit(request(backend, 1, system + " first question"))
+    batch.submit(request(backend, 1, system + " first question", seed=None))
     run(batch, backend)
     first = len(backend.decodes[0])
-    batch.submit(request(backend, 2, system + " second question"))
+    batch.submit(request(backend, 2, system + " second question", seed=None))
     decodes_before = len(backend.decodes)
     run(batch, backend)
     assert first == 52
     assert len(backend.decodes[decodes_before]) == 2  # only what follows the shared 50 tokens
     assert batch.reused_tokens == 50
+    # A seeded request evaluates its whole prompt: its output depends on seed, prompt and settings only.
+    batch.submit(request(backend, 3, system + " third question", seed=5))
+    decodes_before = len(backend.decodes)
+    run(batch, backend)
+    assert len(backend.decodes[decodes_before]) == 52 and batch.reused_tokens == 50
     assert rec.text(2) == rec.text(1)
 
 
 def test_prefix_reuse_from_a_running_request() -> None:
     backend, batch, rec = make(slots=2, n_ctx=128, n_batch=64, reply=20)
     system = " ".join(f"s{i}" for i in range(30))
-    batch.submit(request(backend, 1, system + " one"))
+    batch.submit(request(backend, 1, system + " one", seed=None))
     batch.step()
-    batch.submit(request(backend, 2, system + " two"))
+    batch.submit(request(backend, 2, system + " two", seed=None))
     batch.step()
     assert len(backend.decodes[1]) == 1 + 1  # request 1's token and request 2's last word
     run(batch, backend)

@@ -12,8 +12,15 @@ ALLOWED: dict[str, set[str]] = {
     "units": set(),
     "gguf_info": set(),
     "config": {"errors", "units"},
-    "protocol": {"errors"},
+    "limits": set(),
+    "jsonbody": {"errors", "limits"},
+    "protocol": {"errors", "jsonbody", "limits"},
     "memory": {"config", "errors", "gguf_info"},
+    "pools": set(),
+    "footprint": {"gguf_info", "memory", "pools"},
+    "inventory": {"pools"},
+    "placement": {"footprint", "pools"},
+    "capacity": {"config", "footprint", "memory", "placement", "pools", "units"},
     "engine.stops": set(),
     "engine.deltas": set(),
     "tools": set(),
@@ -25,17 +32,29 @@ ALLOWED: dict[str, set[str]] = {
     "engine.kv": set(),
     "engine.sampling": {"errors", "engine.backend"},
     "engine.output": {"engine.backend", "engine.deltas", "engine.sampling", "engine.stops"},
-    "engine.embedding": {"errors", "engine.wire"},
-    "engine.sequences": {"engine.backend", "engine.output"},
+    "engine.guard": {"errors"},
+    "engine.embedding": {"errors", "engine.guard", "engine.wire"},
     "engine.prompt": {"errors", "engine.base"},
     "engine.llamacpp": {"engine.backend", "engine.sampling"},
-    "engine.parallel": {"errors", "engine.backend", "engine.base", "engine.kv", "engine.output", "engine.sequences"},
+    "engine.sequences": {"engine.backend", "engine.output"},
+    "engine.parallel": {
+        "errors",
+        "engine.backend",
+        "engine.base",
+        "engine.guard",
+        "engine.kv",
+        "engine.output",
+        "engine.sequences",
+    },
+    "engine.looppipe": set(),
     "engine.worker": {
         "errors",
         "engine.backend",
         "engine.base",
         "engine.embedding",
+        "engine.guard",
         "engine.llamacpp",
+        "engine.loadlog",
         "engine.parallel",
         "engine.prompt",
         "engine.sampling",
@@ -44,7 +63,17 @@ ALLOWED: dict[str, set[str]] = {
     },
     "engine.fakellama": {"engine.backend", "engine.base"},
     "engine.fakeworker": {"engine.fakellama", "engine.wire", "engine.worker"},
-    "engine.process": {"config", "errors", "memory", "engine.base", "engine.wire", "engine.worker"},
+    "engine.loadlog": set(),
+    "engine.process": {
+        "config",
+        "errors",
+        "memory",
+        "engine.base",
+        "engine.loadlog",
+        "engine.looppipe",
+        "engine.wire",
+        "engine.worker",
+    },
     "compute": set(),
     "watch": set(),
     "upstream.__init__": set(),
@@ -77,7 +106,7 @@ ALLOWED: dict[str, set[str]] = {
         "upstream.proxy",
     },
     "dialects.__init__": set(),
-    "dialects.common": {"errors"},
+    "dialects.common": {"errors", "jsonbody"},
     "dialects.anthropic_request": {"dialects.common", "errors", "protocol"},
     "dialects.anthropic_reply": {"errors"},
     "dialects.anthropic_routes": {
@@ -118,7 +147,7 @@ ALLOWED: dict[str, set[str]] = {
         "engine.process",
         "upstream.proxy",
     },
-    "cli": {"config", "errors", "memory", "units", "app", "engine.worker"},
+    "cli": {"capacity", "config", "errors", "inventory", "memory", "pools", "units", "app", "engine.worker"},
     "__main__": {"cli"},
     "__init__": set(),
     "engine.__init__": set(),
@@ -156,9 +185,11 @@ def test_dependencies_point_downward() -> None:
 
 WORKER_SIDE = {
     "engine.worker",
+    "engine.loadlog",
     "engine.sampling",
     "engine.embedding",
     "engine.parallel",
+    "engine.guard",
     "engine.prompt",
     "engine.llamacpp",
     "engine.output",
@@ -188,3 +219,16 @@ def test_worker_side_stays_free_of_the_web_stack() -> None:
                 for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(name=node.module or "")])
             ]
             assert not [m for m in module_level if m.split(".")[0] in heavy], module_name(path)
+
+
+def test_llama_cpp_starts_only_after_the_worker_environment_is_set() -> None:
+    """worker.main sets CUDA_VISIBLE_DEVICES before importing llama_cpp; a module-level import on the
+    worker side would start the GPU runtime first, seeing every device."""
+    for path in PACKAGE.rglob("*.py"):
+        top_level = [
+            alias.name if isinstance(node, ast.Import) else node.module or ""
+            for node in ast.parse(path.read_text()).body
+            if isinstance(node, ast.Import | ast.ImportFrom)
+            for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(name=node.module or "")])
+        ]
+        assert not [m for m in top_level if m.split(".")[0] == "llama_cpp"], module_name(path)
