@@ -170,6 +170,11 @@ class Batch:
         # A seeded request evaluates its whole prompt, so that its output depends on its seed, prompt
         # and settings only, never on which batches earlier requests split the prompt into.
         source, reused = (None, 0) if request.seed is not None else self._best_prefix(request.prompt)
+        if request.seed is not None and not self.running:
+            # On an idle worker it also starts from an empty pool, as a freshly loaded worker does: its
+            # cells, and llama.cpp's float sums over them, then do not depend on what ran before.
+            while (cached := self.cache.oldest()) is not None:
+                self._evict(cached)
         while True:
             reused = min(reused, len(request.prompt) - 1)
             need = len(request.prompt) - reused + request.n * request.limit

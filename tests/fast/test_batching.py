@@ -152,6 +152,25 @@ def test_prefix_reuse_copies_cached_cells_instead_of_recomputing() -> None:
     assert rec.text(2) == rec.text(1)
 
 
+def test_a_seeded_request_on_an_idle_worker_starts_from_an_empty_pool() -> None:
+    """As on a freshly loaded worker: its KV cells (so llama.cpp's sums over them) do not depend on
+    what ran before. Unseeded requests keep the cached prefixes."""
+    backend, batch, rec = make(slots=2, n_ctx=64, n_batch=32)
+    batch.submit(request(backend, 1, "a b c d", seed=None))
+    run(batch, backend)
+    batch.submit(request(backend, 2, "e f g", seed=None))
+    run(batch, backend)
+    assert len(batch.cache) == 2 and backend.used_cells() > 0
+    seeded = request(backend, 3, "a b c d", seed=7)
+    batch.submit(seeded)
+    batch.step()
+    assert len(batch.cache) == 0 and batch.running[0].primary.seq == 0
+    assert backend.used_cells() == batch.ledger.used() == len(seeded.prompt)  # its own prompt only
+    assert batch.reused_tokens == 0
+    run(batch, backend)
+    assert rec.text(3) == rec.text(1)
+
+
 def test_prefix_reuse_from_a_running_request() -> None:
     backend, batch, rec = make(slots=2, n_ctx=128, n_batch=64, reply=20)
     system = " ".join(f"s{i}" for i in range(30))

@@ -32,8 +32,12 @@ SCHEMA = {
         "name": "city",
         "schema": {
             "type": "object",
-            "properties": {"name": {"type": "string"}, "population": {"type": "integer"}},
+            "properties": {
+                "name": {"type": "string"},
+                "population": {"type": "integer", "minimum": 0, "maximum": 99999999},
+            },
             "required": ["name", "population"],
+            "additionalProperties": False,  # llguidance allows extra keys unless told, until max_tokens
         },
     },
 }
