@@ -141,21 +141,27 @@ def send(client: TestClient, endpoint: str, raw: bytes) -> int:
     """Send one body; check the answer is no 5xx, OpenAI-shaped, and decided before the 200."""
     with client.stream("POST", endpoint, content=raw, headers={"content-type": "application/json"}) as response:
         text = "".join(response.iter_text())
-    assert response.status_code < 500, (endpoint, raw[:300], text[:500])
-    if response.status_code >= 400:
+    check_answer(endpoint, raw, response.status_code, response.headers["content-type"], text)
+    return response.status_code
+
+
+def check_answer(endpoint: str, raw: bytes, status: int, content_type: str, text: str) -> None:
+    """No 5xx; an error in the endpoint's dialect (OpenAI's or Anthropic's shape); a stream without a
+    failure after the 200."""
+    assert status < 500, (endpoint, raw[:300], text[:500])
+    if status >= 400:
         body = json.loads(text)
         if endpoint.startswith("/v1/messages"):  # Anthropic's shape: {"type": "error", "error": {type, message}}
             assert body["type"] == "error" and {"type", "message"} <= body["error"].keys(), body
         else:
             wire.error(body)
-    elif response.headers["content-type"].startswith("text/event-stream"):
+    elif content_type.startswith("text/event-stream"):
         if endpoint in ("/v1/messages", "/v1/responses"):  # their own stream events, no [DONE]
             assert "event: error" not in text and "response.failed" not in text, (endpoint, raw[:300], text[-500:])
         else:
             frames = [line[6:] for line in text.splitlines() if line.startswith("data: ")]
             assert frames[-1] == "[DONE]"
             assert not any('"error"' in frame[:10] for frame in frames), (endpoint, raw[:300], frames[-2])
-    return response.status_code
 
 
 def assert_idle_and_serving(client: TestClient) -> None:
