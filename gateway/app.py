@@ -259,10 +259,22 @@ def create_app(
 
 def _model_states(scheduler: Scheduler) -> tuple[list[ModelState], int]:
     snapshot = scheduler.snapshot()
-    states = [
-        ModelState(
-            v.model_id, v.state.client_value, v.running, v.holds - v.running, v.estimated_bytes, v.measured_bytes
+    states = []
+    for v in snapshot.models:
+        batch = v.batch
+        states.append(
+            ModelState(
+                v.model_id,
+                v.state.client_value,
+                v.running,
+                v.holds - v.running,
+                v.estimated_bytes,
+                v.measured_bytes,
+                slots=v.parallel,
+                batch_running=batch.running if batch else 0,
+                batch_waiting=batch.waiting if batch else 0,
+                kv_usage=batch.kv_usage if batch else 0.0,
+                reused_tokens=batch.reused_tokens if batch else 0,
+            )
         )
-        for v in snapshot.models
-    ]
     return states, snapshot.budget

@@ -120,9 +120,10 @@ def _describe(model_id: str, settings: Settings, fact: ModelFacts) -> str:
     )
     return (
         f"{model_id}: {info.path} ({format_bytes(info.file_bytes)}, {info.architecture}, {info.quantization}), "
-        f"n_ctx {entry.model.n_ctx}, chat template: {template}, estimate {format_bytes(est.total)} "
-        f"(weights {format_bytes(est.weights)} + KV {format_bytes(est.kv_cache)} "
-        f"+ overhead {format_bytes(est.overhead)} + n > 1 context {format_bytes(est.batch_context)})"
+        f"n_ctx {entry.model.n_ctx}, parallel {entry.runtime.parallel}, chat template: {template}, "
+        f"estimate {format_bytes(est.total)} "
+        f"(weights {format_bytes(est.weights)} + KV {format_bytes(est.kv_cache)} for n_ctx x parallel "
+        f"+ overhead {format_bytes(est.overhead)})"
     )
 
 

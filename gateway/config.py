@@ -152,7 +152,7 @@ class SamplingSection(_Section):
 class RuntimeSection(_Section):
     thread_count: int | None = Field(None, ge=1, description="threads for generation; default: half the cores")
     parallel: int = Field(
-        1, ge=1, le=64, description="requests of this model decoded together; more wait in its queue (max_queue)"
+        1, ge=1, le=64, description="requests decoded together (continuous batching); the KV cache holds n_ctx for each"
     )
     verbose: bool = False
 

@@ -33,7 +33,7 @@ async def metrics(request: Request) -> Response:
 def _card(view: SlotView) -> dict[str, object]:
     path = view.facts.info.path
     # Estimate before load (what the worker holds once loaded), measured after.
-    memory = view.measured_bytes if view.measured_bytes is not None else view.facts.estimate.at_load
+    memory = view.measured_bytes if view.measured_bytes is not None else view.facts.estimate.total
     card = model_card(view.model_id, int(path.stat().st_mtime) if path.exists() else 0, view.state.client_value, memory)
     card["aliases"] = list(view.entry.aliases)
     if not view.entry.embedding:

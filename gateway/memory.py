@@ -30,28 +30,18 @@ class Estimate:
     weights: int
     kv_cache: int
     overhead: int
-    # The second context a worker makes on the first n > 1 request (engine/parallel.py): its own KV
-    # cache of n_ctx cells and compute buffers. Allocated after the load, so counted from the start.
-    batch_context: int = 0
-
-    @property
-    def at_load(self) -> int:
-        """What the worker holds right after loading (comparable with its measured memory then)."""
-        return self.weights + self.kv_cache + self.overhead
 
     @property
     def total(self) -> int:
-        return self.at_load + self.batch_context
+        return self.weights + self.kv_cache + self.overhead
 
 
-def estimate(info: GGUFInfo, n_ctx: int, *, embedding: bool = False) -> Estimate:
-    kv_cache = n_ctx * info.kv_bytes_per_token(KV_CACHE_TYPE_BYTES)
-    compute = COMPUTE_BASE_BYTES + BYTES_PER_VOCAB_TOKEN * info.vocab_size
+def estimate(info: GGUFInfo, n_ctx: int, parallel: int = 1) -> Estimate:
+    """`parallel` requests decode together, each with up to `n_ctx` tokens: the KV pool holds them all."""
     return Estimate(
         weights=info.tensor_bytes,
-        kv_cache=kv_cache,
-        overhead=WORKER_BASELINE_BYTES + compute,
-        batch_context=0 if embedding else kv_cache + compute,  # embedding models never take n > 1
+        kv_cache=n_ctx * parallel * info.kv_bytes_per_token(KV_CACHE_TYPE_BYTES),
+        overhead=WORKER_BASELINE_BYTES + COMPUTE_BASE_BYTES + BYTES_PER_VOCAB_TOKEN * info.vocab_size,
     )
 
 
@@ -69,7 +59,7 @@ class ModelFacts:
 
 def inspect_model(entry: ModelEntry) -> ModelFacts:
     info = read_gguf_info(entry.model.path)
-    return ModelFacts(info=info, estimate=estimate(info, entry.model.n_ctx, embedding=entry.embedding))
+    return ModelFacts(info=info, estimate=estimate(info, entry.model.n_ctx, entry.runtime.parallel))
 
 
 def inspect_models(settings: Settings) -> dict[str, ModelFacts]:

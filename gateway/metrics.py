@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -26,6 +26,11 @@ class ModelState:
     queued: int  # requests holding the model and waiting for their turn
     estimated_bytes: int
     measured_bytes: int | None
+    slots: int = 1  # runtime.parallel
+    batch_running: int = 0  # in the worker's batch
+    batch_waiting: int = 0  # in the worker, for a slot or KV room
+    kv_usage: float = 0.0  # KV cells held or reserved by running requests, 0..1
+    reused_tokens: int = 0  # prompt tokens served from the prefix cache since the worker loaded
 
 
 class _StateCollector(Collector):
@@ -47,6 +52,7 @@ class _StateCollector(Collector):
             if m.measured_bytes is not None:
                 measured.add_metric([m.model], m.measured_bytes)
         yield from (loaded, in_flight, queued, estimated, measured)
+        yield from _batch_gauges(models)
         yield GaugeMetricFamily("gateway_memory_budget_bytes", "gateway.memory_budget", value=budget)
         used = sum((m.measured_bytes or m.estimated_bytes) for m in models if m.state in ("loaded", "loading"))
         yield GaugeMetricFamily("gateway_memory_used_bytes", "memory held by resident models", value=used)
@@ -65,6 +71,36 @@ class _CircuitCollector(Collector):
         for model, upstream, state in self._circuits():
             family.add_metric([model, upstream], 0.0 if state == "closed" else 1.0)
         yield family
+
+
+def _batch_gauges(models: list[ModelState]) -> Iterator[Metric]:
+    """Load signals for routers and autoscalers (README: "Signals for routers and autoscalers")."""
+    running = GaugeMetricFamily(
+        "gateway_requests_running", "requests decoding in the model's continuous batch", labels=["model"]
+    )
+    waiting = GaugeMetricFamily(
+        "gateway_requests_waiting",
+        "requests admitted but not decoding yet: queued for the model or a slot",
+        labels=["model"],
+    )
+    slots = GaugeMetricFamily("gateway_batch_slots", "runtime.parallel: requests decoded together", labels=["model"])
+    kv = GaugeMetricFamily(
+        "gateway_kv_cache_usage_ratio",
+        "share of the KV pool held or reserved by running requests (0..1)",
+        labels=["model"],
+    )
+    reused = CounterMetricFamily(
+        "gateway_prefix_cache_reused_tokens",
+        "prompt tokens whose KV cells were reused from an earlier or running request (since the worker loaded)",
+        labels=["model"],
+    )
+    for m in models:
+        reused.add_metric([m.model], m.reused_tokens)
+        running.add_metric([m.model], m.batch_running)
+        waiting.add_metric([m.model], m.queued + m.batch_waiting)
+        slots.add_metric([m.model], m.slots)
+        kv.add_metric([m.model], m.kv_usage)
+    yield from (running, waiting, slots, kv, reused)
 
 
 class Metrics:

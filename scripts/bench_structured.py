@@ -81,42 +81,35 @@ def measure(url: str, model: str, rounds: int, max_tokens: int) -> dict[str, Any
     }
 
 
-class _Timed:
-    """A sampler that notes the CPU time each choice took."""
-
-    def __init__(self, sampler: Any) -> None:
-        self._sampler = sampler
-        self.spent: list[float] = []
-
-    def sample(self, context: Any, idx: int) -> int:
-        started = time.thread_time()
-        token = int(self._sampler.sample(context, idx))
-        self.spent.append(time.thread_time() - started)
-        return token
-
-
 def sampling_cpu(model_path: Path, tokens: int) -> dict[str, float]:
     """CPU milliseconds per token spent choosing it (the sampler alone, in this process's thread), with
     and without a grammar: a figure a busy machine does not distort, unlike tokens/s."""
-    import llama_cpp
-
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from gateway.engine import single
-    from gateway.engine.constraint import Constraints
-    from gateway.engine.sampling import make_sampler
+    from gateway.engine.backend import Row, SamplerSettings
+    from gateway.engine.llamacpp import LlamaCpp
 
-    llm = llama_cpp.Llama(str(model_path), n_ctx=1024, n_threads=2, verbose=False)
+    config = {"path": str(model_path), "n_ctx": 1024, "n_batch": 512, "n_threads": 2}
+    config |= {"n_gpu_layers": 0, "use_mmap": True, "verbose": False}
+    backend = LlamaCpp(config, slots=1, max_sequences=1)
     text = "<|im_start|>user\nRepeat the word 'apple' 500 times.<|im_end|>\n<|im_start|>assistant\n"
-    prompt = llm.tokenize(text.encode(), add_bos=False, special=True)
-    constraints = Constraints(llm._model.vocab)
-    sampling = {"top_k": 40, "top_p": 0.95, "min_p": 0.05, "temp": 0.0, "repeat_penalty": 1.0}
-    sampling |= {"presence_penalty": 0.0, "frequency_penalty": 0.0, "logits_processor": None}
+    prompt = backend.tokenize(text, add_bos=False)
     result = {}
     for name, spec in (("none", None), ("json_schema", {"json_schema": WORDS})):
-        timed = _Timed(make_sampler(llm, 1, sampling, constraints.compile(spec)))
-        single.decode(llm, prompt, timed, lambda _, t=timed: len(t.spent) >= tokens, lambda: False)
-        result[name] = 1000 * statistics.mean(timed.spent)
-    llm.close()
+        settings = SamplerSettings(0.0, 0.95, 40, 0.05, 1.0, 64, 0.0, 0.0, grammar=backend.grammar(spec))
+        sampler = backend.sampler(settings, 1)
+        backend.seq_rm(0, 0, -1)
+        backend.decode([Row(t, i, 0, i == len(prompt) - 1) for i, t in enumerate(prompt)])
+        row, pos, spent = len(prompt) - 1, len(prompt), []
+        while len(spent) < tokens:
+            started = time.thread_time()
+            token = sampler.sample(row)
+            spent.append(time.thread_time() - started)
+            if backend.is_eog(token):
+                break
+            backend.decode([Row(token, pos, 0, True)])
+            row, pos = 0, pos + 1
+        sampler.close()
+        result[name] = 1000 * statistics.mean(spent)
     return result
 
 

@@ -90,6 +90,22 @@ class Finished:
 Event = Started | Delta | ChoiceFinished | Finished
 
 
+@dataclass(frozen=True)
+class BatchState:
+    """A worker's continuous batch: requests decoding, requests waiting for a slot or KV room, and
+    KV cells that running requests hold or have reserved, out of the pool."""
+
+    running: int
+    waiting: int
+    kv_used: int
+    kv_cells: int
+    reused_tokens: int = 0  # prompt tokens taken from cached or running sequences' cells, since load
+
+    @property
+    def kv_usage(self) -> float:
+        return self.kv_used / self.kv_cells if self.kv_cells else 0.0
+
+
 class Generation:
     """Events of one generation, fed by its engine; errors arrive as GatewayError."""
 
@@ -162,6 +178,10 @@ class Engine(ABC):
     @abstractmethod
     def measured_bytes(self) -> int | None:
         """Memory the loaded model holds now, or None before it is loaded."""
+
+    def batch_state(self) -> BatchState | None:
+        """The worker's batch as last reported (None: not known, e.g. before load)."""
+        return None
 
     def on_exit(self, callback: Callable[[str], None]) -> None:
         """Register a callback for an unexpected exit (crash); the argument says why."""

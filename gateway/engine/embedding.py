@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from gateway.engine.guard import Tokenizer
-from gateway.errors import context_length_exceeded, invalid_request
+from gateway.engine.wire import Call, Channel, Embed, Failed, Result, Shutdown
+from gateway.errors import GatewayError, context_length_exceeded, internal_error, invalid_request
 
 POOLING = {"none": 0, "mean": 1, "cls": 2, "last": 3}
 
@@ -51,3 +53,55 @@ def embed(llm: Any, inputs: list[str | list[int]], tokenizer: Tokenizer) -> tupl
     llm._batch.reset()
     llm._ctx.kv_cache_clear()
     return vectors, total
+
+
+def load_embedding(config: dict[str, Any]) -> Any:
+    import llama_cpp
+
+    # An input is embedded in one batch, so a batch holds a whole context; pooling gives one vector.
+    llm = llama_cpp.Llama(
+        model_path=config["path"],
+        n_ctx=config["n_ctx"],
+        n_gpu_layers=config["n_gpu_layers"],
+        n_threads=config["n_threads"],
+        use_mmap=config["use_mmap"],
+        verbose=config["verbose"],
+        embedding=True,
+        n_batch=config["n_ctx"],
+        n_ubatch=config["n_ctx"],
+        pooling_type=POOLING.get(config["pooling"] or "", llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED),
+    )
+    if int(llm.pooling_type()) == llama_cpp.LLAMA_POOLING_TYPE_NONE:
+        raise ValueError("this model pools no embedding; set model.pooling (mean, cls or last) in models.yaml")
+    return llm
+
+
+def serve_embeddings(channel: Channel, llm: Any) -> None:
+    """Embedding models answer one embedding at a time, in order."""
+    tokenizer = Tokenizer(llm)
+    while True:
+        try:
+            message = channel.recv()
+        except (EOFError, OSError):
+            os._exit(0)
+        if isinstance(message, Shutdown):
+            os._exit(0)
+        if not isinstance(message, Embed | Call):
+            continue
+        try:
+            if isinstance(message, Embed):
+                value = embed(llm, message.inputs, tokenizer)
+            elif message.op == "tokenize":
+                value = llm.tokenize(str(message.argument).encode("utf-8"), add_bos=False, special=True)
+            else:
+                value = llm.detokenize(list(message.argument), special=True).decode("utf-8", errors="replace")
+            channel.send(Result(message.request_id, value))
+        except GatewayError as exc:
+            channel.send(Failed(message.request_id, exc.to_wire()))
+        except (BrokenPipeError, EOFError):
+            os._exit(0)
+        except Exception as exc:
+            error = invalid_request(f"{type(exc).__name__}: {exc}", "tokens")
+            channel.send(
+                Failed(message.request_id, (error if isinstance(message, Call) else internal_error(str(exc))).to_wire())
+            )

@@ -17,17 +17,6 @@ def sampler_seed(seed: int) -> int:
     return seed % _SEED_RANGE
 
 
-def fresh_prompt(llm: Any) -> None:
-    """Make the next `Llama.generate` evaluate its prompt from position 0, as a freshly loaded model does.
-
-    By default it reuses the KV cache of the longest prefix it shares with the previous request and
-    evaluates only the rest: the same prompt is then split into different batches depending on what
-    ran before, and llama.cpp's float sums (so the logits, so a seeded sample) follow the split. A
-    seeded request gives up that reuse so that its output depends on its seed, prompt and settings only.
-    """
-    llm.reset()  # n_tokens = 0: generate() skips its prefix match and eval() clears the cache from 0
-
-
 class Tokenizer:
     """Tokenizes with the work bounded by the context: a text longer in bytes than `n_ctx` times the
     vocabulary's longest token cannot fit, and is refused before any tokenizing."""

@@ -10,14 +10,30 @@ import asyncio
 import itertools
 import logging
 import multiprocessing
+from collections.abc import Awaitable, Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
 from gateway.config import ModelEntry
 from gateway.engine import worker
-from gateway.engine.base import ChoiceFinished, Delta, Engine, Finished, Generation, GenerationParams, Started
+from gateway.engine.base import BatchState, Engine, Finished, Generation, GenerationParams
 from gateway.engine.loadlog import LoadReport
 from gateway.engine.looppipe import LoopPipe
+from gateway.engine.wire import (
+    Call,
+    Cancel,
+    Embed,
+    Event,
+    Failed,
+    FromWorker,
+    Generate,
+    Load,
+    Loaded,
+    LoadFailed,
+    Result,
+    Shutdown,
+    ToWorker,
+)
 from gateway.errors import GatewayError, load_failed, worker_died
 from gateway.memory import process_rss
 
@@ -37,6 +53,7 @@ def worker_config(entry: ModelEntry, placement: dict[str, Any] | None = None) ->
         "n_threads": entry.runtime.thread_count,
         "verbose": entry.runtime.verbose,
         "repeat_last_n": entry.sampling.repeat_last_n,
+        "parallel": entry.runtime.parallel,
         "embedding": entry.embedding,
         "pooling": entry.model.pooling,
     }
@@ -120,13 +137,15 @@ class ProcessEngine(Engine):
         entry: ModelEntry,
         load_timeout: float = 300.0,
         spares: SparePool | None = None,
+        spawn: Callable[[], Awaitable[Spawned]] | None = None,
         *,
         env: dict[str, str] | None = None,
         placement: dict[str, Any] | None = None,
     ) -> None:
         """`env` (CUDA_VISIBLE_DEVICES...) and `placement` (llama.cpp's n_gpu_layers, tensor_split,
         main_gpu: see placement.worker_environment and llama_arguments) put the model on its devices;
-        a worker given an environment is started for it, since a spare's GPU runtime is set up already."""
+        a worker given an environment is started for it, since a spare's GPU runtime is set up already.
+        `spawn`: how a worker starts (tests start the real worker loop over a fake llama.cpp in a thread)."""
         super().__init__()
         self.model_id = model_id
         self._entry = entry
@@ -134,9 +153,11 @@ class ProcessEngine(Engine):
         self._placement = placement
         self._load_timeout = load_timeout
         self._spares = spares
+        self._spawn = spawn or (lambda: spawn_worker(env))
         self._process: multiprocessing.process.BaseProcess | None = None
         self._pipe: LoopPipe | None = None
-        self._loaded: asyncio.Future[dict[str, Any]] | None = None
+        self._loaded: asyncio.Future[Loaded] | None = None
+        self._batch: BatchState | None = None  # the worker's batch, as last reported
         self._generations: dict[int, Generation] = {}
         self._calls: dict[int, asyncio.Future[Any]] = {}
         self._ids = itertools.count(1)
@@ -159,10 +180,10 @@ class ProcessEngine(Engine):
         loop = asyncio.get_running_loop()
         self._loaded = loop.create_future()
         use_spare = self._spares is not None and self._env is None
-        process, conn = await (self._spares.take() if self._spares and use_spare else spawn_worker(self._env))
+        process, conn = await (self._spares.take() if self._spares and use_spare else self._spawn())
         self._process = process
         self._pipe = LoopPipe(conn, self._dispatch, lambda: self._on_dead(self._exit_description()))
-        self._send(("load", worker_config(self._entry, self._placement)))
+        self._send(Load(worker_config(self._entry, self._placement)))
         try:
             info = await asyncio.wait_for(asyncio.shield(self._loaded), self._load_timeout)
         except TimeoutError:
@@ -171,7 +192,11 @@ class ProcessEngine(Engine):
         except GatewayError:
             await self.stop()
             raise
-        log.info("model %s loaded in worker pid %s (n_ctx=%s)", self.model_id, process.pid, info["n_ctx"])
+        log.info(
+            "model %s loaded in worker pid %s (n_ctx=%s, parallel=%s, KV cells=%s)",
+            self.model_id, process.pid, info.n_ctx, info.slots, info.kv_cells,
+        )  # fmt: skip
+        self._batch = BatchState(0, 0, 0, info.kv_cells)
         self._sample_memory()
 
     def generate(self, params: GenerationParams) -> Generation:
@@ -180,7 +205,7 @@ class ProcessEngine(Engine):
             generation.feed(worker_died(self.model_id, self._dead_reason or "not running"))
             return generation
         self._generations[generation.request_id] = generation
-        self._send(("generate", generation.request_id, params.to_wire()))
+        self._send(Generate(generation.request_id, params))
         return generation
 
     async def tokenize(self, text: str) -> list[int]:
@@ -203,7 +228,7 @@ class ProcessEngine(Engine):
         call_id = next(self._ids)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._calls[call_id] = future
-        self._send(("embed", call_id, argument) if op == "embed" else ("call", call_id, op, argument))
+        self._send(Embed(call_id, argument) if op == "embed" else Call(call_id, op, argument))
         try:
             return await future
         finally:
@@ -211,11 +236,14 @@ class ProcessEngine(Engine):
 
     def _cancel(self, request_id: int) -> None:
         if self._generations.pop(request_id, None) is not None:
-            self._send(("cancel", request_id))
+            self._send(Cancel(request_id))
 
-    def _send(self, message: tuple[Any, ...]) -> None:
+    def _send(self, message: ToWorker) -> None:
         if self._pipe is not None:
             self._pipe.send(message)
+
+    def batch_state(self) -> BatchState | None:
+        return self._batch if self.alive else None
 
     def measured_bytes(self) -> int | None:
         return self._peak_rss
@@ -227,43 +255,37 @@ class ProcessEngine(Engine):
         if rss is not None:
             self._peak_rss = max(rss, self._peak_rss or 0)
 
-    def _dispatch(self, message: tuple[Any, ...]) -> None:
-        kind = message[0]
-        if kind == "loaded":
-            self.load_report = LoadReport.from_wire(message[1].get("memory") or {})
-            if self._loaded and not self._loaded.done():
-                self._loaded.set_result(message[1])
+    def _dispatch(self, message: FromWorker) -> None:
+        if isinstance(message, BatchState):
+            self._batch = message
             return
-        if kind == "load_failed":
-            self.load_report = LoadReport.from_wire(message[2]) if len(message) > 2 else None
+        if isinstance(message, Loaded | LoadFailed):
+            self.load_report = LoadReport.from_wire(message.memory or {}) if message.memory is not None else None
             if self._loaded and not self._loaded.done():
-                self._loaded.set_exception(load_failed(self.model_id, message[1], None))
+                if isinstance(message, Loaded):
+                    self._loaded.set_result(message)
+                else:
+                    self._loaded.set_exception(load_failed(self.model_id, message.reason, None))
             return
-        call = self._calls.get(message[1])
+        call = self._calls.get(message.request_id)
         if call is not None:
-            if call.done():
-                return
-            if kind == "result":
-                call.set_result(message[2])
-            elif kind == "error":
-                call.set_exception(GatewayError.from_wire(message[2]))
+            if not call.done():
+                if isinstance(message, Result):
+                    call.set_result(message.value)
+                elif isinstance(message, Failed):
+                    call.set_exception(GatewayError.from_wire(message.error))
             return
-        generation = self._generations.get(message[1])
+        generation = self._generations.get(message.request_id)
         if generation is None:
             return  # cancelled: the worker's last words about it are not needed
-        if kind == "delta":
-            generation.feed(Delta(message[2], message[3], message[4]))
-        elif kind == "choice_finished":
-            generation.feed(ChoiceFinished(message[2], message[3], message[4]))
-        elif kind == "started":
-            generation.feed(Started(message[2]))
-        elif kind == "finished":
-            del self._generations[message[1]]
-            generation.feed(Finished(message[2], message[3], message[4]))
-            self._sample_memory()
-        elif kind == "error":
-            del self._generations[message[1]]
-            generation.feed(GatewayError.from_wire(message[2]))
+        if isinstance(message, Event):
+            if isinstance(message.event, Finished):
+                del self._generations[message.request_id]
+                self._sample_memory()
+            generation.feed(message.event)
+        elif isinstance(message, Failed):
+            del self._generations[message.request_id]
+            generation.feed(GatewayError.from_wire(message.error))
 
     def _exit_description(self) -> str:
         process = self._process
@@ -305,7 +327,7 @@ class ProcessEngine(Engine):
         process = self._process
         if process is None:
             return
-        self._send(("shutdown",))
+        self._send(Shutdown())
         self._on_dead("stopped")
         if not await asyncio.to_thread(_join, process, _STOP_WAIT):
             log.warning("worker %s for model %s did not exit; killing it", process.pid, self.model_id)

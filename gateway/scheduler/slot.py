@@ -71,6 +71,7 @@ class Slot:
             idle_expires_in=self._idle_expiry(now),
             failure=self.failure,
             pools={HOST_POOL: self.memory_bytes},
+            batch=self.engine.batch_state() if self.engine is not None else None,
         )
 
     def _idle_expiry(self, now: float) -> float | None:

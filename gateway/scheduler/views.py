@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from gateway.config import ModelEntry
+from gateway.engine.base import BatchState
 from gateway.memory import ModelFacts
 
 HOST_POOL = "host"  # the memory pool of host RAM; GPU pools (cuda0, ...) join it in `SlotView.pools`
@@ -48,6 +49,7 @@ class SlotView:
     idle_expires_in: float | None  # seconds until the TTL unloads it, when it is idle and has a TTL
     failure: str = ""
     pools: Mapping[str, int] = field(default_factory=dict)  # bytes per memory pool (host, cuda0, ...)
+    batch: BatchState | None = None  # the worker's continuous batch as it last reported it
 
     @property
     def holds(self) -> int:

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
@@ -97,9 +96,6 @@ def test_epp_flags_follow_the_contract_for_a_pinned_model() -> None:
     assert flags["model-server-metrics-path"] == "/metrics"
 
 
-@pytest.mark.xfail(
-    strict=True, reason="the per-model running/waiting/KV-cache gauges arrive with the batching issue's work"
-)
 def test_gateway_exports_the_contract_metrics(make_config: Any, tmp_path: Path) -> None:
     app = create_app(parse_settings(make_config({"a": {}}), tmp_path), engine_factory=FakeEngineFactory())
     with TestClient(app) as client:

@@ -30,19 +30,7 @@ def test_estimate_adds_kv_and_overhead(tmp_path: Path) -> None:
     assert est.weights == info.tensor_bytes
     assert est.kv_cache == 1000 * info.kv_bytes_per_token()
     assert est.overhead >= WORKER_BASELINE_BYTES
-    assert est.at_load == est.weights + est.kv_cache + est.overhead
-    assert est.total == est.at_load + est.batch_context
-
-
-def test_estimate_counts_the_second_context_of_n_choices(tmp_path: Path) -> None:
-    """The first n > 1 request makes a second context with its own KV cache of n_ctx cells
-    (engine/parallel.py): the estimate counts it from the start, or a budget admits a model that
-    later outgrows it. Embedding models never make one."""
-    info = read_gguf_info(write_tiny_gguf(tmp_path / "t.gguf"))
-    est = estimate(info, n_ctx=1000)
-    assert est.batch_context >= est.kv_cache > 0
-    assert est.total >= est.weights + 2 * est.kv_cache + est.overhead
-    assert estimate(info, n_ctx=1000, embedding=True).batch_context == 0
+    assert est.total == est.weights + est.kv_cache + est.overhead
 
 
 def test_rejects_non_gguf_and_truncated(tmp_path: Path) -> None:
@@ -59,3 +47,9 @@ def test_rejects_non_gguf_and_truncated(tmp_path: Path) -> None:
     empty.write_bytes(b"")
     with pytest.raises(GGUFFormatError):
         read_gguf_info(empty)
+
+
+def test_estimate_holds_a_context_for_each_parallel_request(tmp_path: Path) -> None:
+    info = read_gguf_info(write_tiny_gguf(tmp_path / "t.gguf"))
+    one, four = estimate(info, n_ctx=1000), estimate(info, n_ctx=1000, parallel=4)
+    assert four.kv_cache == 4 * one.kv_cache and four.total - one.total == 3 * one.kv_cache

