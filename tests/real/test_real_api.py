@@ -271,10 +271,13 @@ def test_embeddings_from_a_real_model(api: GatewayServer) -> None:
     assert info.value.param == "dimensions"
 
 
+# Closed (additionalProperties: false): an open schema lets a temperature-1 sample add keys until
+# max_tokens, which JSON Schema allows and the grammar rightly permits.
 WEATHER = {
     "type": "object",
     "properties": {"city": {"type": "string", "maxLength": 30}, "unit": {"type": "string", "enum": ["c", "f"]}},
     "required": ["city", "unit"],
+    "additionalProperties": False,
 }
 ADD = {"type": "object", "properties": {"a": {"type": "number"}, "b": {"type": "number"}}, "required": ["a", "b"]}
 TOOLS: list[Any] = [

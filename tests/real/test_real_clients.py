@@ -61,10 +61,11 @@ def test_langchain_chat_openai(server: GatewayServer) -> None:
         """Get the current weather in a city."""
         return "sunny"
 
-    called = chat.bind_tools([get_weather], tool_choice="get_weather").invoke("What is the weather in Paris?")
+    # A forced call's arguments need room to finish: 12 tokens cut them (finish_reason length, no call).
+    longer = ChatOpenAI(base_url=v1(server), api_key="unused", model=MODEL, temperature=0, max_tokens=60)
+    called = longer.bind_tools([get_weather], tool_choice="get_weather").invoke("What is the weather in Paris?")
     assert called.tool_calls and called.tool_calls[0]["name"] == "get_weather"
     assert isinstance(called.tool_calls[0]["args"].get("city"), str)
-    longer = ChatOpenAI(base_url=v1(server), api_key="unused", model=MODEL, temperature=0, max_tokens=60)
     city = longer.with_structured_output(City).invoke("Name a city and its country.")
     assert isinstance(city, City) and city.name
 
