@@ -89,7 +89,17 @@ class Lifecycle:
                 slot.load_task = asyncio.create_task(self._load(slot))
                 slot.load_task.add_done_callback(_consume_exception)
             # Shielded: a client that goes away does not cancel a load others may be waiting on.
-            await asyncio.shield(slot.load_task)
+            task = slot.load_task
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                # A load cancelled before its first step ran none of its own handlers (which turn a
+                # forced unload into a 503): answer for it here, unless this request itself is cancelled.
+                reason = slot.abort_load
+                current = asyncio.current_task()
+                if task.cancelled() and reason is not None and current is not None and not current.cancelling():
+                    raise unloaded_while_loading(slot.model_id, reason) from None
+                raise
 
     async def _load(self, slot: Slot) -> None:
         engine: Engine | None = None
@@ -200,6 +210,12 @@ class Lifecycle:
             slot.abort_load = reason
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+            if slot.load_task is task:  # cancelled before its first step: its `finally` never ran
+                await asyncio.sleep(0)  # its waiters read abort_load first
+                slot.load_task = None
+                slot.abort_load = None
+                slot.state = State.UNLOADED
+                self._changed()
         if slot.engine is not None or slot.state is State.LOADED:
             await self._unload(slot, reason)
 

@@ -104,6 +104,26 @@ async def test_forced_unload_during_a_load(make_config: Any, tmp_path: Path) -> 
     await scheduler.close()
 
 
+async def test_forced_unload_before_the_load_task_has_run(make_config: Any, tmp_path: Path) -> None:
+    """A load task cancelled before its first step runs none of its own handlers: its waiters still
+    get a 503 (not a bare cancellation), and the next request loads the model again."""
+    scheduler, factory = build(make_config, tmp_path, {"a": {}}, scripts={"a": FakeScript(load_delay=0.2)})
+    waiter = asyncio.create_task(enter(scheduler.hold("a")))
+    slot = scheduler._slots["a"]  # the load task is internal: reach in to time the unload exactly
+    for _ in range(100):  # step until the load task exists, then unload before it ever runs
+        await asyncio.sleep(0)
+        if slot.load_task is not None or waiter.done():
+            break
+    await scheduler.unload("a", force=True)
+    with pytest.raises(GatewayError) as info:
+        await asyncio.wait_for(waiter, 5)
+    assert (info.value.status, info.value.code) == (503, "model_unloaded")
+    async with scheduler.hold("a") as held:
+        assert held.engine.alive and scheduler.view("a").state is State.LOADED
+    assert factory.live() == ["a"]
+    await scheduler.close()
+
+
 async def test_reload_window_counts_the_retiring_memory(make_config: Any, tmp_path: Path) -> None:
     """Right after a reload replaces or removes a loaded model, before any other task has run, its
     memory still counts: no load may plan with it."""
