@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.engine.base import Engine, Generation, GenerationParams, Started, completion_room
@@ -39,11 +39,22 @@ class ChatStream:
     prompt_tokens: int
     model: str
     _body: AsyncGenerator[Begun | dict[str, Any], None]
+    # Choice index -> the stop string that ended it, filled as choices end (see `Answer`).
+    stop_sequences: dict[int, str] = field(default_factory=dict)
 
     async def close(self) -> None:
         """Stop reading: the generation is cancelled and the hold released (a no-op once ended)."""
         await self.chunks.aclose()
         await self._body.aclose()  # `chunks` never started runs no cleanup of its own
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A finished non-streamed answer: OpenAI's body, and the stop string that ended each choice that
+    one ended (OpenAI's shapes do not carry it; Anthropic's `stop_sequence` does)."""
+
+    body: dict[str, Any]
+    stop_sequences: dict[int, str]
 
 
 async def start(engine: Engine, params: GenerationParams) -> tuple[Generation, int]:
@@ -83,18 +94,19 @@ async def _generations(held: Hold, plan: Plan, first: Generation) -> AsyncIterat
 
 async def open_stream(plan: Plan, scheduler: Scheduler, record: RequestRecord | None) -> ChatStream:
     """Hold the model and begin the stream; raises the errors that have a status of their own."""
-    body = _stream_in_hold(plan, scheduler, record)
+    stop_sequences: dict[int, str] = {}
+    body = _stream_in_hold(plan, scheduler, record, stop_sequences)
     try:
         begun = await anext(body)
     except BaseException:
         await body.aclose()
         raise
     assert isinstance(begun, Begun)
-    return ChatStream(_chunks(body), begun.prompt_tokens, plan.model_id, body)
+    return ChatStream(_chunks(body), begun.prompt_tokens, plan.model_id, body, stop_sequences)
 
 
 async def _stream_in_hold(
-    plan: Plan, scheduler: Scheduler, record: RequestRecord | None
+    plan: Plan, scheduler: Scheduler, record: RequestRecord | None, stop_sequences: dict[int, str]
 ) -> AsyncGenerator[Begun | dict[str, Any], None]:
     async with scheduler.hold(plan.model_id) as held:
         plan, first, prompt_tokens = await _begin(held, plan)
@@ -106,6 +118,7 @@ async def _stream_in_hold(
                 record,
                 include_usage=plan.include_usage,
                 shaper=plan.tools.shaper,
+                stop_sequences=stop_sequences,
             )
             async with contextlib.aclosing(chunks):  # closed early: its generation is cancelled first
                 async for chunk in chunks:
@@ -121,7 +134,7 @@ async def _chunks(body: AsyncGenerator[Begun | dict[str, Any], None]) -> AsyncGe
             yield item
 
 
-async def answer(plan: Plan, scheduler: Scheduler, record: RequestRecord | None) -> dict[str, Any]:
+async def answer(plan: Plan, scheduler: Scheduler, record: RequestRecord | None) -> Answer:
     """The whole answer of a non-streamed request (cancel the task to stop it: the hold is released)."""
     async with scheduler.hold(plan.model_id) as held:
         plan, first, _ = await _begin(held, plan)
@@ -129,7 +142,9 @@ async def answer(plan: Plan, scheduler: Scheduler, record: RequestRecord | None)
         choices, prompt_tokens, completion_tokens = await collect_all(
             _generations(held, plan, first), record, plan.tools.shaper
         )
-        return responder.completion(choices, prompt_tokens, completion_tokens)
+        body = responder.completion(choices, prompt_tokens, completion_tokens)
+        stops = {i: c.stop_sequence for i, c in enumerate(choices) if c.stop_sequence is not None}
+        return Answer(body, stops)
 
 
 async def embed(scheduler: Scheduler, model_id: str, inputs: list[str | list[int]]) -> tuple[list[list[float]], int]:

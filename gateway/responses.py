@@ -20,11 +20,13 @@ class Choice:
         finish_reason: str,
         logprobs: Logprobs | None = None,
         tool_calls: list[dict[str, Any]] | None = None,
+        stop_sequence: str | None = None,
     ) -> None:
         self.text = text
         self.finish_reason = finish_reason
         self.logprobs = logprobs
         self.tool_calls = tool_calls or None
+        self.stop_sequence = stop_sequence  # not in OpenAI's shapes; Anthropic's `stop_sequence`
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:

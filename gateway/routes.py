@@ -3,14 +3,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from gateway import dispatch, responses
-from gateway.dispatch import ChatStream
+from gateway.dispatch import Answer, ChatStream
 from gateway.errors import internal_error, invalid_request, model_not_found
 from gateway.plan import Plan, check_embedding, plan_chat, plan_completion
 from gateway.protocol import (
@@ -28,7 +26,7 @@ from gateway.streaming import sse_data
 from gateway.web import CLIENT_CLOSED_REQUEST, principal_of, record_of, scheduler_of, sse, unless_disconnected
 
 # What a planned request gives back: a begun stream, the finished answer, or None (the client went away).
-Outcome = ChatStream | dict[str, Any] | None
+Outcome = ChatStream | Answer | None
 
 
 def resolve_for(request: Request, name: str) -> SlotView:
@@ -62,7 +60,7 @@ def openai_answer(request: Request, outcome: Outcome) -> Response:
         return Response(status_code=CLIENT_CLOSED_REQUEST)  # nobody reads it; the access log does
     if isinstance(outcome, ChatStream):
         return sse(request, sse_data(outcome.chunks), BackgroundTask(outcome.close))  # closed even if never read
-    return JSONResponse(outcome)
+    return JSONResponse(outcome.body)
 
 
 async def run_chat(request: Request, chat: ChatCompletionRequest) -> Outcome:

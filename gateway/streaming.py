@@ -49,6 +49,7 @@ async def chunk_stream(
     *,
     include_usage: bool,
     shaper: Callable[[], Shaper] | None = None,
+    stop_sequences: dict[int, str] | None = None,
 ) -> AsyncGenerator[dict[str, Any], None]:
     """Each generation's chunks in turn (its choices numbered from the index it comes with, and
     interleaved as the worker decodes them together), then the usage chunk. Errors propagate to the
@@ -57,7 +58,8 @@ async def chunk_stream(
 
     `shaper`: turns each choice's text into content and tool-call deltas (chat with tools). A choice's
     first chunk (its role) waits for its first piece, so that a tool call opens with `content: null`
-    as OpenAI's do and a text answer with `content: ""`."""
+    as OpenAI's do and a text answer with `content: ""`. `stop_sequences`: filled with the stop string
+    that ended each choice that one ended (OpenAI's chunks do not say; other dialects do)."""
     prompt_tokens = completion_tokens = 0
     opened: set[int] = set()
 
@@ -99,6 +101,8 @@ async def chunk_stream(
                             opened.add(index)
                             for chunk in responder.begin_chunks(index, False):
                                 yield chunk
+                        if stop_sequences is not None and event.stop_sequence is not None:
+                            stop_sequences[index] = event.stop_sequence
                         reason = client_finish_reason(event.finish_reason, shapes[index])
                         yield responder.finish_chunk(index, reason)
         finally:
@@ -129,6 +133,7 @@ class _Collected:
         self.parts: list[str] = []
         self.logprobs: list[dict[str, Any]] | None = None
         self.finish_reason = "stop"
+        self.stop_sequence: str | None = None
 
 
 async def collect(generation: Generation, record: RequestRecord | None) -> tuple[list[_Collected], Finished]:
@@ -146,9 +151,11 @@ async def collect(generation: Generation, record: RequestRecord | None) -> tuple
                     record.token(event.text)
             elif isinstance(event, ChoiceFinished):
                 choices[event.index].finish_reason = event.finish_reason
+                choices[event.index].stop_sequence = event.stop_sequence
             elif isinstance(event, Finished):
                 if generation.choices == 1:
                     choices[0].finish_reason = event.finish_reason
+                    choices[0].stop_sequence = event.stop_sequence
                 return choices, event
     finally:
         generation.cancel()
@@ -170,7 +177,7 @@ async def collect_all(
             shape.feed("".join(item.parts))
             shape.finish()
             reason = client_finish_reason(item.finish_reason, shape)
-            choices.append(Choice(shape.text(), reason, item.logprobs, shape.tool_calls))
+            choices.append(Choice(shape.text(), reason, item.logprobs, shape.tool_calls, item.stop_sequence))
         prompt_tokens += finished.prompt_tokens
         completion_tokens += finished.completion_tokens
     if record is not None:

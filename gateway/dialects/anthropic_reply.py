@@ -57,8 +57,15 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
     }
 
 
-def message(completion: dict[str, Any]) -> dict[str, Any]:
-    """A non-streamed chat.completion (one choice) as an Anthropic message."""
+def stop_reason(finish_reason: str, stop_sequence: str | None) -> str:
+    if finish_reason == "stop" and stop_sequence is not None:
+        return "stop_sequence"
+    return STOP_REASONS.get(finish_reason, "end_turn")
+
+
+def message(completion: dict[str, Any], stop_sequence: str | None = None) -> dict[str, Any]:
+    """A non-streamed chat.completion (one choice) as an Anthropic message; `stop_sequence`: the one
+    of the request's `stop_sequences` that ended it, if one did."""
     choice = completion["choices"][0]
     answer = choice["message"]
     content: list[dict[str, Any]] = []
@@ -81,8 +88,8 @@ def message(completion: dict[str, Any]) -> dict[str, Any]:
         "role": "assistant",
         "content": content,
         "model": completion["model"],
-        "stop_reason": STOP_REASONS.get(choice["finish_reason"], "end_turn"),
-        "stop_sequence": None,
+        "stop_reason": (reason := stop_reason(choice["finish_reason"], stop_sequence)),
+        "stop_sequence": stop_sequence if reason == "stop_sequence" else None,
         "usage": _usage(usage["prompt_tokens"], usage["completion_tokens"]),
     }
 
@@ -90,15 +97,17 @@ def message(completion: dict[str, Any]) -> dict[str, Any]:
 class MessageEvents:
     """Turns a chat chunk stream into Anthropic's events: message_start, then per content block
     content_block_start, (ping after the first), content_block_delta..., content_block_stop, then
-    message_delta (stop_reason, usage) and message_stop."""
+    message_delta (stop_reason, usage) and message_stop. `stop_sequences`: filled by the chat stream
+    with the stop string that ended each choice (read when the stream ends)."""
 
-    def __init__(self, model: str, prompt_tokens: int) -> None:
+    def __init__(self, model: str, prompt_tokens: int, stop_sequences: dict[int, str] | None = None) -> None:
         self._model = model
         self._prompt_tokens = prompt_tokens
+        self._stop_sequences = stop_sequences if stop_sequences is not None else {}
         self._blocks = 0  # content blocks opened so far
         self._open: str | None = None  # kind of the open block: "text" | "tool_use"
         self._pinged = False
-        self._stop_reason = "end_turn"
+        self._finish_reason = "stop"
         self._output_tokens = 0
 
     def start(self) -> list[Event]:
@@ -133,7 +142,7 @@ class MessageEvents:
             if fragment:
                 events.append(self._delta({"type": "input_json_delta", "partial_json": fragment}))
         if choice.get("finish_reason"):
-            self._stop_reason = STOP_REASONS.get(choice["finish_reason"], "end_turn")
+            self._finish_reason = choice["finish_reason"]
         return events
 
     def end(self) -> list[Event]:
@@ -141,7 +150,9 @@ class MessageEvents:
         if not self._pinged:
             events.append(("ping", {"type": "ping"}))
         usage = {"output_tokens": self._output_tokens}
-        delta = {"stop_reason": self._stop_reason, "stop_sequence": None}
+        stop_sequence = self._stop_sequences.get(0)
+        reason = stop_reason(self._finish_reason, stop_sequence)
+        delta = {"stop_reason": reason, "stop_sequence": stop_sequence if reason == "stop_sequence" else None}
         events.append(("message_delta", {"type": "message_delta", "delta": delta, "usage": usage}))
         events.append(("message_stop", {"type": "message_stop"}))
         return events

@@ -25,11 +25,11 @@ async def messages(request: Request) -> Response:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
     if isinstance(outcome, ChatStream):
         return sse(request, _events(outcome), BackgroundTask(outcome.close))  # released even if never read
-    return JSONResponse(anthropic_reply.message(outcome))
+    return JSONResponse(anthropic_reply.message(outcome.body, outcome.stop_sequences.get(0)))
 
 
 def _events(stream: ChatStream) -> AsyncIterator[dict[str, str]]:
-    return relay(stream, MessageEvents(stream.model, stream.prompt_tokens), lambda event: event)
+    return relay(stream, MessageEvents(stream.model, stream.prompt_tokens, stream.stop_sequences), lambda event: event)
 
 
 async def count_tokens(request: Request) -> Response:

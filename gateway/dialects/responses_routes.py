@@ -55,7 +55,7 @@ async def create(request: Request) -> Response:
     if isinstance(outcome, ChatStream):
         base = responses_reply.skeleton(body, outcome.model)
         return sse(request, _events(request, body, history, outcome, base), BackgroundTask(outcome.close))
-    answer = responses_reply.response(responses_reply.skeleton(body, outcome["model"]), outcome)
+    answer = responses_reply.response(responses_reply.skeleton(body, outcome.body["model"]), outcome.body)
     await _keep(request, body, history, answer)
     return JSONResponse(answer)
 

@@ -78,6 +78,7 @@ class ChoiceFinished:
     index: int
     finish_reason: str
     completion_tokens: int
+    stop_sequence: str | None = None  # the stop string that ended it (finish_reason "stop")
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,7 @@ class Finished:
     finish_reason: str  # "stop" | "length" | "cancelled"
     prompt_tokens: int
     completion_tokens: int
+    stop_sequence: str | None = None  # the stop string that ended a single choice
 
 
 Event = Started | Delta | ChoiceFinished | Finished

@@ -35,7 +35,7 @@ class ChoiceOutput:
         self._limit = limit
         self.produced = 0
         self.finish_reason = "length"
-        self._matched_stop = False
+        self.stop_sequence: str | None = None  # the stop string that ended this choice, if one did
 
     def token(self, token: int, row: int) -> bool:
         """Take one sampled token (its logits at batch row `row`); True when this choice is finished."""
@@ -47,7 +47,7 @@ class ChoiceOutput:
         text, hit_stop = self._matcher.feed(self._decoder.decode(piece))
         self._batcher.add(text, [self._scorer.entry(token, piece, row)] if self._scorer else None)
         if hit_stop:
-            self.finish_reason, self._matched_stop = "stop", True
+            self.finish_reason, self.stop_sequence = "stop", self._matcher.matched
             return True
         return self.produced >= self._limit
 
@@ -55,7 +55,7 @@ class ChoiceOutput:
         if cancelled:
             self.finish_reason = "cancelled"
             return
-        if not self._matched_stop:
+        if self.stop_sequence is None:
             # Text held back as a possible stop-sequence start turned out not to be one.
             self._batcher.add(self._matcher.feed(self._decoder.decode(b"", final=True))[0] + self._matcher.flush())
         self._batcher.flush()

@@ -145,7 +145,9 @@ class Batch:
         if job.request.n > 1:
             self._on_event(
                 job.request.request_id,
-                ChoiceFinished(choice.index, choice.output.finish_reason, choice.output.produced),
+                ChoiceFinished(
+                    choice.index, choice.output.finish_reason, choice.output.produced, choice.output.stop_sequence
+                ),
             )
             if choice is not job.primary:
                 choice.released = True
@@ -245,13 +247,14 @@ class Batch:
                         request.request_id, ChoiceFinished(choice.index, "cancelled", choice.output.produced)
                     )
         produced = sum(c.output.produced for c in job.choices)
+        stop_sequence = None
         if job.cancelled:
             reason = "cancelled"
         elif request.n == 1:
-            reason = job.primary.output.finish_reason
+            reason, stop_sequence = job.primary.output.finish_reason, job.primary.output.stop_sequence
         else:
             reason = "stop"
-        self._on_event(request.request_id, Finished(reason, len(request.prompt), produced))
+        self._on_event(request.request_id, Finished(reason, len(request.prompt), produced, stop_sequence))
         self._free_job(job)
 
     def _free_job(self, job: Job) -> None:

@@ -13,14 +13,17 @@ class StopMatcher:
     def __init__(self, stops: list[str]) -> None:
         self._stops = [s for s in stops if s]
         self._pending = ""
+        self.matched: str | None = None  # the stop sequence hit (the earliest; the first listed on a tie)
 
     def feed(self, text: str) -> tuple[str, bool]:
         if not self._stops:
             return text, False
         self._pending += text
-        cut = min((i for i in (self._pending.find(s) for s in self._stops) if i >= 0), default=-1)
-        if cut >= 0:
+        found = [(i, n) for n, i in enumerate(self._pending.find(s) for s in self._stops) if i >= 0]
+        if found:
+            cut, which = min(found)
             out, self._pending = self._pending[:cut], ""
+            self.matched = self._stops[which]
             return out, True
         hold = self._longest_partial_suffix()
         out = self._pending[: len(self._pending) - hold]

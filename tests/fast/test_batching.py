@@ -228,7 +228,7 @@ def test_per_sequence_stops_limits_logprobs_and_bias() -> None:
     batch.submit(request(backend, 2, "b", top_logprobs=2, limit=2))
     batch.submit(request(backend, 3, "c", settings=bias, limit=3))
     run(batch, backend)
-    assert rec.text(1) == "tok0 tok1 " and rec.finished(1) == Finished("stop", 1, 3)
+    assert rec.text(1) == "tok0 tok1 " and rec.finished(1) == Finished("stop", 1, 3, stop_sequence="tok2")
     entries = [entry for r, e in rec.events if r == 2 and isinstance(e, Delta) for entry in e.logprobs or []]
     assert [e["token"] for e in entries] == ["tok0 ", "tok1 "]
     assert all(len(e["top_logprobs"]) == 2 and e["logprob"] < 0 for e in entries)

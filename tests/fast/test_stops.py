@@ -38,3 +38,10 @@ def test_earliest_of_several_stops_wins() -> None:
 
 def test_flush_returns_pending_prefix() -> None:
     assert run(["</s>"], ["text </"]) == ("text </", False)
+
+
+def test_matched_names_the_earliest_stop_and_the_first_listed_on_a_tie() -> None:
+    matcher = StopMatcher(["cd", "b", "bc"])
+    assert matcher.feed("abcd") == ("a", True)
+    assert matcher.matched == "b"
+    assert StopMatcher(["x"]).matched is None

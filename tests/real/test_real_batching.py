@@ -22,7 +22,14 @@ TOOLS = [
         "type": "function",
         "function": {
             "name": "get_weather",
-            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+            # Closed, and the string bounded: a greedy flip in the batch once made the model add keys
+            # (JSON Schema allows them) until max_tokens cut the arguments mid-string.
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string", "maxLength": 40}},
+                "required": ["city"],
+                "additionalProperties": False,
+            },
         },
     }
 ]

@@ -10,7 +10,6 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 from pydantic import BaseModel
@@ -121,16 +120,16 @@ def test_pydantic_ai_agent_with_a_tool(server: GatewayServer) -> None:
 
 
 def test_instructor(server: GatewayServer) -> None:
-    import instructor
-    from openai import OpenAI
-
-    client = instructor.from_openai(OpenAI(base_url=v1(server), api_key="unused", max_retries=0))
-    city: Any = client.chat.completions.create(
-        model=MODEL,
-        response_model=City,
-        messages=[{"role": "user", "content": "Name a city and its country."}],
-        max_tokens=60,
-        temperature=0,
-        max_retries=0,
+    """instructor runs in its own venv (its jiter cap would hold this one's openai back; see
+    pyproject.toml), made by scripts/setup: missing, the test fails rather than skips."""
+    python = REPO / ".venv-instructor" / "bin" / "python"
+    assert python.exists(), "run ./scripts/setup: it makes .venv-instructor"
+    done = subprocess.run(
+        [str(python), str(REPO / "tests" / "real" / "instructor_client.py"), v1(server), MODEL],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
-    assert isinstance(city, City) and city.name and city.country
+    assert done.returncode == 0, done.stderr
+    city = City.model_validate(json.loads(done.stdout)["city"])
+    assert city.name and city.country

@@ -55,6 +55,22 @@ def test_anthropic_stream(claude: anthropic.Anthropic) -> None:
     assert final.usage.output_tokens > 0 and final.stop_reason in ("end_turn", "max_tokens")
 
 
+def test_anthropic_stop_sequence(claude: anthropic.Anthropic) -> None:
+    """Any English answer of 40 tokens has an "e" in it: the answer stops there and says so."""
+    messages: Any = [{"role": "user", "content": "Describe the sea in two sentences."}]
+    message = claude.messages.create(
+        model=MODEL, max_tokens=40, extra_body=GREEDY, messages=messages, stop_sequences=["e", "zzqx"]
+    )
+    assert (message.stop_reason, message.stop_sequence) == ("stop_sequence", "e"), message
+    assert message.content[0].type == "text" and "e" not in message.content[0].text
+    with claude.messages.stream(
+        model=MODEL, max_tokens=40, extra_body=GREEDY, messages=messages, stop_sequences=["e"]
+    ) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert (final.stop_reason, final.stop_sequence) == ("stop_sequence", "e") and "e" not in text
+
+
 def test_anthropic_tool_use_round_trip(claude: anthropic.Anthropic) -> None:
     question: Any = {"role": "user", "content": WEATHER_Q}
     # tool_choice auto: SmolLM2's template has no place for tools; the generic tool format gets the call.
