@@ -16,6 +16,7 @@ from types import FrameType
 from gateway.capacity import describe_plan, describe_pools, pools_for
 from gateway.config import DEFAULT_CONFIG_NAME, Settings, default_settings, json_schema, load_settings
 from gateway.errors import ConfigError
+from gateway.hostmem import host_memory_total
 from gateway.memory import ModelFacts, inspect_models
 from gateway.pools import unknown_budget_names
 from gateway.units import format_bytes
@@ -67,7 +68,6 @@ def serve(args: argparse.Namespace) -> int:
 
 def check(args: argparse.Namespace) -> int:
     """Validate the configuration and report what each model needs where; exit 1 on any problem."""
-    import psutil
 
     from gateway.engine.worker import backend_info
     from gateway.inventory import read_devices
@@ -81,7 +81,7 @@ def check(args: argparse.Namespace) -> int:
     if devices and not backend["gpu_offload"]:
         print(f"  warning: {len(devices)} GPU(s) found, but this llama.cpp build cannot use them: planning for the CPU")
         devices = []
-    pools = pools_for(settings, devices, psutil.virtual_memory().total)
+    pools = pools_for(settings, devices, host_memory_total())
     print(f"memory budget: {format_bytes(pools[0].budget)}, max_loaded: {settings.gateway.max_loaded or 'no limit'}")
     print("memory pools:")
     print("\n".join(describe_pools(pools)))

@@ -246,7 +246,9 @@ class ApiKey(_Section):
 
 class GatewaySection(_Section):
     memory_budget: Budget = Field(
-        None, description="bytes all loaded models may use together, or 'auto' (80% of physical memory)"
+        None,
+        description="bytes all loaded models may use together, or 'auto' (80% of physical memory, or of a lower "
+        "cgroup limit)",
     )
     budgets: dict[str, PoolBudget] = Field(
         default_factory=dict,

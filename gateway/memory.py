@@ -14,6 +14,7 @@ import psutil
 from gateway.config import ModelEntry, Settings
 from gateway.errors import ConfigError
 from gateway.gguf_info import GGUFFormatError, GGUFInfo, read_gguf_info
+from gateway.hostmem import host_memory_total
 
 # Resident memory of a worker with llama_cpp imported and no model loaded (measured: 57 MiB).
 WORKER_BASELINE_BYTES = 57 * 2**20
@@ -84,10 +85,11 @@ def inspect_models(settings: Settings) -> dict[str, ModelFacts]:
 
 
 def resolve_budget(configured: int | None) -> int:
-    """The budget in bytes; `None` (auto) is a share of physical memory."""
+    """The budget in bytes; `None` (auto) is a share of the memory this process may use (physical
+    memory, or a cgroup's limit below it)."""
     if configured is not None:
         return configured
-    return int(psutil.virtual_memory().total * AUTO_BUDGET_FRACTION)
+    return int(host_memory_total() * AUTO_BUDGET_FRACTION)
 
 
 def process_rss(pid: int) -> int | None:

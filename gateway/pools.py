@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 HOST = "host"
-AUTO_HOST_FRACTION = 0.8  # "auto" host budget: this share of physical memory, as before pools existed
+AUTO_HOST_FRACTION = 0.8  # "auto" host budget: this share of host memory (a lower cgroup limit included)
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,8 @@ def _resolve(spec: int | str | None, total: int, auto: int) -> int:
 
 
 def host_budget(budgets: Mapping[str, int | str], memory_budget: int | None, host_total: int) -> int:
-    """The host pool's budget: budgets.host, else memory_budget, else 80% of physical memory."""
+    """The host pool's budget: budgets.host, else memory_budget, else 80% of host memory (physical,
+    or a lower cgroup limit)."""
     spec = budgets.get(HOST, memory_budget)
     return _resolve(spec, host_total, int(host_total * AUTO_HOST_FRACTION))
 
