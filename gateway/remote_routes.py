@@ -10,7 +10,7 @@ from starlette.responses import JSONResponse, Response
 
 from gateway.errors import model_not_found
 from gateway.responses import model_card
-from gateway.web import principal_of, record_of, sse, upstreams_of
+from gateway.web import CLIENT_CLOSED_REQUEST, principal_of, record_of, sse, unless_disconnected, upstreams_of
 
 
 def remote_model(request: Request, name: str) -> str | None:
@@ -29,10 +29,12 @@ def remote_model(request: Request, name: str) -> str | None:
 
 
 async def pass_through(request: Request, model_id: str, path: str, body: bytes, stream: bool) -> Response:
-    """Relay a validated request to the model's servers (failover before the first byte)."""
-    reply = await upstreams_of(request).forward(
-        model_id, path, json.loads(body), stream=stream, record=record_of(request)
-    )
+    """Relay a validated request to the model's servers (failover before the first byte). A client
+    that goes away before the answer (or a stream's first byte) cancels the upstream request."""
+    forward = upstreams_of(request).forward(model_id, path, json.loads(body), stream=stream, record=record_of(request))
+    reply = await unless_disconnected(request, forward)
+    if reply is None:
+        return Response(status_code=CLIENT_CLOSED_REQUEST)  # nobody reads it; the access log does
     if reply.events is not None:
         return sse(request, reply.events, BackgroundTask(reply.close) if reply.close else None)
     return JSONResponse(reply.body, status_code=reply.status, headers=reply.headers)
