@@ -126,11 +126,16 @@ def no_room(model: str, waited: float, retry_after: float) -> GatewayError:
     )
 
 
-def never_fits(model: str, needed: int, budget: int) -> GatewayError:
+def never_fits(model: str, needed: int, budget: int, pool: str = "host") -> GatewayError:
+    where = (
+        f"the memory budget of {budget / 2**20:.0f} MiB (gateway.memory_budget, minus pinned models)"
+        if pool == "host"
+        else f"{pool}'s budget of {budget / 2**20:.0f} MiB (gateway.budgets.{pool}, at most the device's memory "
+        "minus gateway.gpu_reserve, minus pinned models)"
+    )
     return GatewayError(
         503,
-        f"Model '{model}' needs about {needed / 2**20:.0f} MiB, which can never fit in the memory budget "
-        f"of {budget / 2**20:.0f} MiB (gateway.memory_budget, minus pinned models).",
+        f"Model '{model}' needs about {needed / 2**20:.0f} MiB, which can never fit in {where}.",
         type=SERVER_ERROR,
         code="model_exceeds_memory_budget",
     )

@@ -14,7 +14,7 @@ import importlib
 import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from gateway.pools import Device
 
@@ -94,6 +94,30 @@ def amd_devices(root: Path = SYSFS_DRM) -> list[Device]:
 def read_devices(nvml: Any = None, sysfs: Path = SYSFS_DRM) -> list[Device]:
     """Every GPU this machine has, NVIDIA first; [] on a CPU-only machine."""
     return nvidia_devices(nvml) + amd_devices(sysfs)
+
+
+class Inventory(Protocol):
+    """Where the scheduler reads the GPUs from (the machine's, or a fake NVML in tests)."""
+
+    def read(self) -> list[Device]: ...
+
+
+class SystemInventory:
+    """This machine's GPUs: NVML (or the given stand-in for pynvml), then AMD's sysfs."""
+
+    def __init__(self, nvml: Any = None, sysfs: Path = SYSFS_DRM) -> None:
+        self._nvml = nvml
+        self._sysfs = sysfs
+
+    def read(self) -> list[Device]:
+        return read_devices(self._nvml, self._sysfs)
+
+
+class NoGpus:
+    """A CPU-only machine (and the default where no inventory is given)."""
+
+    def read(self) -> list[Device]:
+        return []
 
 
 async def wait_until_free(

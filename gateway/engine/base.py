@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from gateway.engine.loadlog import LoadReport, OutOfMemory
 from gateway.errors import GatewayError, context_length_exceeded
 
 if TYPE_CHECKING:  # the worker process imports this module: keep pydantic out of it
@@ -145,11 +146,42 @@ class Generation:
             self._on_cancel(self.request_id)
 
 
+@dataclass(frozen=True)
+class DevicePlacement:
+    """Where a worker runs: the environment it starts with (it sees only its GPUs), llama.cpp's
+    arguments (n_gpu_layers, main_gpu, tensor_split), and the gateway's pools in the order the worker
+    numbers its devices (its cuda0 is `devices[0]`)."""
+
+    env: dict[str, str]
+    llama: dict[str, Any]
+    devices: tuple[str, ...] = ()
+
+
 class Engine(ABC):
     """A loaded model. The scheduler submits at most `runtime.parallel` generations at once."""
 
     def __init__(self) -> None:
         self._exit_callback: Callable[[str], None] | None = None
+        self.placement: DevicePlacement | None = None  # None: as configured, on whatever the worker sees
+
+    def place(self, placement: DevicePlacement) -> None:
+        """Put the model on these devices (before `start`)."""
+        self.placement = placement
+
+    @property
+    def pid(self) -> int | None:
+        """The worker process, where there is one (NVML reports device memory per process)."""
+        return None
+
+    def memory_report(self) -> LoadReport | None:
+        """What llama.cpp allocated per device (the worker's own device names), after a load or a
+        failed one; None when not known."""
+        return None
+
+    def out_of_memory(self) -> OutOfMemory | None:
+        """The allocation that failed, when the load or the running worker ran out of device memory."""
+        report = self.memory_report()
+        return report.oom if report is not None else None
 
     @abstractmethod
     async def start(self) -> None:

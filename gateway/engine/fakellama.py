@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +33,11 @@ class FakeScript:
     load_delay: float = 0.0
     fail_load: str | None = None
     crash_after_steps: int | None = None
+    # llama.cpp's log lines for the load (the worker's own device names: CUDA0 is its first visible
+    # GPU); the parent reads the per-device buffers from them as from a real worker's.
+    load_log: tuple[str, ...] = ()
+    gpus: Any = None  # a fakenvml.FakeGpus: the load allocates there what load_log says, or runs out
+    oom_after_steps: int | None = None  # a CUDA error at run time: logged, then the worker dies
 
 
 @dataclass
@@ -52,6 +57,7 @@ class FakeLlama:
         self._words: dict[str, int] = {}
         self._lock = threading.Lock()
         self.decodes: list[list[Row]] = []  # every batch, for assertions
+        self.log: Callable[[int, str], None] | None = None  # llama.cpp's log callback, as the worker set it
 
     # -- text ------------------------------------------------------------------------------------
 
@@ -96,6 +102,10 @@ class FakeLlama:
         script = self.script
         if script.crash_after_steps is not None and len(self.decodes) >= script.crash_after_steps:
             raise SystemExit("fake crash")
+        if script.oom_after_steps is not None and len(self.decodes) >= script.oom_after_steps:
+            if self.log is not None:
+                self.log(4, "CUDA error: out of memory\n")  # what ggml-cuda logs before it aborts
+            raise SystemExit("fake CUDA error")
         if script.step_delay:
             time.sleep(script.step_delay)
         free = [i for i, cell in enumerate(self._cells) if not cell]

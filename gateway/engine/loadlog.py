@@ -18,6 +18,7 @@ import ctypes
 import re
 import sys
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -182,6 +183,8 @@ class LogCapture:
         self._report = LoadReport()
         self.errors: deque[str] = deque(maxlen=_KEEP_ERRORS)
         self._callback: Any = None  # the ctypes callback: must outlive llama.cpp's pointer to it
+        # Told of every allocation failure as it is logged (after the load: the worker is about to abort).
+        self.on_oom: Callable[[OutOfMemory], None] | None = None
 
     def feed(self, level: int, text: str) -> None:
         if self._echo or level == _LEVEL_ERROR:
@@ -196,6 +199,9 @@ class LogCapture:
         relevant += [line for line in complete if "offloaded" in line]
         if relevant:
             self._report = parse_lines(relevant, self._report)
+            if self.on_oom is not None:
+                for failure in filter(None, map(parse_oom, relevant)):
+                    self.on_oom(failure)
 
     def report(self) -> LoadReport:
         if self._partial:  # a last line without its newline

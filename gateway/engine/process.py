@@ -16,12 +16,13 @@ from typing import Any
 
 from gateway.config import ModelEntry
 from gateway.engine import worker
-from gateway.engine.base import BatchState, Engine, Finished, Generation, GenerationParams
-from gateway.engine.loadlog import LoadReport
+from gateway.engine.base import BatchState, DevicePlacement, Engine, Finished, Generation, GenerationParams
+from gateway.engine.loadlog import Buffer, LoadReport, OutOfMemory, to_pools
 from gateway.engine.looppipe import LoopPipe
 from gateway.engine.wire import (
     Call,
     Cancel,
+    DeviceError,
     Embed,
     Event,
     Failed,
@@ -153,7 +154,7 @@ class ProcessEngine(Engine):
         self._placement = placement
         self._load_timeout = load_timeout
         self._spares = spares
-        self._spawn = spawn or (lambda: spawn_worker(env))
+        self._spawn = spawn or (lambda: spawn_worker(self._env))
         self._process: multiprocessing.process.BaseProcess | None = None
         self._pipe: LoopPipe | None = None
         self._loaded: asyncio.Future[Loaded] | None = None
@@ -167,6 +168,34 @@ class ProcessEngine(Engine):
         # What llama.cpp allocated per device (the worker's own names: cuda0 = its first visible GPU),
         # after a load, or after a failed one (then `oom` says which allocation ran out).
         self.load_report: LoadReport | None = None
+        self._device_error: OutOfMemory | None = None  # a CUDA OOM the running worker reported
+
+    def place(self, placement: DevicePlacement) -> None:
+        super().place(placement)
+        self._env = placement.env
+        self._placement = placement.llama
+
+    @property
+    def worker_env(self) -> dict[str, str] | None:
+        """The environment the worker starts with (CUDA_VISIBLE_DEVICES for a GPU placement)."""
+        return self._env
+
+    def memory_report(self) -> LoadReport | None:
+        return self.load_report
+
+    def _pool_of(self, device: str | None) -> str | None:
+        """The gateway's pool for one of the worker's own device names (its cuda0 is its first GPU)."""
+        devices = self.placement.devices if self.placement is not None else ()
+        if device is None:
+            return devices[0] if len(devices) == 1 else None
+        return next(iter(to_pools(LoadReport((Buffer(device, "model", 1, device),)), list(devices))), device)
+
+    def out_of_memory(self) -> OutOfMemory | None:
+        """The failed allocation, its device named as the gateway's pool."""
+        oom = super().out_of_memory()
+        if self._device_error is not None or oom is None:
+            return self._device_error
+        return OutOfMemory(self._pool_of(oom.device), oom.need, oom.line)
 
     @property
     def pid(self) -> int | None:
@@ -259,6 +288,9 @@ class ProcessEngine(Engine):
         if isinstance(message, BatchState):
             self._batch = message
             return
+        if isinstance(message, DeviceError):
+            self._device_error = OutOfMemory(self._pool_of(message.device), message.need, message.line)
+            return
         if isinstance(message, Loaded | LoadFailed):
             self.load_report = LoadReport.from_wire(message.memory or {}) if message.memory is not None else None
             if self._loaded and not self._loaded.done():
@@ -302,6 +334,9 @@ class ProcessEngine(Engine):
     def _on_dead(self, reason: str) -> None:
         if self._dead_reason is not None:
             return
+        oom = self._device_error
+        if oom is not None:  # the worker aborted on a CUDA error it logged first
+            reason = f"out of memory on {oom.device or 'its GPU'} ({oom.line}); {reason}"
         self._dead_reason = reason
         self._detach()
         error = worker_died(self.model_id, reason)

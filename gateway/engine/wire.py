@@ -72,6 +72,15 @@ class LoadFailed:
 
 
 @dataclass(frozen=True)
+class DeviceError:
+    """llama.cpp reported running out of device memory after the load (the worker is about to abort)."""
+
+    device: str | None  # the worker's own name (cuda0: its first visible GPU); None when not said
+    need: int | None
+    line: str
+
+
+@dataclass(frozen=True)
 class Event:
     request_id: int
     event: Started | Delta | ChoiceFinished | Finished
@@ -90,7 +99,7 @@ class Result:
 
 
 ToWorker = Load | Generate | Cancel | Call | Embed | Shutdown
-FromWorker = Loaded | LoadFailed | Event | Failed | Result | BatchState
+FromWorker = Loaded | LoadFailed | Event | Failed | Result | BatchState | DeviceError
 
 
 class Channel:

@@ -30,6 +30,7 @@ from gateway.engine.wire import (
     Call,
     Cancel,
     Channel,
+    DeviceError,
     Event,
     Failed,
     Generate,
@@ -67,6 +68,8 @@ def main(conn: Connection, env: dict[str, str] | None = None) -> None:
         report = capture.report()
         channel.send(LoadFailed(failure_message(exc, report, list(capture.errors)), report.to_wire()))
         return
+    # A CUDA error after the load aborts the process: tell the parent first that it ran out of memory.
+    capture.on_oom = lambda oom: channel.send(DeviceError(oom.device, oom.need, oom.line))
     if config["embedding"]:
         channel.send(Loaded(n_ctx=llm.n_ctx(), pid=os.getpid(), memory=capture.report().to_wire()))
         serve_embeddings(channel, llm)

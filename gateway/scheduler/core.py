@@ -11,11 +11,13 @@ from collections.abc import Callable
 from gateway.config import ModelEntry, Settings
 from gateway.engine.base import Engine, EngineFactory
 from gateway.errors import GatewayError, model_not_found, queue_full, shutting_down
+from gateway.inventory import Inventory
 from gateway.memory import ModelFacts
 from gateway.scheduler.cpu import CpuBudget, default_threads
+from gateway.scheduler.devices import FREE_WAIT, Devices
 from gateway.scheduler.eviction import expired
 from gateway.scheduler.hold import Hold
-from gateway.scheduler.lifecycle import Lifecycle
+from gateway.scheduler.loading import Loading
 from gateway.scheduler.observer import Observer
 from gateway.scheduler.reload import ReloadDiff, diff
 from gateway.scheduler.slot import Slot
@@ -30,7 +32,7 @@ def cpu_threads(entry: ModelEntry) -> int:
     return (entry.runtime.thread_count or default_threads()) if entry.model.n_gpu_layers == 0 else 1
 
 
-class Scheduler(Lifecycle):
+class Scheduler(Loading):
     def __init__(
         self,
         settings: Settings,
@@ -39,8 +41,13 @@ class Scheduler(Lifecycle):
         budget: int,
         clock: Callable[[], float] = time.monotonic,
         observer: Observer | None = None,
+        inventory: Inventory | None = None,
+        free_wait: float = FREE_WAIT,
     ) -> None:
-        super().__init__(settings, facts, engine_factory, budget, clock, observer)
+        """`budget`: the host pool's; `inventory`: where the GPUs are read from (none: CPU only);
+        `free_wait`: the longest a load waits for memory an exited worker gave back to show as free."""
+        devices = Devices(inventory, free_wait)
+        super().__init__(settings, facts, engine_factory, budget, clock, observer, devices)
         self.cpu = CpuBudget(settings.gateway.cpu_threads, settings.gateway.cpu_wait_max)
         self._closing = False
         self._reaper: asyncio.Task[None] | None = None
@@ -188,6 +195,7 @@ class Scheduler(Lifecycle):
             self._retiring.append(stale)
             self._in_background(self._retire(stale))
         self.settings, self.budget, self._slots = settings, budget, slots
+        self._place_defaults()  # the pools' budgets come from the new configuration
         self.cpu.max_wait = settings.gateway.cpu_wait_max
         self.cpu.resize(settings.gateway.cpu_threads)
         self._changed()

@@ -1,60 +1,30 @@
 """Which models to unload: pure functions of a snapshot, easy to test on their own.
 
-`plan_room` picks the least recently used idle models to unload so one more fits; `expired` picks
-the idle models whose TTL has run out. Neither looks at anything but its arguments.
+Memory is a vector over pools (host RAM and one pool per GPU). `room` picks where a model goes and
+the least recently used idle models to unload so that it fits in every pool it touches (only models
+holding memory in a pool that is short are chosen); `overcommitted` picks what to unload when
+measured figures put a pool over its limit; `after_device_oom` and `idle_on` what to unload on a
+device that ran out of memory; `expired` the idle models whose TTL has run out. The decisions
+themselves are `placement.py`'s; this module reads them off a snapshot.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import replace
 
-from gateway.scheduler.views import Snapshot, State
-
-
-@dataclass(frozen=True)
-class Resident:
-    """A model holding memory, as the eviction policy sees it."""
-
-    model_id: str
-    bytes: int
-    busy: bool  # holds, a load under way, draining or retiring: never chosen
-    pinned: bool
-    last_used: float
+from gateway.placement import NoRoom, Option, Plan, Resident, after_oom, plan_load, rebalance
+from gateway.pools import PoolState, Vector, total_of
+from gateway.scheduler.views import SlotView, Snapshot, State
 
 
-@dataclass(frozen=True)
-class Plan:
-    evict: tuple[str, ...] = ()
-    wait: bool = False  # fits only once busy models go idle
-    never: bool = False  # cannot fit even with every unpinned model unloaded
+def _vector(view: SlotView) -> Vector:
+    return Vector.of(dict(view.pools))
 
 
-def plan_room(need: int, residents: Sequence[Resident], budget: int, max_loaded: int | None) -> Plan:
-    """Least recently used idle models to unload so that `need` more bytes (one more model) fit."""
-
-    def fits(used: int, count: int) -> bool:
-        return used + need <= budget and (max_loaded is None or count + 1 <= max_loaded)
-
-    pinned = [r for r in residents if r.pinned]
-    if not fits(sum(r.bytes for r in pinned), len(pinned)):
-        return Plan(never=True)
-    used = sum(r.bytes for r in residents)
-    count = len(residents)
-    evict: list[str] = []
-    for resident in sorted((r for r in residents if not r.busy and not r.pinned), key=lambda r: r.last_used):
-        if fits(used, count):
-            break
-        evict.append(resident.model_id)
-        used -= resident.bytes
-        count -= 1
-    if fits(used, count):
-        return Plan(evict=tuple(evict))
-    return Plan(wait=True)
-
-
-def residents(snapshot: Snapshot, excluding: str | None = None) -> list[Resident]:
-    """Every version holding memory; only a loaded current version that nobody holds may be chosen.
+def residents(snapshot: Snapshot, excluding: str | None = None, keep: str | None = None) -> list[Resident]:
+    """Every version holding memory; only a loaded current version that nobody holds may be chosen
+    (and not `keep`).
 
     A retiring version counts as busy (it is on its way out anyway), and so does one already
     being unloaded: its memory is not free until its worker has exited.
@@ -62,17 +32,60 @@ def residents(snapshot: Snapshot, excluding: str | None = None) -> list[Resident
     found = []
     for view in snapshot.models:
         if view.state.resident and view.model_id != excluding:
-            idle = view.state is State.LOADED and view.holds == 0 and not view.draining
-            found.append(Resident(view.model_id, view.memory_bytes, not idle, view.entry.pinned, view.last_used))
+            idle = view.state is State.LOADED and view.holds == 0 and not view.draining and view.model_id != keep
+            found.append(Resident(view.model_id, _vector(view), not idle, view.entry.pinned, view.last_used))
     for view in snapshot.retiring:
         if view.state.resident:
-            found.append(Resident(view.model_id, view.memory_bytes, True, view.entry.pinned, view.last_used))
+            found.append(Resident(view.model_id, _vector(view), True, view.entry.pinned, view.last_used))
     return found
 
 
-def fits_now(need: int, snapshot: Snapshot, model_id: str) -> Plan:
-    """The eviction plan for loading `model_id` (needing `need` bytes) into this snapshot."""
-    return plan_room(need, residents(snapshot, excluding=model_id), snapshot.budget, snapshot.max_loaded)
+def pools_now(snapshot: Snapshot, excluding: str | None = None) -> tuple[PoolState, ...]:
+    """The pools as the planner must see them: a device's reported free memory does not show yet
+    what a load under way will allocate, so that is taken off."""
+    loading = total_of(
+        _vector(v)
+        for v in (*snapshot.models, *snapshot.retiring)
+        if v.state is State.LOADING and v.model_id != excluding
+    )
+    return tuple(replace(p, free=p.free - loading[p.name]) if p.free is not None else p for p in snapshot.pools)
+
+
+def room(options: Sequence[Option], snapshot: Snapshot, model_id: str) -> Plan | NoRoom:
+    """Where `model_id` goes and what must be unloaded first, in this snapshot."""
+    return plan_load(
+        options, pools_now(snapshot, model_id), residents(snapshot, excluding=model_id), snapshot.max_loaded
+    )
+
+
+def _over(pools: Sequence[PoolState], held: Vector, freed: Vector) -> set[str]:
+    return {
+        p.name for p in pools if held[p.name] > p.limit or (p.free is not None and p.free + freed[p.name] < p.reserve)
+    }
+
+
+def overcommitted(snapshot: Snapshot, keep: str) -> tuple[str, ...]:
+    """Idle models to unload because measured figures (those of `keep`, just loaded) put a pool over
+    its limit; none when unloading all of them would still leave it over (they would go for nothing)."""
+    found = residents(snapshot, keep=keep)
+    pools = pools_now(snapshot)
+    victims = rebalance(pools, found)
+    held = total_of(r.vector for r in found)
+    freed = total_of(r.vector for r in found if r.model_id in victims)
+    return victims if victims and not _over(pools, held - freed, freed) else ()
+
+
+def after_device_oom(snapshot: Snapshot, device: str, need: int | None, keep: str) -> tuple[str, ...]:
+    """Idle models to unload on `device` after a load ran out of memory there."""
+    pool = next((p for p in pools_now(snapshot, keep) if p.name == device), None)
+    if pool is None:
+        return ()
+    return after_oom(device, need, pool, residents(snapshot, excluding=keep), frozenset({keep}))
+
+
+def idle_on(snapshot: Snapshot, device: str) -> list[str]:
+    """Idle, unpinned models holding memory on `device` (a worker there died of running out of it)."""
+    return [r.model_id for r in residents(snapshot) if not r.busy and not r.pinned and r.vector[device] > 0]
 
 
 def expired(snapshot: Snapshot) -> list[str]:

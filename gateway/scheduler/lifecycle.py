@@ -1,4 +1,4 @@
-"""Loading, unloading, draining and crashes: every change of a slot's `state` and `engine`.
+"""The model table, unloading, draining and crashes (loading is `loading.py`).
 
 Each method reads the slots and changes them in the same synchronous stretch (no `await` between
 a read that gates a mutation and the mutation), so two tasks never act on one stale reading.
@@ -7,23 +7,22 @@ a read that gates a mutation and the mutation), so two tasks never act on one st
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from gateway.config import Settings
 from gateway.engine.base import Engine, EngineFactory
-from gateway.errors import GatewayError, load_failed, never_fits, no_room
+from gateway.errors import GatewayError
 from gateway.memory import ModelFacts
-from gateway.scheduler.eviction import fits_now
+from gateway.pools import PoolState, Vector
+from gateway.scheduler.devices import Devices
+from gateway.scheduler.eviction import idle_on
 from gateway.scheduler.observer import NoObserver, Observer
 from gateway.scheduler.slot import Slot
 from gateway.scheduler.views import Snapshot, State
 
 log = logging.getLogger(__name__)
-ROOM_RETRY_AFTER = 5.0
 
 
 def unloaded_while_loading(model: str, reason: str) -> GatewayError:
@@ -47,9 +46,11 @@ class Lifecycle:
         budget: int,
         clock: Callable[[], float],
         observer: Observer | None,
+        devices: Devices,
     ) -> None:
         self.settings = settings
         self.budget = budget
+        self.devices = devices
         self.observer: Observer = observer or NoObserver()
         self._factory = engine_factory
         self._clock = clock
@@ -57,6 +58,7 @@ class Lifecycle:
         self._retiring: list[Slot] = []  # replaced or removed by a reload, finishing their requests
         self._change = asyncio.Event()
         self._background: set[asyncio.Task[Any]] = set()
+        self._place_defaults()
 
     def now(self) -> float:
         """The clock LRU order and TTLs are measured with."""
@@ -69,112 +71,20 @@ class Lifecycle:
             retiring=tuple(s.view(now) for s in self._retiring),
             budget=self.budget,
             max_loaded=self.settings.gateway.max_loaded,
+            pools=self.pools(),
         )
 
-    # -- loading -------------------------------------------------------------------------------
+    def pools(self) -> tuple[PoolState, ...]:
+        """Host first, then each GPU, with budgets and what the devices last reported."""
+        return self.devices.pools(self.settings, self.budget)
 
-    async def _loaded_engine(self, slot: Slot) -> Engine:
-        """The slot's engine, loading it first (one load however many wait; not tied to any of them)."""
-        while True:
-            if slot.state is State.LOADED and slot.engine is not None and slot.engine.alive:
-                return slot.engine
-            if slot.state is State.UNLOADING:
-                await self._change.wait()  # reload it once the old worker is gone
-                continue
-            if slot.state is State.FAILED:
-                remaining = slot.failed_until - self._clock()
-                if remaining > 0:
-                    raise load_failed(slot.model_id, slot.failure, remaining)
-            if slot.load_task is None:
-                slot.load_task = asyncio.create_task(self._load(slot))
-                slot.load_task.add_done_callback(_consume_exception)
-            # Shielded: a client that goes away does not cancel a load others may be waiting on.
-            task = slot.load_task
-            try:
-                await asyncio.shield(task)
-            except asyncio.CancelledError:
-                # A load cancelled before its first step ran none of its own handlers (which turn a
-                # forced unload into a 503): answer for it here, unless this request itself is cancelled.
-                reason = slot.abort_load
-                current = asyncio.current_task()
-                if task.cancelled() and reason is not None and current is not None and not current.cancelling():
-                    raise unloaded_while_loading(slot.model_id, reason) from None
-                raise
-
-    async def _load(self, slot: Slot) -> None:
-        engine: Engine | None = None
-        try:
-            await self._make_room(slot)
-            engine = self._factory(slot.model_id, slot.entry)
-            engine.on_exit(lambda reason: self._on_exit(slot, engine, reason))
-            slot.engine = engine
-            started = time.perf_counter()
-            await engine.start()
-            slot.state = State.LOADED
-            slot.last_used = self._clock()
-            seconds = time.perf_counter() - started
-            log.info("loaded %s in %.2fs", slot.model_id, seconds)
-            self.observer.model_loaded(slot.model_id, seconds)
-            self._rebalance(keep=slot)
-        except asyncio.CancelledError:
-            await self._abandon(slot, engine)
-            if slot.abort_load is not None:
-                raise unloaded_while_loading(slot.model_id, slot.abort_load) from None
-            raise
-        except GatewayError as exc:
-            slot.engine = None
-            slot.state = State.UNLOADED
-            if exc.code == "model_load_failed":
-                self.observer.model_load_failed(slot.model_id)
-                slot.state = State.FAILED
-                slot.failure = exc.message.split(": ", 1)[-1]
-                slot.failed_until = self._clock() + self.settings.gateway.failure_cooldown
-                log.error("loading %s failed: %s", slot.model_id, slot.failure)
-            raise
-        except BaseException:
-            await self._abandon(slot, engine)
-            raise
-        finally:
-            slot.load_task = None
-            slot.abort_load = None
-            self._changed()
-
-    async def _abandon(self, slot: Slot, engine: Engine | None) -> None:
-        slot.engine = None
-        slot.state = State.UNLOADED
-        if engine is not None:
-            await engine.stop()
-
-    async def _make_room(self, slot: Slot) -> None:
-        """Claim the memory for `slot`, unloading idle models, waiting (bounded) for busy ones."""
-        wait = self.settings.gateway.room_wait
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait  # a real wait, whatever clock drives LRU and TTL
-        need = slot.facts.estimate.total
-        while True:
-            plan = fits_now(need, self.snapshot(), slot.model_id)
-            if plan.never:
-                raise never_fits(slot.model_id, need, self.budget)
-            if not plan.wait:
-                # Claimed in the same step as planned: victims take no new holds from here on.
-                slot.state = State.LOADING
-                victims = [self._slots[m] for m in plan.evict]
-                for victim in victims:
-                    victim.state = State.UNLOADING
-                await asyncio.gather(*(self._unload(v, "lru") for v in victims))
-                return
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise no_room(slot.model_id, wait, ROOM_RETRY_AFTER)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._change.wait(), remaining)
-
-    def _rebalance(self, keep: Slot) -> None:
-        """A model measured larger than its estimate may push the total over budget: evict idle ones."""
-        plan = fits_now(keep.memory_bytes, self.snapshot(), keep.model_id)
-        if plan.evict and not plan.wait:
-            for model_id in plan.evict:
-                self._start_unload(self._slots[model_id], "lru")
+    def _place_defaults(self) -> None:
+        """Where each model not loaded would go on empty devices (what /v1/models shows before a load)."""
+        pools = self.pools()
+        for slot in self._slots.values():
+            if not slot.state.resident:
+                option = self.devices.options(slot.entry, slot.facts, self.settings, pools, Vector())[0]
+                slot.default_need, slot.placement, slot.need = option.need, option.placement, None
 
     # -- unloading -----------------------------------------------------------------------------
 
@@ -185,6 +95,7 @@ class Lifecycle:
 
     async def _unload(self, slot: Slot, reason: str) -> None:
         engine = slot.engine
+        vector = slot.vector
         if engine is not None:
             slot.last_measured = engine.measured_bytes() or slot.last_measured
         slot.engine = None
@@ -195,6 +106,7 @@ class Lifecycle:
             self.observer.model_unloaded(slot.model_id, reason)
             try:
                 await engine.stop()
+                self.devices.returned(vector)  # the next load there waits until the driver shows it
             finally:
                 if slot.engine is None:  # nobody loaded it again meanwhile
                     slot.state = State.UNLOADED
@@ -238,9 +150,16 @@ class Lifecycle:
         if slot.engine is engine:
             log.warning("model %s lost its worker (%s); the next request starts a new one", slot.model_id, reason)
             self.observer.worker_crashed(slot.model_id)
+            self.devices.returned(slot.vector)
             slot.engine = None
             slot.state = State.UNLOADED
             self._in_background(engine.stop())
+            oom = engine.out_of_memory()
+            if oom is not None:  # it ran out of device memory: make room there before it happens again
+                devices = [oom.device] if oom.device else list(slot.placement.devices)
+                snapshot = self.snapshot()
+                for model_id in {m for device in devices for m in idle_on(snapshot, device)}:
+                    self._start_unload(self._slots[model_id], "device_oom")
             self._changed()
 
     # -- helpers -------------------------------------------------------------------------------
@@ -253,10 +172,3 @@ class Lifecycle:
         task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-
-
-def _consume_exception(task: asyncio.Task[None]) -> None:
-    # Every waiter sees the failure through shield(); this keeps asyncio from reporting it as lost
-    # when all of them went away.
-    if not task.cancelled():
-        task.exception()

@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 
 from gateway.config import ModelEntry
 from gateway.engine.base import Engine
+from gateway.footprint import Placement
 from gateway.memory import ModelFacts
+from gateway.pools import Vector
 from gateway.scheduler.views import HOST_POOL, SlotView, State
 
 
@@ -32,6 +34,10 @@ class Slot:
     retiring: bool = False
     after_predecessor: bool = False  # a reload replaced it: opens once the older version has unloaded
     last_measured: int | None = None
+    placement: Placement = field(default_factory=Placement)  # where the last load put it (host: no GPU)
+    need: Vector | None = None  # the estimate per pool for that placement
+    default_need: Vector | None = None  # the estimate where it would go now (before its first load)
+    device_measured: dict[str, int] | None = None  # per GPU pool, measured after the load
 
     @property
     def holds(self) -> int:
@@ -48,12 +54,27 @@ class Slot:
         return measured if measured is not None else self.last_measured
 
     @property
-    def memory_bytes(self) -> int:
-        """What the model may hold: at least what was measured, and never less than the estimate,
-        which counts memory a worker allocates later (the second context of the first n > 1 request)."""
+    def estimate(self) -> Vector:
+        """What the model needs per pool where it is (or would be) placed, before measuring."""
+        return self.need or self.default_need or Vector.of({HOST_POOL: self.facts.estimate.total})
+
+    @property
+    def host_bytes(self) -> int:
+        """Host memory the model may hold: at least what was measured, and never less than the
+        estimate, which counts memory a worker allocates later (the second context of the first n > 1
+        request)."""
         measured = self.measured_bytes
-        estimate = self.facts.estimate.total
+        estimate = self.estimate[HOST_POOL]
         return estimate if measured is None else max(measured, estimate)
+
+    @property
+    def vector(self) -> Vector:
+        """Bytes per pool: the host as above; a GPU what was measured there after load (llama.cpp's
+        buffers and the worker's context, or NVML's per-process figure), else the estimate."""
+        devices = dict(self.estimate.entries)
+        devices.update(self.device_measured or {})
+        devices[HOST_POOL] = self.host_bytes
+        return Vector.of(devices)
 
     def view(self, now: float) -> SlotView:
         return SlotView(
@@ -70,9 +91,17 @@ class Slot:
             measured_bytes=self.measured_bytes,
             idle_expires_in=self._idle_expiry(now),
             failure=self.failure,
-            pools={HOST_POOL: self.memory_bytes},
+            pools=self.vector.as_dict(),
             batch=self.engine.batch_state() if self.engine is not None else None,
+            placement=self.placement.describe(),
+            measured_pools=self._measured_pools(),
         )
+
+    def _measured_pools(self) -> dict[str, int] | None:
+        measured = self.measured_bytes
+        if measured is None and not self.device_measured:
+            return None
+        return {**({HOST_POOL: measured} if measured is not None else {}), **(self.device_measured or {})}
 
     def _idle_expiry(self, now: float) -> float | None:
         ttl = self.entry.ttl

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from gateway.config import ModelEntry
 from gateway.engine.base import BatchState
 from gateway.memory import ModelFacts
+from gateway.pools import PoolState
 
 HOST_POOL = "host"  # the memory pool of host RAM; GPU pools (cuda0, ...) join it in `SlotView.pools`
 
@@ -50,6 +51,8 @@ class SlotView:
     failure: str = ""
     pools: Mapping[str, int] = field(default_factory=dict)  # bytes per memory pool (host, cuda0, ...)
     batch: BatchState | None = None  # the worker's continuous batch as it last reported it
+    placement: str = "host"  # where it is (or would be) loaded: "host", "cuda0 (all layers)", ...
+    measured_pools: Mapping[str, int] | None = None  # per pool, measured after load (host: RSS)
 
     @property
     def holds(self) -> int:
@@ -77,7 +80,13 @@ class Snapshot:
     retiring: tuple[SlotView, ...]  # older versions still finishing their requests after a reload
     budget: int
     max_loaded: int | None
+    # Every pool (host first, then each GPU) with its budget and what the device last reported free.
+    pools: tuple[PoolState, ...] = ()
 
     @property
     def memory_used(self) -> int:
-        return sum(v.memory_bytes for v in (*self.models, *self.retiring) if v.state.resident)
+        """Host memory our models hold (the `memory_budget` pool)."""
+        return self.pool_used(HOST_POOL)
+
+    def pool_used(self, pool: str) -> int:
+        return sum(v.pools.get(pool, 0) for v in (*self.models, *self.retiring) if v.state.resident)

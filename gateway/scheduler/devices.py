@@ -1,0 +1,133 @@
+"""The GPUs as the scheduler sees them: pools with their budgets, where a model may go, the memory
+an exited worker gave back that the driver does not show yet, and what a loaded worker measured.
+
+Without GPUs (no NVML, no AMD sysfs) there is one pool, the host's, and a model needs exactly its
+estimate there: the scheduler then behaves as it always did, and never reads an inventory again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, replace
+
+from gateway.capacity import model_options
+from gateway.config import ModelEntry, Settings
+from gateway.engine.base import DevicePlacement, Engine
+from gateway.engine.loadlog import to_pools
+from gateway.footprint import Placement, llama_arguments, measured_vector, worker_environment
+from gateway.inventory import Inventory, NoGpus, wait_until_free
+from gateway.memory import ModelFacts
+from gateway.placement import Option
+from gateway.pools import HOST, Device, PoolState, Vector, resolve_pools
+
+log = logging.getLogger(__name__)
+RETURN_LAG = 5.0  # how long memory an exited worker gave back may take to show as free (NVML: 0.5-5 s)
+FREE_WAIT = 10.0  # the longest a load waits for it before starting anyway
+SHOWN = 0.9  # share of the returned bytes that must show as free for the driver to have caught up
+
+
+@dataclass(frozen=True)
+class _Returning:
+    pool: str
+    bytes: int
+    free_before: int  # what the device reported before the worker exited
+    until: float
+
+
+class Devices:
+    def __init__(self, inventory: Inventory | None, free_wait: float = FREE_WAIT, return_lag: float = RETURN_LAG):
+        self._inventory = inventory or NoGpus()
+        self.free_wait = free_wait
+        self.return_lag = return_lag
+        self.devices: tuple[Device, ...] = tuple(self._inventory.read())
+        self._returning: list[_Returning] = []
+
+    @property
+    def gpu(self) -> bool:
+        return bool(self.devices)
+
+    async def refresh(self) -> None:
+        """Read the devices again (off the event loop); nothing to read on a CPU-only machine."""
+        if self.gpu:
+            self.devices = tuple(await asyncio.to_thread(self._inventory.read))
+            self._settle()
+
+    def _settle(self) -> None:
+        now = time.monotonic()
+        free = {d.name: d.free for d in self.devices}
+        self._returning = [
+            r for r in self._returning if now < r.until and free.get(r.pool, 0) < r.free_before + SHOWN * r.bytes
+        ]
+
+    def pools(self, settings: Settings, host_budget: int) -> tuple[PoolState, ...]:
+        """Host first, then each GPU, with what it reports free plus what our exited workers gave
+        back that it does not show yet."""
+        host = PoolState(HOST, host_budget, description="host RAM")
+        if not self.gpu:
+            return (host,)
+        gateway = settings.gateway
+        gpus = resolve_pools(self.devices, gateway.budgets, None, 0, gateway.gpu_reserve)[1:]
+        back: dict[str, int] = {}
+        for entry in self._returning:
+            back[entry.pool] = back.get(entry.pool, 0) + entry.bytes
+        return (host, *(replace(p, free=(p.free or 0) + back.get(p.name, 0)) for p in gpus))
+
+    def options(
+        self, entry: ModelEntry, facts: ModelFacts, settings: Settings, pools: tuple[PoolState, ...], held: Vector
+    ) -> list[Option]:
+        """The ways to place a model, most preferred first (on the host only, without GPUs)."""
+        if not self.gpu or entry.model.n_gpu_layers == 0:
+            return [Option(Placement(), Vector.of({HOST: facts.estimate.total}))]
+        return model_options(entry, facts, settings, pools, held)
+
+    def returned(self, vector: Vector) -> None:
+        """A worker holding `vector` exited: its GPU memory shows as free within `return_lag`."""
+        free = {d.name: d.free for d in self.devices}
+        until = time.monotonic() + self.return_lag
+        for pool in vector.pools:
+            if pool in free:
+                self._returning.append(_Returning(pool, vector[pool], free[pool], until))
+
+    async def wait_free(self, need: Vector, reserve: int, *, force: bool = False) -> bool:
+        """Before a load: wait (bounded) until memory our exited workers gave back on its devices
+        shows as free (`force`: whether or not we know of any). True when the devices have room for
+        `need` now."""
+        wanted = {p: need[p] + reserve for p in need.pools if p != HOST}
+        if not wanted or not (force or any(r.pool in wanted for r in self._returning)):
+            return True
+
+        def read_free() -> dict[str, int]:
+            return {d.name: d.free for d in self._inventory.read()}
+
+        visible = await wait_until_free(read_free, wanted, self.free_wait)
+        if not visible:
+            log.warning("GPU memory %s not free after %.0fs; loading anyway", wanted, self.free_wait)
+        await self.refresh()
+        return visible
+
+    def free_of(self, pool: str) -> int | None:
+        return next((d.free for d in self.devices if d.name == pool), None)
+
+    def worker_placement(self, placement: Placement, pools: tuple[PoolState, ...]) -> DevicePlacement | None:
+        """The worker's environment and llama.cpp arguments; None on a CPU-only machine (as before)."""
+        if not self.gpu:
+            return None
+        return DevicePlacement(worker_environment(placement, pools), llama_arguments(placement), placement.devices)
+
+    def measure(self, engine: Engine, estimate: Vector) -> dict[str, int] | None:
+        """What a loaded worker holds on each of its GPUs: NVML's per-process figure where the driver
+        shows it, else llama.cpp's logged buffers plus a CUDA context."""
+        placement = engine.placement
+        if placement is None or not placement.devices:
+            return None
+        report = engine.memory_report()
+        buffers = to_pools(report, list(placement.devices)) if report is not None else {}
+        pid = engine.pid
+        by_process: dict[str, int | None] = {}
+        for device in self.devices:
+            used = device.used_by([pid]) if pid is not None else None
+            by_process[device.name] = used or None  # 0: our worker is not listed (another PID namespace)
+        measured = measured_vector(estimate, None, buffers, by_process)
+        return {p: n for p, n in measured.entries if p != HOST}

@@ -1,0 +1,191 @@
+"""Loading a model: one load however many wait, room made by vectors over the memory pools, the
+worker placed on its devices, measured after load, and a load that runs out of device memory
+evicted for and retried once.
+
+Each step that reads the slots and changes them does so in one synchronous stretch (the device
+inventory is read before, never between a read that gates a change and the change).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from gateway.engine.base import Engine
+from gateway.errors import GatewayError, device_out_of_memory, load_failed, never_fits, no_room
+from gateway.placement import NoRoom
+from gateway.pools import HOST, total_of
+from gateway.scheduler.eviction import after_device_oom, overcommitted, residents, room
+from gateway.scheduler.lifecycle import Lifecycle, unloaded_while_loading
+from gateway.scheduler.slot import Slot
+from gateway.scheduler.views import State
+
+log = logging.getLogger(__name__)
+ROOM_RETRY_AFTER = 5.0
+DEVICE_POLL = 0.5  # how often a load waiting for room reads the GPUs again (other processes free memory too)
+
+
+class Loading(Lifecycle):
+    async def _loaded_engine(self, slot: Slot) -> Engine:
+        """The slot's engine, loading it first (one load however many wait; not tied to any of them)."""
+        while True:
+            if slot.state is State.LOADED and slot.engine is not None and slot.engine.alive:
+                return slot.engine
+            if slot.state is State.UNLOADING:
+                await self._change.wait()  # reload it once the old worker is gone
+                continue
+            if slot.state is State.FAILED:
+                remaining = slot.failed_until - self._clock()
+                if remaining > 0:
+                    raise load_failed(slot.model_id, slot.failure, remaining)
+            if slot.load_task is None:
+                slot.load_task = asyncio.create_task(self._load(slot))
+                slot.load_task.add_done_callback(_consume_exception)
+            # Shielded: a client that goes away does not cancel a load others may be waiting on.
+            task = slot.load_task
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                # A load cancelled before its first step ran none of its own handlers (which turn a
+                # forced unload into a 503): answer for it here, unless this request itself is cancelled.
+                reason = slot.abort_load
+                current = asyncio.current_task()
+                if task.cancelled() and reason is not None and current is not None and not current.cancelling():
+                    raise unloaded_while_loading(slot.model_id, reason) from None
+                raise
+
+    async def _load(self, slot: Slot) -> None:
+        engine: Engine | None = None
+        try:
+            await self._make_room(slot)
+            started = time.perf_counter()
+            for attempt in (0, 1):
+                if self.devices.gpu:
+                    await self.devices.wait_free(slot.estimate, self.settings.gateway.gpu_reserve)
+                engine = self._factory(slot.model_id, slot.entry)
+                placement = self.devices.worker_placement(slot.placement, self.pools())
+                if placement is not None:
+                    engine.place(placement)
+                engine.on_exit(self._exit_handler(slot, engine))
+                slot.engine = engine
+                try:
+                    await engine.start()
+                    break
+                except GatewayError:
+                    slot.engine = None
+                    if not await self._after_oom(slot, engine, attempt):
+                        raise
+                    engine = None
+            slot.state = State.LOADED
+            slot.last_used = self._clock()
+            seconds = time.perf_counter() - started
+            log.info("loaded %s in %.2fs (%s)", slot.model_id, seconds, slot.placement.describe())
+            self.observer.model_loaded(slot.model_id, seconds)
+            await self._measure(slot)
+        except asyncio.CancelledError:
+            await self._abandon(slot, engine)
+            if slot.abort_load is not None:
+                raise unloaded_while_loading(slot.model_id, slot.abort_load) from None
+            raise
+        except GatewayError as exc:
+            slot.engine = None
+            slot.state = State.UNLOADED
+            if exc.code == "model_load_failed":
+                self.observer.model_load_failed(slot.model_id)
+                slot.state = State.FAILED
+                slot.failure = exc.message.split(": ", 1)[-1]
+                slot.failed_until = self._clock() + self.settings.gateway.failure_cooldown
+                log.error("loading %s failed: %s", slot.model_id, slot.failure)
+            raise
+        except BaseException:
+            await self._abandon(slot, engine)
+            raise
+        finally:
+            slot.load_task = None
+            slot.abort_load = None
+            self._changed()
+
+    def _exit_handler(self, slot: Slot, engine: Engine) -> Callable[[str], None]:
+        return lambda reason: self._on_exit(slot, engine, reason)
+
+    async def _abandon(self, slot: Slot, engine: Engine | None) -> None:
+        slot.engine = None
+        slot.state = State.UNLOADED
+        if engine is not None:
+            await engine.stop()
+
+    async def _make_room(self, slot: Slot) -> None:
+        """Claim the memory for `slot`, unloading idle models, waiting (bounded) for busy ones."""
+        wait = self.settings.gateway.room_wait
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait  # a real wait, whatever clock drives LRU and TTL
+        while True:
+            await self.devices.refresh()
+            snapshot = self.snapshot()
+            held = total_of(r.vector for r in residents(snapshot, excluding=slot.model_id))
+            options = self.devices.options(slot.entry, slot.facts, self.settings, snapshot.pools, held)
+            plan = room(options, snapshot, slot.model_id)
+            if isinstance(plan, NoRoom) and plan.never:
+                short = plan.shortfall
+                if short is None or short.pool == HOST:
+                    raise never_fits(slot.model_id, short.need if short else options[0].need[HOST], self.budget)
+                raise never_fits(slot.model_id, short.need, short.budget, short.pool)
+            if not isinstance(plan, NoRoom):
+                # Claimed in the same step as planned: victims take no new holds from here on.
+                slot.state = State.LOADING
+                slot.placement, slot.need, slot.device_measured = plan.option.placement, plan.option.need, None
+                victims = [self._slots[m] for m in plan.evict]
+                for victim in victims:
+                    victim.state = State.UNLOADING
+                await asyncio.gather(*(self._unload(v, "lru") for v in victims))
+                return
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise no_room(slot.model_id, wait, ROOM_RETRY_AFTER)
+            if self.devices.gpu:
+                remaining = min(remaining, DEVICE_POLL)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._change.wait(), remaining)
+
+    async def _after_oom(self, slot: Slot, engine: Engine, attempt: int) -> bool:
+        """The load failed: when it ran out of device memory, unload idle models on that device, wait
+        until the memory shows free, and say whether to try once more; else a 503 naming the device."""
+        oom = engine.out_of_memory()
+        placement = engine.placement
+        if oom is None or placement is None or not placement.devices:
+            return False
+        device = oom.device or placement.devices[0]
+        victims = after_device_oom(self.snapshot(), device, oom.need, slot.model_id) if attempt == 0 else ()
+        for model_id in victims:
+            self._slots[model_id].state = State.UNLOADING  # chosen and claimed in one step
+        log.warning("loading %s ran out of memory on %s (%s); unloading %s", slot.model_id, device, oom.line, victims)
+        await asyncio.gather(*(self._unload(self._slots[m], "device_oom") for m in victims))
+        if attempt == 0:
+            reserve = self.settings.gateway.gpu_reserve
+            if await self.devices.wait_free(slot.estimate, reserve, force=True) or victims:
+                return True
+        await self.devices.refresh()
+        need = oom.need or slot.estimate[device]
+        raise device_out_of_memory(slot.model_id, device, need, self.devices.free_of(device), ROOM_RETRY_AFTER)
+
+    async def _measure(self, slot: Slot) -> None:
+        """Measured per-device figures replace the estimate; a pool they put over its limit is
+        rebalanced by unloading idle models there."""
+        engine = slot.engine
+        if engine is not None and engine.placement is not None and engine.placement.devices:
+            await self.devices.refresh()
+            if slot.engine is not engine:
+                return  # unloaded meanwhile
+            slot.device_measured = self.devices.measure(engine, slot.estimate)
+        for model_id in overcommitted(self.snapshot(), keep=slot.model_id):
+            self._start_unload(self._slots[model_id], "lru")
+
+
+def _consume_exception(task: asyncio.Task[None]) -> None:
+    # Every waiter sees the failure through shield(); this keeps asyncio from reporting it as lost
+    # when all of them went away.
+    if not task.cancelled():
+        task.exception()
