@@ -26,6 +26,8 @@ def describe(view: SlotView) -> dict[str, Any]:
         "pinned": view.entry.pinned,
         "memory_bytes": view.memory_bytes,
         "memory_pools": dict(view.pools),
+        "measured_pools": dict(view.measured_pools) if view.measured_pools is not None else None,
+        "placement": view.placement,
         "estimated_bytes": view.estimated_bytes,
         "measured_bytes": view.measured_bytes,
         "leases": view.holds,
@@ -45,6 +47,19 @@ async def list_running(request: Request) -> Response:
         {
             "memory_budget": snapshot.budget,
             "memory_used": snapshot.memory_used,
+            "pools": [
+                {
+                    "name": p.name,
+                    "uuid": p.uuid,
+                    "description": p.description,
+                    "budget": p.budget,
+                    "used": snapshot.pool_used(p.name),
+                    "total": p.total,
+                    "free": p.free,
+                    "reserve": p.reserve,
+                }
+                for p in snapshot.pools
+            ],
             "models": [describe(v) for v in snapshot.models],
             "retiring": [describe(v) for v in snapshot.retiring],
             "cpu": {"capacity": cpu.capacity, "in_use": cpu.in_use, "grants": cpu.grants, "waiting": list(cpu.waiting)},

@@ -28,8 +28,9 @@ from gateway.dialects import anthropic_routes, responses_routes
 from gateway.dialects.response_store import open_store
 from gateway.engine.base import Engine, EngineFactory
 from gateway.errors import ConfigError, GatewayError, internal_error
-from gateway.memory import ModelFacts, inspect_models, resolve_budget
-from gateway.metrics import Metrics, ModelState
+from gateway.inventory import Inventory, SystemInventory
+from gateway.memory import ModelFacts, host_budget, inspect_models
+from gateway.metrics import Metrics, ModelState, PoolFigures
 from gateway.middleware import Gate, GatewayMiddleware, error_response
 from gateway.record import RequestRecord
 from gateway.scheduler import Scheduler
@@ -113,25 +114,30 @@ def create_app(
     handle_sighup: bool = False,
     watch_config: float = 0.0,
     upstream_transport: httpx.AsyncBaseTransport | None = None,
+    inventory: Inventory | None = None,
 ) -> Starlette:
     """Build the gateway. Tests pass a fake `engine_factory`; production uses worker processes.
 
     `config_path` is what a reload (SIGHUP with `handle_sighup`, or POST /admin/reload) reads again;
     with `watch_config` > 0 the file is also checked that often and reloaded when its content changes.
-    `upstream_transport` replaces the network for remote models (tests).
+    `upstream_transport` replaces the network for remote models (tests). `inventory`: where the GPUs
+    are read from; by default this machine's with worker processes, none with a test's engine factory.
     """
     metrics = Metrics()
     processes = None
     if engine_factory is None:
         processes = engine_factory = _ProcessEngines(settings)
+        inventory = inventory or SystemInventory()
     scheduler = Scheduler(
         settings,
         facts if facts is not None else inspect_models(settings),
         engine_factory,
-        budget if budget is not None else resolve_budget(settings.gateway.memory_budget),
+        budget if budget is not None else host_budget(settings),
         observer=metrics,
+        inventory=inventory,
     )
     metrics.watch(lambda: _model_states(scheduler))
+    metrics.watch_pools(lambda: _pool_states(scheduler))
     upstreams = Upstreams(settings, metrics, upstream_transport)
     metrics.watch_circuits(lambda: [(m, u, state.value) for m, u, state in upstreams.circuits()])
     access_log = AccessLog(settings.gateway.access_log, settings.gateway.log_content)
@@ -160,7 +166,7 @@ def create_app(
                 raise GatewayError(
                     400, f"The configuration was not reloaded (the running one stays): {exc}", code="invalid_config"
                 ) from None
-            summary = scheduler.apply(new, new_facts, resolve_budget(new.gateway.memory_budget)).summary()
+            summary = scheduler.apply(new, new_facts, host_budget(new)).summary()
             for key, names in upstreams.apply(new).items():
                 summary[key] = [*summary[key], *names]
             gate.keyring = KeyRing(new)
@@ -275,6 +281,14 @@ def _model_states(scheduler: Scheduler) -> tuple[list[ModelState], int]:
                 batch_waiting=batch.waiting if batch else 0,
                 kv_usage=batch.kv_usage if batch else 0.0,
                 reused_tokens=batch.reused_tokens if batch else 0,
+                pools=dict(v.pools) if v.state.resident else {},
             )
         )
     return states, snapshot.budget
+
+
+def _pool_states(scheduler: Scheduler) -> list[PoolFigures]:
+    snapshot = scheduler.snapshot()
+    return [
+        PoolFigures(p.name, p.budget, p.total, p.free, snapshot.pool_used(p.name), p.uuid or "") for p in snapshot.pools
+    ]

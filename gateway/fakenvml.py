@@ -64,14 +64,18 @@ class FakeGpus:
     # -- what fake workers do ----------------------------------------------------------------------
 
     def allocate(self, pid: int, uuid: str, size: int) -> int | None:
-        """Take `size` bytes for `pid` (its context first); None when it fits, else the bytes free."""
+        """Take `size` bytes for `pid`, after its CUDA context on first use; None when it fits, else
+        the bytes that were free (the context stays allocated, as in a real process, until it exits)."""
         with self._lock:
             device = self._device(uuid)
-            take = size + (0 if (pid, uuid) in self.allocations else self.context_bytes)
+            if (pid, uuid) not in self.allocations:
+                if self.context_bytes > self._free(device):
+                    return self._free(device)
+                self.allocations[(pid, uuid)] = self.context_bytes
             free = self._free(device)
-            if take > free:
+            if size > free:
                 return free
-            self.allocations[(pid, uuid)] = self.allocations.get((pid, uuid), 0) + take
+            self.allocations[(pid, uuid)] += size
             ours = sum(n for (_, u), n in self.allocations.items() if u == uuid)
             self.peak_used[uuid] = max(self.peak_used.get(uuid, 0), ours)
             return None

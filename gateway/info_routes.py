@@ -36,6 +36,9 @@ def _card(view: SlotView) -> dict[str, object]:
     memory = view.measured_bytes if view.measured_bytes is not None else view.facts.estimate.total
     card = model_card(view.model_id, int(path.stat().st_mtime) if path.exists() else 0, view.state.client_value, memory)
     card["aliases"] = list(view.entry.aliases)
+    # Per memory pool (host, cuda0...), for where it is or would be placed: estimated, then measured.
+    card["memory_pools"] = dict(view.pools)
+    card["placement"] = view.placement
     if not view.entry.embedding:
         card["tool_template"] = "native" if native_tools(view) else "generic"
     return card

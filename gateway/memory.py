@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import psutil
 
+from gateway import pools
 from gateway.config import ModelEntry, Settings
 from gateway.errors import ConfigError
 from gateway.gguf_info import GGUFFormatError, GGUFInfo, read_gguf_info
@@ -90,6 +91,14 @@ def resolve_budget(configured: int | None) -> int:
     if configured is not None:
         return configured
     return int(host_memory_total() * AUTO_BUDGET_FRACTION)
+
+
+def host_budget(settings: Settings) -> int:
+    """The host pool's budget: gateway.budgets.host, else memory_budget, else 80% of physical memory."""
+    gateway = settings.gateway
+    if "host" not in gateway.budgets:
+        return resolve_budget(gateway.memory_budget)
+    return pools.host_budget(gateway.budgets, gateway.memory_budget, psutil.virtual_memory().total)
 
 
 def process_rss(pid: int) -> int | None:

@@ -6,8 +6,8 @@ memory, budget) is read from the scheduler's snapshot at scrape time through `st
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -31,6 +31,43 @@ class ModelState:
     batch_waiting: int = 0  # in the worker, for a slot or KV room
     kv_usage: float = 0.0  # KV cells held or reserved by running requests, 0..1
     reused_tokens: int = 0  # prompt tokens served from the prefix cache since the worker loaded
+    pools: Mapping[str, int] = field(default_factory=dict)  # bytes held per memory pool (resident models)
+
+
+@dataclass(frozen=True)
+class PoolFigures:
+    """One memory pool (host RAM, or a GPU) at scrape time."""
+
+    pool: str
+    budget: int
+    total: int | None  # device memory; None for the host
+    free: int | None  # what the device reports free; None for the host
+    used: int  # what our models hold there
+    uuid: str = ""
+
+
+class _PoolCollector(Collector):
+    def __init__(self, pools: Callable[[], list[PoolFigures]]) -> None:
+        self._pools = pools
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["pool", "uuid"]
+        total = GaugeMetricFamily("gateway_pool_total_bytes", "memory of the device (GPU pools)", labels=labels)
+        budget = GaugeMetricFamily("gateway_pool_budget_bytes", "what our models may hold in the pool", labels=labels)
+        used = GaugeMetricFamily("gateway_pool_used_bytes", "what our models hold in the pool", labels=labels)
+        free = GaugeMetricFamily(
+            "gateway_pool_free_bytes",
+            "free memory the device reports (GPU pools: other processes count)",
+            labels=labels,
+        )
+        for p in self._pools():
+            budget.add_metric([p.pool, p.uuid], p.budget)
+            used.add_metric([p.pool, p.uuid], p.used)
+            if p.total is not None:
+                total.add_metric([p.pool, p.uuid], p.total)
+            if p.free is not None:
+                free.add_metric([p.pool, p.uuid], p.free)
+        yield from (total, budget, used, free)
 
 
 class _StateCollector(Collector):
@@ -44,14 +81,21 @@ class _StateCollector(Collector):
         queued = GaugeMetricFamily("gateway_queue_depth", "requests waiting for the model", labels=["model"])
         estimated = GaugeMetricFamily("gateway_model_estimated_bytes", "estimate from GGUF metadata", labels=["model"])
         measured = GaugeMetricFamily("gateway_model_measured_bytes", "worker resident memory", labels=["model"])
+        per_pool = GaugeMetricFamily(
+            "gateway_model_memory_bytes",
+            "bytes a resident model holds per memory pool (host, cuda0...): estimated until loaded, then measured",
+            labels=["model", "pool"],
+        )
         for m in models:
+            for pool, size in sorted(m.pools.items()):
+                per_pool.add_metric([m.model, pool], size)
             loaded.add_metric([m.model], 1.0 if m.state == "loaded" else 0.0)
             in_flight.add_metric([m.model], m.in_flight)
             queued.add_metric([m.model], m.queued)
             estimated.add_metric([m.model], m.estimated_bytes)
             if m.measured_bytes is not None:
                 measured.add_metric([m.model], m.measured_bytes)
-        yield from (loaded, in_flight, queued, estimated, measured)
+        yield from (loaded, in_flight, queued, estimated, measured, per_pool)
         yield from _batch_gauges(models)
         yield GaugeMetricFamily("gateway_memory_budget_bytes", "gateway.memory_budget", value=budget)
         used = sum((m.measured_bytes or m.estimated_bytes) for m in models if m.state in ("loaded", "loading"))
@@ -169,6 +213,10 @@ class Metrics:
 
     def watch(self, state: Callable[[], tuple[list[ModelState], int]]) -> None:
         self.registry.register(_StateCollector(state))
+
+    def watch_pools(self, pools: Callable[[], list[PoolFigures]]) -> None:
+        """Report the memory pools at scrape time: budget, used by our models, device total and free."""
+        self.registry.register(_PoolCollector(pools))
 
     # Registry observer -------------------------------------------------------------------------
 

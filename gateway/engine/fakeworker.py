@@ -13,7 +13,7 @@ from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
 from gateway.engine.fakellama import FakeLlama, FakeScript
-from gateway.engine.loadlog import LogCapture, failure_message
+from gateway.engine.loadlog import LogCapture, failure_message, parse_lines
 from gateway.engine.wire import Channel, DeviceError, Load, Loaded, LoadFailed
 from gateway.engine.worker import Worker
 
@@ -67,10 +67,11 @@ def fake_main(
         channel.send(LoadFailed(script.fail_load))
         return
     capture = LogCapture()
-    for line in script.load_log:
-        capture.feed(2, line + "\n")
-    failure = _allocate(script.gpus, pid, env, capture) if script.gpus is not None else None
-    if failure is not None:
+    failure = _allocate(script.gpus, pid, env, capture, script.load_log) if script.gpus is not None else None
+    if failure is None:  # llama.cpp logs a buffer once it is allocated
+        for line in script.load_log:
+            capture.feed(2, line + "\n")
+    else:
         script.gpus.release(pid)  # the process exits after a failed load
         channel.send(LoadFailed(failure, capture.report().to_wire()))
         return
@@ -95,12 +96,14 @@ def fake_main(
         conn.close()
 
 
-def _allocate(gpus: FakeGpus, pid: int, env: dict[str, str] | None, capture: LogCapture) -> str | None:
+def _allocate(
+    gpus: FakeGpus, pid: int, env: dict[str, str] | None, capture: LogCapture, lines: tuple[str, ...]
+) -> str | None:
     """Take on the fake GPUs what the load's log lines say, per device the worker sees; a device
     without room fails the load as llama.cpp does (its log lines, then llama-cpp-python's ValueError)."""
     visible = (env or {}).get("CUDA_VISIBLE_DEVICES")
     uuids = [d.uuid for d in gpus.devices] if visible is None else [u for u in visible.split(",") if u]
-    for device, size in capture.report().by_device().items():
+    for device, size in parse_lines(list(lines)).by_device().items():
         match = re.match(r"^cuda(\d+)$", device)
         if match is None:
             continue

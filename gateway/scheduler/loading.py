@@ -15,9 +15,11 @@ import time
 from collections.abc import Callable
 
 from gateway.engine.base import Engine
+from gateway.engine.loadlog import to_pools
 from gateway.errors import GatewayError, device_out_of_memory, load_failed, never_fits, no_room
+from gateway.footprint import GPU_CONTEXT_BYTES
 from gateway.placement import NoRoom
-from gateway.pools import HOST, total_of
+from gateway.pools import HOST, Vector, total_of
 from gateway.scheduler.eviction import after_device_oom, overcommitted, residents, room
 from gateway.scheduler.lifecycle import Lifecycle, unloaded_while_loading
 from gateway.scheduler.slot import Slot
@@ -158,17 +160,21 @@ class Loading(Lifecycle):
         if oom is None or placement is None or not placement.devices:
             return False
         device = oom.device or placement.devices[0]
-        victims = after_device_oom(self.snapshot(), device, oom.need, slot.model_id) if attempt == 0 else ()
+        # The whole load must fit again: what it had allocated there, the allocation that failed, its context.
+        report = engine.memory_report()
+        logged = to_pools(report, list(placement.devices)).get(device, 0) if report is not None else 0
+        need = max(slot.estimate[device], logged + (oom.need or 0) + GPU_CONTEXT_BYTES)
+        await self.devices.refresh()
+        victims = after_device_oom(self.snapshot(), device, need, slot.model_id) if attempt == 0 else ()
         for model_id in victims:
             self._slots[model_id].state = State.UNLOADING  # chosen and claimed in one step
         log.warning("loading %s ran out of memory on %s (%s); unloading %s", slot.model_id, device, oom.line, victims)
         await asyncio.gather(*(self._unload(self._slots[m], "device_oom") for m in victims))
         if attempt == 0:
-            reserve = self.settings.gateway.gpu_reserve
-            if await self.devices.wait_free(slot.estimate, reserve, force=True) or victims:
+            wanted = Vector.of({device: need})
+            if await self.devices.wait_free(wanted, self.settings.gateway.gpu_reserve, force=True) or victims:
                 return True
         await self.devices.refresh()
-        need = oom.need or slot.estimate[device]
         raise device_out_of_memory(slot.model_id, device, need, self.devices.free_of(device), ROOM_RETRY_AFTER)
 
     async def _measure(self, slot: Slot) -> None:
