@@ -147,7 +147,8 @@ class Lifecycle:
             await self._change.wait()
 
     def _on_exit(self, slot: Slot, engine: Engine, reason: str) -> None:
-        if slot.engine is engine:
+        # A worker that exits while loading failed its load: `_load` answers for that.
+        if slot.engine is engine and slot.state is not State.LOADING:
             log.warning("model %s lost its worker (%s); the next request starts a new one", slot.model_id, reason)
             self.observer.worker_crashed(slot.model_id)
             self.devices.returned(slot.vector)

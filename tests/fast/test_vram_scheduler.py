@@ -1,0 +1,188 @@
+"""The scheduler budgets GPU memory per device: fake GPUs (a fake NVML) and fake workers whose loads
+log per-device buffers in llama.cpp's CUDA format and allocate them on the fake devices."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.engine.fakellama import FakeScript
+from gateway.errors import GatewayError
+from gateway.footprint import GPU_CONTEXT_BYTES
+from gateway.scheduler import State
+from tests.fast.vram_helpers import GiB, MiB, cuda_log, gpus, rig, until, use
+
+pytestmark = pytest.mark.anyio
+GPU = {"model": {"n_gpu_layers": -1}}
+SMALL = FakeScript(load_log=cuda_log(100))  # 170 MiB of buffers + the fake's 300 MiB context
+
+
+async def test_third_model_evicts_by_vram_not_by_host_ram(make_config: Any, tmp_path: Path) -> None:
+    fake = gpus(8 * GiB)
+    models = {"cpu": {}, "a": dict(GPU), "b": dict(GPU), "c": dict(GPU)}
+    scripts = {m: SMALL for m in "abc"}
+    r = rig(make_config, tmp_path, models, scripts, fake, gateway={"budgets": {"cuda0": 1200 * MiB}})
+    for name in ("cpu", "a", "b", "c"):
+        await use(r.scheduler, name)
+    # c did not fit next to a and b on cuda0: a, the least recently used model there, went; the CPU
+    # model, older still but holding nothing on cuda0, stayed.
+    assert r.loaded() == {"cpu", "b", "c"}
+    assert fake.peak_used["GPU-0"] <= 1200 * MiB
+    assert r.pool("cuda0").budget == 1200 * MiB
+    assert r.scheduler.snapshot().pool_used("cuda0") <= 1200 * MiB
+    assert r.scheduler.snapshot().pool_used("host") < r.scheduler.budget
+    views = {v.model_id: v for v in r.scheduler.views()}
+    assert "cuda0" not in views["cpu"].pools
+    assert views["b"].placement == "cuda0 (all layers)"
+    await r.scheduler.close()
+    await until(lambda: not fake.allocations)
+
+
+async def test_measured_replaces_estimate_and_rebalances(make_config: Any, tmp_path: Path) -> None:
+    fake = gpus(8 * GiB)
+    big = FakeScript(load_log=cuda_log(600))  # 670 MiB of buffers: more than the estimate says
+    models = {"a": dict(GPU), "big": dict(GPU)}
+    r = rig(make_config, tmp_path, models, {"a": SMALL, "big": big}, fake, gateway={"budgets": {"cuda0": 1200 * MiB}})
+    await use(r.scheduler, "a")
+    a = r.scheduler.view("a")
+    assert a.measured_pools is not None
+    # NVML's per-process figure for the worker: its buffers and its context.
+    assert a.pools["cuda0"] == a.measured_pools["cuda0"] == 170 * MiB + fake.context_bytes
+    estimate = r.scheduler.view("big").pools["cuda0"]
+    assert a.pools["cuda0"] + estimate <= 1200 * MiB  # planned to fit together...
+    await use(r.scheduler, "big")
+    measured = r.scheduler.view("big").pools["cuda0"]
+    assert measured == 670 * MiB + fake.context_bytes > estimate  # ...measured larger: over budget
+    await until(lambda: r.loaded() == {"big"})  # so a, idle, was unloaded
+    await r.scheduler.close()
+
+
+async def test_buffers_and_context_without_per_process_figures(make_config: Any, tmp_path: Path) -> None:
+    fake = gpus(8 * GiB, processes_visible=False)
+    r = rig(make_config, tmp_path, {"a": dict(GPU)}, {"a": SMALL}, fake)
+    await use(r.scheduler, "a")
+    assert r.scheduler.view("a").pools["cuda0"] == 170 * MiB + GPU_CONTEXT_BYTES
+    await r.scheduler.close()
+
+
+async def test_oom_at_load_evicts_waits_and_retries(make_config: Any, tmp_path: Path) -> None:
+    # 2 GiB device with a small reserve: "liar" is estimated at ~0.5 GiB but allocates 1.4 GiB.
+    fake = gpus(2 * GiB, lag=0.2)
+    liar = FakeScript(load_log=cuda_log(1330))
+    models = {"a": dict(GPU), "liar": dict(GPU)}
+    r = rig(make_config, tmp_path, models, {"a": SMALL, "liar": liar}, fake, gateway={"gpu_reserve": 64 * MiB})
+    await use(r.scheduler, "a")
+    await use(r.scheduler, "liar")
+    assert r.loaded() == {"liar"}
+    assert [s[0] for s in r.spawns] == ["a", "liar", "liar"]  # one retry
+    # The retry started once a's memory showed free again.
+    assert r.free_at_spawn[-1]["GPU-0"] >= 1400 * MiB + fake.context_bytes
+    await r.scheduler.close()
+
+
+async def test_oom_twice_is_a_503_naming_device_need_and_free(make_config: Any, tmp_path: Path) -> None:
+    fake = gpus(2 * GiB)
+    huge = FakeScript(load_log=cuda_log(1830))  # 1.9 GiB of buffers + context: never fits the device
+    models = {"a": dict(GPU), "huge": dict(GPU)}
+    gateway = {"gpu_reserve": 64 * MiB}
+    r = rig(make_config, tmp_path, models, {"a": SMALL, "huge": huge}, fake, gateway=gateway, free_wait=0.2)
+    await use(r.scheduler, "a")
+    with pytest.raises(GatewayError) as info:
+        await use(r.scheduler, "huge")
+    error = info.value
+    assert (error.status, error.code, error.type) == (503, "device_out_of_memory", "server_error")
+    assert "cuda0 is out of memory" in error.message
+    assert "needed 2412 MiB" in error.message  # the 1900 MiB allocation that failed and a context
+    assert "MiB free" in error.message
+    assert error.headers()["Retry-After"]
+    assert [s[0] for s in r.spawns] == ["a", "huge", "huge"]  # a was evicted for the one retry
+    assert r.scheduler.view("huge").state is State.UNLOADED  # not a broken model: no failure cooldown
+    await r.scheduler.close()
+
+
+async def test_next_load_waits_until_freed_memory_is_visible(make_config: Any, tmp_path: Path) -> None:
+    # A 1000 MiB device: b fits only once a has gone and the driver shows a's memory free again.
+    fake = gpus(1000 * MiB, lag=0.3)
+    models = {"a": dict(GPU), "b": dict(GPU)}
+    r = rig(make_config, tmp_path, models, {"a": SMALL, "b": SMALL}, fake, gateway={"gpu_reserve": 64 * MiB})
+    await use(r.scheduler, "a")
+    before = r.free()["GPU-0"]
+    await use(r.scheduler, "b")  # evicts a; b's worker starts only once a's memory shows free
+    assert r.loaded() == {"b"}
+    assert r.free_at_spawn[-1]["GPU-0"] == before + 470 * MiB
+    await r.scheduler.close()
+
+
+async def test_the_wait_for_freed_memory_is_bounded(make_config: Any, tmp_path: Path) -> None:
+    fake = gpus(1000 * MiB, lag=3600)  # the driver never shows it in this test's lifetime
+    models = {"a": dict(GPU), "b": dict(GPU)}
+    gateway = {"gpu_reserve": 64 * MiB}
+    r = rig(make_config, tmp_path, models, {"a": SMALL, "b": SMALL}, fake, gateway=gateway, free_wait=0.2)
+    await use(r.scheduler, "a")
+    await use(r.scheduler, "b")  # it gave up waiting and tried: b's real need fits what is free
+    assert r.loaded() == {"b"}
+    assert r.free_at_spawn[-1]["GPU-0"] < 516 * MiB + 64 * MiB  # less than the estimate asks for
+    await r.scheduler.close()
+
+
+async def test_each_worker_sees_only_its_devices(make_config: Any, tmp_path: Path) -> None:
+    fake = gpus(8 * GiB, 8 * GiB)
+    models = {"one": {"model": {"n_gpu_layers": -1, "devices": ["cuda1"]}}, "cpu": {}}
+    r = rig(make_config, tmp_path, models, {"one": FakeScript(load_log=cuda_log(100))}, fake)
+    await use(r.scheduler, "one")
+    await use(r.scheduler, "cpu")
+    spawns = {model: (env, llama) for model, env, llama in r.spawns}
+    assert spawns["one"][0] == {"CUDA_VISIBLE_DEVICES": "GPU-1"}
+    assert spawns["one"][1] == {"n_gpu_layers": -1, "main_gpu": 0}
+    assert spawns["cpu"][0] == {"CUDA_VISIBLE_DEVICES": "", "HIP_VISIBLE_DEVICES": ""}
+    assert spawns["cpu"][1] == {"n_gpu_layers": 0}
+    assert {uuid for _, uuid in fake.allocations} == {"GPU-1"}  # the worker's cuda0 is GPU-1
+    assert r.scheduler.view("one").pools["cuda1"] == 170 * MiB + fake.context_bytes
+    await r.scheduler.close()
+
+
+async def test_cpu_only_machine_places_nothing(make_config: Any, tmp_path: Path) -> None:
+    r = rig(make_config, tmp_path, {"a": dict(GPU)}, {}, None)
+    await use(r.scheduler, "a")
+    assert r.spawns == [("a", None, None)]  # as before pools: no environment, no placement arguments
+    view = r.scheduler.view("a")
+    assert set(view.pools) == {"host"}
+    assert view.pools["host"] >= view.estimated_bytes
+    assert [p.name for p in r.scheduler.snapshot().pools] == ["host"]
+    await r.scheduler.close()
+
+
+async def test_runtime_oom_fails_requests_and_unloads_idle_models_there(make_config: Any, tmp_path: Path) -> None:
+    from tests.fast.test_worker_loop import params
+
+    fake = gpus(8 * GiB)
+    crashing = FakeScript(load_log=cuda_log(100), oom_after_steps=0)
+    models = {"idle": dict(GPU), "crashing": dict(GPU), "cpu": {}}
+    r = rig(make_config, tmp_path, models, {"idle": SMALL, "crashing": crashing}, fake)
+    await use(r.scheduler, "idle")
+    await use(r.scheduler, "cpu")
+    async with r.scheduler.hold("crashing") as held:
+        generation = held.engine.generate(params("hello"))
+        with pytest.raises(GatewayError) as info:
+            async for _ in generation:
+                pass
+    assert info.value.code == "model_worker_crashed"
+    assert "out of memory on cuda0" in info.value.message
+    await until(lambda: r.loaded() == {"cpu"})  # the idle model on cuda0 went; the CPU one stayed
+    await r.scheduler.close()
+
+
+async def test_reload_recomputes_the_pools(make_config: Any, tmp_path: Path) -> None:
+    from gateway.config import parse_settings
+    from gateway.memory import inspect_models
+
+    fake = gpus(8 * GiB)
+    models = {"a": dict(GPU)}
+    r = rig(make_config, tmp_path, models, {"a": SMALL}, fake, gateway={"budgets": {"cuda0": 1200 * MiB}})
+    assert r.pool("cuda0").budget == 1200 * MiB
+    settings = parse_settings(make_config({"a": dict(GPU)}, gateway={"budgets": {"cuda0": "50%"}}), tmp_path)
+    r.scheduler.apply(settings, inspect_models(settings), r.scheduler.budget)
+    assert r.pool("cuda0").budget == 4 * GiB
+    await r.scheduler.close()
