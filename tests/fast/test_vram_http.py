@@ -1,0 +1,65 @@
+"""Per-device memory over HTTP: /v1/models, /admin/models and /metrics show bytes per model per pool
+and each pool's budget, use and free memory (fake GPUs, fake workers logging CUDA buffers)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from starlette.testclient import TestClient
+
+from gateway.app import create_app
+from gateway.config import ModelEntry, parse_settings
+from gateway.engine.fakellama import FakeLlama, FakeScript
+from gateway.engine.fakeworker import spawn_fake_worker
+from gateway.engine.process import ProcessEngine
+from gateway.inventory import SystemInventory
+from tests.fast.vram_helpers import NO_SYSFS, GiB, MiB, cuda_log, gpus
+
+
+def test_models_admin_and_metrics_show_bytes_per_device(make_config: Any, tmp_path: Path) -> None:
+    fake = gpus(8 * GiB)
+    backends: list[FakeLlama] = []
+    script = replace(FakeScript(load_log=cuda_log(100)), gpus=fake)
+
+    def factory(model_id: str, entry: ModelEntry) -> ProcessEngine:
+        engine = ProcessEngine(model_id, entry, spawn=lambda: spawn_fake_worker(script, backends, engine.worker_env))
+        return engine
+
+    doc = make_config({"gpu": {"model": {"n_gpu_layers": -1}}, "cpu": {}}, gateway={"budgets": {"cuda0": "2GiB"}})
+    settings = parse_settings(doc, tmp_path)
+    inventory = SystemInventory(nvml=fake, sysfs=NO_SYSFS)
+    with TestClient(create_app(settings, engine_factory=factory, inventory=inventory)) as client:
+        before = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
+        assert before["gpu"]["placement"] == "cuda0 (all layers)"
+        estimate = before["gpu"]["memory_pools"]["cuda0"]
+        assert estimate > 0 and set(before["cpu"]["memory_pools"]) == {"host"}
+        assert client.post("/admin/models/gpu/load").status_code == 200
+        after = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
+        measured = 170 * MiB + fake.context_bytes
+        assert after["gpu"]["status"] == {"value": "loaded"}
+        assert after["gpu"]["memory_pools"]["cuda0"] == measured
+
+        admin = client.get("/admin/models").json()
+        pools = {p["name"]: p for p in admin["pools"]}
+        assert pools["cuda0"]["budget"] == 2 * GiB
+        assert pools["cuda0"]["used"] == measured
+        assert pools["cuda0"]["total"] == 8 * GiB and pools["cuda0"]["uuid"] == "GPU-0"
+        gpu = next(m for m in admin["models"] if m["id"] == "gpu")
+        assert gpu["measured_pools"]["cuda0"] == measured
+
+        text = client.get("/metrics").text
+
+        def gauge(name: str, labels: str) -> float:
+            match = re.search(rf"^{name}{{{labels}}} (\S+)$", text, re.M)
+            assert match, (name, labels)
+            return float(match.group(1))
+
+        assert gauge("gateway_model_memory_bytes", 'model="gpu",pool="cuda0"') == measured
+        assert gauge("gateway_pool_budget_bytes", 'pool="cuda0",uuid="GPU-0"') == 2 * GiB
+        assert gauge("gateway_pool_used_bytes", 'pool="cuda0",uuid="GPU-0"') == measured
+        assert gauge("gateway_pool_total_bytes", 'pool="cuda0",uuid="GPU-0"') == 8 * GiB
+        assert gauge("gateway_pool_free_bytes", 'pool="cuda0",uuid="GPU-0"') <= 8 * GiB - measured
+        assert gauge("gateway_pool_budget_bytes", 'pool="host",uuid=""') > 0
