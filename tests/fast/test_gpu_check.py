@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -94,3 +96,28 @@ def test_synthetic_models_have_the_sizes_the_check_relies_on(tmp_path: Path) -> 
 
 def test_the_script_is_sound_shell() -> None:
     subprocess.run(["bash", "-n", str(REPO / "scripts" / "gpu-check")], check=True)
+
+
+def test_dry_run_goes_through_the_scheduler_on_fake_gpus(capsys: pytest.CaptureFixture[str]) -> None:
+    """The course on fake GPUs and fake workers: the third load evicts the least recently used model
+    by VRAM, NVML's use stays inside the budget, memory returns after each unload, and the scheduler's
+    figures match the fake NVML's."""
+    assert gpu_check.main(["--dry-run"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["dry_run"] and summary["failures"] == []
+    assert [load["evicted"] for load in summary["loads"]] == [[], [], ["small"], ["medium"]]
+    assert all(load["ours_total"] <= summary["budget"] for load in summary["loads"])
+    assert all(load["scheduler"] == load["nvml"] for load in summary["loads"])
+    assert [entry["visible"] for entry in summary["returned_after_unload"]] == [True, True]
+
+
+def test_the_shell_script_runs_the_dry_run(tmp_path: Path) -> None:
+    done = subprocess.run(
+        ["bash", str(REPO / "scripts" / "gpu-check"), "--dry-run", "--out", str(tmp_path)],
+        env={**os.environ, "GPU_CHECK_PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((tmp_path / "gpu-check.json").read_text())["failures"] == []
