@@ -73,9 +73,10 @@ def test_a_failed_load_says_why(tmp_path: Path) -> None:
     assert "error loading model" in info.value.message
 
 
-def test_gpu_check_runs_its_course_against_a_fake_device(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """scripts/gpu-check's orchestration end to end on CPU workers, with a stand-in for NVML that
-    reports each worker's resident memory as its use of the device (the judging is tested apart)."""
+def test_gpu_check_runs_its_course_against_a_fake_device(tmp_path: Path) -> None:
+    """scripts/gpu-check's course end to end through the scheduler on real CPU workers, with a
+    stand-in for NVML that reports each worker's resident memory as its use of the device (the
+    judging is tested apart)."""
     import psutil
 
     from gateway.pools import Device
@@ -94,9 +95,12 @@ def test_gpu_check_runs_its_course_against_a_fake_device(tmp_path: Path, monkeyp
         used = sum(size for _, size in processes)
         return [Device("cuda0", "GPU-fake", 0, "Fake GPU", 100 * gib, 100 * gib - used, used, tuple(processes))]
 
-    monkeypatch.setattr("gateway.inventory.nvidia_devices", fake_devices)
+    class Inventory:
+        def read(self) -> list[Device]:
+            return fake_devices()
+
     tiny = {"small": (2, 256), "medium": (3, 256), "large": (4, 256)}
-    summary = asyncio.run(gpu_check.run(["small", "medium", "large", "small"], tmp_path, tiny))
+    summary = asyncio.run(gpu_check.run(["small", "medium", "large", "small"], tmp_path, tiny, Inventory()))
     assert summary.failures == []
     assert [load.model for load in summary.loads] == ["small", "medium", "large", "small"]
     assert all(load.nvml for load in summary.loads)
