@@ -3,10 +3,15 @@
 Modules:
 - `views`: immutable snapshots (`SlotView`, `Snapshot`): all that routes, admin and metrics see.
 - `slot`: the mutable record of one model version (private), with its turns (`runtime.parallel`).
-- `eviction`: LRU eviction and TTL expiry as pure functions of a snapshot.
+- `eviction`: room by memory vectors (host RAM and one pool per GPU), LRU eviction, rebalancing
+  after measurement, eviction after a device ran out of memory, TTL expiry: pure functions of a
+  snapshot (the decisions are `placement.py`'s).
+- `devices`: the GPUs as the scheduler sees them: pools and budgets, placement options, the worker's
+  devices, memory an exited worker gave back that the driver does not show yet, measured figures.
 - `reload`: a reload as a pure diff of two configurations.
 - `cpu`: CPU threads lent per model, with a maximum wait (fairness across models).
-- `lifecycle`: load (single flight), unload, drain, forced unload, crash; `observer`: who is told.
+- `lifecycle`: the model table, unload, drain, forced unload, crash; `loading`: load (single flight,
+  room made, placed, measured, retried once after running out of device memory); `observer`: who is told.
 - `hold`: a request's hold, an async context manager that releases exactly once.
 - `core`: `Scheduler`: admission, reload, TTL.
 
@@ -25,6 +30,9 @@ Invariants (held by tests/fast/test_scheduler_invariants.py after every step):
    count is zero and the CPU budget lends nothing.
 7. A model has at most one CPU grant, shared by its running requests; no model waits for one longer
    than `gateway.cpu_wait_max`.
+8. Memory is claimed per pool in the step that plans it: a load claims its estimate in every pool it
+   touches (and a device's free memory counts it as taken until measured); measured figures replace
+   the estimate on GPUs; without GPUs there is one pool, the host's, and nothing else changes.
 """
 
 from gateway.scheduler.core import Scheduler
