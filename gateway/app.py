@@ -188,8 +188,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        if processes is not None:
-            processes.spares.refill()
+        if processes is not None and not scheduler.devices.gpu:
+            processes.spares.refill()  # (a GPU placement starts its worker with the devices it may see)
         if handle_sighup:
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_sighup)
         await scheduler.start()

@@ -32,8 +32,10 @@ async def metrics(request: Request) -> Response:
 
 def _card(view: SlotView) -> dict[str, object]:
     path = view.facts.info.path
-    # Estimate before load (what the worker holds once loaded), measured after.
+    # Estimate before load (what the worker holds once loaded), measured after; with GPUs, every pool.
     memory = view.measured_bytes if view.measured_bytes is not None else view.facts.estimate.total
+    if set(view.pools) - {"host"}:
+        memory = view.memory_bytes
     card = model_card(view.model_id, int(path.stat().st_mtime) if path.exists() else 0, view.state.client_value, memory)
     card["aliases"] = list(view.entry.aliases)
     # Per memory pool (host, cuda0...), for where it is or would be placed: estimated, then measured.

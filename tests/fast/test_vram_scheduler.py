@@ -186,3 +186,41 @@ async def test_reload_recomputes_the_pools(make_config: Any, tmp_path: Path) -> 
     r.scheduler.apply(settings, inspect_models(settings), r.scheduler.budget)
     assert r.pool("cuda0").budget == 4 * GiB
     await r.scheduler.close()
+
+
+async def test_other_processes_use_is_respected(make_config: Any, tmp_path: Path) -> None:
+    # Another process holds 1.5 GiB of a 2 GiB device: no room now, whatever the budget says.
+    fake = gpus(2 * GiB)
+    fake.devices[0].foreign = 1536 * MiB
+    gateway = {"gpu_reserve": 64 * MiB, "room_wait": 0.2}
+    r = rig(make_config, tmp_path, {"a": dict(GPU)}, {"a": SMALL}, fake, gateway=gateway)
+    with pytest.raises(GatewayError) as info:
+        await use(r.scheduler, "a")
+    assert (info.value.status, info.value.code) == (503, "model_capacity_unavailable")
+    assert r.spawns == []
+    await r.scheduler.close()
+
+
+async def test_a_load_waiting_for_device_memory_starts_when_it_frees(make_config: Any, tmp_path: Path) -> None:
+    import asyncio
+
+    fake = gpus(2 * GiB)
+    fake.devices[0].foreign = 1536 * MiB
+    r = rig(make_config, tmp_path, {"a": dict(GPU)}, {"a": SMALL}, fake, gateway={"gpu_reserve": 64 * MiB})
+    waiting = asyncio.create_task(use(r.scheduler, "a"))
+    await asyncio.sleep(0.1)
+    assert not waiting.done() and r.spawns == []
+    fake.devices[0].foreign = 0  # the other process exits: the device is read again while waiting
+    await asyncio.wait_for(waiting, 10)
+    assert r.loaded() == {"a"}
+    await r.scheduler.close()
+
+
+async def test_no_nvml_library_is_a_cpu_only_machine(make_config: Any, tmp_path: Path) -> None:
+    fake = gpus(8 * GiB)
+    fake.library = False  # NVMLError_LibraryNotFound
+    r = rig(make_config, tmp_path, {"a": dict(GPU)}, {}, fake)
+    await use(r.scheduler, "a")
+    assert r.spawns == [("a", None, None)]
+    assert [p.name for p in r.scheduler.snapshot().pools] == ["host"]
+    await r.scheduler.close()
