@@ -106,3 +106,30 @@ def test_gpu_check_runs_its_course_against_a_fake_device(tmp_path: Path) -> None
     assert all(load.nvml for load in summary.loads)
     assert summary.context_bytes is not None
     assert summary.budget < sum(load.need for load in summary.loads[:3])
+
+
+def test_the_scheduler_measures_a_real_load() -> None:
+    """Through the scheduler on a CPU-only machine: the worker's captured buffers are all host memory,
+    and the slot's measured vector (one pool, the host's) is the worker's resident memory, which holds
+    those buffers' weights and KV cache."""
+    from gateway.config import parse_settings
+    from gateway.memory import inspect_models
+    from gateway.scheduler import Scheduler, SlotView
+
+    document = {"models": {"smollm2": {"model": {"path": str(SMOLLM), "n_ctx": N_CTX}, "runtime": {"thread_count": 1}}}}
+    settings = parse_settings(document, Path("."))
+
+    async def load() -> tuple[LoadReport | None, SlotView]:
+        scheduler = Scheduler(settings, inspect_models(settings), ProcessEngine, budget=4 * 2**30)
+        try:
+            async with scheduler.hold("smollm2", generate=False) as held:
+                return held.engine.memory_report(), held.view()
+        finally:
+            await scheduler.close()
+
+    report, view = asyncio.run(load())
+    assert report is not None and set(report.by_device()) == {HOST}
+    assert view.measured_bytes is not None and view.measured_pools == {HOST: view.measured_bytes}
+    assert view.pools == {HOST: max(view.measured_bytes, view.estimated_bytes)}
+    weights_and_kv = sum(b.bytes for b in report.buffers if b.kind in ("model", "KV"))
+    assert weights_and_kv <= view.measured_bytes <= report.by_device()[HOST] + 2 * WORKER_BASELINE_BYTES
