@@ -183,7 +183,7 @@ class Metrics:
         )
         self.unloads = Counter(
             "gateway_model_unloads",
-            "unloads by reason (lru, ttl, admin, crash, reload, shutdown)",
+            "unloads by reason (lru, ttl, admin, crash, reload, shutdown, device_oom)",
             ["model", "reason"],
             registry=r,
         )

@@ -95,6 +95,8 @@ class Loading(Lifecycle):
         except GatewayError as exc:
             slot.engine = None
             slot.state = State.UNLOADED
+            if exc.code == "device_out_of_memory":
+                self.observer.model_load_failed(slot.model_id)  # a full device, not a broken model: no cooldown
             if exc.code == "model_load_failed":
                 self.observer.model_load_failed(slot.model_id)
                 slot.state = State.FAILED
