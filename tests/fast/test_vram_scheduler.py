@@ -224,3 +224,14 @@ async def test_no_nvml_library_is_a_cpu_only_machine(make_config: Any, tmp_path:
     assert r.spawns == [("a", None, None)]
     assert [p.name for p in r.scheduler.snapshot().pools] == ["host"]
     await r.scheduler.close()
+
+
+async def test_a_model_larger_than_a_gpu_budget_never_fits(make_config: Any, tmp_path: Path) -> None:
+    fake = gpus(8 * GiB)
+    r = rig(make_config, tmp_path, {"a": dict(GPU)}, {"a": SMALL}, fake, gateway={"budgets": {"cuda0": 100 * MiB}})
+    with pytest.raises(GatewayError) as info:
+        await use(r.scheduler, "a")
+    assert (info.value.status, info.value.code) == (503, "model_exceeds_memory_budget")
+    assert "cuda0's budget of 100 MiB" in info.value.message
+    assert r.spawns == []
+    await r.scheduler.close()
