@@ -12,6 +12,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 
+def device_arguments(config: dict[str, Any]) -> dict[str, Any]:
+    """llama.cpp's device arguments for a load: the scheduler's placement for the GPUs the worker sees
+    (n_gpu_layers, main_gpu, tensor_split), else the configured n_gpu_layers."""
+    return {"n_gpu_layers": config["n_gpu_layers"], **(config.get("placement") or {})}
+
+
 @dataclass(frozen=True)
 class SamplerSettings:
     temperature: float

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from gateway.engine.backend import device_arguments
 from gateway.engine.guard import Tokenizer
 from gateway.engine.wire import Call, Channel, Embed, Failed, Result, Shutdown
 from gateway.errors import GatewayError, context_length_exceeded, internal_error, invalid_request
@@ -62,7 +63,7 @@ def load_embedding(config: dict[str, Any]) -> Any:
     llm = llama_cpp.Llama(
         model_path=config["path"],
         n_ctx=config["n_ctx"],
-        n_gpu_layers=config["n_gpu_layers"],
+        **device_arguments(config),  # n_gpu_layers, and main_gpu, tensor_split where the scheduler placed it
         n_threads=config["n_threads"],
         use_mmap=config["use_mmap"],
         verbose=config["verbose"],

@@ -13,7 +13,7 @@ import ctypes
 from collections.abc import Sequence
 from typing import Any
 
-from gateway.engine.backend import Row, SamplerSettings
+from gateway.engine.backend import Row, SamplerSettings, device_arguments
 from gateway.engine.constraint import Constraints, Grammar, Matcher
 
 
@@ -25,7 +25,14 @@ class LlamaCpp:
         _logger.set_verbose(bool(config["verbose"]))
         self._lib = llama_cpp
         model_params = llama_cpp.llama_model_default_params()
-        model_params.n_gpu_layers = config["n_gpu_layers"]
+        devices = device_arguments(config)
+        model_params.n_gpu_layers = devices["n_gpu_layers"]
+        if "main_gpu" in devices:
+            model_params.main_gpu = devices["main_gpu"]
+        if devices.get("tensor_split"):
+            # Kept on self: llama.cpp reads the array through a pointer while it loads.
+            self._tensor_split = (ctypes.c_float * llama_cpp.LLAMA_MAX_DEVICES)(*devices["tensor_split"])
+            model_params.tensor_split = self._tensor_split
         model_params.use_mmap = config["use_mmap"]
         self._model = _internals.LlamaModel(
             path_model=config["path"], params=model_params, verbose=bool(config["verbose"])

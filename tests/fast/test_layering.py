@@ -37,7 +37,7 @@ ALLOWED: dict[str, set[str]] = {
     "engine.sampling": {"errors", "engine.backend"},
     "engine.output": {"engine.backend", "engine.deltas", "engine.sampling", "engine.stops"},
     "engine.guard": {"errors"},
-    "engine.embedding": {"errors", "engine.guard", "engine.wire"},
+    "engine.embedding": {"errors", "engine.backend", "engine.guard", "engine.wire"},
     "engine.prompt": {"errors", "engine.base"},
     "engine.llamacpp": {"engine.backend", "engine.constraint"},
     "engine.sequences": {"engine.backend", "engine.output"},

@@ -235,3 +235,11 @@ async def test_a_model_larger_than_a_gpu_budget_never_fits(make_config: Any, tmp
     assert "cuda0's budget of 100 MiB" in info.value.message
     assert r.spawns == []
     await r.scheduler.close()
+
+
+def test_device_arguments_prefer_the_placement() -> None:
+    from gateway.engine.backend import device_arguments
+
+    assert device_arguments({"n_gpu_layers": -1}) == {"n_gpu_layers": -1}
+    placed = {"n_gpu_layers": -1, "placement": {"n_gpu_layers": 10, "main_gpu": 0, "tensor_split": [0.7, 0.3]}}
+    assert device_arguments(placed) == {"n_gpu_layers": 10, "main_gpu": 0, "tensor_split": [0.7, 0.3]}

@@ -133,3 +133,26 @@ def test_the_scheduler_measures_a_real_load() -> None:
     assert view.pools == {HOST: max(view.measured_bytes, view.estimated_bytes)}
     weights_and_kv = sum(b.bytes for b in report.buffers if b.kind in ("model", "KV"))
     assert weights_and_kv <= view.measured_bytes <= report.by_device()[HOST] + 2 * WORKER_BASELINE_BYTES
+
+
+def test_a_worker_placed_on_gpus_loads_with_the_placement_arguments() -> None:
+    """What the scheduler gives a GPU placement (a device environment, llama.cpp's n_gpu_layers,
+    main_gpu and tensor_split) reaches llama.cpp: this CPU build accepts it and loads on the host."""
+    from gateway.engine.base import DevicePlacement
+
+    entry = ModelEntry.model_validate({"model": {"path": str(SMOLLM), "n_ctx": 256}, "runtime": {"thread_count": 1}})
+    engine = ProcessEngine("smollm2", entry)
+    llama = {"n_gpu_layers": -1, "main_gpu": 0, "tensor_split": [0.5, 0.5]}
+    engine.place(DevicePlacement({"CUDA_VISIBLE_DEVICES": "GPU-a,GPU-b"}, llama, ("cuda0", "cuda1")))
+    assert engine.worker_env == {"CUDA_VISIBLE_DEVICES": "GPU-a,GPU-b"}
+
+    async def load() -> LoadReport | None:
+        await engine.start()
+        try:
+            return engine.memory_report()
+        finally:
+            await engine.stop()
+
+    report = asyncio.run(load())
+    assert report is not None and report.oom is None
+    assert set(report.by_device()) == {HOST}
