@@ -243,3 +243,19 @@ def test_device_arguments_prefer_the_placement() -> None:
     assert device_arguments({"n_gpu_layers": -1}) == {"n_gpu_layers": -1}
     placed = {"n_gpu_layers": -1, "placement": {"n_gpu_layers": 10, "main_gpu": 0, "tensor_split": [0.7, 0.3]}}
     assert device_arguments(placed) == {"n_gpu_layers": 10, "main_gpu": 0, "tensor_split": [0.7, 0.3]}
+
+
+async def test_a_spread_model_is_measured_on_each_device(make_config: Any, tmp_path: Path) -> None:
+    fake = gpus(8 * GiB, 8 * GiB)
+    models = {"wide": {"model": {"n_gpu_layers": -1, "tensor_split": [0.5, 0.5]}}}
+    script = FakeScript(load_log=cuda_log(100, device=0) + cuda_log(60, device=1))
+    r = rig(make_config, tmp_path, models, {"wide": script}, fake)
+    await use(r.scheduler, "wide")
+    (_, env, llama), *_ = r.spawns
+    assert env == {"CUDA_VISIBLE_DEVICES": "GPU-0,GPU-1"}
+    assert llama == {"n_gpu_layers": -1, "main_gpu": 0, "tensor_split": [0.5, 0.5]}
+    view = r.scheduler.view("wide")
+    assert view.pools["cuda0"] == 170 * MiB + fake.context_bytes
+    assert view.pools["cuda1"] == 130 * MiB + fake.context_bytes
+    assert view.placement.startswith("spread over cuda0, cuda1")
+    await r.scheduler.close()
