@@ -67,14 +67,29 @@ def fake_main(
         channel.send(LoadFailed(script.fail_load))
         return
     capture = LogCapture()
+    try:
+        serve(channel, conn, script, backends, config, capture, env, pid)
+    finally:
+        if script.gpus is not None:
+            script.gpus.release(pid)  # as the driver takes back an exited process's memory
+
+
+def serve(
+    channel: Channel,
+    conn: Connection,
+    script: FakeScript,
+    backends: list[FakeLlama],
+    config: dict[str, Any],
+    capture: LogCapture,
+    env: dict[str, str] | None,
+    pid: int,
+) -> None:
     failure = _allocate(script.gpus, pid, env, capture, script.load_log) if script.gpus is not None else None
-    if failure is None:  # llama.cpp logs a buffer once it is allocated
-        for line in script.load_log:
-            capture.feed(2, line + "\n")
-    else:
-        script.gpus.release(pid)  # the process exits after a failed load
+    if failure is not None:
         channel.send(LoadFailed(failure, capture.report().to_wire()))
         return
+    for line in script.load_log:  # llama.cpp logs a buffer once it is allocated
+        capture.feed(2, line + "\n")
     slots = config.get("parallel", 1)
     backend = FakeLlama(n_ctx=config["n_ctx"], slots=slots, n_batch=min(config["n_batch"], 64), script=script)
     backends.append(backend)
@@ -88,8 +103,6 @@ def fake_main(
     try:
         worker.run()
     finally:
-        if script.gpus is not None:
-            script.gpus.release(pid)  # as the driver takes back an exited process's memory
         # Like a process exit: the parent reads EOF, and so does the reader thread blocked in recv.
         with socket.fromfd(conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.shutdown(socket.SHUT_RDWR)

@@ -208,6 +208,8 @@ class ProcessEngine(Engine):
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._loaded = loop.create_future()
+        # A load stopped while waiting (a forced unload) leaves nobody to read how it ended.
+        self._loaded.add_done_callback(lambda done: done.cancelled() or done.exception())
         use_spare = self._spares is not None and self._env is None
         process, conn = await (self._spares.take() if self._spares and use_spare else self._spawn())
         self._process = process

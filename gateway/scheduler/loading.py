@@ -116,10 +116,18 @@ class Loading(Lifecycle):
         return lambda reason: self._on_exit(slot, engine, reason)
 
     async def _abandon(self, slot: Slot, engine: Engine | None) -> None:
+        """A load stopped part way: its memory counts until its worker has exited."""
         slot.engine = None
-        slot.state = State.UNLOADED
-        if engine is not None:
+        if engine is None:
+            slot.state = State.UNLOADED
+            return
+        vector = slot.vector
+        slot.state = State.UNLOADING
+        try:
             await engine.stop()
+            self.devices.returned(vector)
+        finally:
+            slot.state = State.UNLOADED
 
     async def _make_room(self, slot: Slot) -> None:
         """Claim the memory for `slot`, unloading idle models, waiting (bounded) for busy ones."""
