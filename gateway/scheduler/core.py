@@ -234,7 +234,7 @@ class Scheduler(Loading):
         while True:
             await asyncio.sleep(interval)
             try:
-                await self.devices.refresh()  # what /metrics and /admin show of the GPUs stays current
+                await self.devices.refresh(max_age=2.0)  # what /metrics and /admin show of the GPUs stays current
                 await self.reap()
             except Exception:
                 log.exception("TTL reaper failed")

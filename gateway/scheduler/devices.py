@@ -43,15 +43,18 @@ class Devices:
         self.return_lag = return_lag
         self.devices: tuple[Device, ...] = tuple(self._inventory.read())
         self._returning: list[_Returning] = []
+        self._read_at = time.monotonic()
 
     @property
     def gpu(self) -> bool:
         return bool(self.devices)
 
-    async def refresh(self) -> None:
-        """Read the devices again (off the event loop); nothing to read on a CPU-only machine."""
-        if self.gpu:
+    async def refresh(self, max_age: float = 0.0) -> None:
+        """Read the devices again (off the event loop) unless the last reading is younger than
+        `max_age` seconds; nothing to read on a CPU-only machine."""
+        if self.gpu and time.monotonic() - self._read_at >= max_age:
             self.devices = tuple(await asyncio.to_thread(self._inventory.read))
+            self._read_at = time.monotonic()
             self._settle()
 
     def _settle(self) -> None:
