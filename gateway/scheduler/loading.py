@@ -180,9 +180,12 @@ class Loading(Lifecycle):
             self._slots[model_id].state = State.UNLOADING  # chosen and claimed in one step
         log.warning("loading %s ran out of memory on %s (%s); unloading %s", slot.model_id, device, oom.line, victims)
         await asyncio.gather(*(self._unload(self._slots[m], "device_oom") for m in victims))
-        if attempt == 0:
-            wanted = Vector.of({device: need})
-            if await self.devices.wait_free(wanted, self.settings.gateway.gpu_reserve, force=True) or victims:
+        reserve = self.settings.gateway.gpu_reserve
+        total = next((p.total for p in self.pools() if p.name == device), None)
+        possible = victims or total is None or need + reserve <= total  # else waiting cannot help
+        if attempt == 0 and possible:
+            visible = await self.devices.wait_free(Vector.of({device: need}), reserve, force=True)
+            if visible or victims:
                 return True
         await self.devices.refresh()
         raise device_out_of_memory(slot.model_id, device, need, self.devices.free_of(device), ROOM_RETRY_AFTER)

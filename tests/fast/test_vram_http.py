@@ -4,6 +4,7 @@ and each pool's budget, use and free memory (fake GPUs, fake workers logging CUD
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -15,19 +16,25 @@ from gateway.config import ModelEntry, parse_settings
 from gateway.engine.fakellama import FakeLlama, FakeScript
 from gateway.engine.fakeworker import spawn_fake_worker
 from gateway.engine.process import ProcessEngine
+from gateway.fakenvml import FakeGpus
 from gateway.inventory import SystemInventory
 from tests.fast.vram_helpers import NO_SYSFS, GiB, MiB, cuda_log, gpus
 
 
-def test_models_admin_and_metrics_show_bytes_per_device(make_config: Any, tmp_path: Path) -> None:
-    fake = gpus(8 * GiB)
+def factory_on(fake: FakeGpus, script: FakeScript) -> Callable[[str, ModelEntry], ProcessEngine]:
     backends: list[FakeLlama] = []
-    script = replace(FakeScript(load_log=cuda_log(100)), gpus=fake)
+    script = replace(script, gpus=fake)
 
     def factory(model_id: str, entry: ModelEntry) -> ProcessEngine:
         engine = ProcessEngine(model_id, entry, spawn=lambda: spawn_fake_worker(script, backends, engine.worker_env))
         return engine
 
+    return factory
+
+
+def test_models_admin_and_metrics_show_bytes_per_device(make_config: Any, tmp_path: Path) -> None:
+    fake = gpus(8 * GiB)
+    factory = factory_on(fake, FakeScript(load_log=cuda_log(100)))
     doc = make_config({"gpu": {"model": {"n_gpu_layers": -1}}, "cpu": {}}, gateway={"budgets": {"cuda0": "2GiB"}})
     settings = parse_settings(doc, tmp_path)
     inventory = SystemInventory(nvml=fake, sysfs=NO_SYSFS)
@@ -63,3 +70,20 @@ def test_models_admin_and_metrics_show_bytes_per_device(make_config: Any, tmp_pa
         assert gauge("gateway_pool_total_bytes", 'pool="cuda0",uuid="GPU-0"') == 8 * GiB
         assert gauge("gateway_pool_free_bytes", 'pool="cuda0",uuid="GPU-0"') <= 8 * GiB - measured
         assert gauge("gateway_pool_budget_bytes", 'pool="host",uuid=""') > 0
+
+
+def test_a_device_out_of_memory_is_an_openai_shaped_503(make_config: Any, tmp_path: Path) -> None:
+    fake = gpus(1 * GiB)
+    factory = factory_on(fake, FakeScript(load_log=cuda_log(2000)))  # more than the device has
+    doc = make_config({"m": {"model": {"n_gpu_layers": -1}}}, gateway={"gpu_reserve": "64MiB"})
+    settings = parse_settings(doc, tmp_path)
+    inventory = SystemInventory(nvml=fake, sysfs=NO_SYSFS)
+    with TestClient(create_app(settings, engine_factory=factory, inventory=inventory)) as client:
+        body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+        reply = client.post("/v1/chat/completions", json=body)
+    assert reply.status_code == 503
+    assert reply.headers["retry-after"]
+    error = reply.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert (error["type"], error["code"]) == ("server_error", "device_out_of_memory")
+    assert "cuda0 is out of memory (needed 2582 MiB, " in error["message"]
