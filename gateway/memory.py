@@ -94,11 +94,12 @@ def resolve_budget(configured: int | None) -> int:
 
 
 def host_budget(settings: Settings) -> int:
-    """The host pool's budget: gateway.budgets.host, else memory_budget, else 80% of physical memory."""
+    """The host pool's budget: gateway.budgets.host, else memory_budget, else 80% of the memory this
+    process may use (physical, or a cgroup's limit below it)."""
     gateway = settings.gateway
     if "host" not in gateway.budgets:
         return resolve_budget(gateway.memory_budget)
-    return pools.host_budget(gateway.budgets, gateway.memory_budget, psutil.virtual_memory().total)
+    return pools.host_budget(gateway.budgets, gateway.memory_budget, host_memory_total())
 
 
 def process_rss(pid: int) -> int | None:
