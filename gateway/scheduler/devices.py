@@ -49,6 +49,12 @@ class Devices:
     def gpu(self) -> bool:
         return bool(self.devices)
 
+    def cpu_only(self) -> None:
+        """Stop budgeting GPUs (llama.cpp turned out unable to use them)."""
+        self._inventory = NoGpus()
+        self.devices = ()
+        self._returning = []
+
     async def refresh(self, max_age: float = 0.0) -> None:
         """Read the devices again (off the event loop) unless the last reading is younger than
         `max_age` seconds; nothing to read on a CPU-only machine."""

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from gateway.engine.base import Engine
 from gateway.engine.loadlog import to_pools
 from gateway.errors import GatewayError, device_out_of_memory, load_failed, never_fits, no_room
-from gateway.footprint import GPU_CONTEXT_BYTES
+from gateway.footprint import GPU_CONTEXT_BYTES, Placement
 from gateway.placement import NoRoom
 from gateway.pools import HOST, Vector, total_of
 from gateway.scheduler.eviction import after_device_oom, overcommitted, residents, room
@@ -195,12 +195,32 @@ class Loading(Lifecycle):
         rebalanced by unloading idle models there."""
         engine = slot.engine
         if engine is not None and engine.placement is not None and engine.placement.devices:
-            await self.devices.refresh()
-            if slot.engine is not engine:
-                return  # unloaded meanwhile
-            slot.device_measured = self.devices.measure(engine, slot.estimate)
+            report = engine.memory_report()
+            if slot.placement.on_gpu and report is not None and set(report.by_device()) == {HOST}:
+                self._cannot_offload(slot)
+            else:
+                await self.devices.refresh()
+                if slot.engine is not engine:
+                    return  # unloaded meanwhile
+                slot.device_measured = self.devices.measure(engine, slot.estimate)
         for model_id in overcommitted(self.snapshot(), keep=slot.model_id):
             self._start_unload(self._slots[model_id], "lru")
+
+    def _cannot_offload(self, slot: Slot) -> None:
+        """Placed on a GPU, llama.cpp put every buffer in host memory: this llama.cpp build cannot
+        offload (the CPU wheel on a GPU machine). From now on only the host pool is budgeted."""
+        log.warning(
+            "%s was placed on %s but llama.cpp kept every buffer in host memory: this llama.cpp build "
+            "cannot offload to GPUs (see `gateway check`); budgeting host memory only from now on",
+            slot.model_id,
+            ", ".join(slot.placement.devices),
+        )
+        self.devices.cpu_only()
+        for other in (*self._slots.values(), *self._retiring):
+            if other.state.resident:
+                other.placement, other.need = Placement(), Vector.of({HOST: other.facts.estimate.total})
+                other.device_measured = None
+        self._place_defaults()
 
 
 def _consume_exception(task: asyncio.Task[None]) -> None:

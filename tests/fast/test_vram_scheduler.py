@@ -150,3 +150,24 @@ async def test_a_spread_model_is_measured_on_each_device(make_config: Any, tmp_p
     assert view.pools["cuda1"] == 130 * MiB + fake.context_bytes
     assert view.placement.startswith("spread over cuda0, cuda1")
     await r.scheduler.close()
+
+
+async def test_a_build_that_cannot_offload_leaves_only_the_host_pool(
+    make_config: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The CPU wheel of llama-cpp-python on a GPU machine: placed on cuda0, everything lands in RAM.
+    cpu_log = (
+        "load_tensors:   CPU_Mapped model buffer size =    92.10 MiB",
+        "llama_kv_cache:        CPU KV buffer size =    45.00 MiB",
+        "sched_reserve:        CPU compute buffer size =    99.38 MiB",
+    )
+    fake = gpus(8 * GiB)
+    models = {"a": dict(GPU), "b": dict(GPU)}
+    r = rig(make_config, tmp_path, models, dict.fromkeys("ab", FakeScript(load_log=cpu_log)), fake)
+    await use(r.scheduler, "a")
+    assert "cannot offload to GPUs" in caplog.text
+    assert [p.name for p in r.scheduler.snapshot().pools] == ["host"]
+    assert set(r.scheduler.view("a").pools) == {"host"}
+    await use(r.scheduler, "b")
+    assert r.spawns[-1] == ("b", None, None)  # placed as on a CPU-only machine
+    await r.scheduler.close()

@@ -156,3 +156,32 @@ def test_a_worker_placed_on_gpus_loads_with_the_placement_arguments() -> None:
     report = asyncio.run(load())
     assert report is not None and report.oom is None
     assert set(report.by_device()) == {HOST}
+
+
+def test_a_cpu_build_on_a_gpu_machine_falls_back_to_the_host_pool() -> None:
+    """With a (fake) GPU in the inventory, the scheduler places the model on it; the real worker's
+    captured buffer lines show this llama.cpp build kept everything in host memory, so the scheduler
+    budgets the host only from then on, and the slot's vector is the worker's resident memory."""
+    from gateway.config import parse_settings
+    from gateway.fakenvml import FakeDevice, FakeGpus
+    from gateway.inventory import SystemInventory
+    from gateway.memory import inspect_models
+    from gateway.scheduler import Scheduler, SlotView
+
+    model = {"path": str(SMOLLM), "n_ctx": N_CTX, "n_gpu_layers": -1}
+    settings = parse_settings({"models": {"smollm2": {"model": model, "runtime": {"thread_count": 1}}}}, Path("."))
+    inventory = SystemInventory(nvml=FakeGpus([FakeDevice("GPU-fake", 8 * 2**30)]), sysfs=Path("/nonexistent"))
+
+    async def load() -> tuple[SlotView, SlotView, list[str]]:
+        scheduler = Scheduler(settings, inspect_models(settings), ProcessEngine, 4 * 2**30, inventory=inventory)
+        before = scheduler.view("smollm2")
+        try:
+            async with scheduler.hold("smollm2", generate=False) as held:
+                return before, held.view(), [p.name for p in scheduler.snapshot().pools]
+        finally:
+            await scheduler.close()
+
+    before, after, pools = asyncio.run(load())
+    assert before.placement == "cuda0 (all layers)" and "cuda0" in before.pools
+    assert pools == ["host"]
+    assert after.measured_bytes is not None and after.pools == {HOST: max(after.measured_bytes, after.estimated_bytes)}
