@@ -152,6 +152,27 @@ def test_capture_joins_pieces_and_keeps_errors() -> None:
     assert list(capture.errors)[-1] == "llama_init_from_model: could not initialize the context"
 
 
+def test_capture_tells_of_each_allocation_failure_as_it_is_logged() -> None:
+    """After the load the worker forwards a CUDA error before it aborts: the capture says so at once."""
+    capture = LogCapture()
+    seen: list[OutOfMemory] = []
+    capture.on_oom = seen.append
+    capture.feed(2, "llama_kv_cache:      CUDA0 KV buffer size =    45.00 MiB\n")
+    assert seen == []
+    capture.feed(4, "CUDA error: out of memory\n")
+    capture.feed(4, "ggml_backend_cuda_buffer_type_alloc_buffer: allocating 20.00 MiB on device 1: ")
+    capture.feed(4, "cudaMalloc failed: out of memory\n")
+    assert seen == [
+        OutOfMemory(None, None, "CUDA error: out of memory"),
+        OutOfMemory(
+            "cuda1",
+            20 * MiB,
+            "ggml_backend_cuda_buffer_type_alloc_buffer: allocating 20.00 MiB on device 1: "
+            "cudaMalloc failed: out of memory",
+        ),
+    ]
+
+
 def test_capture_parses_a_last_line_without_newline() -> None:
     capture = LogCapture()
     capture.feed(1, "load_tensors:        CUDA0 model buffer size =    10.00 MiB")
