@@ -233,13 +233,19 @@ def failure_message(exc: BaseException, report: LoadReport, errors: list[str]) -
     return message
 
 
+def pool_of(device: str, visible: list[str]) -> str:
+    """The gateway's pool for one of the worker's own device names: its cuda0 is the first device it
+    was given (`visible`)."""
+    match = re.match(r"^[a-z]+(\d+)$", device)
+    if device != HOST and match and int(match.group(1)) < len(visible):
+        return visible[int(match.group(1))]
+    return device
+
+
 def to_pools(report: LoadReport, visible: list[str]) -> dict[str, int]:
     """Bytes per gateway pool: the worker's `cuda0` is the first device it was given (`visible`)."""
     pools: dict[str, int] = {}
     for device, size in report.by_device().items():
-        pool = device
-        match = re.match(r"^[a-z]+(\d+)$", device)
-        if device != HOST and match and int(match.group(1)) < len(visible):
-            pool = visible[int(match.group(1))]
+        pool = pool_of(device, visible)
         pools[pool] = pools.get(pool, 0) + size
     return pools

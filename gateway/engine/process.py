@@ -17,7 +17,7 @@ from typing import Any
 from gateway.config import ModelEntry
 from gateway.engine import worker
 from gateway.engine.base import BatchState, DevicePlacement, Engine, Finished, Generation, GenerationParams
-from gateway.engine.loadlog import Buffer, LoadReport, OutOfMemory, to_pools
+from gateway.engine.loadlog import LoadReport, OutOfMemory, pool_of
 from gateway.engine.looppipe import LoopPipe
 from gateway.engine.wire import (
     Call,
@@ -185,10 +185,10 @@ class ProcessEngine(Engine):
 
     def _pool_of(self, device: str | None) -> str | None:
         """The gateway's pool for one of the worker's own device names (its cuda0 is its first GPU)."""
-        devices = self.placement.devices if self.placement is not None else ()
+        devices = list(self.placement.devices) if self.placement is not None else []
         if device is None:
             return devices[0] if len(devices) == 1 else None
-        return next(iter(to_pools(LoadReport((Buffer(device, "model", 1, device),)), list(devices))), device)
+        return pool_of(device, devices)
 
     def out_of_memory(self) -> OutOfMemory | None:
         """The failed allocation, its device named as the gateway's pool."""
