@@ -264,6 +264,17 @@ def models_cards(url: str) -> dict[str, dict[str, Any]]:
     return {c["id"]: c for c in httpx.get(f"{url}/v1/models").json()["data"]}
 
 
+def pool_errors(before: dict[str, Any], after: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """The estimate's error per memory pool: the host from the worker's measured size, each GPU from
+    what its load measured there (llama.cpp's buffers, or NVML's per-process figure)."""
+    measured = {**after.get("memory_pools", {}), "host": after["memory_bytes"]}
+    return {
+        pool: {"estimate": est, "measured": measured[pool], "error_pct": 100 * (est - measured[pool]) / measured[pool]}
+        for pool, est in before.get("memory_pools", {"host": before["memory_bytes"]}).items()
+        if measured.get(pool)
+    }
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import llama_cpp
 
@@ -292,7 +303,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         tmp, "gateway", {"smollm2": SMOLLM, "smollm2-q8": SMOLLM_Q8, "gemma": GEMMA}, {"memory_budget": "2GiB"}
     )
     peer = peer_server(tmp, Path(args.peer_python)) if args.peer_python else None
-    estimates = {m: c["memory_bytes"] for m, c in models_cards(gw.url).items()}
+    before = models_cards(gw.url)
+    estimates = {m: c["memory_bytes"] for m, c in before.items()}
     llm = llama_cpp.Llama(str(SMOLLM), n_ctx=N_CTX, n_threads=THREADS, verbose=False)
     timings: dict[str, list[Timing]] = {"raw": [], "gateway": [], "peer": []}
     with httpx.Client() as client:
@@ -342,6 +354,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "estimate": estimates[m],
             "measured": cards[m]["memory_bytes"],
             "error_pct": 100 * (estimates[m] - cards[m]["memory_bytes"]) / cards[m]["memory_bytes"],
+            "pools": pool_errors(before[m], cards[m]),
         }
         for m in estimates
     }
@@ -433,6 +446,12 @@ def markdown(r: dict[str, Any]) -> str:
     )
     worst = max(abs(m["error_pct"]) for m in r["memory"].values())
     rows.append(("Memory estimate vs measured (worst model)", f"{worst:.1f}%", "-", "+/- 15%", worst <= 15))
+    pools = sorted({pool for m in r["memory"].values() for pool in m.get("pools", {})})
+    for pool in pools:  # per device: the host here; each GPU on a GPU machine
+        errors = [m["pools"][pool]["error_pct"] for m in r["memory"].values() if pool in m.get("pools", {})]
+        worst_pool = max(errors, key=abs)
+        label = f"Memory estimate vs measured on {pool} (worst model)"
+        rows.append((label, f"{worst_pool:+.1f}%", "-", "within 10%", abs(worst_pool) <= 10))
     cycles = r["load_unload_cycles"]
     rows.append(
         (

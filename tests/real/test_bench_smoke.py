@@ -34,5 +34,8 @@ def test_bench_quick_writes_results(tmp_path: Path) -> None:
         assert key in data
     assert {"raw", "gateway", "peer"} <= set(data["single_stream"])
     assert data["single_stream"]["gateway"]["decode_tps"] > 0
+    for model in data["memory"].values():  # the estimate's error per pool (the host on this machine)
+        assert model["pools"]["host"]["measured"] > 0 and abs(model["pools"]["host"]["error_pct"]) < 100
+    assert "Memory estimate vs measured on host" in (tmp_path / "bench.md").read_text()
     assert (tmp_path / "bench.md").read_text().startswith("| measure |")
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
