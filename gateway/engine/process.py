@@ -163,6 +163,7 @@ class ProcessEngine(Engine):
         self._calls: dict[int, asyncio.Future[Any]] = {}
         self._ids = itertools.count(1)
         self._stopping = False
+        self._stop_task: asyncio.Future[None] | None = None
         self._dead_reason: str | None = None
         self._peak_rss: int | None = None
         # What llama.cpp allocated per device (the worker's own names: cuda0 = its first visible GPU),
@@ -360,6 +361,13 @@ class ProcessEngine(Engine):
             self._pipe = None
 
     async def stop(self) -> None:
+        """Ends the worker. Calls that overlap (a failed load's own cleanup and the scheduler's) share
+        one stop: a second one joining a process the first has closed would raise."""
+        if self._stop_task is None:
+            self._stop_task = asyncio.ensure_future(self._stop())
+        await asyncio.shield(self._stop_task)
+
+    async def _stop(self) -> None:
         self._stopping = True
         process = self._process
         if process is None:
