@@ -1,4 +1,4 @@
-"""Composition root: settings + engine factory → Starlette application."""
+"""Composition root: settings (+ how workers start) → Starlette application."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from starlette.applications import Starlette
@@ -26,7 +26,7 @@ from gateway.auth import KeyRing, RateLimiter
 from gateway.config import ModelEntry, Settings, load_settings
 from gateway.dialects import anthropic_routes, responses_routes
 from gateway.dialects.response_store import open_store
-from gateway.engine.base import Engine, EngineFactory
+from gateway.engine.base import Engine
 from gateway.errors import ConfigError, GatewayError, internal_error
 from gateway.inventory import Inventory, SystemInventory
 from gateway.memory import ModelFacts, host_budget, inspect_models
@@ -37,7 +37,12 @@ from gateway.scheduler import Scheduler
 from gateway.upstream.proxy import Upstreams
 from gateway.watch import ConfigWatch
 
+if TYPE_CHECKING:
+    from gateway.engine.process import Spawned
+
 log = logging.getLogger(__name__)
+# (model id, the environment a real worker would get: CUDA_VISIBLE_DEVICES) -> a started worker
+WorkerSpawn = Callable[[str, dict[str, str] | None], Awaitable["Spawned"]]
 
 # Paths as metric labels: fixed names, so unknown paths cannot blow up the label set.
 _ENDPOINTS = {
@@ -71,18 +76,24 @@ def endpoint_label(path: str) -> str:
 
 
 class _ProcessEngines:
-    """Worker-process engines, with spare workers started ahead of need."""
+    """Worker-process engines, with spare workers started ahead of need; or, given `spawn` (tests:
+    the real worker loop over a fake llama.cpp), each worker started by it and no spares."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, spawn: WorkerSpawn | None) -> None:
         from gateway.engine.process import SparePool
 
         self._timeout = settings.gateway.load_timeout
-        self.spares = SparePool(settings.gateway.spare_workers)
+        self._spawn = spawn
+        self.spares = SparePool(0 if spawn else settings.gateway.spare_workers)
 
     def __call__(self, model_id: str, entry: ModelEntry) -> Engine:
         from gateway.engine.process import ProcessEngine
 
-        return ProcessEngine(model_id, entry, self._timeout, self.spares)
+        spawn = self._spawn
+        if spawn is None:
+            return ProcessEngine(model_id, entry, self._timeout, self.spares)
+        engine = ProcessEngine(model_id, entry, self._timeout, spawn=lambda: spawn(model_id, engine.worker_env))
+        return engine
 
 
 async def _gateway_error(request: Request, exc: Exception) -> Response:
@@ -107,7 +118,7 @@ async def _unexpected_error(request: Request, exc: Exception) -> Response:
 def create_app(
     settings: Settings,
     *,
-    engine_factory: EngineFactory | None = None,
+    spawn: WorkerSpawn | None = None,
     facts: dict[str, ModelFacts] | None = None,
     budget: int | None = None,
     config_path: Path | None = None,
@@ -116,22 +127,22 @@ def create_app(
     upstream_transport: httpx.AsyncBaseTransport | None = None,
     inventory: Inventory | None = None,
 ) -> Starlette:
-    """Build the gateway. Tests pass a fake `engine_factory`; production uses worker processes.
+    """Build the gateway: a worker process per loaded model. Tests pass `spawn`, which starts a
+    model's worker (the real worker loop over a fake llama.cpp, in a thread).
 
     `config_path` is what a reload (SIGHUP with `handle_sighup`, or POST /admin/reload) reads again;
     with `watch_config` > 0 the file is also checked that often and reloaded when its content changes.
     `upstream_transport` replaces the network for remote models (tests). `inventory`: where the GPUs
-    are read from; by default this machine's with worker processes, none with a test's engine factory.
+    are read from; by default this machine's, none with a test's `spawn`.
     """
     metrics = Metrics()
-    processes = None
-    if engine_factory is None:
-        processes = engine_factory = _ProcessEngines(settings)
+    processes = _ProcessEngines(settings, spawn)
+    if spawn is None:
         inventory = inventory or SystemInventory()
     scheduler = Scheduler(
         settings,
         facts if facts is not None else inspect_models(settings),
-        engine_factory,
+        processes,
         budget if budget is not None else host_budget(settings),
         observer=metrics,
         inventory=inventory,
@@ -188,7 +199,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        if processes is not None and not scheduler.devices.gpu:
+        if not scheduler.devices.gpu:
             processes.spares.refill()  # (a GPU placement starts its worker with the devices it may see)
         if handle_sighup:
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_sighup)
@@ -203,8 +214,7 @@ def create_app(
                 watcher.cancel()
             await scheduler.close()
             await upstreams.close()
-            if processes is not None:
-                await processes.spares.close()
+            await processes.spares.close()
             access_log.close()
             app.state.responses_store.close()
 

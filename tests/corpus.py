@@ -1,5 +1,5 @@
 """The regression corpus (tests/fuzz_corpus/crashers.json): every input that crashed or wedged the
-gateway, replayed by the fast tier (fake engine) and the real tier (real models)."""
+gateway, replayed by the fast tier (fake llama.cpp) and the real tier (real models)."""
 
 from __future__ import annotations
 

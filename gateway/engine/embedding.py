@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from gateway.engine.backend import device_arguments
 from gateway.engine.guard import Tokenizer
@@ -77,30 +78,54 @@ def load_embedding(config: dict[str, Any]) -> Any:
     return llm
 
 
-def serve_embeddings(channel: Channel, llm: Any) -> None:
-    """Embedding models answer one embedding at a time, in order."""
-    tokenizer = Tokenizer(llm)
+class Embedder(Protocol):
+    """What the embedding loop asks of a model (llama.cpp here, a fake in the fast tests)."""
+
+    def embed(self, inputs: list[str | list[int]]) -> tuple[list[list[float]], int]: ...
+
+    def tokenize(self, text: str) -> list[int]: ...
+
+    def detokenize(self, tokens: list[int]) -> str: ...
+
+
+class LlamaEmbedder:
+    def __init__(self, llm: Any) -> None:
+        self._llm = llm
+        self._tokenizer = Tokenizer(llm)
+
+    def embed(self, inputs: list[str | list[int]]) -> tuple[list[list[float]], int]:
+        return embed(self._llm, inputs, self._tokenizer)
+
+    def tokenize(self, text: str) -> list[int]:
+        return list(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return str(self._llm.detokenize(tokens, special=True).decode("utf-8", errors="replace"))
+
+
+def serve_embeddings(channel: Channel, model: Embedder, on_exit: Callable[[], None] = lambda: os._exit(0)) -> None:
+    """Embedding models answer one embedding at a time, in order, until the parent goes away."""
     while True:
         try:
             message = channel.recv()
         except (EOFError, OSError):
-            os._exit(0)
+            return on_exit()
         if isinstance(message, Shutdown):
-            os._exit(0)
+            return on_exit()
         if not isinstance(message, Embed | Call):
             continue
         try:
             if isinstance(message, Embed):
-                value = embed(llm, message.inputs, tokenizer)
+                value: Any = model.embed(message.inputs)
             elif message.op == "tokenize":
-                value = llm.tokenize(str(message.argument).encode("utf-8"), add_bos=False, special=True)
+                value = model.tokenize(str(message.argument))
             else:
-                value = llm.detokenize(list(message.argument), special=True).decode("utf-8", errors="replace")
+                value = model.detokenize(list(message.argument))
             channel.send(Result(message.request_id, value))
         except GatewayError as exc:
             channel.send(Failed(message.request_id, exc.to_wire()))
         except (BrokenPipeError, EOFError):
-            os._exit(0)
+            return on_exit()
         except Exception as exc:
             error = invalid_request(f"{type(exc).__name__}: {exc}", "tokens")
             channel.send(

@@ -1,43 +1,69 @@
 """The real worker loop over `FakeLlama`, in a thread that stands in for the worker process: the
-parent handle, the wire messages, the channel, the worker and its batch all run as in production."""
+parent handle, the wire messages, the channel, the worker and its batch all run as in production.
+
+`FakeWorkers` is what fast tests give the gateway: `spawn(model_id)` starts a fake worker scripted
+for that model (the app's spawn seam), `engine(model_id, entry)` the real parent handle over one
+(the scheduler's engine factory). Each `FakeWorker` records the messages that crossed its pipe.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import re
 import socket
 import threading
-import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
-from gateway.engine.fakellama import FakeLlama, FakeScript
+from gateway.config import ModelEntry
+from gateway.engine.base import Finished
+from gateway.engine.embedding import serve_embeddings
+from gateway.engine.fakellama import FakeEmbedder, FakeLlama, FakeScript
 from gateway.engine.loadlog import LogCapture, failure_message, parse_lines
-from gateway.engine.wire import Channel, DeviceError, Load, Loaded, LoadFailed
+from gateway.engine.process import ProcessEngine, Spawned
+from gateway.engine.wire import (
+    Cancel,
+    Channel,
+    DeviceError,
+    Event,
+    Failed,
+    FromWorker,
+    Generate,
+    Load,
+    Loaded,
+    LoadFailed,
+    ToWorker,
+)
 from gateway.engine.worker import Worker
 
 if TYPE_CHECKING:
     from gateway.fakenvml import FakeGpus
 
-_pids = itertools.count(1_000_000)
+_pids = itertools.count(1_000_000)  # above any pid_max: no real process's memory is measured
 
 
 class ThreadProcess:
     """The slice of multiprocessing.Process that the parent handle uses."""
 
-    def __init__(self, target: Any, pid: int | None = None) -> None:
-        self.pid = pid if pid is not None else next(_pids)
+    def __init__(self, target: Callable[[], None], conn: Connection, pid: int) -> None:
+        self.pid = pid
         self.exitcode: int | None = None
+        self._conn = conn
         self._thread = threading.Thread(target=self._run, args=(target,), daemon=True, name="fake-worker")
         self._thread.start()
 
-    def _run(self, target: Any) -> None:
+    def _run(self, target: Callable[[], None]) -> None:
         try:
             target()
-            self.exitcode = 0
+            code = 0
         except BaseException:  # a crash of the fake worker reads as a killed process
-            self.exitcode = -9
+            code = -9
+        if self.exitcode is None:
+            self.exitcode = code
 
     def is_alive(self) -> bool:
         return self._thread.is_alive()
@@ -46,67 +72,136 @@ class ThreadProcess:
         self._thread.join(timeout)
 
     def kill(self) -> None:
-        pass  # the thread ends when its pipe closes
+        """As SIGKILL: the parent reads EOF, and the worker's threads end when their pipe does."""
+        if self.exitcode is None:
+            self.exitcode = -9
+        _hang_up(self._conn)
 
     def close(self) -> None:
         pass
 
 
-def fake_main(
-    conn: Connection, script: FakeScript, backends: list[FakeLlama], env: dict[str, str] | None = None, pid: int = 0
-) -> None:
-    channel = Channel(conn)
+def _hang_up(conn: Connection) -> None:
+    """Like a process exit: both ends read EOF, whichever thread is blocked on them."""
     try:
-        load = channel.recv()
-    except (EOFError, OSError):
-        return
-    assert isinstance(load, Load)
-    config = load.config
-    time.sleep(script.load_delay)
-    if script.fail_load:
-        channel.send(LoadFailed(script.fail_load))
-        return
-    capture = LogCapture()
-    try:
-        serve(channel, conn, script, backends, config, capture, env, pid)
-    finally:
-        if script.gpus is not None:
-            script.gpus.release(pid)  # as the driver takes back an exited process's memory
-
-
-def serve(
-    channel: Channel,
-    conn: Connection,
-    script: FakeScript,
-    backends: list[FakeLlama],
-    config: dict[str, Any],
-    capture: LogCapture,
-    env: dict[str, str] | None,
-    pid: int,
-) -> None:
-    failure = _allocate(script.gpus, pid, env, capture, script.load_log) if script.gpus is not None else None
-    if failure is not None:
-        channel.send(LoadFailed(failure, capture.report().to_wire()))
-        return
-    for line in script.load_log:  # llama.cpp logs a buffer once it is allocated
-        capture.feed(2, line + "\n")
-    slots = config.get("parallel", 1)
-    backend = FakeLlama(n_ctx=config["n_ctx"], slots=slots, n_batch=min(config["n_batch"], 64), script=script)
-    backends.append(backend)
-    backend.log = capture.feed
-    capture.on_oom = lambda oom: channel.send(DeviceError(oom.device, oom.need, oom.line))
-    memory = capture.report().to_wire()
-    channel.send(Loaded(n_ctx=backend.n_ctx, pid=pid, slots=slots, kv_cells=backend.kv_cells, memory=memory))
-    worker = Worker(channel, backend, backend.render, slots, config["repeat_last_n"], on_exit=lambda: None)
-    reader = threading.Thread(target=worker.read, daemon=True)
-    reader.start()
-    try:
-        worker.run()
-    finally:
-        # Like a process exit: the parent reads EOF, and so does the reader thread blocked in recv.
         with socket.fromfd(conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.shutdown(socket.SHUT_RDWR)
-        conn.close()
+    except (OSError, TypeError):
+        pass  # closed already (TypeError: by the other thread, between the check and the read of its fd)
+
+
+class RecordingChannel(Channel):
+    def __init__(self, conn: Connection, sent: list[FromWorker], received: list[ToWorker]) -> None:
+        super().__init__(conn)
+        self._sent = sent
+        self._received = received
+
+    def send(self, message: ToWorker | FromWorker) -> None:
+        self._sent.append(message)  # type: ignore[arg-type]
+        super().send(message)
+
+    def recv(self) -> Any:
+        message = super().recv()
+        self._received.append(message)
+        return message
+
+
+@dataclass
+class FakeWorker:
+    """One fake worker process: its script, its llama.cpp once loaded, and what crossed its pipe."""
+
+    model_id: str
+    script: FakeScript
+    env: dict[str, str] | None = None  # what a real worker would start with (CUDA_VISIBLE_DEVICES)
+    backends: list[FakeLlama] = field(default_factory=list)  # its llama.cpp once loaded (shared lists welcome)
+    sent: list[FromWorker] = field(default_factory=list)
+    received: list[ToWorker] = field(default_factory=list)
+    process: ThreadProcess | None = None
+    pid: int = field(default_factory=lambda: next(_pids))
+
+    @property
+    def loaded(self) -> bool:
+        return any(isinstance(m, Loaded) for m in self.sent)
+
+    @property
+    def alive(self) -> bool:
+        return self.loaded and self.process is not None and self.process.is_alive()
+
+    def cancelled(self) -> list[int]:
+        """Requests the parent cancelled."""
+        return [m.request_id for m in list(self.received) if isinstance(m, Cancel)]
+
+    def finished(self) -> dict[int, Finished]:
+        """Requests the worker ended, and how (finish reason `cancelled`: a cancel it obeyed)."""
+        return {
+            m.request_id: m.event for m in list(self.sent) if isinstance(m, Event) and isinstance(m.event, Finished)
+        }
+
+    async def outcome(self, request_id: int) -> Finished:
+        """How the worker ended a request, once it has (a cancel reaches its batch between two steps)."""
+        await until(lambda: request_id in self.finished(), f"request {request_id} did not end")
+        return self.finished()[request_id]
+
+    def generating(self) -> list[int]:
+        """Requests submitted and not yet ended."""
+        ended = {m.request_id for m in list(self.sent) if isinstance(m, Failed)} | set(self.finished())
+        return [m.request_id for m in list(self.received) if isinstance(m, Generate) and m.request_id not in ended]
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+
+    def start(self) -> Spawned:
+        parent, child = Pipe(duplex=True)
+        self.process = ThreadProcess(lambda: self._main(child), child, self.pid)
+        return self.process, parent  # type: ignore[return-value]
+
+    def _main(self, conn: Connection) -> None:
+        channel = RecordingChannel(conn, self.sent, self.received)
+        try:
+            self._serve(channel, conn)
+        finally:
+            _hang_up(conn)
+            conn.close()
+            if self.script.gpus is not None:
+                self.script.gpus.release(self.pid)  # as the driver takes back an exited process's memory
+
+    def _serve(self, channel: Channel, conn: Connection) -> None:
+        try:
+            load = channel.recv()
+        except (EOFError, OSError):
+            return
+        assert isinstance(load, Load)
+        config, script = load.config, self.script
+        if script.load_delay and conn.poll(script.load_delay):
+            return  # stopped (or gone) while loading
+        if script.fail_load:
+            channel.send(LoadFailed(script.fail_load))
+            return
+        capture = LogCapture()
+        failure = (
+            _allocate(script.gpus, self.pid, self.env, capture, script.load_log) if script.gpus is not None else None
+        )
+        if failure is not None:
+            channel.send(LoadFailed(failure, capture.report().to_wire()))
+            return
+        for line in script.load_log:  # llama.cpp logs a buffer once it is allocated
+            capture.feed(2, line + "\n")
+        memory = capture.report().to_wire()
+        if config["embedding"]:
+            embedder = FakeEmbedder(config["n_ctx"])
+            channel.send(Loaded(n_ctx=embedder.n_ctx, pid=self.pid, memory=memory))
+            serve_embeddings(channel, embedder, on_exit=lambda: None)
+            return
+        slots = config.get("parallel", 1)
+        backend = FakeLlama(n_ctx=config["n_ctx"], slots=slots, n_batch=min(config["n_batch"], 64), script=script)
+        self.backends.append(backend)
+        backend.log = capture.feed
+        capture.on_oom = lambda oom: channel.send(DeviceError(oom.device, oom.need, oom.line))
+        channel.send(Loaded(n_ctx=backend.n_ctx, pid=self.pid, slots=slots, kv_cells=backend.kv_cells, memory=memory))
+        worker = Worker(channel, backend, backend.render, slots, config["repeat_last_n"], on_exit=lambda: None)
+        threading.Thread(target=worker.read, daemon=True, name="fake-worker-reader").start()
+        worker.run()
 
 
 def _allocate(
@@ -135,10 +230,65 @@ def _allocate(
     return None
 
 
+async def until(condition: Callable[[], bool], failure: str, timeout: float = 10.0) -> None:
+    """Wait for what a worker thread does: its pipe is read and written apart from the event loop."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(failure)
+        await asyncio.sleep(0.005)
+
+
+class FakeWorkers:
+    """Starts fake workers, scripted per model (`FakeScript()` for a model without a script)."""
+
+    def __init__(self, scripts: dict[str, FakeScript] | None = None, load_timeout: float = 30.0) -> None:
+        self.scripts = scripts or {}
+        self.workers: list[FakeWorker] = []
+        self._load_timeout = load_timeout
+
+    async def spawn(self, model_id: str, env: dict[str, str] | None = None) -> Spawned:
+        worker = FakeWorker(model_id, self.scripts.get(model_id, FakeScript()), env=env)
+        self.workers.append(worker)
+        return worker.start()
+
+    def engine(self, model_id: str, entry: ModelEntry) -> ProcessEngine:
+        """The real parent handle over a fake worker: an `EngineFactory`."""
+        engine = ProcessEngine(
+            model_id, entry, self._load_timeout, spawn=lambda: self.spawn(model_id, engine.worker_env)
+        )
+        return engine
+
+    @property
+    def loads(self) -> dict[str, int]:
+        """Workers started, per model."""
+        counts: dict[str, int] = {}
+        for worker in self.workers:
+            counts[worker.model_id] = counts.get(worker.model_id, 0) + 1
+        return counts
+
+    @property
+    def backends(self) -> list[FakeLlama]:
+        """The fake llama.cpp of every worker that loaded a model, in load order."""
+        return [backend for worker in self.workers for backend in worker.backends]
+
+    def live(self) -> list[str]:
+        """Models of the workers loaded and running, oldest worker first."""
+        return [w.model_id for w in self.workers if w.alive]
+
+    def of(self, engine: Any) -> FakeWorker:
+        """The worker beneath a parent handle."""
+        return next(w for w in self.workers if w.process is not None and w.process.pid == engine.pid)
+
+    async def crash(self, engine: Any) -> None:
+        """Kill the worker beneath `engine` and wait until its parent handle has noticed."""
+        self.of(engine).kill()
+        await until(lambda: not engine.alive, "the parent handle did not notice its worker's death")
+
+
 async def spawn_fake_worker(
     script: FakeScript, backends: list[FakeLlama], env: dict[str, str] | None = None
-) -> tuple[Any, Connection]:
-    """A fake worker; `env` is what a real one would start with (CUDA_VISIBLE_DEVICES)."""
-    parent, child = Pipe(duplex=True)
-    pid = next(_pids)
-    return ThreadProcess(lambda: fake_main(child, script, backends, env, pid), pid), parent
+) -> Spawned:
+    """One fake worker outside a `FakeWorkers`; its llama.cpp is appended to `backends` once loaded;
+    `env` is what a real one would start with (CUDA_VISIBLE_DEVICES)."""
+    return FakeWorker("m", script, env=env, backends=backends).start()

@@ -19,7 +19,7 @@ from typing import Any
 
 from gateway.engine.backend import Backend, SamplerSettings
 from gateway.engine.base import BatchState, ChoiceFinished, Delta, Finished, GenerationParams, Started
-from gateway.engine.embedding import load_embedding, serve_embeddings
+from gateway.engine.embedding import LlamaEmbedder, load_embedding, serve_embeddings
 from gateway.engine.guard import Tokenizer, nonempty_prompt
 from gateway.engine.loadlog import LogCapture, failure_message
 from gateway.engine.parallel import MAX_SEQUENCES, Batch
@@ -72,7 +72,7 @@ def main(conn: Connection, env: dict[str, str] | None = None) -> None:
     capture.on_oom = lambda oom: channel.send(DeviceError(oom.device, oom.need, oom.line))
     if config["embedding"]:
         channel.send(Loaded(n_ctx=llm.n_ctx(), pid=os.getpid(), memory=capture.report().to_wire()))
-        serve_embeddings(channel, llm)
+        serve_embeddings(channel, LlamaEmbedder(llm))
     else:
         slots = config.get("parallel", 1)
         memory = capture.report().to_wire()

@@ -1,4 +1,4 @@
-"""Shared by the dialect tests: an app on the fake engine and an SSE reader that keeps `event:` names."""
+"""Shared by the dialect tests: an app on the fake llama.cpp and an SSE reader that keeps `event:` names."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from starlette.applications import Starlette
 
 from gateway.app import create_app
 from gateway.config import parse_settings
-from gateway.engine.fake import FakeEngineFactory, FakeScript
+from gateway.engine.fakellama import FakeScript
+from gateway.engine.fakeworker import FakeWorkers
 
 # The generic tool format a model without native tool support is constrained to.
 WEATHER_CALL = ['{"tool_call": {"name": "get_weather", ', '"arguments": {"city": ', '"Paris"}}}']
@@ -31,8 +32,8 @@ def dialect_app(make_config: Any, tmp_path: Path, gateway: dict[str, Any] | None
     if not (tmp_path / "native.gguf").exists():  # make_config writes each file once, with its template
         models["native"]["_template"] = TOOL_TEMPLATE
     settings = parse_settings(make_config(models, gateway=gateway), tmp_path)
-    scripts = {"caller": FakeScript(reply=WEATHER_CALL), "crashy": FakeScript(crash_after_tokens=2)}
-    return create_app(settings, engine_factory=FakeEngineFactory(scripts=scripts), budget=2**40)
+    scripts = {"caller": FakeScript(reply=WEATHER_CALL), "crashy": FakeScript(crash_after_steps=2, step_delay=0.02)}
+    return create_app(settings, spawn=FakeWorkers(scripts).spawn, budget=2**40)
 
 
 def sse_events(response: httpx.Response) -> list[tuple[str | None, Any]]:

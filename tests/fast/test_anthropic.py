@@ -1,4 +1,4 @@
-"""POST /v1/messages and /v1/messages/count_tokens on the fake engine, checked with the anthropic SDK's
+"""POST /v1/messages and /v1/messages/count_tokens over the fake llama.cpp, checked with the anthropic SDK's
 own types (and its stream accumulator)."""
 
 from __future__ import annotations

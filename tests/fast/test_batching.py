@@ -34,7 +34,7 @@ class Recorder:
 
 
 def make(slots: int = 2, n_ctx: int = 64, n_batch: int = 16, reply: int = 5) -> tuple[FakeLlama, Batch, Recorder]:
-    backend = FakeLlama(n_ctx=n_ctx, slots=slots, n_batch=n_batch, script=FakeScript(reply_tokens=reply))
+    backend = FakeLlama(n_ctx=n_ctx, slots=slots, n_batch=n_batch, script=FakeScript(reply_tokens=reply, sample=True))
     recorder = Recorder()
     return backend, Batch(backend, slots, recorder, recorder), recorder
 

@@ -15,25 +15,20 @@ from openai.types.chat import ChatCompletion
 from starlette.testclient import TestClient
 
 from gateway.app import create_app
-from gateway.config import ModelEntry, parse_settings
-from gateway.engine.fakellama import FakeLlama, FakeScript
-from gateway.engine.fakeworker import spawn_fake_worker
-from gateway.engine.process import ProcessEngine
+from gateway.config import parse_settings
+from gateway.engine.fakellama import FakeScript
+from gateway.engine.fakeworker import FakeWorkers
 
 SCRIPT = FakeScript(reply_tokens=20, step_delay=0.005)
 
 
 @pytest.fixture
-def served(make_config: Any, tmp_path: Path) -> Iterator[tuple[TestClient, list[FakeLlama]]]:
-    backends: list[FakeLlama] = []
-
-    def factory(model_id: str, entry: ModelEntry) -> ProcessEngine:
-        return ProcessEngine(model_id, entry, spawn=lambda: spawn_fake_worker(SCRIPT, backends))
-
+def served(make_config: Any, tmp_path: Path) -> Iterator[tuple[TestClient, FakeWorkers]]:
+    workers = FakeWorkers({"m": SCRIPT})
     doc = make_config({"m": {"runtime": {"parallel": 3}, "model": {"n_ctx": 128}}}, gateway={"cpu_threads": 0})
     settings = parse_settings(doc, tmp_path)
-    with TestClient(create_app(settings, engine_factory=factory)) as client:
-        yield client, backends
+    with TestClient(create_app(settings, spawn=workers.spawn)) as client:
+        yield client, workers
 
 
 def gauge(text: str, name: str) -> float:
@@ -43,9 +38,9 @@ def gauge(text: str, name: str) -> float:
 
 
 def test_concurrent_requests_share_steps_and_metrics_show_the_batch(
-    served: tuple[TestClient, list[FakeLlama]],
+    served: tuple[TestClient, FakeWorkers],
 ) -> None:
-    client, backends = served
+    client, workers = served
     body = {"model": "m", "messages": [{"role": "user", "content": "hello there"}], "temperature": 0}
     results: list[ChatCompletion] = []
 
@@ -60,7 +55,7 @@ def test_concurrent_requests_share_steps_and_metrics_show_the_batch(
         t.join()
     assert sorted(r.usage.completion_tokens for r in results if r.usage) == [10, 11, 12]
     assert all((r.choices[0].message.content or "").startswith("tok0 tok1 tok2 ") for r in results)
-    assert max(len({row.seq for row in rows}) for rows in backends[0].decodes) >= 2
+    assert max(len({row.seq for row in rows}) for rows in workers.backends[0].decodes) >= 2
     metrics = client.get("/metrics").text
     deadline = time.monotonic() + 10
     while gauge(metrics, "gateway_requests_running") != 0:  # the worker reports its batch after the last token

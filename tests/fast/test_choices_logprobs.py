@@ -1,8 +1,9 @@
-"""n choices and log probabilities on the fake engine: wire shapes and usage accounting."""
+"""n choices and log probabilities over the fake llama.cpp: wire shapes and usage accounting."""
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,8 @@ from starlette.testclient import TestClient
 
 from gateway.app import create_app
 from gateway.config import parse_settings
-from gateway.engine.fake import FakeEngineFactory
+from gateway.engine.fakellama import ALTERNATIVE_LOGIT, BEST_LOGIT, FakeLlama
+from gateway.engine.fakeworker import FakeWorkers
 
 MSG = [{"role": "user", "content": "one two three"}]
 
@@ -22,7 +24,7 @@ MSG = [{"role": "user", "content": "one two three"}]
 @pytest.fixture
 def client(make_config: Any, tmp_path: Path) -> Iterator[TestClient]:
     settings = parse_settings(make_config({"m": {}}), tmp_path)
-    with TestClient(create_app(settings, engine_factory=FakeEngineFactory())) as c:
+    with TestClient(create_app(settings, spawn=FakeWorkers().spawn)) as c:
         yield c
 
 
@@ -89,8 +91,10 @@ def test_completion_logprobs_legacy_shape(client: TestClient) -> None:
     logprobs = completion.choices[0].logprobs
     assert logprobs is not None
     assert logprobs.tokens == ["tok0 ", "tok1 "]
-    assert logprobs.token_logprobs == [-0.5, -0.5]
-    assert logprobs.top_logprobs == [{"tok0 ": -0.5}, {"tok1 ": -0.5}]
+    # The worker's log-softmax of the fake's logits: the likeliest token, one runner-up, zeros elsewhere.
+    best = BEST_LOGIT - math.log(math.exp(BEST_LOGIT) + math.exp(ALTERNATIVE_LOGIT) + FakeLlama().n_vocab - 2)
+    assert logprobs.token_logprobs == pytest.approx([best, best])
+    assert logprobs.top_logprobs == [{"tok0 ": pytest.approx(best)}, {"tok1 ": pytest.approx(best)}]
     assert logprobs.text_offset == [0, 5]
     assert completion.usage is not None and completion.usage.prompt_tokens == 2
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from gateway.config import parse_settings
-from gateway.engine.fake import FakeEngineFactory
+from gateway.engine.fakeworker import FakeWorkers
 from gateway.memory import inspect_models
 from gateway.scheduler import Scheduler
 from gateway.scheduler.cpu import CpuBudget
@@ -90,7 +90,7 @@ async def test_scheduler_admits_model_b_behind_model_a_within_cpu_wait_max(make_
     """Through the scheduler: a's requests keep the whole CPU; b's request still runs, oversubscribed."""
     models = {"a": {"runtime": {"thread_count": 1, "parallel": 4}}, "b": {"runtime": {"thread_count": 1}}}
     settings = parse_settings(make_config(models, gateway={"cpu_threads": 1, "cpu_wait_max": 0.05}), tmp_path)
-    scheduler = Scheduler(settings, inspect_models(settings), FakeEngineFactory(), budget=2**40)
+    scheduler = Scheduler(settings, inspect_models(settings), FakeWorkers().engine, budget=2**40)
     streams = [await scheduler.hold("a").__aenter__() for _ in range(2)]  # one grant, shared
     assert scheduler.cpu.view().grants == {"a": 1}
     b = await asyncio.wait_for(scheduler.hold("b").__aenter__(), 10)

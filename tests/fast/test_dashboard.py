@@ -12,13 +12,13 @@ from starlette.testclient import TestClient
 
 from gateway.app import create_app
 from gateway.config import parse_settings
-from gateway.engine.fake import FakeEngineFactory
+from gateway.engine.fakeworker import FakeWorkers
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana-dashboard.json"
 
 
 def test_dashboard_queries_exported_metrics(make_config: Any, tmp_path: Path) -> None:
-    app = create_app(parse_settings(make_config({"a": {}}), tmp_path), engine_factory=FakeEngineFactory())
+    app = create_app(parse_settings(make_config({"a": {}}), tmp_path), spawn=FakeWorkers().spawn)
     with TestClient(app) as client:
         client.post("/v1/chat/completions", json={"model": "a", "messages": [{"role": "user", "content": "hi"}]})
         exported = set()

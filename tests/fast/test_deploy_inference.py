@@ -14,7 +14,7 @@ from starlette.testclient import TestClient
 
 from gateway.app import create_app
 from gateway.config import parse_settings
-from gateway.engine.fake import FakeEngineFactory
+from gateway.engine.fakeworker import FakeWorkers
 from tests.fast.test_deploy_kubernetes import container, one, rendered, settings_of
 
 HERE = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes" / "inference-extension"
@@ -97,7 +97,7 @@ def test_epp_flags_follow_the_contract_for_a_pinned_model() -> None:
 
 
 def test_gateway_exports_the_contract_metrics(make_config: Any, tmp_path: Path) -> None:
-    app = create_app(parse_settings(make_config({"a": {}}), tmp_path), engine_factory=FakeEngineFactory())
+    app = create_app(parse_settings(make_config({"a": {}}), tmp_path), spawn=FakeWorkers().spawn)
     with TestClient(app) as client:
         client.post("/v1/chat/completions", json={"model": "a", "messages": [{"role": "user", "content": "hi"}]})
         families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}

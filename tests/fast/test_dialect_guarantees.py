@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.engine.fake import FakeScript
-from tests.fast.test_http_fake import drive_until_disconnect, make_app
+from gateway.engine.fakeworker import until
+from tests.fast.test_http_fake import LONG, LONG_SCRIPT, drive_until_disconnect, make_app
 
 USER = [{"role": "user", "content": "hello there"}]
 BODIES = {
@@ -25,15 +25,10 @@ BODIES = {
 @pytest.mark.parametrize("path", sorted(BODIES))
 @pytest.mark.parametrize("stream", [True, False])
 async def test_disconnect_cancels_the_generation(make_config: Any, tmp_path: Path, path: str, stream: bool) -> None:
-    app, factory = make_app(
-        make_config,
-        tmp_path,
-        {"m": {"model": {"n_ctx": 100_000}}},
-        scripts={"m": FakeScript(reply_tokens=10_000, token_delay=0.005)},
-    )
+    app, workers = make_app(make_config, tmp_path, LONG, scripts=LONG_SCRIPT)
 
     async def once_generating(sent: list[dict[str, Any]]) -> None:
-        while not factory.engines or not factory.engines[0]._tasks:
+        while not workers.workers or not workers.workers[0].generating():
             await asyncio.sleep(0.01)
         if stream:
             while sum(1 for m in sent if m["type"] == "http.response.body" and m.get("body")) < 3:
@@ -42,9 +37,9 @@ async def test_disconnect_cancels_the_generation(make_config: Any, tmp_path: Pat
             await asyncio.sleep(0.05)
 
     sent = await drive_until_disconnect(app, {**BODIES[path], "stream": stream}, once_generating, path)
-    engine = factory.engines[0]
+    (worker,) = workers.workers
     assert sent[0]["status"] == (200 if stream else 499)
-    assert engine.cancelled == [1] and engine.completed == []
+    assert (await worker.outcome(1)).finish_reason == "cancelled" and worker.cancelled() == [1]
     assert app.state.scheduler.view("m").holds == 0
     await app.state.scheduler.close()
 
@@ -68,10 +63,14 @@ async def test_queue_full_before_the_200_in_each_shape(make_config: Any, tmp_pat
 
 @pytest.mark.anyio
 async def test_count_tokens_frees_the_model(make_config: Any, tmp_path: Path) -> None:
-    app, factory = make_app(make_config, tmp_path, scripts={"m": FakeScript(reply_tokens=10_000, token_delay=0.005)})
+    app, workers = make_app(make_config, tmp_path, LONG, scripts=LONG_SCRIPT)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
         counted = await c.post("/v1/messages/count_tokens", json={"model": "m", "messages": USER})
         assert counted.json() == {"input_tokens": 2}
-    assert factory.engines[0].cancelled == [1] and factory.engines[0].completed == []
     assert app.state.scheduler.view("m").holds == 0
+    # Counting asks for one token, which the worker samples in the step that reads the prompt: the
+    # cancel that follows the count finds the generation ended, having produced no more than that.
+    (worker,) = workers.workers
+    await until(lambda: worker.cancelled() == [1], "counting did not cancel its generation")
+    assert (await worker.outcome(1)).completion_tokens <= 1
     await app.state.scheduler.close()

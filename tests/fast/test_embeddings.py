@@ -1,4 +1,4 @@
-"""/v1/embeddings on the fake engine: shapes, encodings, refusals."""
+"""/v1/embeddings over the fake llama.cpp: shapes, encodings, refusals."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from starlette.testclient import TestClient
 
 from gateway.app import create_app
 from gateway.config import parse_settings
-from gateway.engine.fake import FakeEngineFactory
+from gateway.engine.fakeworker import FakeWorkers
 
 
 @pytest.fixture
@@ -22,7 +22,7 @@ def client(make_config: Any, tmp_path: Path) -> Iterator[TestClient]:
     settings = parse_settings(
         make_config({"chat": {}, "embed": {"embedding": True, "model": {"pooling": "mean"}}}), tmp_path
     )
-    with TestClient(create_app(settings, engine_factory=FakeEngineFactory())) as c:
+    with TestClient(create_app(settings, spawn=FakeWorkers().spawn)) as c:
         yield c
 
 

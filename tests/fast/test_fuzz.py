@@ -1,4 +1,4 @@
-"""Hostile bodies for every endpoint on the fake engine: property-based (hypothesis) mutations of
+"""Hostile bodies for every endpoint over the fake llama.cpp: property-based (hypothesis) mutations of
 valid requests, and the regression corpus of past crashers. Nothing a client sends may be a 5xx or
 an error after the 200; every error is in OpenAI's shape; afterwards no model is held and a valid
 request is served."""
@@ -18,7 +18,7 @@ from starlette.testclient import TestClient
 
 from gateway.app import create_app
 from gateway.config import parse_settings
-from gateway.engine.fake import FakeEngineFactory
+from gateway.engine.fakeworker import FakeWorkers
 from tests import corpus, wire
 
 MSG = [{"role": "user", "content": "one two"}]
@@ -133,7 +133,7 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
             },
         }
     }
-    with TestClient(create_app(parse_settings(doc, folder), engine_factory=FakeEngineFactory())) as c:
+    with TestClient(create_app(parse_settings(doc, folder), spawn=FakeWorkers().spawn)) as c:
         yield c
 
 

@@ -13,9 +13,10 @@ from starlette.testclient import TestClient
 from gateway import dispatch, plan
 from gateway.app import create_app
 from gateway.config import parse_settings
-from gateway.engine import fake
-from gateway.engine.base import Delta, Generation
-from gateway.engine.fake import FakeEngineFactory
+from gateway.engine.base import Generation
+from gateway.engine.fakellama import FakeScript
+from gateway.engine.fakeworker import FakeWorkers
+from gateway.engine.process import ProcessEngine
 from gateway.memory import inspect_models
 
 MSG = [{"role": "user", "content": "hello there"}]
@@ -40,7 +41,7 @@ def _tool_grammar(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _submit(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fake.FakeEngine, "generate", _raise)
+    monkeypatch.setattr(ProcessEngine, "generate", _raise)
 
 
 def _first_event(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -48,15 +49,19 @@ def _first_event(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _mid_stream(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The third event: a stream's second delta (its first went out), a whole answer's end."""
     original = Generation.next_event
+    events = 0
 
-    async def fail_after_two_deltas(self: Generation) -> Any:
+    async def fail_at_the_third_event(self: Generation) -> Any:
+        nonlocal events
         event = await original(self)
-        if isinstance(event, Delta) and event.text.startswith("tok2"):
+        events += 1
+        if events == 3:
             raise Boom("injected")
         return event
 
-    monkeypatch.setattr(Generation, "next_event", fail_after_two_deltas)
+    monkeypatch.setattr(Generation, "next_event", fail_at_the_third_event)
 
 
 def _shaping_the_answer(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -80,7 +85,7 @@ STEPS = {
 @pytest.fixture
 def client(make_config: Any, tmp_path: Path) -> Iterator[TestClient]:
     settings = parse_settings(make_config({"m": {}}), tmp_path)
-    app = create_app(settings, engine_factory=FakeEngineFactory(), budget=2**40)
+    app = create_app(settings, spawn=FakeWorkers().spawn, budget=2**40)
     with TestClient(app, raise_server_exceptions=False) as c:
         yield c
 
@@ -120,7 +125,7 @@ def test_every_step_was_reached(client: TestClient, monkeypatch: pytest.MonkeyPa
     for name, target, attribute in [
         ("request shaping", plan, "_sampling"),
         ("tool grammar", plan, "forced_schema"),
-        ("submit to the worker", fake.FakeEngine, "generate"),
+        ("submit to the worker", ProcessEngine, "generate"),
         ("first event", Generation, "next_event"),
         ("dispatch", dispatch, "start"),
     ]:
@@ -154,8 +159,8 @@ async def test_a_stream_dropped_unread_releases_its_hold(make_config: Any, tmp_p
     from gateway.scheduler import Scheduler
 
     settings = parse_settings(make_config({"m": {}}), tmp_path)
-    factory = FakeEngineFactory()
-    scheduler = Scheduler(settings, inspect_models(settings), factory, budget=2**40)
+    factory = FakeWorkers({"m": FakeScript(reply_tokens=20, step_delay=0.01)})  # outlasts the close
+    scheduler = Scheduler(settings, inspect_models(settings), factory.engine, budget=2**40)
     chat = parse_chat_request(b'{"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]}')
     plan = plan_chat(chat, scheduler.view("m"), settings.gateway)
     stream = await dispatch.open_stream(plan, scheduler, None)
@@ -163,8 +168,8 @@ async def test_a_stream_dropped_unread_releases_its_hold(make_config: Any, tmp_p
     await stream.close()
     await stream.close()  # twice is harmless
     assert scheduler.view("m").holds == 0 and scheduler.cpu.in_use == 0
-    (engine,) = factory.engines
-    assert engine.cancelled == [1]  # its generation stopped too
+    (worker,) = factory.workers
+    assert (await worker.outcome(1)).finish_reason == "cancelled"  # its generation stopped too
     read = await dispatch.open_stream(plan, scheduler, None)
     chunks = [chunk async for chunk in read.chunks]
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop" and scheduler.view("m").holds == 0

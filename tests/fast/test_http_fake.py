@@ -1,4 +1,4 @@
-"""HTTP behaviour over the fake engine: wire shapes, status codes, streams, disconnects."""
+"""HTTP behaviour over the fake llama.cpp: wire shapes, status codes, streams, disconnects."""
 
 from __future__ import annotations
 
@@ -17,9 +17,13 @@ from starlette.testclient import TestClient
 
 from gateway.app import create_app
 from gateway.config import parse_settings
-from gateway.engine.fake import FakeEngineFactory, FakeScript
+from gateway.engine.fakellama import FakeScript
+from gateway.engine.fakeworker import FakeWorkers
 
 MSG = [{"role": "user", "content": "hello there"}]
+# A reply that outlasts any test waiting for it to be cancelled.
+LONG = {"m": {"model": {"n_ctx": 3072}}}
+LONG_SCRIPT = {"m": FakeScript(reply_tokens=3000, step_delay=0.005)}
 
 
 def make_app(
@@ -29,10 +33,10 @@ def make_app(
     gateway: dict[str, Any] | None = None,
     scripts: dict[str, FakeScript] | None = None,
     budget: int | None = None,
-) -> tuple[Starlette, FakeEngineFactory]:
+) -> tuple[Starlette, FakeWorkers]:
     settings = parse_settings(make_config(models or {"m": {}}, gateway=gateway), tmp_path)
-    factory = FakeEngineFactory(scripts=scripts or {})
-    return create_app(settings, engine_factory=factory, budget=budget or 2**40), factory
+    workers = FakeWorkers(scripts)
+    return create_app(settings, spawn=workers.spawn, budget=budget or 2**40), workers
 
 
 @pytest.fixture
@@ -41,7 +45,7 @@ def client(make_config: Any, tmp_path: Path) -> Iterator[TestClient]:
         make_config,
         tmp_path,
         {"m": {"aliases": ["gpt-4o-mini"]}, "crashy": {}, "raw": {"_template": None}},
-        scripts={"crashy": FakeScript(crash_after_tokens=2)},
+        scripts={"crashy": FakeScript(crash_after_steps=2, step_delay=0.02)},
     )
     with TestClient(app) as c:
         yield c
@@ -253,17 +257,17 @@ async def drive_until_disconnect(
 @pytest.mark.anyio
 async def test_client_disconnect_cancels_generation(make_config: Any, tmp_path: Path) -> None:
     """Driven at the ASGI level: the client disconnects after three chunks."""
-    app, factory = make_app(make_config, tmp_path, scripts={"m": FakeScript(reply_tokens=10_000, token_delay=0.005)})
+    app, workers = make_app(make_config, tmp_path, LONG, scripts=LONG_SCRIPT)
 
     async def after_three_chunks(sent: list[dict[str, Any]]) -> None:
         while sum(1 for m in sent if m["type"] == "http.response.body" and m.get("body")) < 3:
             await asyncio.sleep(0.005)
 
     sent = await drive_until_disconnect(app, {"model": "m", "messages": MSG, "stream": True}, after_three_chunks)
-    engine = factory.engines[0]
+    (worker,) = workers.workers
     assert sent[0]["status"] == 200
-    assert engine.cancelled == [1], "the generation was not cancelled"
-    assert engine.completed == []
+    assert (await worker.outcome(1)).finish_reason == "cancelled"
+    assert worker.cancelled() == [1]
     assert app.state.scheduler.view("m").holds == 0
     # The model is free for the next request.
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
@@ -274,16 +278,16 @@ async def test_client_disconnect_cancels_generation(make_config: Any, tmp_path: 
 
 @pytest.mark.anyio
 async def test_client_disconnect_cancels_a_non_streamed_generation(make_config: Any, tmp_path: Path) -> None:
-    app, factory = make_app(make_config, tmp_path, scripts={"m": FakeScript(reply_tokens=10_000, token_delay=0.005)})
+    app, workers = make_app(make_config, tmp_path, LONG, scripts=LONG_SCRIPT)
 
     async def once_generating(sent: list[dict[str, Any]]) -> None:
-        while not factory.engines or not factory.engines[0]._tasks:
+        while not workers.workers or not workers.workers[0].generating():
             await asyncio.sleep(0.01)
         await asyncio.sleep(0.05)
 
     sent = await drive_until_disconnect(app, {"model": "m", "messages": MSG}, once_generating)
-    engine = factory.engines[0]
-    assert engine.cancelled == [1] and engine.completed == []
+    (worker,) = workers.workers
+    assert (await worker.outcome(1)).finish_reason == "cancelled" and worker.cancelled() == [1]
     assert sent[0]["status"] == 499
     assert app.state.scheduler.view("m").holds == 0
     await app.state.scheduler.close()

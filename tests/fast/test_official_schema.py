@@ -1,5 +1,5 @@
 """Every response shape, streamed and not, checked as OpenAI defines it (tests/wire.py: the `openai`
-SDK's own types plus strict key checks), on the fake engine."""
+SDK's own types plus strict key checks), over the fake llama.cpp."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from starlette.testclient import TestClient
 
 from gateway.app import create_app
 from gateway.config import parse_settings
-from gateway.engine.fake import FakeEngineFactory
+from gateway.engine.fakeworker import FakeWorkers
 from tests import wire
 
 MSG = [{"role": "user", "content": "one two"}]
@@ -33,7 +33,7 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
             },
         }
     }
-    with TestClient(create_app(parse_settings(doc, folder), engine_factory=FakeEngineFactory())) as c:
+    with TestClient(create_app(parse_settings(doc, folder), spawn=FakeWorkers().spawn)) as c:
         yield c
 
 

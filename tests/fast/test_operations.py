@@ -1,4 +1,4 @@
-"""Operations on the fake engine: keys, limits, CORS, request ids, access log, metrics, admin, health."""
+"""Operations over the fake llama.cpp: keys, limits, CORS, request ids, access log, metrics, admin, health."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from starlette.testclient import TestClient
 from gateway.app import create_app
 from gateway.auth import Principal, RateLimiter
 from gateway.config import parse_settings
-from gateway.engine.fake import FakeEngineFactory, FakeScript
+from gateway.engine.fakellama import FakeScript
+from gateway.engine.fakeworker import FakeWorkers
 from gateway.errors import ConfigError
 
 MSG = [{"role": "user", "content": "secret prompt words"}]
@@ -32,7 +33,7 @@ def app_client(
     scripts: dict[str, FakeScript] | None = None,
 ) -> TestClient:
     doc = make_config(models or {"a": {"aliases": ["a-alias"]}, "b": {}}, gateway=gateway)
-    app = create_app(parse_settings(doc, tmp_path), engine_factory=FakeEngineFactory(scripts=scripts or {}))
+    app = create_app(parse_settings(doc, tmp_path), spawn=FakeWorkers(scripts).spawn)
     return TestClient(app)
 
 

@@ -12,7 +12,7 @@ from starlette.testclient import TestClient
 
 from gateway.app import create_app
 from gateway.config import parse_settings
-from gateway.engine.fake import FakeEngineFactory
+from gateway.engine.fakeworker import FakeWorkers
 from gateway.errors import GatewayError
 from gateway.memory import inspect_models
 from gateway.scheduler import Hold, Scheduler, State
@@ -32,8 +32,8 @@ async def acquire(registry: Scheduler, name: str) -> Hold:
 @pytest.mark.anyio
 async def test_apply_diff_keeps_requests_running(make_config: Any, tmp_path: Path) -> None:
     before = parse_settings(make_config({"same": {}, "changed": {}, "gone": {}}), tmp_path)
-    factory = FakeEngineFactory()
-    registry = Scheduler(before, inspect_models(before), factory, budget=2**40)
+    factory = FakeWorkers()
+    registry = Scheduler(before, inspect_models(before), factory.engine, budget=2**40)
     same = await acquire(registry, "same")
     changed = await acquire(registry, "changed")
     gone = await acquire(registry, "gone")
@@ -78,7 +78,7 @@ def test_reload_endpoint_applies_valid_and_refuses_invalid(make_config: Any, tmp
     config = tmp_path / "models.yaml"
     write(config, make_config({"a": {}}))
     settings = parse_settings(make_config({"a": {}}), tmp_path)
-    app = create_app(settings, engine_factory=FakeEngineFactory(), config_path=config)
+    app = create_app(settings, spawn=FakeWorkers().spawn, config_path=config)
     with TestClient(app) as client:
         assert client.post("/v1/chat/completions", json={"model": "a", "messages": MSG}).status_code == 200
         config.write_text("models:\n  a:\n    model: {path: nowhere.gguf}\n")
@@ -103,7 +103,7 @@ def test_reload_replaces_keys(make_config: Any, tmp_path: Path) -> None:
         {"a": {}}, gateway={"api_keys": [{"id": "one", "key": "first-key-123"}], "admin_key": "admin-123456"}
     )
     write(config, doc)
-    app = create_app(parse_settings(doc, tmp_path), engine_factory=FakeEngineFactory(), config_path=config)
+    app = create_app(parse_settings(doc, tmp_path), spawn=FakeWorkers().spawn, config_path=config)
     with TestClient(app) as client:
         admin = {"authorization": "Bearer admin-123456"}
         assert client.get("/v1/models", headers={"authorization": "Bearer first-key-123"}).status_code == 200
@@ -116,11 +116,11 @@ def test_reload_replaces_keys(make_config: Any, tmp_path: Path) -> None:
 
 @pytest.mark.anyio
 async def test_reload_racing_a_load_and_another_reload(make_config: Any, tmp_path: Path) -> None:
-    from gateway.engine.fake import FakeScript
+    from gateway.engine.fakellama import FakeScript
 
     before = parse_settings(make_config({"m": {}}), tmp_path)
-    factory = FakeEngineFactory(scripts={"m": FakeScript(load_delay=0.05)})
-    registry = Scheduler(before, inspect_models(before), factory, budget=2**40)
+    factory = FakeWorkers({"m": FakeScript(load_delay=0.05)})
+    registry = Scheduler(before, inspect_models(before), factory.engine, budget=2**40)
     loading = asyncio.create_task(acquire(registry, "m"))
     await asyncio.sleep(0.01)
     first = parse_settings(make_config({"m": {"model": {"n_ctx": 100}}}), tmp_path)

@@ -1,4 +1,4 @@
-"""POST /v1/responses (+ GET/DELETE of stored responses) on the fake engine, checked with the openai
+"""POST /v1/responses (+ GET/DELETE of stored responses) over the fake llama.cpp, checked with the openai
 SDK's own Response and ResponseStreamEvent types."""
 
 from __future__ import annotations

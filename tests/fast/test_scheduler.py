@@ -1,4 +1,4 @@
-"""Scheduler behaviour on the fake engine: single-flight loads, LRU under budget, holds, pinned, TTL, crashes."""
+"""Scheduler behaviour over fake workers: single-flight loads, LRU under budget, holds, pinned, TTL, crashes."""
 
 from __future__ import annotations
 
@@ -8,39 +8,12 @@ from typing import Any
 
 import pytest
 
-from gateway.config import parse_settings
-from gateway.engine.fake import FakeEngineFactory, FakeScript
+from gateway.engine.fakellama import FakeScript
 from gateway.errors import GatewayError
-from gateway.memory import inspect_models
 from gateway.scheduler import Hold, Scheduler, State
+from tests.fast.scheduler_helpers import Clock, build, enter
 
 pytestmark = pytest.mark.anyio
-MB = 2**20
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def build(
-    make_config: Any,
-    tmp_path: Path,
-    models: dict[str, dict[str, Any]],
-    *,
-    fits: int = 10,
-    gateway: dict[str, Any] | None = None,
-    scripts: dict[str, FakeScript] | None = None,
-) -> tuple[Scheduler, FakeEngineFactory, Clock]:
-    settings = parse_settings(make_config(models, gateway=gateway), tmp_path)
-    facts = inspect_models(settings)
-    one = max(f.estimate.total for f in facts.values())
-    factory = FakeEngineFactory(scripts=scripts or {})
-    clock = Clock()
-    return Scheduler(settings, facts, factory, budget=one * fits + MB // 2, clock=clock), factory, clock
 
 
 def loaded(registry: Scheduler) -> set[str]:
@@ -49,8 +22,7 @@ def loaded(registry: Scheduler) -> set[str]:
 
 async def acquire(registry: Scheduler, name: str) -> Hold:
     """A hold entered by hand (released by the test): one that takes no turn, so several can be held."""
-    hold = registry.hold(name, generate=False)
-    return await hold.__aenter__()
+    return await enter(registry.hold(name, generate=False))
 
 
 async def use(registry: Scheduler, name: str, clock: Clock | None = None) -> None:
@@ -185,7 +157,7 @@ async def test_crashed_worker_is_replaced_on_next_request(make_config: Any, tmp_
     lease = await acquire(registry, "a")
     engine = lease.engine
     lease.release()
-    engine.crash()  # type: ignore[attr-defined]
+    await factory.crash(engine)
     assert loaded(registry) == set()
     lease = await acquire(registry, "a")
     assert lease.engine is not engine and lease.engine.alive

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from gateway.config import parse_settings
-from gateway.engine.fake import FakeEngineFactory, FakeScript
+from gateway.engine.fakellama import FakeScript
+from gateway.engine.fakeworker import FakeWorkers
 from gateway.errors import GatewayError
 from gateway.memory import inspect_models
 from gateway.scheduler import Scheduler, Snapshot, State
@@ -43,8 +44,8 @@ async def test_invariants_hold_under_a_random_workload(make_config: Any, tmp_pat
     settings = parse_settings(make_config(models, gateway={"room_wait": 0.05, "cpu_threads": 2}), tmp_path)
     facts = inspect_models(settings)
     budget = 2 * max(f.estimate.total for f in facts.values()) + 1
-    factory = FakeEngineFactory(scripts={m: FakeScript(load_delay=0.002) for m in models})
-    scheduler = Scheduler(settings, facts, factory, budget)
+    factory = FakeWorkers({m: FakeScript(load_delay=0.002) for m in models})
+    scheduler = Scheduler(settings, facts, factory.engine, budget)
     stop = asyncio.Event()
 
     async def checker() -> None:
@@ -72,9 +73,9 @@ async def test_invariants_hold_under_a_random_workload(make_config: Any, tmp_pat
             elif action == "reap":
                 await scheduler.reap()
             elif action == "crash":
-                for engine in factory.engines:
-                    if engine.alive and engine.model_id == name:
-                        engine.crash()
+                for worker in factory.workers:
+                    if worker.alive and worker.model_id == name:
+                        worker.kill()
             else:
                 n_ctx = rng.choice([32, 64])
                 changed = dict(models, b={"max_queue": MAX_QUEUE, "model": {"n_ctx": n_ctx}})

@@ -9,40 +9,21 @@ from typing import Any
 import pytest
 
 from gateway.config import parse_settings
-from gateway.engine.fake import FakeEngineFactory, FakeScript
+from gateway.engine.fakellama import FakeScript
 from gateway.errors import GatewayError
 from gateway.memory import inspect_models
-from gateway.scheduler import Hold, Scheduler, State
+from gateway.scheduler import State
 from gateway.scheduler.cpu import CpuBudget
+from tests.fast.scheduler_helpers import build, enter
 
 pytestmark = pytest.mark.anyio
-
-
-def build(
-    make_config: Any,
-    tmp_path: Path,
-    models: dict[str, dict[str, Any]],
-    *,
-    fits: int = 10,
-    gateway: dict[str, Any] | None = None,
-    scripts: dict[str, FakeScript] | None = None,
-) -> tuple[Scheduler, FakeEngineFactory]:
-    settings = parse_settings(make_config(models, gateway=gateway), tmp_path)
-    facts = inspect_models(settings)
-    one = max(f.estimate.total for f in facts.values())
-    factory = FakeEngineFactory(scripts=scripts or {})
-    return Scheduler(settings, facts, factory, budget=one * fits + 1), factory
-
-
-async def enter(hold: Hold) -> Hold:
-    return await hold.__aenter__()
 
 
 @pytest.mark.parametrize("yields", range(6))
 async def test_eviction_racing_a_new_hold_of_the_victim(make_config: Any, tmp_path: Path, yields: int) -> None:
     """Loading b evicts idle a; a request for a arriving while the eviction is under way must not be
     handed a's worker as it is being stopped. Tried at every interleaving of the first few steps."""
-    scheduler, _ = build(make_config, tmp_path, {"a": {}, "b": {}}, fits=1, gateway={"room_wait": 5})
+    scheduler, _, _ = build(make_config, tmp_path, {"a": {}, "b": {}}, fits=1, gateway={"room_wait": 5})
     async with scheduler.hold("a", generate=False):
         pass
     loading_b = asyncio.create_task(enter(scheduler.hold("b", generate=False)))
@@ -88,7 +69,7 @@ async def test_cpu_queue_wakes_when_a_reload_grows_capacity() -> None:
 async def test_forced_unload_during_a_load(make_config: Any, tmp_path: Path) -> None:
     """The load stops, its waiters get a 503 (not a cancellation), the model is unloaded and not
     left 'loaded' without a worker, and the next request loads it again."""
-    scheduler, factory = build(make_config, tmp_path, {"a": {}}, scripts={"a": FakeScript(load_delay=0.2)})
+    scheduler, factory, _ = build(make_config, tmp_path, {"a": {}}, scripts={"a": FakeScript(load_delay=0.2)})
     waiter = asyncio.create_task(enter(scheduler.hold("a")))
     while scheduler.view("a").state is not State.LOADING:
         await asyncio.sleep(0.005)
@@ -107,7 +88,7 @@ async def test_forced_unload_during_a_load(make_config: Any, tmp_path: Path) -> 
 async def test_forced_unload_before_the_load_task_has_run(make_config: Any, tmp_path: Path) -> None:
     """A load task cancelled before its first step runs none of its own handlers: its waiters still
     get a 503 (not a bare cancellation), and the next request loads the model again."""
-    scheduler, factory = build(make_config, tmp_path, {"a": {}}, scripts={"a": FakeScript(load_delay=0.2)})
+    scheduler, factory, _ = build(make_config, tmp_path, {"a": {}}, scripts={"a": FakeScript(load_delay=0.2)})
     waiter = asyncio.create_task(enter(scheduler.hold("a")))
     slot = scheduler._slots["a"]  # the load task is internal: reach in to time the unload exactly
     for _ in range(100):  # step until the load task exists, then unload before it ever runs
@@ -127,7 +108,7 @@ async def test_forced_unload_before_the_load_task_has_run(make_config: Any, tmp_
 async def test_reload_window_counts_the_retiring_memory(make_config: Any, tmp_path: Path) -> None:
     """Right after a reload replaces or removes a loaded model, before any other task has run, its
     memory still counts: no load may plan with it."""
-    scheduler, _ = build(make_config, tmp_path, {"a": {}, "gone": {}})
+    scheduler, _, _ = build(make_config, tmp_path, {"a": {}, "gone": {}})
     for name in ("a", "gone"):
         async with scheduler.hold(name, generate=False):
             pass
@@ -142,7 +123,7 @@ async def test_reload_window_counts_the_retiring_memory(make_config: Any, tmp_pa
 
 async def test_turns_follow_runtime_parallel(make_config: Any, tmp_path: Path) -> None:
     """Up to `parallel` holds run at once; more wait in arrival order; the queue bound counts all."""
-    scheduler, _ = build(make_config, tmp_path, {"a": {"runtime": {"parallel": 2}, "max_queue": 4}})
+    scheduler, _, _ = build(make_config, tmp_path, {"a": {"runtime": {"parallel": 2}, "max_queue": 4}})
     first, second = await enter(scheduler.hold("a")), await enter(scheduler.hold("a"))
     third = asyncio.create_task(enter(scheduler.hold("a")))
     fourth = asyncio.create_task(enter(scheduler.hold("a")))
@@ -166,11 +147,11 @@ async def test_turns_follow_runtime_parallel(make_config: Any, tmp_path: Path) -
 
 
 async def test_a_request_waiting_its_turn_gets_a_live_worker_after_a_crash(make_config: Any, tmp_path: Path) -> None:
-    scheduler, factory = build(make_config, tmp_path, {"a": {}})
+    scheduler, factory, _ = build(make_config, tmp_path, {"a": {}})
     running = await enter(scheduler.hold("a"))
     waiting = asyncio.create_task(enter(scheduler.hold("a")))
     await asyncio.sleep(0.01)
-    running.engine.crash()  # type: ignore[attr-defined]
+    await factory.crash(running.engine)
     running.release()
     held = await asyncio.wait_for(waiting, 5)
     assert held.engine.alive and held.engine is not running.engine

@@ -15,7 +15,7 @@ from starlette.testclient import TestClient
 
 from gateway.app import create_app
 from gateway.config import parse_settings
-from gateway.engine.fake import FakeEngineFactory
+from gateway.engine.fakeworker import FakeWorkers
 from gateway.errors import ConfigError
 from gateway.metrics import Metrics
 from gateway.upstream.breaker import Circuit, CircuitBreaker
@@ -91,7 +91,7 @@ def gateway(make_config: Any, tmp_path: Path, network: Network) -> Callable[...,
         doc = make_config({"local": {}})
         doc["models"]["remote"] = {"aliases": ["far"], "upstream": servers, **entry}
         settings = parse_settings(doc, tmp_path, environ={"KEY": "sekret-key"})
-        app = create_app(settings, engine_factory=FakeEngineFactory(), upstream_transport=httpx.MockTransport(network))
+        app = create_app(settings, spawn=FakeWorkers().spawn, upstream_transport=httpx.MockTransport(network))
         return TestClient(app)
 
     return start

@@ -14,7 +14,7 @@ from starlette.testclient import TestClient
 
 from gateway.app import create_app
 from gateway.config import load_settings
-from gateway.engine.fake import FakeEngineFactory
+from gateway.engine.fakeworker import FakeWorkers
 from gateway.watch import ConfigWatch
 
 
@@ -58,7 +58,7 @@ def test_configmap_swap_reloads_without_restart(make_config: Any, tmp_path: Path
     volume.root.mkdir()
     volume.publish(make_config({"a": {}}))
     settings = load_settings(volume.path)
-    app = create_app(settings, engine_factory=FakeEngineFactory(), config_path=volume.path, watch_config=0.05)
+    app = create_app(settings, spawn=FakeWorkers().spawn, config_path=volume.path, watch_config=0.05)
     with TestClient(app) as client:
         stream = client.stream(
             "POST",

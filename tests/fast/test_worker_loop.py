@@ -50,7 +50,7 @@ async def start(tmp_path: Path, script: FakeScript, parallel: int = 4) -> tuple[
 
 @pytest.fixture
 async def engine(tmp_path: Path) -> AsyncIterator[tuple[ProcessEngine, list[FakeLlama]]]:
-    engine, backends = await start(tmp_path, FakeScript(reply_tokens=10, step_delay=0.002))
+    engine, backends = await start(tmp_path, FakeScript(reply_tokens=10, step_delay=0.002, sample=True))
     yield engine, backends
     await engine.stop()
 
