@@ -21,7 +21,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ import yaml
 from bench_structured import measure as measure_structured
 from bench_structured import rows as structured_rows
 from bench_structured import sampling_cpu
+from sse_timing import Timing, stream_timing
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "models"
@@ -42,17 +42,6 @@ PROMPT = [{"role": "user", "content": "Repeat the word 'apple' 500 times."}]
 N_CTX = 1024
 THREADS = 2
 SAMPLING = {"temperature": 0.0, "repeat_penalty": 1.0}
-
-
-@dataclass
-class Timing:
-    ttft: float  # seconds from request to first content
-    tokens: int
-    decode_seconds: float  # first content to last content
-
-    @property
-    def decode_tps(self) -> float:
-        return (self.tokens - 1) / self.decode_seconds if self.decode_seconds > 0 else 0.0
 
 
 def median(values: list[float]) -> float:
@@ -131,27 +120,8 @@ def peer_server(tmp: Path, python: Path) -> Server:
     return Server([str(python), "-m", "llama_cpp.server", "--config_file", str(config)], port, tmp / "peer.log")
 
 
-def stream_timing(client: httpx.Client, url: str, model: str, max_tokens: int) -> Timing:
-    body = {"model": model, "messages": PROMPT, "max_tokens": max_tokens, "stream": True, **SAMPLING}
-    body["stream_options"] = {"include_usage": True}
-    started = time.perf_counter()
-    first = last = 0.0
-    chunks = 0
-    usage_tokens = None
-    with client.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=300) as response:
-        response.raise_for_status()
-        for line in response.iter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            data = json.loads(line[6:])
-            if data.get("usage"):
-                usage_tokens = data["usage"]["completion_tokens"]
-            if data.get("choices") and data["choices"][0]["delta"].get("content"):
-                last = time.perf_counter()
-                if not first:
-                    first = last
-                chunks += 1
-    return Timing(first - started, usage_tokens or chunks, last - first)
+def chat_timing(client: httpx.Client, url: str, model: str, max_tokens: int) -> Timing:
+    return stream_timing(client, url, {"model": model, "messages": PROMPT, "max_tokens": max_tokens, **SAMPLING})
 
 
 def raw_timing(llm: Any, max_tokens: int) -> Timing:
@@ -180,7 +150,7 @@ def raw_cold_start(path: Path) -> float:
 
 
 def first_token_seconds(client: httpx.Client, url: str, model: str) -> float:
-    return stream_timing(client, url, model, 1).ttft
+    return chat_timing(client, url, model, 1).ttft
 
 
 def alternating_rps(url: str, requests_per_client: int) -> float:
@@ -215,7 +185,7 @@ def background_streams(url: str, count: int, max_tokens: int) -> Iterator[None]:
     def loop() -> None:
         with httpx.Client() as client:
             while not done.is_set():
-                stream_timing(client, url, "smollm2", max_tokens)
+                chat_timing(client, url, "smollm2", max_tokens)
 
     threads = [threading.Thread(target=loop) for _ in range(count)]
     for t in threads:
@@ -246,7 +216,7 @@ def concurrency(url: str, levels: list[int], max_tokens: int) -> dict[str, float
 
     def one(totals: list[int]) -> None:
         with httpx.Client() as client:
-            totals.append(stream_timing(client, url, "smollm2", max_tokens).tokens)
+            totals.append(chat_timing(client, url, "smollm2", max_tokens).tokens)
 
     for level in levels:
         totals: list[int] = []
@@ -310,14 +280,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with httpx.Client() as client:
         # Warm-up: load the model everywhere and fill the prompt cache.
         raw_timing(llm, 4)
-        stream_timing(client, gw.url, "smollm2", 4)
+        chat_timing(client, gw.url, "smollm2", 4)
         if peer:
-            stream_timing(client, peer.url, "smollm2", 4)
+            chat_timing(client, peer.url, "smollm2", 4)
         for _ in range(rounds):
             timings["raw"].append(raw_timing(llm, max_tokens))
-            timings["gateway"].append(stream_timing(client, gw.url, "smollm2", max_tokens))
+            timings["gateway"].append(chat_timing(client, gw.url, "smollm2", max_tokens))
             if peer:
-                timings["peer"].append(stream_timing(client, peer.url, "smollm2", max_tokens))
+                timings["peer"].append(chat_timing(client, peer.url, "smollm2", max_tokens))
     llm.close()
 
     def summary(name: str) -> dict[str, float]:
@@ -347,7 +317,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     for model_id in ("smollm2", "smollm2-q8", "gemma"):
         with httpx.Client() as client:
-            stream_timing(client, gw.url, model_id, 8)
+            chat_timing(client, gw.url, model_id, 8)
     cards = models_cards(gw.url)
     result["memory"] = {
         m: {

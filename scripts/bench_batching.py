@@ -28,6 +28,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import SMOLLM, THREADS, Server, free_port, percentile
+from sse_timing import stream_timing
 from svgplot import line_chart
 
 LEVELS = [1, 2, 4, 8, 16]
@@ -38,23 +39,11 @@ PROMPT = [{"role": "user", "content": "Repeat the word 'apple' 500 times."}]
 
 
 def stream(url: str, model: str, messages: list[dict[str, str]], max_tokens: int) -> tuple[float, int, float]:
-    """(time to first content, content chunks, end) of one streamed greedy request."""
-    body = {"model": model, "messages": messages, "max_tokens": max_tokens, "stream": True, "temperature": 0.0}
-    body["stream_options"] = {"include_usage": True}
-    started = time.perf_counter()
-    first = None
-    tokens = 0
-    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=600) as response:
-        response.raise_for_status()
-        for line in response.iter_lines():
-            if not line.startswith("data: {"):
-                continue
-            chunk = json.loads(line[6:])
-            if chunk.get("usage"):
-                tokens = chunk["usage"]["completion_tokens"]
-            if chunk.get("choices") and chunk["choices"][0]["delta"].get("content") and first is None:
-                first = time.perf_counter() - started
-    return first or float("nan"), tokens, time.perf_counter()
+    """(time to first content, completion tokens, end) of one streamed greedy request."""
+    body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0.0}
+    with httpx.Client() as client:
+        measured = stream_timing(client, url, body, timeout=600)
+    return measured.ttft, measured.tokens, measured.ended
 
 
 def concurrent(url: str, model: str, streams: int) -> dict[str, float]:

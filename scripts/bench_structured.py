@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from sse_timing import stream_timing
 
 # Greedy SmolLM2 writes "apple" until max_tokens, as a list when the schema asks for one.
 PROMPT = [{"role": "user", "content": "Repeat the word 'apple' 500 times."}]
@@ -38,25 +39,11 @@ def timing(
     client: httpx.Client, url: str, model: str, max_tokens: int, fmt: dict[str, Any] | None
 ) -> tuple[float, float]:
     """(seconds to the first content, decode tokens/s after it) of one streamed request."""
-    body: dict[str, Any] = {"model": model, "messages": PROMPT, "max_tokens": max_tokens, "stream": True, **SAMPLING}
-    body["stream_options"] = {"include_usage": True}
+    body: dict[str, Any] = {"model": model, "messages": PROMPT, "max_tokens": max_tokens, **SAMPLING}
     if fmt is not None:
         body["response_format"] = fmt
-    started = time.perf_counter()
-    first = last = 0.0
-    tokens = 0
-    with client.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=300) as response:
-        response.raise_for_status()
-        for line in response.iter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            data = json.loads(line[6:])
-            if data.get("usage"):
-                tokens = data["usage"]["completion_tokens"]
-            if data.get("choices") and data["choices"][0]["delta"].get("content"):
-                last = time.perf_counter()
-                first = first or last
-    return first - started, (tokens - 1) / (last - first) if last > first else 0.0
+    measured = stream_timing(client, url, body)
+    return measured.ttft, measured.decode_tps
 
 
 def measure(url: str, model: str, rounds: int, max_tokens: int) -> dict[str, Any]:
