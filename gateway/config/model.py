@@ -1,0 +1,110 @@
+"""A local model's entry: the GGUF file and how llama.cpp loads it, sampling defaults, runtime, output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from gateway import structured
+from gateway.config.values import POOL_NAME, Duration, Placement, Section
+from gateway.errors import GatewayError
+
+
+class ModelSection(Section):
+    """How llama.cpp loads the file."""
+
+    path: Path = Field(description="GGUF file, relative to the configuration file")
+    n_ctx: int = Field(2048, ge=16, description="context window in tokens")
+    n_gpu_layers: int = Field(0, ge=-1, description="-1 offloads all layers, 0 none, N that many")
+    n_batch: int = Field(512, ge=1, description="prompt-processing batch size")
+    chat_format: str | None = Field(
+        None, description="llama-cpp-python chat format name; default: the GGUF's tokenizer.chat_template"
+    )
+    use_mmap: bool = True
+    pooling: Literal["mean", "cls", "last"] | None = Field(
+        None, description="embedding models: how token vectors become one; default: the GGUF's own"
+    )
+    devices: list[str] | None = Field(
+        None, description="GPUs this model may use (cuda0, cuda1, ... or GPU UUIDs); default: any"
+    )
+    main_gpu: int | None = Field(None, ge=0, description="the GPU (cudaN) to use first when the model fits on one")
+    tensor_split: list[float] | None = Field(
+        None,
+        min_length=1,
+        description="share of the offloaded layers per GPU (in `devices` order, else cuda0, cuda1...): always spread",
+    )
+    placement: Placement | None = Field(
+        None, description="pack: one GPU when it fits; spread: across all GPUs; default gateway.placement"
+    )
+
+    @model_validator(mode="after")
+    def _placement_is_consistent(self) -> ModelSection:
+        if self.devices is not None:
+            bad = [d for d in self.devices if d in ("host", "gpu") or not POOL_NAME.match(d)]
+            if bad or not self.devices:
+                raise ValueError(f"devices: {bad or '[]'}: name GPUs as cuda0, cuda1, ... or by UUID")
+        if self.tensor_split is not None:
+            if any(share < 0 for share in self.tensor_split) or sum(self.tensor_split) <= 0:
+                raise ValueError("tensor_split: shares must be >= 0 and not all 0")
+            if self.devices is not None and len(self.devices) != len(self.tensor_split):
+                raise ValueError("tensor_split: give one share per entry of devices")
+        return self
+
+
+class SamplingSection(Section):
+    """Defaults for requests that do not set these fields."""
+
+    temperature: float = Field(0.8, ge=0, le=2)
+    top_p: float = Field(0.95, ge=0, le=1)
+    top_k: int = Field(40, ge=0)
+    min_p: float = Field(0.05, ge=0, le=1)
+    repeat_penalty: float = Field(1.0, ge=0)
+    repeat_last_n: int = Field(64, ge=0)
+    presence_penalty: float = Field(0.0, ge=-2, le=2)
+    frequency_penalty: float = Field(0.0, ge=-2, le=2)
+    seed: int | None = None
+
+
+class RuntimeSection(Section):
+    thread_count: int | None = Field(None, ge=1, description="threads for generation; default: half the cores")
+    parallel: int = Field(
+        1, ge=1, le=64, description="requests decoded together (continuous batching); the KV cache holds n_ctx for each"
+    )
+    verbose: bool = False
+
+
+class OutputSection(Section):
+    max_tokens: int | None = Field(
+        None, ge=1, description="default completion length; default: until the context is full"
+    )
+    grammar_schema: dict[str, Any] | None = Field(
+        None, description="JSON schema every answer must follow unless the request sets response_format"
+    )
+
+    @field_validator("grammar_schema")
+    @classmethod
+    def _enforceable(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            try:
+                structured.check(value, "grammar_schema")
+            except GatewayError as exc:
+                raise ValueError(exc.message) from None
+        return value
+
+
+class ModelEntry(Section):
+    """One model clients can name in `model`."""
+
+    aliases: list[str] = Field(default_factory=list)
+    pinned: bool = Field(False, description="loaded at start and never evicted")
+    ttl: Duration | None = Field(None, description="idle time before unloading; absent: until evicted")
+    max_queue: int | None = Field(
+        None, ge=1, description="requests running or waiting for this model; default gateway.max_queue"
+    )
+    embedding: bool = Field(False, description="serve /v1/embeddings (and nothing else) with this model")
+    model: ModelSection
+    sampling: SamplingSection = SamplingSection()
+    runtime: RuntimeSection = RuntimeSection()
+    output: OutputSection = OutputSection()
