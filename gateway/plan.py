@@ -22,7 +22,7 @@ from gateway.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
-    _GenerationRequest,
+    GenerationRequest,
     check_vocabulary,
 )
 from gateway.responses import ChatResponder, CompletionResponder
@@ -240,7 +240,7 @@ def _pick(value: Any, default: Any) -> Any:
     return default if value is None else value
 
 
-def _sampling(request: _GenerationRequest, entry: ModelEntry, delta_interval: float) -> dict[str, Any]:
+def _sampling(request: GenerationRequest, entry: ModelEntry, delta_interval: float) -> dict[str, Any]:
     """Request fields over the model entry's `sampling` defaults."""
     defaults = entry.sampling
     return {

@@ -1,26 +1,19 @@
-"""What the dialects share: strict request models and validation errors that name the field."""
+"""What the dialects share: strict request models (OpenAI's own base) and validation errors that
+name the field, with the dialect's prefix."""
 
 from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from gateway.errors import invalid_request
-from gateway.jsonbody import parse_object
+from gateway.protocol.validation import Strict, load_json
+
+__all__ = ["Strict", "load_json", "refuse", "validate"]
 
 Model = TypeVar("Model", bound=BaseModel)
 _UNION_LABELS = ("str", "list[", "dict[", "int", "float", "bool", "none", "literal[", "function-")
-
-
-class Strict(BaseModel):
-    # strict: "5" is not an integer and 1 is not a boolean, as in the APIs themselves.
-    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
-
-
-def load_json(body: bytes) -> dict[str, Any]:
-    """Strict JSON, bounded nesting, valid Unicode, 64-bit integers: as every endpoint (jsonbody.py)."""
-    return parse_object(body)
 
 
 def _param(loc: tuple[int | str, ...]) -> str:

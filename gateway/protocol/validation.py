@@ -1,0 +1,68 @@
+"""How OpenAI request bodies are validated: strict models, and a 400 that names the bad param."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from gateway.errors import invalid_request
+from gateway.jsonbody import parse_object
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+class Strict(BaseModel):
+    # strict: "5" is not an integer and 1 is not a boolean, as in OpenAI's API (and Anthropic's).
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+
+def _param_name(loc: tuple[int | str, ...]) -> str:
+    name = ""
+    for part in loc:
+        if isinstance(part, int):
+            name += f"[{part}]"
+        elif (
+            part in {"str", "list[TextPart]", "TextPart", "int", "float", "bool", "none"}
+            or "[" in part
+            or part.startswith("constrained-")
+        ):
+            continue  # union branch labels pydantic adds to the location
+        else:
+            name += f".{part}" if name else part
+    return name
+
+
+def _describe(error: dict[str, Any]) -> str:
+    kind = error["type"]
+    if kind == "missing":
+        return "is required"
+    if kind == "literal_error" and error["loc"][-1] == "role":
+        return f"{str(error['input'])[:40]!r} is not a supported role (system, developer, user, assistant, tool)"
+    return str(error["msg"]).replace("Input should be", "should be")
+
+
+def load_json(body: bytes) -> dict[str, Any]:
+    """Strict JSON, bounded nesting, valid Unicode, 64-bit integers: as every endpoint (jsonbody.py)."""
+    return parse_object(body)
+
+
+def refuse(data: dict[str, Any], unsupported: tuple[str, ...]) -> None:
+    """Fields OpenAI defines that this gateway does not implement: a 400 naming them, never ignored."""
+    for name in unsupported:
+        if data.get(name) is not None:
+            raise invalid_request(f"'{name}' is not supported by this gateway yet.", param=name)
+    if data.get("stream_options") is not None and not data.get("stream"):
+        raise invalid_request("'stream_options' is only allowed when 'stream' is true.", param="stream_options")
+
+
+def validate(cls: type[Model], data: dict[str, Any]) -> Model:
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        # A violated limit or value says more than "should be a string" from another branch of a union;
+        # then the deepest error (content: str | parts) is the one that explains the problem.
+        first = max(exc.errors(), key=lambda e: (not e["type"].endswith("_type"), len(e["loc"])))
+        param = _param_name(first["loc"])
+        message = f"Invalid value for '{param}': {_describe(dict(first))}." if param else str(first["msg"])
+        raise invalid_request(message, param=param or None) from None
