@@ -38,7 +38,7 @@ from gateway.upstream.proxy import Upstreams
 from gateway.watch import ConfigWatch
 
 if TYPE_CHECKING:
-    from gateway.engine.process import Spawned
+    from gateway.engine.spares import Spawned
 
 log = logging.getLogger(__name__)
 # (model id, the environment a real worker would get: CUDA_VISIBLE_DEVICES) -> a started worker
@@ -80,7 +80,7 @@ class _ProcessEngines:
     the real worker loop over a fake llama.cpp), each worker started by it and no spares."""
 
     def __init__(self, settings: Settings, spawn: WorkerSpawn | None) -> None:
-        from gateway.engine.process import SparePool
+        from gateway.engine.spares import SparePool
 
         self._timeout = settings.gateway.load_timeout
         self._spawn = spawn

@@ -24,7 +24,8 @@ from gateway.engine.base import Finished
 from gateway.engine.embedding import serve_embeddings
 from gateway.engine.fakellama import FakeEmbedder, FakeLlama, FakeScript
 from gateway.engine.loadlog import LogCapture, failure_message, parse_lines
-from gateway.engine.process import ProcessEngine, Spawned
+from gateway.engine.process import ProcessEngine
+from gateway.engine.spares import Spawned
 from gateway.engine.wire import (
     Cancel,
     Channel,

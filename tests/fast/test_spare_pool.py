@@ -1,4 +1,4 @@
-"""The spare-worker pool (engine/process.py), with process start-up faked: takes, refills, closes."""
+"""The spare-worker pool (engine/spares.py), with process start-up faked: takes, refills, closes."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from gateway.engine import process
+from gateway.engine import spares
 
 pytestmark = pytest.mark.anyio
 
@@ -44,7 +44,7 @@ def spawned(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, Any]]:
         made.append((FakeProcess(), FakeConn()))
         return made[-1]
 
-    monkeypatch.setattr(process, "spawn_worker", spawn)
+    monkeypatch.setattr(spares, "spawn_worker", spawn)
     return made
 
 
@@ -57,7 +57,7 @@ async def until(condition: Any) -> None:
 
 
 async def test_refill_keeps_size_spares(spawned: list[tuple[Any, Any]]) -> None:
-    pool = process.SparePool(2, refill_delay=0)
+    pool = spares.SparePool(2, refill_delay=0)
     pool.refill()
     await until(lambda: len(spawned) == 2)
     taken = await pool.take()
@@ -68,7 +68,7 @@ async def test_refill_keeps_size_spares(spawned: list[tuple[Any, Any]]) -> None:
 
 
 async def test_dead_spare_is_skipped_and_an_empty_pool_starts_one(spawned: list[tuple[Any, Any]]) -> None:
-    pool = process.SparePool(1, refill_delay=3600)
+    pool = spares.SparePool(1, refill_delay=3600)
     pool.refill()
     await until(lambda: len(spawned) == 1)
     spawned[0][0].alive = False
@@ -78,7 +78,7 @@ async def test_dead_spare_is_skipped_and_an_empty_pool_starts_one(spawned: list[
 
 
 async def test_size_zero_never_starts_ahead(spawned: list[tuple[Any, Any]]) -> None:
-    pool = process.SparePool(0, refill_delay=0)
+    pool = spares.SparePool(0, refill_delay=0)
     pool.refill()
     await asyncio.sleep(0.02)
     assert spawned == []
@@ -88,7 +88,7 @@ async def test_size_zero_never_starts_ahead(spawned: list[tuple[Any, Any]]) -> N
 
 
 async def test_close_discards_spares_and_stops_refilling(spawned: list[tuple[Any, Any]]) -> None:
-    pool = process.SparePool(2, refill_delay=0)
+    pool = spares.SparePool(2, refill_delay=0)
     pool.refill()
     await until(lambda: len(spawned) == 2)
     await pool.close()
