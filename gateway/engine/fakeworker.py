@@ -114,7 +114,7 @@ class FakeWorker:
     model_id: str
     script: FakeScript
     env: dict[str, str] | None = None  # what a real worker would start with (CUDA_VISIBLE_DEVICES)
-    backends: list[FakeLlama] = field(default_factory=list)  # its llama.cpp once loaded (shared lists welcome)
+    backends: list[FakeLlama] = field(default_factory=list)  # its llama.cpp, once loaded (a caller may share one list)
     sent: list[FromWorker] = field(default_factory=list)
     received: list[ToWorker] = field(default_factory=list)
     process: ThreadProcess | None = None
