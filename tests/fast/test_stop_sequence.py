@@ -14,10 +14,9 @@ from openai.types.chat import ChatCompletion
 from starlette.testclient import TestClient
 
 from gateway.app import create_app
-from gateway.config import ModelEntry, parse_settings
-from gateway.engine.fakellama import FakeLlama, FakeScript
-from gateway.engine.fakeworker import spawn_fake_worker
-from gateway.engine.process import ProcessEngine
+from gateway.config import parse_settings
+from gateway.engine.fakellama import FakeScript
+from gateway.engine.fakeworker import FakeWorkers
 from tests.fast.test_anthropic import accumulate, stream
 
 USER = [{"role": "user", "content": "hello there"}]
@@ -26,13 +25,8 @@ GREEDY = {"model": "m", "messages": USER, "temperature": 0}  # the fake model's 
 
 @pytest.fixture
 def client(make_config: Any, tmp_path: Path) -> Iterator[TestClient]:
-    backends: list[FakeLlama] = []
-
-    def factory(model_id: str, entry: ModelEntry) -> ProcessEngine:
-        return ProcessEngine(model_id, entry, spawn=lambda: spawn_fake_worker(FakeScript(reply_tokens=8), backends))
-
     settings = parse_settings(make_config({"m": {"model": {"n_ctx": 128}}}, gateway={"cpu_threads": 0}), tmp_path)
-    with TestClient(create_app(settings, engine_factory=factory)) as c:
+    with TestClient(create_app(settings, spawn=FakeWorkers({"m": FakeScript(reply_tokens=8)}).spawn)) as c:
         yield c
 
 

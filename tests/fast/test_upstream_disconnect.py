@@ -11,10 +11,8 @@ import httpx
 import pytest
 
 from gateway.app import create_app
-from gateway.config import ModelEntry, parse_settings
-from gateway.engine.fakellama import FakeLlama, FakeScript
-from gateway.engine.fakeworker import spawn_fake_worker
-from gateway.engine.process import ProcessEngine
+from gateway.config import parse_settings
+from gateway.engine.fakeworker import FakeWorkers
 from tests.fast.test_http_fake import drive_until_disconnect
 
 MSG = [{"role": "user", "content": "hi"}]
@@ -34,15 +32,10 @@ async def test_leaving_cancels_the_upstream_request(make_config: Any, tmp_path: 
             raise
         return httpx.Response(500)
 
-    backends: list[FakeLlama] = []
-
-    def factory(model_id: str, entry: ModelEntry) -> ProcessEngine:
-        return ProcessEngine(model_id, entry, spawn=lambda: spawn_fake_worker(FakeScript(), backends))
-
     doc = make_config({"local": {}})
     doc["models"]["remote"] = {"upstream": [{"base_url": "http://a.test/v1"}]}
     settings = parse_settings(doc, tmp_path)
-    app = create_app(settings, engine_factory=factory, upstream_transport=httpx.MockTransport(slow_server))
+    app = create_app(settings, spawn=FakeWorkers().spawn, upstream_transport=httpx.MockTransport(slow_server))
 
     async def once_sent(sent: list[dict[str, Any]]) -> None:
         await arrived.wait()
