@@ -241,15 +241,22 @@ async def until(condition: Callable[[], bool], failure: str, timeout: float = 10
 
 
 class FakeWorkers:
-    """Starts fake workers, scripted per model (`FakeScript()` for a model without a script)."""
+    """Starts fake workers, scripted per model (`default` for a model without a script)."""
 
-    def __init__(self, scripts: dict[str, FakeScript] | None = None, load_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        scripts: dict[str, FakeScript] | None = None,
+        load_timeout: float = 30.0,
+        *,
+        default: FakeScript | None = None,
+    ) -> None:
         self.scripts = scripts or {}
+        self.default = default or FakeScript()
         self.workers: list[FakeWorker] = []
         self._load_timeout = load_timeout
 
     async def spawn(self, model_id: str, env: dict[str, str] | None = None) -> Spawned:
-        worker = FakeWorker(model_id, self.scripts.get(model_id, FakeScript()), env=env)
+        worker = FakeWorker(model_id, self.scripts.get(model_id, self.default), env=env)
         self.workers.append(worker)
         return worker.start()
 

@@ -273,7 +273,6 @@ class ProcessEngine(Engine):
         error = worker_died(self.model_id, reason)
         if self._loaded and not self._loaded.done():
             self._loaded.set_exception(load_failed(self.model_id, f"the worker exited while loading ({reason})", None))
-            self._loaded.exception()  # retrieved: a start() cancelled while loading no longer awaits it
         for generation in self._generations.values():
             generation.feed(error)
         self._generations.clear()

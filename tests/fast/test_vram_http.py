@@ -4,7 +4,6 @@ and each pool's budget, use and free memory (fake GPUs, fake workers logging CUD
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -12,33 +11,26 @@ from typing import Any
 from starlette.testclient import TestClient
 
 from gateway.app import create_app
-from gateway.config import ModelEntry, parse_settings
-from gateway.engine.fakellama import FakeLlama, FakeScript
-from gateway.engine.fakeworker import spawn_fake_worker
-from gateway.engine.process import ProcessEngine
+from gateway.config import parse_settings
+from gateway.engine.fakellama import FakeScript
+from gateway.engine.fakeworker import FakeWorkers
 from gateway.fakenvml import FakeGpus
 from gateway.inventory import SystemInventory
 from tests.fast.vram_helpers import NO_SYSFS, GiB, MiB, cuda_log, gpus
 
 
-def factory_on(fake: FakeGpus, script: FakeScript) -> Callable[[str, ModelEntry], ProcessEngine]:
-    backends: list[FakeLlama] = []
-    script = replace(script, gpus=fake)
-
-    def factory(model_id: str, entry: ModelEntry) -> ProcessEngine:
-        engine = ProcessEngine(model_id, entry, spawn=lambda: spawn_fake_worker(script, backends, engine.worker_env))
-        return engine
-
-    return factory
+def workers_on(fake: FakeGpus, script: FakeScript) -> FakeWorkers:
+    """Fake workers that allocate on the fake GPUs what their load log says."""
+    return FakeWorkers(default=replace(script, gpus=fake))
 
 
 def test_models_admin_and_metrics_show_bytes_per_device(make_config: Any, tmp_path: Path) -> None:
     fake = gpus(8 * GiB)
-    factory = factory_on(fake, FakeScript(load_log=cuda_log(100)))
+    workers = workers_on(fake, FakeScript(load_log=cuda_log(100)))
     doc = make_config({"gpu": {"model": {"n_gpu_layers": -1}}, "cpu": {}}, gateway={"budgets": {"cuda0": "2GiB"}})
     settings = parse_settings(doc, tmp_path)
     inventory = SystemInventory(nvml=fake, sysfs=NO_SYSFS)
-    with TestClient(create_app(settings, engine_factory=factory, inventory=inventory)) as client:
+    with TestClient(create_app(settings, spawn=workers.spawn, inventory=inventory)) as client:
         before = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
         assert before["gpu"]["placement"] == "cuda0 (all layers)"
         estimate = before["gpu"]["memory_pools"]["cuda0"]
@@ -74,11 +66,11 @@ def test_models_admin_and_metrics_show_bytes_per_device(make_config: Any, tmp_pa
 
 def test_a_device_out_of_memory_is_an_openai_shaped_503(make_config: Any, tmp_path: Path) -> None:
     fake = gpus(1 * GiB)
-    factory = factory_on(fake, FakeScript(load_log=cuda_log(2000)))  # more than the device has
+    workers = workers_on(fake, FakeScript(load_log=cuda_log(2000)))  # more than the device has
     doc = make_config({"m": {"model": {"n_gpu_layers": -1}}}, gateway={"gpu_reserve": "64MiB"})
     settings = parse_settings(doc, tmp_path)
     inventory = SystemInventory(nvml=fake, sysfs=NO_SYSFS)
-    with TestClient(create_app(settings, engine_factory=factory, inventory=inventory)) as client:
+    with TestClient(create_app(settings, spawn=workers.spawn, inventory=inventory)) as client:
         body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
         reply = client.post("/v1/chat/completions", json=body)
     assert reply.status_code == 503
