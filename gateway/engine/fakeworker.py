@@ -20,25 +20,13 @@ from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
 from gateway.config import ModelEntry
+from gateway.engine import wire
 from gateway.engine.base import Finished
 from gateway.engine.embedding import serve_embeddings
 from gateway.engine.fakellama import FakeEmbedder, FakeLlama, FakeScript
 from gateway.engine.loadlog import LogCapture, failure_message, parse_lines
 from gateway.engine.process import ProcessEngine
 from gateway.engine.spares import Spawned
-from gateway.engine.wire import (
-    Cancel,
-    Channel,
-    DeviceError,
-    Event,
-    Failed,
-    FromWorker,
-    Generate,
-    Load,
-    Loaded,
-    LoadFailed,
-    ToWorker,
-)
 from gateway.engine.worker import Worker
 
 if TYPE_CHECKING:
@@ -91,13 +79,13 @@ def _hang_up(conn: Connection) -> None:
         pass  # closed already (TypeError: by the other thread, between the check and the read of its fd)
 
 
-class RecordingChannel(Channel):
-    def __init__(self, conn: Connection, sent: list[FromWorker], received: list[ToWorker]) -> None:
+class RecordingChannel(wire.Channel):
+    def __init__(self, conn: Connection, sent: list[wire.FromWorker], received: list[wire.ToWorker]) -> None:
         super().__init__(conn)
         self._sent = sent
         self._received = received
 
-    def send(self, message: ToWorker | FromWorker) -> None:
+    def send(self, message: wire.ToWorker | wire.FromWorker) -> None:
         self._sent.append(message)  # type: ignore[arg-type]
         super().send(message)
 
@@ -115,14 +103,14 @@ class FakeWorker:
     script: FakeScript
     env: dict[str, str] | None = None  # what a real worker would start with (CUDA_VISIBLE_DEVICES)
     backends: list[FakeLlama] = field(default_factory=list)  # its llama.cpp, once loaded (a caller may share one list)
-    sent: list[FromWorker] = field(default_factory=list)
-    received: list[ToWorker] = field(default_factory=list)
+    sent: list[wire.FromWorker] = field(default_factory=list)
+    received: list[wire.ToWorker] = field(default_factory=list)
     process: ThreadProcess | None = None
     pid: int = field(default_factory=lambda: next(_pids))
 
     @property
     def loaded(self) -> bool:
-        return any(isinstance(m, Loaded) for m in self.sent)
+        return any(isinstance(m, wire.Loaded) for m in self.sent)
 
     @property
     def alive(self) -> bool:
@@ -130,12 +118,14 @@ class FakeWorker:
 
     def cancelled(self) -> list[int]:
         """Requests the parent cancelled."""
-        return [m.request_id for m in list(self.received) if isinstance(m, Cancel)]
+        return [m.request_id for m in list(self.received) if isinstance(m, wire.Cancel)]
 
     def finished(self) -> dict[int, Finished]:
         """Requests the worker ended, and how (finish reason `cancelled`: a cancel it obeyed)."""
         return {
-            m.request_id: m.event for m in list(self.sent) if isinstance(m, Event) and isinstance(m.event, Finished)
+            m.request_id: m.event
+            for m in list(self.sent)
+            if isinstance(m, wire.Event) and isinstance(m.event, Finished)
         }
 
     async def outcome(self, request_id: int) -> Finished:
@@ -145,8 +135,8 @@ class FakeWorker:
 
     def generating(self) -> list[int]:
         """Requests submitted and not yet ended."""
-        ended = {m.request_id for m in list(self.sent) if isinstance(m, Failed)} | set(self.finished())
-        return [m.request_id for m in list(self.received) if isinstance(m, Generate) and m.request_id not in ended]
+        ended = {m.request_id for m in list(self.sent) if isinstance(m, wire.Failed)} | set(self.finished())
+        return [m.request_id for m in list(self.received) if isinstance(m, wire.Generate) and m.request_id not in ended]
 
     def kill(self) -> None:
         if self.process is not None:
@@ -167,39 +157,41 @@ class FakeWorker:
             if self.script.gpus is not None:
                 self.script.gpus.release(self.pid)  # as the driver takes back an exited process's memory
 
-    def _serve(self, channel: Channel, conn: Connection) -> None:
+    def _serve(self, channel: wire.Channel, conn: Connection) -> None:
         try:
             load = channel.recv()
         except (EOFError, OSError):
             return
-        assert isinstance(load, Load)
+        assert isinstance(load, wire.Load)
         config, script = load.config, self.script
         if script.load_delay and conn.poll(script.load_delay):
             return  # stopped (or gone) while loading
         if script.fail_load:
-            channel.send(LoadFailed(script.fail_load))
+            channel.send(wire.LoadFailed(script.fail_load))
             return
         capture = LogCapture()
         failure = (
             _allocate(script.gpus, self.pid, self.env, capture, script.load_log) if script.gpus is not None else None
         )
         if failure is not None:
-            channel.send(LoadFailed(failure, capture.report().to_wire()))
+            channel.send(wire.LoadFailed(failure, capture.report().to_wire()))
             return
         for line in script.load_log:  # llama.cpp logs a buffer once it is allocated
             capture.feed(2, line + "\n")
         memory = capture.report().to_wire()
         if config["embedding"]:
             embedder = FakeEmbedder(config["n_ctx"])
-            channel.send(Loaded(n_ctx=embedder.n_ctx, pid=self.pid, memory=memory))
+            channel.send(wire.Loaded(n_ctx=embedder.n_ctx, pid=self.pid, memory=memory))
             serve_embeddings(channel, embedder, on_exit=lambda: None)
             return
         slots = config.get("parallel", 1)
         backend = FakeLlama(n_ctx=config["n_ctx"], slots=slots, n_batch=min(config["n_batch"], 64), script=script)
         self.backends.append(backend)
         backend.log = capture.feed
-        capture.on_oom = lambda oom: channel.send(DeviceError(oom.device, oom.need, oom.line))
-        channel.send(Loaded(n_ctx=backend.n_ctx, pid=self.pid, slots=slots, kv_cells=backend.kv_cells, memory=memory))
+        capture.on_oom = lambda oom: channel.send(wire.DeviceError(oom.device, oom.need, oom.line))
+        channel.send(
+            wire.Loaded(n_ctx=backend.n_ctx, pid=self.pid, slots=slots, kv_cells=backend.kv_cells, memory=memory)
+        )
         worker = Worker(channel, backend, backend.render, slots, config["repeat_last_n"], on_exit=lambda: None)
         threading.Thread(target=worker.read, daemon=True, name="fake-worker-reader").start()
         worker.run()
@@ -226,7 +218,7 @@ def _allocate(
                 f"llama_model_load: error loading model: unable to allocate CUDA{index} buffer",
             ):
                 capture.feed(4, line + "\n")
-            error = ValueError("Failed to load model from file")
+            error = ValueError("wire.Failed to load model from file")
             return failure_message(error, capture.report(), list(capture.errors))
     return None
 
