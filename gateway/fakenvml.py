@@ -45,6 +45,7 @@ class FakeDevice:
     total: int
     foreign: int = 0  # bytes other processes hold
     name: str = "NVIDIA Fake GPU"
+    processes_visible: bool = True  # whether NVML lists this device's processes (not on every driver)
 
 
 @dataclass
@@ -59,6 +60,7 @@ class FakeGpus:
     allocations: dict[tuple[int, str], int] = field(default_factory=dict)  # (pid, uuid) -> bytes
     returning: list[tuple[str, int, float]] = field(default_factory=list)  # (uuid, bytes, visible at)
     peak_used: dict[str, int] = field(default_factory=dict)  # uuid -> most our processes held at once
+    initialised: int = 0  # nvmlInit calls not yet shut down
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     # -- what fake workers do ----------------------------------------------------------------------
@@ -99,9 +101,10 @@ class FakeGpus:
     def nvmlInit(self) -> None:
         if not self.library:
             raise NVMLError_LibraryNotFound("NVML Shared Library Not Found")
+        self.initialised += 1
 
     def nvmlShutdown(self) -> None:
-        pass
+        self.initialised -= 1
 
     def nvmlDeviceGetCount(self) -> int:
         return len(self.devices)
@@ -121,7 +124,7 @@ class FakeGpus:
         return Memory(handle.total, free, handle.total - free)
 
     def nvmlDeviceGetComputeRunningProcesses(self, handle: FakeDevice) -> list[Process]:
-        if not self.processes_visible:
+        if not (self.processes_visible and handle.processes_visible):
             raise NVMLError_NotSupported("Not Supported")
         with self._lock:
             return [Process(pid, size) for (pid, uuid), size in self.allocations.items() if uuid == handle.uuid]

@@ -4,7 +4,6 @@ footprint of a model per placement."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ import pytest
 
 from gateway.config import GatewaySection, ModelSection
 from gateway.errors import ConfigError
+from gateway.fakenvml import FakeDevice, FakeGpus
 from gateway.footprint import GPU_CONTEXT_BYTES, Placement, footprint, layer_devices, measured_vector
 from gateway.gguf_info import read_gguf_info
 from gateway.inventory import amd_devices, nvidia_devices, read_devices, wait_until_free
@@ -22,76 +22,17 @@ from tests.ggufgen import write_tiny_gguf
 GiB = 2**30
 
 
-class FakeNVML:
-    """The parts of pynvml the inventory uses, with devices, their memory and processes."""
-
-    class NVMLError(Exception):
-        pass
-
-    class NVMLError_LibraryNotFound(NVMLError):
-        pass
-
-    class NVMLError_NotSupported(NVMLError):
-        pass
-
-    @dataclass
-    class Memory:
-        total: int
-        free: int
-        used: int
-
-    @dataclass
-    class Process:
-        pid: int
-        usedGpuMemory: int | None
-
-    def __init__(self, devices: list[dict[str, Any]], library: bool = True) -> None:
-        self.devices = devices
-        self.library = library
-        self.initialised = 0
-
-    def nvmlInit(self) -> None:
-        if not self.library:
-            raise self.NVMLError_LibraryNotFound("NVML Shared Library Not Found")
-        self.initialised += 1
-
-    def nvmlShutdown(self) -> None:
-        self.initialised -= 1
-
-    def nvmlDeviceGetCount(self) -> int:
-        return len(self.devices)
-
-    def nvmlDeviceGetHandleByIndex(self, index: int) -> dict[str, Any]:
-        return self.devices[index]
-
-    def nvmlDeviceGetUUID(self, handle: dict[str, Any]) -> str:
-        return str(handle["uuid"])
-
-    def nvmlDeviceGetName(self, handle: dict[str, Any]) -> bytes:
-        return str(handle["name"]).encode()  # older bindings return bytes
-
-    def nvmlDeviceGetMemoryInfo(self, handle: dict[str, Any]) -> Memory:
-        return self.Memory(handle["total"], handle["total"] - handle["used"], handle["used"])
-
-    def nvmlDeviceGetComputeRunningProcesses(self, handle: dict[str, Any]) -> list[Process]:
-        if handle.get("processes") is None:
-            raise self.NVMLError_NotSupported("Not Supported")
-        return [self.Process(pid, used) for pid, used in handle["processes"]]
-
-
-def two_gpus() -> FakeNVML:
-    return FakeNVML(
+def two_gpus() -> FakeGpus:
+    """cuda0 with another process (pid 42, 9 GiB) and 1 GiB of driver use; cuda1 hides its processes."""
+    nvml = FakeGpus(
         [
-            {
-                "uuid": "GPU-aaa",
-                "name": "NVIDIA H200",
-                "total": 140 * GiB,
-                "used": 10 * GiB,
-                "processes": [(42, 9 * GiB)],
-            },
-            {"uuid": "GPU-bbb", "name": "NVIDIA H200", "total": 140 * GiB, "used": GiB, "processes": None},
-        ]
+            FakeDevice("GPU-aaa", 140 * GiB, foreign=GiB, name="NVIDIA H200"),
+            FakeDevice("GPU-bbb", 140 * GiB, foreign=GiB, name="NVIDIA H200", processes_visible=False),
+        ],
+        context_bytes=0,
     )
+    assert nvml.allocate(42, "GPU-aaa", 9 * GiB) is None
+    return nvml
 
 
 def test_nvml_devices_by_uuid_with_foreign_processes() -> None:
@@ -108,8 +49,8 @@ def test_nvml_devices_by_uuid_with_foreign_processes() -> None:
 
 
 def test_no_nvml_library_means_cpu_only() -> None:
-    assert nvidia_devices(FakeNVML([], library=False)) == []
-    assert read_devices(FakeNVML([], library=False), sysfs=Path("/nonexistent")) == []
+    assert nvidia_devices(FakeGpus([], library=False)) == []
+    assert read_devices(FakeGpus([], library=False), sysfs=Path("/nonexistent")) == []
 
 
 def test_amd_devices_from_sysfs(tmp_path: Path) -> None:
