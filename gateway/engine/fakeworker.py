@@ -4,6 +4,7 @@ parent handle, the wire messages, the channel, the worker and its batch all run 
 `FakeWorkers` is what fast tests give the gateway: `spawn(model_id)` starts a fake worker scripted
 for that model (the app's spawn seam), `engine(model_id, entry)` the real parent handle over one
 (the scheduler's engine factory). Each `FakeWorker` records the messages that crossed its pipe.
+The thread and pipe that stand in for the process are `fakeprocess.py`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import re
-import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +24,7 @@ from gateway.engine import wire
 from gateway.engine.base import Finished
 from gateway.engine.embedding import serve_embeddings
 from gateway.engine.fakellama import FakeEmbedder, FakeLlama, FakeScript
+from gateway.engine.fakeprocess import RecordingChannel, ThreadProcess, hang_up
 from gateway.engine.loadlog import LogCapture, failure_message, parse_lines
 from gateway.engine.process import ProcessEngine
 from gateway.engine.spares import Spawned
@@ -33,66 +34,6 @@ if TYPE_CHECKING:
     from gateway.fakenvml import FakeGpus
 
 _pids = itertools.count(1_000_000)  # above any pid_max: no real process's memory is measured
-
-
-class ThreadProcess:
-    """The slice of multiprocessing.Process that the parent handle uses."""
-
-    def __init__(self, target: Callable[[], None], conn: Connection, pid: int) -> None:
-        self.pid = pid
-        self.exitcode: int | None = None
-        self._conn = conn
-        self._thread = threading.Thread(target=self._run, args=(target,), daemon=True, name="fake-worker")
-        self._thread.start()
-
-    def _run(self, target: Callable[[], None]) -> None:
-        try:
-            target()
-            code = 0
-        except BaseException:  # a crash of the fake worker reads as a killed process
-            code = -9
-        if self.exitcode is None:
-            self.exitcode = code
-
-    def is_alive(self) -> bool:
-        return self._thread.is_alive()
-
-    def join(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
-
-    def kill(self) -> None:
-        """As SIGKILL: the parent reads EOF, and the worker's threads end when their pipe does."""
-        if self.exitcode is None:
-            self.exitcode = -9
-        _hang_up(self._conn)
-
-    def close(self) -> None:
-        pass
-
-
-def _hang_up(conn: Connection) -> None:
-    """Like a process exit: both ends read EOF, whichever thread is blocked on them."""
-    try:
-        with socket.fromfd(conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.shutdown(socket.SHUT_RDWR)
-    except (OSError, TypeError):
-        pass  # closed already (TypeError: by the other thread, between the check and the read of its fd)
-
-
-class RecordingChannel(wire.Channel):
-    def __init__(self, conn: Connection, sent: list[wire.FromWorker], received: list[wire.ToWorker]) -> None:
-        super().__init__(conn)
-        self._sent = sent
-        self._received = received
-
-    def send(self, message: wire.ToWorker | wire.FromWorker) -> None:
-        self._sent.append(message)  # type: ignore[arg-type]
-        super().send(message)
-
-    def recv(self) -> Any:
-        message = super().recv()
-        self._received.append(message)
-        return message
 
 
 @dataclass
@@ -152,7 +93,7 @@ class FakeWorker:
         try:
             self._serve(channel, conn)
         finally:
-            _hang_up(conn)
+            hang_up(conn)
             conn.close()
             if self.script.gpus is not None:
                 self.script.gpus.release(self.pid)  # as the driver takes back an exited process's memory

@@ -79,6 +79,7 @@ ALLOWED: dict[str, set[str]] = {
         "engine.base",
         "engine.embedding",
         "engine.fakellama",
+        "engine.fakeprocess",
         "engine.loadlog",
         "engine.process",
         "engine.spares",
@@ -86,6 +87,7 @@ ALLOWED: dict[str, set[str]] = {
         "engine.worker",
         "fakenvml",
     },
+    "engine.fakeprocess": {"engine.wire"},
     "engine.loadlog": set(),
     "engine.process": {
         "config",
