@@ -1,7 +1,13 @@
-"""Parent-side handle of a worker process (its messages: `engine/wire.py`; how it starts: `engine/spares.py`).
+"""Parent-side handle of a worker process (its messages: `engine/wire.py`; how it starts: `engine/spares.py`;
+what it is told to load, how its exit reads and how it is ended: `engine/workerprocess.py`).
 
 The pipe is read from the event loop (`looppipe.py`), so no thread sits between a token and the
 client. A worker that exits unexpectedly fails every generation it held, and the scheduler is told.
+
+Kept as one module (~270 lines) for a reason: the handle is one state machine. The dispatch of the
+worker's messages, the load future, the waiting generations and calls, the death that fails them and
+the memory figures a message updates all read and write the same few fields; split across modules
+(mixins sharing them) no part could be read on its own.
 """
 
 from __future__ import annotations
@@ -34,29 +40,11 @@ from gateway.engine.wire import (
     Shutdown,
     ToWorker,
 )
+from gateway.engine.workerprocess import end_process, exit_description, worker_config
 from gateway.errors import GatewayError, load_failed, worker_died
 from gateway.memory import process_rss
 
 log = logging.getLogger(__name__)
-_STOP_WAIT = 5.0
-
-
-def worker_config(entry: ModelEntry, placement: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {
-        "placement": placement,
-        "path": str(entry.model.path),
-        "n_ctx": entry.model.n_ctx,
-        "n_batch": entry.model.n_batch,
-        "n_gpu_layers": entry.model.n_gpu_layers,
-        "chat_format": entry.model.chat_format,
-        "use_mmap": entry.model.use_mmap,
-        "n_threads": entry.runtime.thread_count,
-        "verbose": entry.runtime.verbose,
-        "repeat_last_n": entry.sampling.repeat_last_n,
-        "parallel": entry.runtime.parallel,
-        "embedding": entry.embedding,
-        "pooling": entry.model.pooling,
-    }
 
 
 class ProcessEngine(Engine):
@@ -142,7 +130,7 @@ class ProcessEngine(Engine):
         use_spare = self._spares is not None and self._env is None
         process, conn = await (self._spares.take() if self._spares and use_spare else self._spawn())
         self._process = process
-        self._pipe = LoopPipe(conn, self._dispatch, lambda: self._on_dead(self._exit_description()))
+        self._pipe = LoopPipe(conn, self._dispatch, lambda: self._on_dead(exit_description(self._process)))
         self._send(Load(worker_config(self._entry, self._placement)))
         try:
             info = await asyncio.wait_for(asyncio.shield(self._loaded), self._load_timeout)
@@ -250,18 +238,6 @@ class ProcessEngine(Engine):
             del self._generations[message.request_id]
             generation.feed(GatewayError.from_wire(message.error))
 
-    def _exit_description(self) -> str:
-        process = self._process
-        if process is None:
-            return "not started"
-        process.join(timeout=0.1)  # EOF means it is exiting; the code is normally there at once
-        code = process.exitcode
-        if code is None:
-            return "its pipe closed"
-        if code < 0:
-            return f"killed by signal {-code}"
-        return f"exit code {code}"
-
     def _on_dead(self, reason: str) -> None:
         if self._dead_reason is not None:
             return
@@ -302,15 +278,5 @@ class ProcessEngine(Engine):
             return
         self._send(Shutdown())
         self._on_dead("stopped")
-        if not await asyncio.to_thread(_join, process, _STOP_WAIT):
-            log.warning("worker %s for model %s did not exit; killing it", process.pid, self.model_id)
-            process.kill()
-            await asyncio.to_thread(_join, process, _STOP_WAIT)
-        if process.exitcode is not None:
-            process.close()
+        await end_process(process, self.model_id)
         self._process = None
-
-
-def _join(process: multiprocessing.process.BaseProcess, timeout: float) -> bool:
-    process.join(timeout)
-    return process.exitcode is not None

@@ -89,6 +89,7 @@ ALLOWED: dict[str, set[str]] = {
     },
     "engine.fakeprocess": {"engine.wire"},
     "engine.loadlog": set(),
+    "engine.workerprocess": {"config"},
     "engine.process": {
         "config",
         "errors",
@@ -98,6 +99,7 @@ ALLOWED: dict[str, set[str]] = {
         "engine.looppipe",
         "engine.spares",
         "engine.wire",
+        "engine.workerprocess",
     },
     "engine.spares": {"engine.worker"},
     "watch": set(),
