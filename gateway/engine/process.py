@@ -4,7 +4,7 @@ what it is told to load, how its exit reads and how it is ended: `engine/workerp
 The pipe is read from the event loop (`looppipe.py`), so no thread sits between a token and the
 client. A worker that exits unexpectedly fails every generation it held, and the scheduler is told.
 
-Kept as one module (~270 lines) for a reason: the handle is one state machine. The dispatch of the
+Kept as one module (~280 lines) for a reason: the handle is one state machine. The dispatch of the
 worker's messages, the load future, the waiting generations and calls, the death that fails them and
 the memory figures a message updates all read and write the same few fields; split across modules
 (mixins sharing them) no part could be read on its own.
