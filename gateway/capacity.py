@@ -8,7 +8,7 @@ from dataclasses import replace
 
 from gateway.config import ModelEntry, Settings
 from gateway.footprint import Placement, footprint
-from gateway.memory import ModelFacts
+from gateway.memory import ModelFacts, output_rows
 from gateway.placement import ModelPlacementConfig, NoRoom, Option, Plan, Resident, placement_options, plan_load
 from gateway.pools import Device, PoolState, Vector, resolve_pools
 from gateway.units import format_bytes
@@ -48,7 +48,7 @@ def model_options(
     entry: ModelEntry, facts: ModelFacts, settings: Settings, pools: Sequence[PoolState], held: Vector
 ) -> list[Option]:
     def need_of(placement: Placement) -> Vector:
-        return footprint(facts.info, kv_cells(entry), placement, ubatch(entry)).vector
+        return footprint(facts.info, kv_cells(entry), placement, ubatch(entry), output_rows(entry)).vector
 
     return placement_options(placement_config(entry, settings), pools, held, need_of)
 

@@ -107,6 +107,10 @@ def check(args: argparse.Namespace) -> int:
     print("\n".join(lines))
     for problem in problems:
         print(f"  problem: {problem}")
+    if args.measure and not problems:
+        from gateway.measure import measure_models
+
+        print("\n".join(measure_models(settings, facts, pools[0].budget)))
     return 1 if problems else 0
 
 
@@ -194,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     probe.set_defaults(func=health)
     chk = sub.add_parser("check", help="validate the configuration and show memory estimates")
     chk.add_argument("--config", type=Path, default=None)
+    chk.add_argument(
+        "--measure", action="store_true", help="load each model once and show the estimate's error per memory pool"
+    )
     chk.set_defaults(func=check)
     sch = sub.add_parser("schema", help="print the JSON schema of models.yaml")
     sch.set_defaults(func=schema)

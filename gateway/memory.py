@@ -38,13 +38,25 @@ class Estimate:
         return self.weights + self.kv_cache + self.overhead
 
 
-def estimate(info: GGUFInfo, n_ctx: int, parallel: int = 1) -> Estimate:
-    """`parallel` requests decode together, each with up to `n_ctx` tokens: the KV pool holds them all."""
+def estimate(info: GGUFInfo, n_ctx: int, parallel: int = 1, output_rows: int = 0) -> Estimate:
+    """`parallel` requests decode together, each with up to `n_ctx` tokens: the KV pool holds them all.
+    `output_rows`: tokens of one batch whose outputs llama.cpp keeps (an embedding model: every token
+    of an input, see `output_rows`), each a row of logits and one of the embedding, in f32."""
     return Estimate(
         weights=info.tensor_bytes,
         kv_cache=n_ctx * parallel * info.kv_bytes_per_token(KV_CACHE_TYPE_BYTES),
-        overhead=WORKER_BASELINE_BYTES + COMPUTE_BASE_BYTES + BYTES_PER_VOCAB_TOKEN * info.vocab_size,
+        overhead=WORKER_BASELINE_BYTES
+        + COMPUTE_BASE_BYTES
+        + BYTES_PER_VOCAB_TOKEN * info.vocab_size
+        + output_rows * (info.vocab_size + info.embedding_length) * 4,
     )
+
+
+def output_rows(entry: ModelEntry) -> int:
+    """An embedding worker decodes an input in one batch of up to n_ctx tokens, each an output: llama.cpp's
+    output buffer grows to that many rows on the first long input (measured: 48.6 MiB at load, 97 MiB
+    after a 512-token input, for SmolLM2 at n_ctx 512). A generation worker's is a few rows."""
+    return entry.model.n_ctx if entry.embedding else 0
 
 
 @dataclass(frozen=True)
@@ -61,7 +73,7 @@ class ModelFacts:
 
 def inspect_model(entry: ModelEntry) -> ModelFacts:
     info = read_gguf_info(entry.model.path)
-    return ModelFacts(info=info, estimate=estimate(info, entry.model.n_ctx, entry.runtime.parallel))
+    return ModelFacts(info=info, estimate=estimate(info, entry.model.n_ctx, entry.runtime.parallel, output_rows(entry)))
 
 
 def inspect_models(settings: Settings) -> dict[str, ModelFacts]:

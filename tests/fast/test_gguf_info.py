@@ -1,11 +1,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from gateway.config import parse_settings
+from gateway.footprint import Placement, footprint
 from gateway.gguf_info import GGUFFormatError, read_gguf_info
-from gateway.memory import WORKER_BASELINE_BYTES, estimate
+from gateway.memory import WORKER_BASELINE_BYTES, estimate, inspect_model
+from gateway.pools import HOST
 from tests.ggufgen import tiny_tensor_bytes, write_tiny_gguf
 
 
@@ -53,3 +57,16 @@ def test_estimate_holds_a_context_for_each_parallel_request(tmp_path: Path) -> N
     info = read_gguf_info(write_tiny_gguf(tmp_path / "t.gguf"))
     one, four = estimate(info, n_ctx=1000), estimate(info, n_ctx=1000, parallel=4)
     assert four.kv_cache == 4 * one.kv_cache and four.total - one.total == 3 * one.kv_cache
+
+
+def test_an_embedding_model_counts_an_output_row_per_token_of_an_input(make_config: Any, tmp_path: Path) -> None:
+    """llama.cpp keeps logits and the embedding of every token of an embedding batch (f32)."""
+    doc = make_config(
+        {"gen": {"model": {"n_ctx": 256}}, "emb": {"embedding": True, "model": {"n_ctx": 256, "pooling": "mean"}}}
+    )
+    settings = parse_settings(doc, tmp_path)
+    gen, emb = (inspect_model(settings.models[m]) for m in ("gen", "emb"))
+    rows = 256 * (gen.info.vocab_size + gen.info.embedding_length) * 4
+    assert emb.estimate.overhead - gen.estimate.overhead == rows
+    host = Placement()
+    assert footprint(emb.info, 256, host, output_rows=256).vector.as_dict() == {HOST: emb.estimate.total}

@@ -16,7 +16,7 @@ from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.real.conftest import model, standard_config
-from tests.real.server import CLIENT_TIMEOUT, SMOLLM, SMOLLM_Q8, GatewayServer
+from tests.real.server import CLIENT_TIMEOUT, GEMMA, SMOLLM, SMOLLM_Q8, GatewayServer
 
 pytestmark = pytest.mark.real
 
@@ -252,6 +252,39 @@ def test_gateway_check(tmp_path: Any) -> None:
     )
     assert result.returncode == 1
     assert "can never fit" in result.stdout
+
+
+def test_gateway_check_measure(tmp_path: Any) -> None:
+    """Each model loaded once in a real worker: the estimate's error per pool, within 10% for the
+    generation models and never below what an embedding worker can grow to (its output rows)."""
+    import re
+    import subprocess
+    import sys
+
+    config = {
+        "gateway": {"memory_budget": "2GiB", "spare_workers": 0},
+        "models": {
+            "smollm2": model(SMOLLM),
+            "gemma": model(GEMMA, model={"chat_format": "gemma"}),
+            "embed": model(SMOLLM, embedding=True, model={"n_ctx": 512, "pooling": "mean"}),
+        },
+    }
+    path = tmp_path / "models.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "check", "--config", str(path), "--measure"],
+        capture_output=True,
+        text=True,
+        timeout=CLIENT_TIMEOUT,
+    )
+    assert result.returncode == 0, result.stderr
+    errors = {
+        m: float(e)
+        for m, e in re.findall(r"^  (\S+) on host: estimate .*, measured .* \(([-+][\d.]+)%\)$", result.stdout, re.M)
+    }
+    assert set(errors) == {"smollm2", "gemma", "embed"}, result.stdout
+    assert abs(errors["smollm2"]) <= 10 and abs(errors["gemma"]) <= 10, errors
+    assert errors["embed"] >= 0, errors  # measured at load, before its output rows are touched
 
 
 def test_health_ready_cors_and_body_limit(secured: GatewayServer) -> None:
