@@ -69,7 +69,7 @@ def serve(args: argparse.Namespace) -> int:
 def check(args: argparse.Namespace) -> int:
     """Validate the configuration and report what each model needs where; exit 1 on any problem."""
 
-    from gateway.engine.worker import backend_info
+    from gateway.engine.modelload import backend_info
     from gateway.inventory import read_devices
 
     settings = _settings(args.config)

@@ -1,5 +1,8 @@
 """Where a model goes and what must be unloaded first: pure decisions over memory vectors.
 
+One module, a little over the house's ~250 lines, on purpose: the rules below are one policy (fit,
+placement, eviction, rebalance, retry after OOM) read and tested together.
+
 Everything here is a function of immutable values (pools with their budgets and what the devices
 report, the resident models with their vectors, the ways the new model could be placed), so the
 scheduler can ask, act, and be tested without a GPU. The rules:

@@ -20,10 +20,10 @@ from typing import Any
 from gateway.engine.backend import Backend, SamplerSettings
 from gateway.engine.base import BatchState, ChoiceFinished, Delta, Finished, GenerationParams, Started
 from gateway.engine.embedding import LlamaEmbedder, load_embedding, serve_embeddings
-from gateway.engine.guard import Tokenizer, nonempty_prompt
 from gateway.engine.loadlog import LogCapture, failure_message
-from gateway.engine.parallel import MAX_SEQUENCES, Batch
-from gateway.engine.prompt import Render, formatter, renderer
+from gateway.engine.modelload import load
+from gateway.engine.parallel import Batch
+from gateway.engine.prompt import Render
 from gateway.engine.sampling import logit_bias
 from gateway.engine.sequences import Request
 from gateway.engine.wire import (
@@ -78,48 +78,6 @@ def main(conn: Connection, env: dict[str, str] | None = None) -> None:
         memory = capture.report().to_wire()
         channel.send(Loaded(backend.n_ctx, os.getpid(), slots=slots, kv_cells=backend.kv_cells, memory=memory))
         Worker(channel, backend, render, slots, config["repeat_last_n"]).serve()
-
-
-def load(config: dict[str, Any]) -> tuple[Backend, Render]:
-    from gateway.engine.llamacpp import LlamaCpp
-
-    slots = config.get("parallel", 1)
-    # Each slot may run n choices; a finished request's sequence stays cached for prefix reuse.
-    backend = LlamaCpp(config, slots, max_sequences=min(256, 2 * slots + MAX_SEQUENCES))
-    view = _ModelView(backend.model)
-    tokenizer = Tokenizer(view)
-
-    def tokenize(text: str, add_bos: bool, param: str) -> list[int]:
-        """Bounded work, and never an empty prompt (guard.py)."""
-        tokens = tokenizer.tokens(text, add_bos=add_bos, special=True, limit=backend.n_ctx, param=param)
-        return nonempty_prompt(view, tokens, param)
-
-    return backend, renderer(formatter(backend.model, config["chat_format"]), tokenize)
-
-
-class _ModelView:
-    """What guard.py reads of a llama-cpp-python `Llama`, over the model alone."""
-
-    def __init__(self, model: Any) -> None:
-        self._model = model
-
-    def n_vocab(self) -> int:
-        return int(self._model.n_vocab())
-
-    def token_bos(self) -> int:
-        return int(self._model.token_bos())
-
-
-def backend_info() -> dict[str, Any]:
-    """What this llama.cpp build can run on (for `gateway check`); imports llama_cpp here, in the caller."""
-    import llama_cpp
-
-    system = llama_cpp.llama_print_system_info()
-    text = system.decode("utf-8", errors="replace") if isinstance(system, bytes) else str(system)
-    gpu = bool(llama_cpp.llama_supports_gpu_offload())
-    upper = text.upper()
-    name = next((b for b in ("CUDA", "Metal", "Vulkan", "ROCm", "SYCL") if b.upper() in upper), "CPU")
-    return {"backend": name if gpu else "CPU", "gpu_offload": gpu, "system_info": text.strip()}
 
 
 class Worker:

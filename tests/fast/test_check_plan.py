@@ -36,7 +36,7 @@ def gpus(*free_mib: int) -> list[Device]:
 @pytest.fixture
 def fake_backend(monkeypatch: pytest.MonkeyPatch) -> list[Device]:
     devices: list[Device] = []
-    monkeypatch.setattr("gateway.engine.worker.backend_info", lambda: {"backend": "CUDA", "gpu_offload": True})
+    monkeypatch.setattr("gateway.engine.modelload.backend_info", lambda: {"backend": "CUDA", "gpu_offload": True})
     monkeypatch.setattr("gateway.inventory.read_devices", lambda: list(devices))
     return devices
 
@@ -71,7 +71,7 @@ def test_check_prints_where_each_model_goes(
 def test_check_on_a_cpu_only_machine_plans_the_host(
     tmp_path: Path, fake_backend: list[Device], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr("gateway.engine.worker.backend_info", lambda: {"backend": "CPU", "gpu_offload": False})
+    monkeypatch.setattr("gateway.engine.modelload.backend_info", lambda: {"backend": "CPU", "gpu_offload": False})
     fake_backend += gpus(4096)  # a GPU the CPU build cannot use
     path = write_config(tmp_path, {"memory_budget": "1GiB"}, {"gpu": {"n_gpu_layers": -1}})
     assert cli.main(["check", "--config", str(path)]) == 0

@@ -59,14 +59,14 @@ ALLOWED: dict[str, set[str]] = {
         "engine.sequences",
     },
     "engine.looppipe": set(),
+    "engine.modelload": {"engine.backend", "engine.guard", "engine.llamacpp", "engine.parallel", "engine.prompt"},
     "engine.worker": {
         "errors",
         "engine.backend",
         "engine.base",
         "engine.embedding",
-        "engine.guard",
-        "engine.llamacpp",
         "engine.loadlog",
+        "engine.modelload",
         "engine.parallel",
         "engine.prompt",
         "engine.sampling",
@@ -268,7 +268,7 @@ ALLOWED: dict[str, set[str]] = {
         "pools",
         "units",
         "app",
-        "engine.worker",
+        "engine.modelload",
     },
     "__main__": {"cli"},
     "__init__": set(),
@@ -326,6 +326,7 @@ def test_no_cycles() -> None:
 
 WORKER_SIDE = {
     "engine.worker",
+    "engine.modelload",
     "engine.loadlog",
     "engine.sampling",
     "engine.embedding",

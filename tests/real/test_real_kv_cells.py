@@ -7,7 +7,7 @@ import numpy as np
 
 from gateway.engine.backend import Row
 from gateway.engine.base import GenerationParams
-from gateway.engine.worker import load
+from gateway.engine.modelload import load
 from tests.real.server import SMOLLM
 
 CONFIG = {
