@@ -94,3 +94,13 @@ class GatewayServer:
                 self.process.wait()
         self._log.close()
         return self.process.returncode
+
+
+def wait_for(predicate: Any, timeout: float = 120.0) -> bool:
+    """Poll an observable condition until it holds or the (generous) deadline passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from openai import OpenAI
 
 from tests.ggufgen import write_tiny_gguf
 from tests.real.conftest import model, one_fits_config, standard_config
-from tests.real.server import CLIENT_TIMEOUT, SMOLLM
+from tests.real.server import CLIENT_TIMEOUT, SMOLLM, wait_for
 
 pytestmark = pytest.mark.real
 
@@ -29,15 +28,6 @@ HELLO = [{"role": "user", "content": "Say hello."}]
 
 def sdk(server: Any) -> OpenAI:
     return OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0, timeout=CLIENT_TIMEOUT)
-
-
-def wait_for(predicate: Any, timeout: float = 120.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_alternating_models_under_a_budget_that_fits_one(fresh_server: Any) -> None:

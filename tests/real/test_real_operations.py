@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import threading
-import time
 from typing import Any
 
 import httpx
@@ -16,7 +15,7 @@ from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.real.conftest import model, standard_config
-from tests.real.server import CLIENT_TIMEOUT, GEMMA, SMOLLM, SMOLLM_Q8, GatewayServer
+from tests.real.server import CLIENT_TIMEOUT, GEMMA, SMOLLM, SMOLLM_Q8, GatewayServer, wait_for
 
 pytestmark = pytest.mark.real
 
@@ -106,16 +105,6 @@ def test_metrics_move_on_the_real_server(secured: GatewayServer) -> None:
     assert after[("gateway_time_to_first_token_seconds_count", (("model", "smollm2-q8"),))] >= 1
     assert after[("gateway_tokens_per_second_count", (("model", "smollm2-q8"),))] >= 1
     assert after[("gateway_memory_budget_bytes", ())] == 2 * 2**30
-
-
-def wait_for(predicate: Any, timeout: float = 60.0) -> bool:
-    """Poll an observable condition until it holds or the (generous) deadline passes."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_access_log_is_json_without_prompt_text(secured: GatewayServer) -> None:
