@@ -7,6 +7,7 @@ and load-failure tests.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import gguf
 import numpy as np
@@ -47,3 +48,16 @@ def write_tiny_gguf(
 
 def tiny_tensor_bytes(layers: int = 2, embedding: int = 64) -> int:
     return (32 * embedding + layers * embedding * embedding) * 4
+
+
+def chat_and_embedding_doc(folder: Path, chat: str, embed: str, n_ctx: int = 64) -> dict[str, Any]:
+    """A models.yaml document with a chat model and a mean-pooled embedding model over tiny GGUFs."""
+    return {
+        "models": {
+            chat: {"model": {"path": str(write_tiny_gguf(folder / f"{chat}.gguf")), "n_ctx": n_ctx}},
+            embed: {
+                "embedding": True,
+                "model": {"path": str(write_tiny_gguf(folder / f"{embed}.gguf")), "n_ctx": n_ctx, "pooling": "mean"},
+            },
+        }
+    }

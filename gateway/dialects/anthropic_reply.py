@@ -57,10 +57,12 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
     }
 
 
-def stop_reason(finish_reason: str, stop_sequence: str | None) -> str:
+def stop_fields(finish_reason: str, stop_sequence: str | None) -> dict[str, str | None]:
+    """Anthropic's `stop_reason` and `stop_sequence` for how a choice ended (`stop_sequence`: the stop
+    string that ended it, if one did)."""
     if finish_reason == "stop" and stop_sequence is not None:
-        return "stop_sequence"
-    return STOP_REASONS.get(finish_reason, "end_turn")
+        return {"stop_reason": "stop_sequence", "stop_sequence": stop_sequence}
+    return {"stop_reason": STOP_REASONS.get(finish_reason, "end_turn"), "stop_sequence": None}
 
 
 def message(completion: dict[str, Any], stop_sequence: str | None = None) -> dict[str, Any]:
@@ -88,8 +90,7 @@ def message(completion: dict[str, Any], stop_sequence: str | None = None) -> dic
         "role": "assistant",
         "content": content,
         "model": completion["model"],
-        "stop_reason": (reason := stop_reason(choice["finish_reason"], stop_sequence)),
-        "stop_sequence": stop_sequence if reason == "stop_sequence" else None,
+        **stop_fields(choice["finish_reason"], stop_sequence),
         "usage": _usage(usage["prompt_tokens"], usage["completion_tokens"]),
     }
 
@@ -150,9 +151,7 @@ class MessageEvents:
         if not self._pinged:
             events.append(("ping", {"type": "ping"}))
         usage = {"output_tokens": self._output_tokens}
-        stop_sequence = self._stop_sequences.get(0)
-        reason = stop_reason(self._finish_reason, stop_sequence)
-        delta = {"stop_reason": reason, "stop_sequence": stop_sequence if reason == "stop_sequence" else None}
+        delta = stop_fields(self._finish_reason, self._stop_sequences.get(0))
         events.append(("message_delta", {"type": "message_delta", "delta": delta, "usage": usage}))
         events.append(("message_stop", {"type": "message_stop"}))
         return events

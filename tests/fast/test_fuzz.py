@@ -20,6 +20,7 @@ from gateway.app import create_app
 from gateway.config import parse_settings
 from gateway.engine.fakeworker import FakeWorkers
 from tests import corpus, wire
+from tests.ggufgen import chat_and_embedding_doc
 
 MSG = [{"role": "user", "content": "one two"}]
 VALID: dict[str, dict[str, Any]] = {
@@ -121,18 +122,8 @@ def _has(container: Any, key: str | int) -> bool:
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    from tests.ggufgen import write_tiny_gguf
-
     folder: Path = tmp_path_factory.mktemp("fuzz")
-    doc = {
-        "models": {
-            "smollm2": {"model": {"path": str(write_tiny_gguf(folder / "m.gguf")), "n_ctx": 64}},
-            "embed": {
-                "embedding": True,
-                "model": {"path": str(write_tiny_gguf(folder / "e.gguf")), "n_ctx": 64, "pooling": "mean"},
-            },
-        }
-    }
+    doc = chat_and_embedding_doc(folder, "smollm2", "embed")
     with TestClient(create_app(parse_settings(doc, folder), spawn=FakeWorkers().spawn)) as c:
         yield c
 

@@ -14,6 +14,7 @@ from gateway.app import create_app
 from gateway.config import parse_settings
 from gateway.engine.fakeworker import FakeWorkers
 from tests import wire
+from tests.ggufgen import chat_and_embedding_doc
 
 MSG = [{"role": "user", "content": "one two"}]
 TOOLS = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
@@ -21,18 +22,8 @@ TOOLS = [{"type": "function", "function": {"name": "f", "parameters": {"type": "
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    from tests.ggufgen import write_tiny_gguf
-
     folder = tmp_path_factory.mktemp("schema")
-    doc = {
-        "models": {
-            "m": {"model": {"path": str(write_tiny_gguf(folder / "m.gguf")), "n_ctx": 64}},
-            "e": {
-                "embedding": True,
-                "model": {"path": str(write_tiny_gguf(folder / "e.gguf")), "n_ctx": 64, "pooling": "mean"},
-            },
-        }
-    }
+    doc = chat_and_embedding_doc(folder, "m", "e")
     with TestClient(create_app(parse_settings(doc, folder), spawn=FakeWorkers().spawn)) as c:
         yield c
 
