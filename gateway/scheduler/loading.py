@@ -95,10 +95,9 @@ class Loading(Lifecycle):
         except GatewayError as exc:
             slot.engine = None
             slot.state = State.UNLOADED
-            if exc.code == "device_out_of_memory":
-                self.observer.model_load_failed(slot.model_id)  # a full device, not a broken model: no cooldown
-            if exc.code == "model_load_failed":
+            if exc.code in ("device_out_of_memory", "model_load_failed"):
                 self.observer.model_load_failed(slot.model_id)
+            if exc.code == "model_load_failed":  # a full device is not a broken model: no cooldown for it
                 slot.state = State.FAILED
                 slot.failure = exc.message.split(": ", 1)[-1]
                 slot.failed_until = self._clock() + self.settings.gateway.failure_cooldown
