@@ -25,7 +25,9 @@ GPU_CONTEXT_BYTES = 512 * 2**20
 # Host memory a worker that uses a GPU holds beyond a CPU-only one (the GPU runtime's libraries).
 GPU_RUNTIME_HOST_BYTES = 256 * 2**20
 COMPUTE_EXTRA_BYTES = 2 * 2**20
-KQ_MARGIN = 1.15  # the attention scores buffer (no flash attention) plus the allocator's rounding
+# The attention scores buffer of the plain attention path, plus the allocator's rounding. Counted even
+# where flash attention (llama.cpp's "auto") will need far less: a device may not support it.
+KQ_MARGIN = 1.15
 F32 = 4
 
 

@@ -32,7 +32,7 @@ def step_cpu_ms(model: object, sequences: int) -> float:
     params.n_seq_max = 16
     params.kv_unified = True
     params.n_threads = params.n_threads_batch = 1
-    params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED  # as the worker runs it
+    params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO  # as the worker runs it by default
     context = _internals.LlamaContext(model=model, params=params, verbose=False)
     prompt = model.tokenize(PROMPT, True, True)  # type: ignore[attr-defined]
     batch = llama_cpp.llama_batch_init(512, 0, 1)

@@ -23,6 +23,10 @@ class ModelSection(Section):
         None, description="llama-cpp-python chat format name; default: the GGUF's tokenizer.chat_template"
     )
     use_mmap: bool = True
+    flash_attn: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="flash attention: auto lets llama.cpp decide per device (on where supported); on; off",
+    )
     pooling: Literal["mean", "cls", "last"] | None = Field(
         None, description="embedding models: how token vectors become one; default: the GGUF's own"
     )
@@ -38,6 +42,12 @@ class ModelSection(Section):
     placement: Placement | None = Field(
         None, description="pack: one GPU when it fits; spread: across all GPUs; default gateway.placement"
     )
+
+    @field_validator("flash_attn", mode="before")
+    @classmethod
+    def _yaml_switch(cls, value: object) -> object:
+        """YAML 1.1 reads a bare `on`/`off` as a boolean."""
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
     @model_validator(mode="after")
     def _placement_is_consistent(self) -> ModelSection:

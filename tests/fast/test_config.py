@@ -45,6 +45,17 @@ def test_auto_budget_is_none(make_config: Any, tmp_path: Path) -> None:
     assert settings.gateway.memory_budget is None
 
 
+def test_flash_attention_switch_reads_yaml_booleans(make_config: Any, tmp_path: Path) -> None:
+    """YAML 1.1 reads a bare on/off as a boolean: both spellings mean the same."""
+    for written, meant in (("on", "on"), ("off", "off"), ("auto", "auto"), ("'on'", "on")):
+        doc = yaml.safe_load(f"model: {{flash_attn: {written}}}")
+        settings = parse_settings(make_config({"m": doc}), tmp_path)
+        assert settings.models["m"].model.flash_attn == meant
+    assert parse_settings(make_config({"m": {}}), tmp_path).models["m"].model.flash_attn == "auto"
+    with pytest.raises(ConfigError, match=r"models\.m\.model\.flash_attn"):
+        parse_settings(make_config({"m": {"model": {"flash_attn": "sometimes"}}}), tmp_path)
+
+
 def test_unknown_key_names_yaml_path(make_config: Any, tmp_path: Path) -> None:
     doc = make_config({"mistral-7b": {"sampling": {"temprature": 0.7}}})
     with pytest.raises(ConfigError, match=r"models\.mistral-7b\.sampling\.temprature: unknown key"):
