@@ -70,6 +70,7 @@ def create_app(
         observer=metrics,
         inventory=inventory,
     )
+    processes.spares.busy = scheduler.busy  # a spare worker's start-up waits for a quiet moment
     metrics.watch(lambda: model_states(scheduler))
     metrics.watch_pools(lambda: pool_states(scheduler))
     upstreams = Upstreams(settings, metrics, upstream_transport)

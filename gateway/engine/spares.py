@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 
 from gateway.engine import worker
@@ -26,16 +27,25 @@ async def spawn_worker(env: dict[str, str] | None = None) -> Spawned:
 class SparePool:
     """Keeps started workers waiting for a model, so a load skips interpreter start and imports.
 
-    A spare costs the memory of an interpreter with llama_cpp imported (~57 MB) and no model. The
-    replacement for a spare that was taken starts `refill_delay` seconds later: starting it at once
-    would compete for the cores with the load and first tokens it was taken for.
+    A spare costs the memory of an interpreter with llama_cpp imported (~57 MB) and no model. Its
+    start takes a core for about a second, and llama.cpp's decode threads stall for as long as one of
+    them loses its core (measured: one 140-200 ms step in the streams running then). So the
+    replacement for a spare that was taken starts `refill_delay` seconds later and only once `busy`
+    (set by the application: some model is generating or loading) is false, or after `max_defer`
+    seconds of continuous work anyway.
     """
 
-    def __init__(self, size: int, refill_delay: float = 1.0) -> None:
+    def __init__(
+        self, size: int, refill_delay: float = 1.0, max_defer: float = 60.0, poll_interval: float = 0.25
+    ) -> None:
         self._size = size
         self._refill_delay = refill_delay
+        self._max_defer = max_defer
+        self._poll_interval = poll_interval
+        self.busy: Callable[[], bool] = lambda: False
         self._spares: list[Spawned] = []
         self._filling: asyncio.Task[None] | None = None
+        self._deferred: asyncio.Task[None] | None = None
         self._closed = False
 
     async def take(self) -> Spawned:
@@ -46,8 +56,17 @@ class SparePool:
                 spawned = (process, conn)
             else:
                 conn.close()
-        asyncio.get_running_loop().call_later(self._refill_delay, self.refill)
+        if self._deferred is None or self._deferred.done():
+            self._deferred = asyncio.create_task(self._refill_when_quiet())
         return spawned if spawned is not None else await spawn_worker()
+
+    async def _refill_when_quiet(self) -> None:
+        await asyncio.sleep(self._refill_delay)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._max_defer
+        while self.busy() and loop.time() < deadline:
+            await asyncio.sleep(self._poll_interval)
+        self.refill()
 
     def refill(self) -> None:
         if self._size > 0 and not self._closed and (self._filling is None or self._filling.done()):
@@ -63,9 +82,10 @@ class SparePool:
 
     async def close(self) -> None:
         self._closed = True
-        if self._filling is not None:
-            self._filling.cancel()
-            await asyncio.gather(self._filling, return_exceptions=True)
+        tasks = [t for t in (self._filling, self._deferred) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         for spawned in self._spares:
             _discard(spawned)
         self._spares.clear()

@@ -80,6 +80,10 @@ class Scheduler(Loading):
     def views(self) -> tuple[SlotView, ...]:
         return self.snapshot().models
 
+    def busy(self) -> bool:
+        """Some model is generating, has requests waiting, or is loading: the cores are in use."""
+        return any(v.running or v.waiting or v.state is State.LOADING for v in self.views())
+
     def pinned_not_loaded(self) -> list[str]:
         """Pinned models not loaded yet: the gateway is ready when there are none."""
         return [v.model_id for v in self.views() if v.entry.pinned and v.state is not State.LOADED]

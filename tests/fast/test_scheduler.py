@@ -41,6 +41,23 @@ async def test_single_flight_load(make_config: Any, tmp_path: Path) -> None:
     await registry.close()
 
 
+async def test_busy_while_a_model_loads_or_generates(make_config: Any, tmp_path: Path) -> None:
+    """What a spare worker's start waits out (SparePool.busy)."""
+    registry, _, _ = build(make_config, tmp_path, {"a": {}}, scripts={"a": FakeScript(load_delay=0.2)})
+    assert not registry.busy()
+    entering = asyncio.ensure_future(enter(registry.hold("a")))
+    for _ in range(100):
+        if registry.view("a").state is State.LOADING:
+            break
+        await asyncio.sleep(0.005)
+    assert registry.busy()  # loading
+    hold = await entering
+    assert registry.view("a").running == 1 and registry.busy()  # generating
+    hold.release()
+    assert not registry.busy()
+    await registry.close()
+
+
 async def test_unknown_model_is_404(make_config: Any, tmp_path: Path) -> None:
     registry, _, _ = build(make_config, tmp_path, {"a": {"aliases": ["alias"]}})
     with pytest.raises(GatewayError) as info:

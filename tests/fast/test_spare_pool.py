@@ -95,3 +95,28 @@ async def test_close_discards_spares_and_stops_refilling(spawned: list[tuple[Any
     pool.refill()
     await asyncio.sleep(0.02)
     assert len(spawned) == 2 and all(conn.closed for _, conn in spawned)
+
+
+async def test_refill_waits_until_nothing_generates(spawned: list[tuple[Any, Any]]) -> None:
+    """A spare's start-up would take a core from running decodes: it waits for a quiet moment."""
+    pool = spares.SparePool(1, refill_delay=0, max_defer=3600, poll_interval=0.01)
+    busy = [True]
+    pool.busy = lambda: busy[0]
+    pool.refill()
+    await until(lambda: len(spawned) == 1)
+    await pool.take()
+    await asyncio.sleep(0.1)
+    assert len(spawned) == 1  # still busy: no replacement yet
+    busy[0] = False
+    await until(lambda: len(spawned) == 2)
+    await pool.close()
+
+
+async def test_refill_starts_after_max_defer_under_continuous_load(spawned: list[tuple[Any, Any]]) -> None:
+    pool = spares.SparePool(1, refill_delay=0, max_defer=0.05, poll_interval=0.01)
+    pool.busy = lambda: True
+    pool.refill()
+    await until(lambda: len(spawned) == 1)
+    await pool.take()
+    await until(lambda: len(spawned) == 2)
+    await pool.close()
