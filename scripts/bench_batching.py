@@ -28,7 +28,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import SMOLLM, THREADS, Server, free_port, percentile
-from sse_timing import stream_timing
+from sse_timing import Timing, stream_timing
 from svgplot import line_chart
 
 LEVELS = [1, 2, 4, 8, 16]
@@ -38,16 +38,15 @@ TOKENS = 64
 PROMPT = [{"role": "user", "content": "Repeat the word 'apple' 500 times."}]
 
 
-def stream(url: str, model: str, messages: list[dict[str, str]], max_tokens: int) -> tuple[float, int, float]:
-    """(time to first content, completion tokens, end) of one streamed greedy request."""
+def stream(url: str, model: str, messages: list[dict[str, str]], max_tokens: int) -> Timing:
+    """One streamed greedy request, timed."""
     body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0.0}
     with httpx.Client() as client:
-        measured = stream_timing(client, url, body, timeout=600)
-    return measured.ttft, measured.tokens, measured.ended
+        return stream_timing(client, url, body, timeout=600)
 
 
 def concurrent(url: str, model: str, streams: int) -> dict[str, float]:
-    results: list[tuple[float, int, float]] = []
+    results: list[Timing] = []
     start = time.perf_counter()
 
     def one() -> None:
@@ -58,13 +57,14 @@ def concurrent(url: str, model: str, streams: int) -> dict[str, float]:
         t.start()
     for t in threads:
         t.join()
-    elapsed = max(end for _, _, end in results) - start
-    ttfts = [ttft for ttft, _, _ in results]
+    elapsed = max(r.ended for r in results) - start
+    ttfts = [r.ttft for r in results]
     return {
-        "tokens_per_s": sum(tokens for _, tokens, _ in results) / elapsed,
+        "tokens_per_s": sum(r.tokens for r in results) / elapsed,
         "ttft_p50": percentile(ttfts, 0.5),
         "ttft_p95": percentile(ttfts, 0.95),
         "ttft_max": max(ttfts),
+        "decode_tps": percentile([r.decode_tps for r in results], 0.5),  # a stream's rate after its first token
     }
 
 
@@ -117,7 +117,13 @@ def ceiling(path: Path, streams: int) -> dict[str, float]:
     llama_cpp.llama_batch_free(batch)
     context.close()
     model.close()
-    return {"tokens_per_s": streams * TOKENS / elapsed, "ttft_p50": ttft, "ttft_p95": ttft, "ttft_max": ttft}
+    return {
+        "tokens_per_s": streams * TOKENS / elapsed,
+        "ttft_p50": ttft,
+        "ttft_p95": ttft,
+        "ttft_max": ttft,
+        "decode_tps": (TOKENS - 1) / (elapsed - ttft),
+    }
 
 
 def gateway(tmp: Path, slots: int, n_ctx: int = N_CTX) -> Server:
@@ -152,8 +158,8 @@ def prefix_reuse(tmp: Path) -> dict[str, float]:
     try:
         system = {"role": "system", "content": "Answer briefly. " + "The sky is blue and the grass is green. " * 150}
         stream(server.url, "smollm2", [{"role": "user", "content": "warm up"}], 1)
-        first = stream(server.url, "smollm2", [system, {"role": "user", "content": "What colour is the sky?"}], 4)[0]
-        second = stream(server.url, "smollm2", [system, {"role": "user", "content": "And the grass?"}], 4)[0]
+        first = stream(server.url, "smollm2", [system, {"role": "user", "content": "What colour is the sky?"}], 4).ttft
+        second = stream(server.url, "smollm2", [system, {"role": "user", "content": "And the grass?"}], 4).ttft
         return {"first_ttft": first, "second_ttft": second, "ratio": second / first}
     finally:
         server.stop()
@@ -186,6 +192,14 @@ def markdown(r: dict[str, Any]) -> str:
         at = [r[name][str(n)] for n in r["levels"]]
         cells = [f"{m['tokens_per_s']:.0f} tok/s, TTFT {m['ttft_p50']:.2f}/{m['ttft_p95']:.2f} s" for m in at]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    one = {name: r[name].get("1", {}).get("decode_tps") for name in rows}
+    if one.get("gateway") and one.get("ceiling"):
+        rates = ", ".join(f"{name} {tps:.0f}" for name, tps in one.items() if tps)
+        lines.append("")
+        lines.append(
+            f"One stream, its rate after the first token (prompt and prefix reuse left out): {rates} tok/s "
+            f"(gateway {one['gateway'] / one['ceiling']:.2f}x the ceiling)."
+        )
     p = r["prefix"]
     lines.append("")
     lines.append(

@@ -24,7 +24,7 @@ def test_replot_draws_a_line_per_server_and_the_table(tmp_path: Path) -> None:
     }
     for name, values in rates.items():
         result[name] = {
-            str(n): {"tokens_per_s": v, "ttft_p50": 0.05, "ttft_p95": 0.06, "ttft_max": 0.07}
+            str(n): {"tokens_per_s": v, "ttft_p50": 0.05, "ttft_p95": 0.06, "ttft_max": 0.07, "decode_tps": v + 5}
             for n, v in zip(levels, values, strict=True)
         }
     saved = tmp_path / "saved.json"
@@ -48,3 +48,4 @@ def test_replot_draws_a_line_per_server_and_the_table(tmp_path: Path) -> None:
     assert gateway[2][1] < gateway[1][1]
     table = (out / "batching.md").read_text()
     assert "| gateway | 100 tok/s, TTFT 0.05/0.06 s | 90 tok/s" in table
+    assert "gateway 105, llama-server 115, ceiling 125 tok/s (gateway 0.84x the ceiling)" in table
