@@ -63,11 +63,23 @@ async def chunk_stream(
     prompt_tokens = completion_tokens = 0
     opened: set[int] = set()
 
-    def chunks(index: int, pieces: list[Piece], logprobs: Any = None) -> list[dict[str, Any]]:
+    def opening(first: int, index: int, tool_call: bool) -> list[dict[str, Any]]:
+        """The role chunks that open choice `index`. Clients accumulate choices by position (the
+        openai SDK fails on index 2 before index 1), so earlier choices of the generation that have
+        sent nothing yet (a piece held back as part of a UTF-8 character or a possible stop string)
+        open first, with `content: null`: text or tool call, it is not known yet."""
+        out = []
+        for earlier in range(first, index):
+            if earlier not in opened:
+                opened.add(earlier)
+                out.extend(responder.begin_chunks(earlier, True))
+        opened.add(index)
+        return out + responder.begin_chunks(index, tool_call)
+
+    def chunks(first: int, index: int, pieces: list[Piece], logprobs: Any = None) -> list[dict[str, Any]]:
         out = []
         if index not in opened and pieces:
-            opened.add(index)
-            out.extend(responder.begin_chunks(index, pieces[0][0] == "tool"))
+            out.extend(opening(first, index, pieces[0][0] == "tool"))
         for kind, value in pieces:
             if kind == "content":
                 out.append(responder.text_chunk(index, value, logprobs))
@@ -85,7 +97,7 @@ async def chunk_stream(
                     index = base + event.index
                     if record is not None:
                         record.token(event.text)
-                    for chunk in chunks(index, shapes[index].feed(event.text), event.logprobs):
+                    for chunk in chunks(base, index, shapes[index].feed(event.text), event.logprobs):
                         yield chunk
                 elif isinstance(event, ChoiceFinished | Finished):
                     if isinstance(event, Finished):
@@ -95,11 +107,10 @@ async def chunk_stream(
                     ended = [base + event.index] if isinstance(event, ChoiceFinished) else sorted(open_choices)
                     for index in ended:
                         open_choices.discard(index)
-                        for chunk in chunks(index, shapes[index].finish()):
+                        for chunk in chunks(base, index, shapes[index].finish()):
                             yield chunk
                         if index not in opened:  # an empty answer still opens with its role
-                            opened.add(index)
-                            for chunk in responder.begin_chunks(index, False):
+                            for chunk in opening(base, index, False):
                                 yield chunk
                         if stop_sequences is not None and event.stop_sequence is not None:
                             stop_sequences[index] = event.stop_sequence

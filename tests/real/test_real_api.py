@@ -30,9 +30,12 @@ PERSON = {
                 "zip": {"type": "string", "pattern": "^[0-9]{5}$"},
             },
             "required": ["city", "zip"],
+            "additionalProperties": False,
         },
     },
     "required": ["name", "age", "role", "skills", "address"],
+    # Closed: with an open object SmolLM2 may add keys until max_tokens cuts the JSON (seed 1 did).
+    "additionalProperties": False,
 }
 ASK = [{"role": "user", "content": "Invent a user profile."}]
 
