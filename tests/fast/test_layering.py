@@ -108,7 +108,8 @@ ALLOWED: dict[str, set[str]] = {
     "upstream.client": {"config"},
     "upstream.failover": {"config", "errors", "upstream.breaker", "upstream.client"},
     "upstream.proxy": {"config", "errors", "record", "upstream.breaker", "upstream.client", "upstream.failover"},
-    "metrics": set(),
+    "collectors": set(),
+    "metrics": {"collectors"},
     "scheduler.views": {"config", "memory", "engine.base", "pools"},
     "scheduler.slot": {"config", "footprint", "memory", "engine.base", "pools", "scheduler.views"},
     "scheduler.eviction": {"placement", "pools", "scheduler.views"},
@@ -229,7 +230,7 @@ ALLOWED: dict[str, set[str]] = {
         "middleware",
         "routes",
     },
-    "gauges": {"metrics", "scheduler"},
+    "gauges": {"collectors", "scheduler"},
     "workers": {"config", "engine.base", "engine.process", "engine.spares"},
     "app": {
         "dialects.response_store",
