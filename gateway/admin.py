@@ -8,8 +8,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from gateway.plan import native_tools
 from gateway.scheduler import Scheduler, SlotView
+from gateway.toolplan import native_tools
 
 Reload = Callable[[], Awaitable[dict[str, Any]]]
 

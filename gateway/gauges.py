@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.metrics import ModelState, PoolFigures
+from gateway.collectors import ModelState, PoolFigures
 from gateway.scheduler import Scheduler
 
 

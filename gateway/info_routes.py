@@ -6,11 +6,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from gateway.metrics import CONTENT_TYPE, Metrics
-from gateway.plan import native_tools
 from gateway.remote_routes import remote_card, remote_model
 from gateway.responses import model_card
 from gateway.routes import resolve_for
 from gateway.scheduler import SlotView
+from gateway.toolplan import native_tools
 from gateway.web import principal_of, scheduler_of, upstreams_of
 
 

@@ -14,7 +14,8 @@ import psutil
 from gateway import pools
 from gateway.config import ModelEntry, Settings
 from gateway.errors import ConfigError
-from gateway.gguf_info import GGUFFormatError, GGUFInfo, read_gguf_info
+from gateway.gguf_header import GGUFFormatError, read_gguf_info
+from gateway.gguf_info import GGUFInfo
 from gateway.hostmem import host_memory_total
 
 # Resident memory of a worker with llama_cpp imported and no model loaded (measured: 57 MiB).

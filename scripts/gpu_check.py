@@ -140,7 +140,7 @@ async def run(
     from gateway.engine.loadlog import to_pools
     from gateway.engine.process import ProcessEngine
     from gateway.footprint import Placement, footprint
-    from gateway.gguf_info import read_gguf_info
+    from gateway.gguf_header import read_gguf_info
     from gateway.inventory import SystemInventory, wait_until_free
     from gateway.memory import inspect_models, resolve_budget
     from gateway.scheduler import Scheduler, State

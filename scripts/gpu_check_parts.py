@@ -70,7 +70,7 @@ def dry_run_parts(n_ctx: int) -> tuple[Any, Callable[[str, Any], Any]]:
     from gateway.engine.process import ProcessEngine
     from gateway.fakenvml import FakeDevice, FakeGpus
     from gateway.footprint import Placement, footprint
-    from gateway.gguf_info import read_gguf_info
+    from gateway.gguf_header import read_gguf_info
     from gateway.inventory import SystemInventory
 
     gpus = FakeGpus([FakeDevice("GPU-dry-run", 16 * 2**30)], lag=0.5, context_bytes=500 * MiB)

@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse, Response
 from gateway.dialects import responses_reply
 from gateway.dialects.relay import relay
 from gateway.dialects.response_store import ResponseStore, Stored
-from gateway.dialects.responses_reply import ResponseEvents
+from gateway.dialects.responses_events import ResponseEvents
 from gateway.dialects.responses_request import ResponsesRequest, input_messages, parse_responses_request, to_chat
 from gateway.dispatch import ChatStream
 from gateway.errors import GatewayError

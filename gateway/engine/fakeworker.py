@@ -25,7 +25,8 @@ from gateway.engine.base import Finished
 from gateway.engine.embedding import serve_embeddings
 from gateway.engine.fakellama import FakeEmbedder, FakeLlama, FakeScript
 from gateway.engine.fakeprocess import RecordingChannel, ThreadProcess, hang_up
-from gateway.engine.loadlog import LogCapture, failure_message, parse_lines
+from gateway.engine.loadlog import parse_lines
+from gateway.engine.logcapture import LogCapture, failure_message
 from gateway.engine.process import ProcessEngine
 from gateway.engine.spares import Spawned
 from gateway.engine.worker import Worker

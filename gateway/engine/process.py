@@ -4,7 +4,7 @@ what it is told to load, how its exit reads and how it is ended: `engine/workerp
 The pipe is read from the event loop (`looppipe.py`), so no thread sits between a token and the
 client. A worker that exits unexpectedly fails every generation it held, and the scheduler is told.
 
-Kept as one module (~280 lines) for a reason: the handle is one state machine. The dispatch of the
+Kept as one module (~290 lines) for a reason: the handle is one state machine. The dispatch of the
 worker's messages, the load future, the waiting generations and calls, the death that fails them and
 the memory figures a message updates all read and write the same few fields; split across modules
 (mixins sharing them) no part could be read on its own.
@@ -79,6 +79,7 @@ class ProcessEngine(Engine):
         self._calls: dict[int, asyncio.Future[Any]] = {}
         self._ids = itertools.count(1)
         self._stopping = False
+        self._load_failed = False  # the worker reported a failed load: it exits next, as it should
         self._stop_task: asyncio.Future[None] | None = None
         self._dead_reason: str | None = None
         self._peak_rss: int | None = None
@@ -212,6 +213,7 @@ class ProcessEngine(Engine):
             return
         if isinstance(message, Loaded | LoadFailed):
             self.load_report = LoadReport.from_wire(message.memory or {}) if message.memory is not None else None
+            self._load_failed = isinstance(message, LoadFailed)
             if self._loaded and not self._loaded.done():
                 if isinstance(message, Loaded):
                     self._loaded.set_result(message)
@@ -255,9 +257,13 @@ class ProcessEngine(Engine):
         for call in self._calls.values():
             if not call.done():
                 call.set_exception(error)
-        if not self._stopping:
-            log.warning("worker for model %s stopped unexpectedly: %s", self.model_id, reason)
-            self._report_exit(reason)
+        if self._stopping:
+            return
+        if self._load_failed:  # `start` answers for the failure the worker reported before it ended
+            log.info("worker for model %s exited after its failed load (%s)", self.model_id, reason)
+            return
+        log.warning("worker for model %s stopped unexpectedly: %s", self.model_id, reason)
+        self._report_exit(reason)
 
     def _detach(self) -> None:
         if self._pipe is not None:

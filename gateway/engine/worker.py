@@ -20,7 +20,7 @@ from typing import Any
 from gateway.engine.backend import Backend, SamplerSettings
 from gateway.engine.base import BatchState, ChoiceFinished, Delta, Finished, GenerationParams, Started
 from gateway.engine.embedding import LlamaEmbedder, load_embedding, serve_embeddings
-from gateway.engine.loadlog import LogCapture, failure_message
+from gateway.engine.logcapture import LogCapture, failure_message
 from gateway.engine.modelload import load
 from gateway.engine.parallel import Batch
 from gateway.engine.prompt import Render

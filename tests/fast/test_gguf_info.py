@@ -7,7 +7,7 @@ import pytest
 
 from gateway.config import parse_settings
 from gateway.footprint import Placement, footprint
-from gateway.gguf_info import GGUFFormatError, read_gguf_info
+from gateway.gguf_header import GGUFFormatError, read_gguf_info
 from gateway.memory import WORKER_BASELINE_BYTES, estimate, inspect_model
 from gateway.pools import HOST
 from tests.ggufgen import tiny_tensor_bytes, write_tiny_gguf

@@ -13,7 +13,7 @@ from types import ModuleType
 import pytest
 
 from gateway.footprint import Placement, footprint
-from gateway.gguf_info import read_gguf_info
+from gateway.gguf_header import read_gguf_info
 
 REPO = Path(__file__).resolve().parents[2]
 MiB = 2**20

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from gateway import dispatch, plan
+from gateway import dispatch, plan, toolplan
 from gateway.app import create_app
 from gateway.config import parse_settings
 from gateway.engine.base import Generation
@@ -37,7 +37,7 @@ def _shaping(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _tool_grammar(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(plan, "forced_schema", _raise)
+    monkeypatch.setattr(toolplan, "forced_schema", _raise)
 
 
 def _submit(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -124,7 +124,7 @@ def test_every_step_was_reached(client: TestClient, monkeypatch: pytest.MonkeyPa
     reached: set[str] = set()
     for name, target, attribute in [
         ("request shaping", plan, "_sampling"),
-        ("tool grammar", plan, "forced_schema"),
+        ("tool grammar", toolplan, "forced_schema"),
         ("submit to the worker", ProcessEngine, "generate"),
         ("first event", Generation, "next_event"),
         ("dispatch", dispatch, "start"),

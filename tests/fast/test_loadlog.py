@@ -7,16 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.engine.loadlog import (
-    HOST,
-    LoadReport,
-    LogCapture,
-    OutOfMemory,
-    device_of,
-    failure_message,
-    parse_lines,
-    to_pools,
-)
+from gateway.engine.loadlog import HOST, LoadReport, OutOfMemory, device_of, parse_lines, to_pools
+from gateway.engine.logcapture import LogCapture, failure_message
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "loadlog"
 MiB = 2**20

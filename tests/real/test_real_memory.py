@@ -11,7 +11,7 @@ import pytest
 from gateway.config import ModelEntry
 from gateway.engine.loadlog import HOST, LoadReport
 from gateway.engine.process import ProcessEngine
-from gateway.gguf_info import read_gguf_info
+from gateway.gguf_header import read_gguf_info
 from gateway.memory import WORKER_BASELINE_BYTES
 from tests.real.server import SMOLLM
 

@@ -1,0 +1,141 @@
+"""What `/metrics` reads at scrape time: the figures the gateway hands over (`ModelState` per model,
+`PoolFigures` per memory pool, circuit states) and the Prometheus collectors that turn them into
+gauge families. `Metrics` (metrics.py) registers them; `gauges.py` makes the figures from the scheduler.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+
+@dataclass(frozen=True)
+class ModelState:
+    model: str
+    state: str
+    in_flight: int  # requests generating
+    queued: int  # requests holding the model and waiting for their turn
+    estimated_bytes: int
+    measured_bytes: int | None
+    slots: int = 1  # runtime.parallel
+    batch_running: int = 0  # in the worker's batch
+    batch_waiting: int = 0  # in the worker, for a slot or KV room
+    kv_usage: float = 0.0  # KV cells held or reserved by running requests, 0..1
+    reused_tokens: int = 0  # prompt tokens served from the prefix cache since the worker loaded
+    pools: Mapping[str, int] = field(default_factory=dict)  # bytes held per memory pool (resident models)
+
+
+@dataclass(frozen=True)
+class PoolFigures:
+    """One memory pool (host RAM, or a GPU) at scrape time."""
+
+    pool: str
+    budget: int
+    total: int | None  # device memory; None for the host
+    free: int | None  # what the device reports free; None for the host
+    used: int  # what our models hold there
+    uuid: str = ""
+
+
+class PoolCollector(Collector):
+    def __init__(self, pools: Callable[[], list[PoolFigures]]) -> None:
+        self._pools = pools
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["pool", "uuid"]
+        total = GaugeMetricFamily("gateway_pool_total_bytes", "memory of the device (GPU pools)", labels=labels)
+        budget = GaugeMetricFamily("gateway_pool_budget_bytes", "what our models may hold in the pool", labels=labels)
+        used = GaugeMetricFamily("gateway_pool_used_bytes", "what our models hold in the pool", labels=labels)
+        free = GaugeMetricFamily(
+            "gateway_pool_free_bytes",
+            "free memory the device reports (GPU pools: other processes count)",
+            labels=labels,
+        )
+        for p in self._pools():
+            budget.add_metric([p.pool, p.uuid], p.budget)
+            used.add_metric([p.pool, p.uuid], p.used)
+            if p.total is not None:
+                total.add_metric([p.pool, p.uuid], p.total)
+            if p.free is not None:
+                free.add_metric([p.pool, p.uuid], p.free)
+        yield from (total, budget, used, free)
+
+
+class StateCollector(Collector):
+    def __init__(self, state: Callable[[], tuple[list[ModelState], int]]) -> None:
+        self._state = state
+
+    def collect(self) -> Iterator[Metric]:
+        models, budget = self._state()
+        loaded = GaugeMetricFamily("gateway_model_loaded", "1 when the model is loaded", labels=["model"])
+        in_flight = GaugeMetricFamily("gateway_in_flight_requests", "requests generating", labels=["model"])
+        queued = GaugeMetricFamily("gateway_queue_depth", "requests waiting for the model", labels=["model"])
+        estimated = GaugeMetricFamily("gateway_model_estimated_bytes", "estimate from GGUF metadata", labels=["model"])
+        measured = GaugeMetricFamily("gateway_model_measured_bytes", "worker resident memory", labels=["model"])
+        per_pool = GaugeMetricFamily(
+            "gateway_model_memory_bytes",
+            "bytes a resident model holds per memory pool (host, cuda0...): estimated until loaded, then measured",
+            labels=["model", "pool"],
+        )
+        for m in models:
+            for pool, size in sorted(m.pools.items()):
+                per_pool.add_metric([m.model, pool], size)
+            loaded.add_metric([m.model], 1.0 if m.state == "loaded" else 0.0)
+            in_flight.add_metric([m.model], m.in_flight)
+            queued.add_metric([m.model], m.queued)
+            estimated.add_metric([m.model], m.estimated_bytes)
+            if m.measured_bytes is not None:
+                measured.add_metric([m.model], m.measured_bytes)
+        yield from (loaded, in_flight, queued, estimated, measured, per_pool)
+        yield from _batch_gauges(models)
+        yield GaugeMetricFamily("gateway_memory_budget_bytes", "gateway.memory_budget", value=budget)
+        used = sum((m.measured_bytes or m.estimated_bytes) for m in models if m.state in ("loaded", "loading"))
+        yield GaugeMetricFamily("gateway_memory_used_bytes", "memory held by resident models", value=used)
+
+
+class CircuitCollector(Collector):
+    def __init__(self, circuits: Callable[[], list[tuple[str, str, str]]]) -> None:
+        self._circuits = circuits
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "gateway_upstream_circuit_open",
+            "1 while an upstream server's circuit breaker keeps requests away (open or half-open)",
+            labels=["model", "upstream"],
+        )
+        for model, upstream, state in self._circuits():
+            family.add_metric([model, upstream], 0.0 if state == "closed" else 1.0)
+        yield family
+
+
+def _batch_gauges(models: list[ModelState]) -> Iterator[Metric]:
+    """Load signals for routers and autoscalers (README: "Signals for routers and autoscalers")."""
+    running = GaugeMetricFamily(
+        "gateway_requests_running", "requests decoding in the model's continuous batch", labels=["model"]
+    )
+    waiting = GaugeMetricFamily(
+        "gateway_requests_waiting",
+        "requests admitted but not decoding yet: queued for the model or a slot",
+        labels=["model"],
+    )
+    slots = GaugeMetricFamily("gateway_batch_slots", "runtime.parallel: requests decoded together", labels=["model"])
+    kv = GaugeMetricFamily(
+        "gateway_kv_cache_usage_ratio",
+        "share of the KV pool held or reserved by running requests (0..1)",
+        labels=["model"],
+    )
+    reused = CounterMetricFamily(
+        "gateway_prefix_cache_reused_tokens",
+        "prompt tokens whose KV cells were reused from an earlier or running request (since the worker loaded)",
+        labels=["model"],
+    )
+    for m in models:
+        reused.add_metric([m.model], m.reused_tokens)
+        running.add_metric([m.model], m.batch_running)
+        waiting.add_metric([m.model], m.queued + m.batch_waiting)
+        slots.add_metric([m.model], m.slots)
+        kv.add_metric([m.model], m.kv_usage)
+    yield from (running, waiting, slots, kv, reused)
