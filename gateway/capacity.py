@@ -8,12 +8,10 @@ from dataclasses import replace
 
 from gateway.config import ModelEntry, Settings
 from gateway.footprint import Placement, footprint
-from gateway.memory import ModelFacts, output_rows
+from gateway.memory import ModelFacts, entry_batch_bytes, kv_cells, output_rows, ubatch
 from gateway.placement import ModelPlacementConfig, NoRoom, Option, Plan, Resident, placement_options, plan_load
 from gateway.pools import Device, PoolState, Vector, resolve_pools
 from gateway.units import format_bytes
-
-LLAMA_DEFAULT_UBATCH = 512
 
 
 def pools_for(settings: Settings, devices: Sequence[Device], host_total: int) -> tuple[PoolState, ...]:
@@ -32,23 +30,13 @@ def placement_config(entry: ModelEntry, settings: Settings) -> ModelPlacementCon
     )
 
 
-def kv_cells(entry: ModelEntry) -> int:
-    """KV cache cells the worker allocates: n_ctx per parallel sequence."""
-    parallel = int(getattr(entry.runtime, "parallel", 1) or 1)
-    return entry.model.n_ctx * parallel
-
-
-def ubatch(entry: ModelEntry) -> int:
-    if entry.embedding:  # an input is embedded in one batch
-        return entry.model.n_ctx
-    return min(entry.model.n_batch, entry.model.n_ctx, LLAMA_DEFAULT_UBATCH)
-
-
 def model_options(
     entry: ModelEntry, facts: ModelFacts, settings: Settings, pools: Sequence[PoolState], held: Vector
 ) -> list[Option]:
     def need_of(placement: Placement) -> Vector:
-        return footprint(facts.info, kv_cells(entry), placement, ubatch(entry), output_rows(entry)).vector
+        info = facts.info
+        batch = entry_batch_bytes(info, entry)
+        return footprint(info, kv_cells(entry), placement, ubatch(entry), output_rows(entry), batch).vector
 
     return placement_options(placement_config(entry, settings), pools, held, need_of)
 

@@ -112,10 +112,12 @@ def _compute_bytes(info: GGUFInfo, n_ctx: int, n_ubatch: int, has_layers: bool, 
     return max(kq, logits) + extra
 
 
-def footprint(info: GGUFInfo, n_ctx: int, placement: Placement, n_ubatch: int = 512, output_rows: int = 0) -> Footprint:
-    """Bytes per pool the model needs placed like this, with `n_ctx` KV cells (`output_rows`: see
-    memory.estimate; llama.cpp keeps outputs in host memory)."""
-    host_only = estimate(info, n_ctx, output_rows=output_rows)
+def footprint(
+    info: GGUFInfo, n_ctx: int, placement: Placement, n_ubatch: int = 512, output_rows: int = 0, batch: int = 0
+) -> Footprint:
+    """Bytes per pool the model needs placed like this, with `n_ctx` KV cells (`output_rows`, `batch`:
+    see memory.estimate; llama.cpp keeps outputs in host memory)."""
+    host_only = estimate(info, n_ctx, output_rows=output_rows, batch=batch)
     if not placement.on_gpu:
         return Footprint(
             vector=Vector.of({HOST: host_only.total}),

@@ -76,6 +76,14 @@ class GGUFInfo:
         except ValueError:
             return f"file_type {file_type}"
 
+    @property
+    def query_width(self) -> int:
+        """Values of one token's attention queries: heads x key length (Gemma's exceed n_embd)."""
+        key_length = self.metadata.get(f"{self.architecture}.attention.key_length")
+        if key_length is None or not self.head_count:
+            return self.embedding_length
+        return self.head_count * int(key_length)
+
     def kv_bytes_per_token(self, cache_type_bytes: int = 2) -> int:
         """Bytes of K and V cache one token of context costs across all layers."""
         return sum(self.kv_bytes_per_layer(cache_type_bytes))

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
-from gateway.config import Settings
+from gateway.config import ModelEntry, Settings
+from gateway.engine.base import Engine, GenerationParams
 from gateway.errors import GatewayError
 from gateway.memory import ModelFacts
 from gateway.scheduler import Scheduler
@@ -24,7 +25,8 @@ async def _measure(settings: Settings, facts: dict[str, ModelFacts], host_budget
         for model_id in facts:
             estimate = dict(scheduler.view(model_id).pools)  # placed, not yet loaded: the estimate
             try:
-                async with scheduler.hold(model_id, generate=False):
+                async with scheduler.hold(model_id, generate=False) as held:
+                    await _longest_input(held.engine, settings.models[model_id])
                     measured = dict(scheduler.view(model_id).measured_pools or {})
             except GatewayError as exc:
                 lines.append(f"  {model_id}: not loaded ({exc.message})")
@@ -35,6 +37,22 @@ async def _measure(settings: Settings, facts: dict[str, ModelFacts], host_budget
     finally:
         await scheduler.close()
     return lines
+
+
+async def _longest_input(engine: Engine, entry: ModelEntry) -> None:
+    """Run the longest input the model takes, so that the figures are its peak: llama.cpp allocates
+    its compute and output buffers at load but the pages count only once a full batch touches them."""
+    if entry.embedding:  # one batch of n_ctx tokens, each an output row
+        token = (await engine.tokenize("hello"))[-1]
+        await engine.embed([[token] * entry.model.n_ctx])
+        return
+    length = min(entry.model.n_ctx - 16, entry.model.n_batch)  # a full batch, with room to answer
+    params = GenerationParams(
+        messages=None, prompt=" hello" * length, max_tokens=1, temperature=0, top_p=1, top_k=1, min_p=0,
+        repeat_penalty=1, presence_penalty=0, frequency_penalty=0, stop=[], seed=0,
+    )  # fmt: skip
+    async for _ in engine.generate(params):
+        pass
 
 
 def _compare(model_id: str, estimate: dict[str, int], measured: dict[str, int]) -> list[str]:

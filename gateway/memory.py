@@ -20,11 +20,14 @@ from gateway.hostmem import host_memory_total
 
 # Resident memory of a worker with llama_cpp imported and no model loaded (measured: 57 MiB).
 WORKER_BASELINE_BYTES = 57 * 2**20
-# What a loaded model holds beyond weights and KV cache: compute buffers and the vocabulary's tables.
-# Fitted on CPU to SmolLM2 (49k vocab, +27 MiB) and Gemma-3 (262k vocab, +69 MiB) at several n_ctx.
-COMPUTE_BASE_BYTES = 17 * 2**20
-BYTES_PER_VOCAB_TOKEN = 200
+# What a loaded model holds beyond weights, KV cache and a full batch's compute (`batch_bytes`): the
+# vocabulary's tables and output rows. Fitted on CPU, with `batch_bytes`, to the peak resident memory
+# `gateway check --measure` reads (SmolLM2, 49k vocab; Gemma-3, 262k vocab; several n_ctx).
+COMPUTE_BASE_BYTES = 4 * 2**20
+BYTES_PER_VOCAB_TOKEN = 275
 KV_CACHE_TYPE_BYTES = 2  # f16, llama.cpp's default cache type
+F32 = 4
+ALLOCATOR_MARGIN = 1.05  # ggml's allocator rounds and aligns the largest tensors of a batch
 AUTO_BUDGET_FRACTION = 0.8
 
 
@@ -39,18 +42,54 @@ class Estimate:
         return self.weights + self.kv_cache + self.overhead
 
 
-def estimate(info: GGUFInfo, n_ctx: int, parallel: int = 1, output_rows: int = 0) -> Estimate:
+def estimate(info: GGUFInfo, n_ctx: int, parallel: int = 1, output_rows: int = 0, batch: int = 0) -> Estimate:
     """`parallel` requests decode together, each with up to `n_ctx` tokens: the KV pool holds them all.
     `output_rows`: tokens of one batch whose outputs llama.cpp keeps (an embedding model: every token
-    of an input, see `output_rows`), each a row of logits and one of the embedding, in f32."""
+    of an input, see `output_rows`), each a row of logits and one of the embedding, in f32. `batch`:
+    what a full batch adds once it has run (`batch_bytes`)."""
     return Estimate(
         weights=info.tensor_bytes,
         kv_cache=n_ctx * parallel * info.kv_bytes_per_token(KV_CACHE_TYPE_BYTES),
         overhead=WORKER_BASELINE_BYTES
         + COMPUTE_BASE_BYTES
         + BYTES_PER_VOCAB_TOKEN * info.vocab_size
-        + output_rows * (info.vocab_size + info.embedding_length) * 4,
+        + output_rows * (info.vocab_size + info.embedding_length) * F32
+        + batch,
     )
+
+
+def batch_bytes(info: GGUFInfo, n_ubatch: int, cells: int, plain_attention: bool, all_outputs: bool) -> int:
+    """What the first full batch makes resident of llama.cpp's compute buffer, which is allocated at
+    load but whose pages count only once used (so a worker's memory right after load misses it): each
+    token's activations; the attention scores over the whole KV pool when attention is not flash
+    attention; the logits of every token when every token is an output (embeddings). Scores and
+    logits are never live together (ggml reuses the memory). Fitted to the peak resident memory after
+    one full batch (`gateway check --measure`): SmolLM2 Q4_1/Q8_0 at n_ctx 512-4096, n_batch 512-1024,
+    parallel 1-4, Gemma-3-270M, and embedding SmolLM2 at n_ctx 512 and 2048."""
+    activations = n_ubatch * (6 * info.embedding_length + 4 * info.feed_forward_length + 2 * info.query_width) * F32
+    scores = n_ubatch * cells * info.head_count * F32 if plain_attention else 0
+    logits = n_ubatch * info.vocab_size * F32 if all_outputs else 0
+    return int(max(scores, logits) * ALLOCATOR_MARGIN) + activations
+
+
+def kv_cells(entry: ModelEntry) -> int:
+    """KV cache cells the worker allocates: n_ctx per parallel sequence."""
+    return entry.model.n_ctx * entry.runtime.parallel
+
+
+def ubatch(entry: ModelEntry) -> int:
+    """Tokens llama.cpp evaluates in one batch, as the worker configures it."""
+    if entry.embedding:  # an input is embedded in one batch
+        return entry.model.n_ctx
+    return max(1, min(entry.model.n_batch, kv_cells(entry)))
+
+
+def entry_batch_bytes(info: GGUFInfo, entry: ModelEntry) -> int:
+    """`batch_bytes` for a configured model: embedding workers run llama-cpp-python's `Llama`, whose
+    flash attention is off unless set `on`; generation workers leave it to llama.cpp unless `off`."""
+    flash = entry.model.flash_attn
+    plain = flash == "off" or (entry.embedding and flash != "on")
+    return batch_bytes(info, ubatch(entry), kv_cells(entry), plain, entry.embedding)
 
 
 def output_rows(entry: ModelEntry) -> int:
@@ -74,7 +113,8 @@ class ModelFacts:
 
 def inspect_model(entry: ModelEntry) -> ModelFacts:
     info = read_gguf_info(entry.model.path)
-    return ModelFacts(info=info, estimate=estimate(info, entry.model.n_ctx, entry.runtime.parallel, output_rows(entry)))
+    need = estimate(info, entry.model.n_ctx, entry.runtime.parallel, output_rows(entry), entry_batch_bytes(info, entry))
+    return ModelFacts(info=info, estimate=need)
 
 
 def inspect_models(settings: Settings) -> dict[str, ModelFacts]:

@@ -167,6 +167,7 @@ class ProcessEngine(Engine):
 
     async def embed(self, inputs: list[str | list[int]]) -> tuple[list[list[float]], int]:
         vectors, tokens = await self._call("embed", inputs)
+        self._sample_memory()  # a long input grows llama.cpp's output buffer (one row per token)
         return vectors, tokens
 
     async def _call(self, op: str, argument: Any) -> Any:

@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from gateway import cli
-from gateway.capacity import describe_plan, kv_cells, pools_for
+from gateway.capacity import describe_plan, pools_for
 from gateway.config import load_settings
-from gateway.memory import inspect_models
+from gateway.memory import inspect_models, kv_cells
 from gateway.pools import Device
 from tests.ggufgen import write_tiny_gguf
 

@@ -8,7 +8,7 @@ import pytest
 from gateway.config import parse_settings
 from gateway.footprint import Placement, footprint
 from gateway.gguf_header import GGUFFormatError, read_gguf_info
-from gateway.memory import WORKER_BASELINE_BYTES, estimate, inspect_model
+from gateway.memory import ALLOCATOR_MARGIN, WORKER_BASELINE_BYTES, entry_batch_bytes, estimate, inspect_model
 from gateway.pools import HOST
 from tests.ggufgen import tiny_tensor_bytes, write_tiny_gguf
 
@@ -67,6 +67,34 @@ def test_an_embedding_model_counts_an_output_row_per_token_of_an_input(make_conf
     settings = parse_settings(doc, tmp_path)
     gen, emb = (inspect_model(settings.models[m]) for m in ("gen", "emb"))
     rows = 256 * (gen.info.vocab_size + gen.info.embedding_length) * 4
-    assert emb.estimate.overhead - gen.estimate.overhead == rows
+    batches = entry_batch_bytes(emb.info, settings.models["emb"]) - entry_batch_bytes(gen.info, settings.models["gen"])
+    assert emb.estimate.overhead - gen.estimate.overhead == rows + batches
     host = Placement()
-    assert footprint(emb.info, 256, host, output_rows=256).vector.as_dict() == {HOST: emb.estimate.total}
+    batch = entry_batch_bytes(emb.info, settings.models["emb"])
+    assert footprint(emb.info, 256, host, output_rows=256, batch=batch).vector.as_dict() == {HOST: emb.estimate.total}
+
+
+def test_a_full_batch_counts_what_it_makes_resident(make_config: Any, tmp_path: Path) -> None:
+    """Activations for every token of a batch; attention scores over the KV pool without flash
+    attention (embeddings run without it unless `on`); every token's logits for an embedding model."""
+    doc = make_config(
+        {
+            "auto": {"model": {"n_ctx": 256, "n_batch": 64}},
+            "plain": {"model": {"n_ctx": 256, "n_batch": 64, "flash_attn": "off"}},
+            "emb": {"embedding": True, "model": {"n_ctx": 256, "pooling": "mean"}},
+            "emb-flash": {"embedding": True, "model": {"n_ctx": 256, "pooling": "mean", "flash_attn": True}},
+        }
+    )
+    settings = parse_settings(doc, tmp_path)
+    facts = {m: inspect_model(settings.models[m]) for m in settings.models}
+    info = facts["auto"].info
+    activations = 64 * (6 * info.embedding_length + 4 * info.feed_forward_length + 2 * info.query_width) * 4
+    assert entry_batch_bytes(info, settings.models["auto"]) == activations
+    scores = 64 * 256 * info.head_count * 4
+    assert entry_batch_bytes(info, settings.models["plain"]) == activations + int(scores * ALLOCATOR_MARGIN)
+    assert facts["plain"].estimate.total - facts["auto"].estimate.total == int(scores * ALLOCATOR_MARGIN)
+    logits = 256 * info.vocab_size * 4
+    whole = 256 * (6 * info.embedding_length + 4 * info.feed_forward_length + 2 * info.query_width) * 4
+    assert entry_batch_bytes(info, settings.models["emb-flash"]) == int(logits * ALLOCATOR_MARGIN) + whole
+    scores = 256 * 256 * info.head_count * 4
+    assert entry_batch_bytes(info, settings.models["emb"]) == int(max(logits, scores) * ALLOCATOR_MARGIN) + whole

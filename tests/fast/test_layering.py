@@ -253,7 +253,7 @@ ALLOWED: dict[str, set[str]] = {
         "upstream.proxy",
         "workers",
     },
-    "measure": {"config", "errors", "memory", "scheduler", "units", "workers"},
+    "measure": {"config", "engine.base", "errors", "memory", "scheduler", "units", "workers"},
     "cli": {
         "capacity",
         "config",

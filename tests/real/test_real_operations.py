@@ -244,8 +244,8 @@ def test_gateway_check(tmp_path: Any) -> None:
 
 
 def test_gateway_check_measure(tmp_path: Any) -> None:
-    """Each model loaded once in a real worker: the estimate's error per pool, within 10% for the
-    generation models and never below what an embedding worker can grow to (its output rows)."""
+    """Each model loaded once in a real worker and given its longest input (a full batch; an embedding
+    model's whole context): the estimate's error per pool at that peak, within 10% and not below."""
     import re
     import subprocess
     import sys
@@ -272,8 +272,7 @@ def test_gateway_check_measure(tmp_path: Any) -> None:
         for m, e in re.findall(r"^  (\S+) on host: estimate .*, measured .* \(([-+][\d.]+)%\)$", result.stdout, re.M)
     }
     assert set(errors) == {"smollm2", "gemma", "embed"}, result.stdout
-    assert abs(errors["smollm2"]) <= 10 and abs(errors["gemma"]) <= 10, errors
-    assert errors["embed"] >= 0, errors  # measured at load, before its output rows are touched
+    assert all(0 <= error <= 10 for error in errors.values()), errors
 
 
 def test_health_ready_cors_and_body_limit(secured: GatewayServer) -> None:
