@@ -283,10 +283,14 @@ WEATHER = {
     "additionalProperties": False,
 }
 # Closed schemas: with an open one, SmolLM2 at temperature 1 invents extra keys until max_tokens cuts the
-# arguments (6 of 60 seeds did), which is the model's choice, not the gateway's.
+# arguments (6 of 60 seeds did), which is the model's choice, not the gateway's. Bounded integers: a
+# "number" may have any count of digits, and a sample can repeat one until max_tokens (1 of 40 seeds).
 ADD = {
     "type": "object",
-    "properties": {"a": {"type": "number"}, "b": {"type": "number"}},
+    "properties": {
+        "a": {"type": "integer", "minimum": -9999, "maximum": 9999},
+        "b": {"type": "integer", "minimum": -9999, "maximum": 9999},
+    },
     "required": ["a", "b"],
     "additionalProperties": False,
 }
