@@ -34,7 +34,8 @@ PERSON = {
         },
     },
     "required": ["name", "age", "role", "skills", "address"],
-    # Closed: with an open object SmolLM2 may add keys until max_tokens cuts the JSON (seed 1 did).
+    # Closed: with an open object SmolLM2 adds keys until max_tokens cuts the JSON (17 of 40 seeds with the
+    # model's grammar_schema at its default temperature, 12 of 40 streamed), as JSON Schema allows.
     "additionalProperties": False,
 }
 ASK = [{"role": "user", "content": "Invent a user profile."}]
