@@ -34,7 +34,8 @@ PERSON = {
         },
     },
     "required": ["name", "age", "role", "skills", "address"],
-    # Closed: with an open object SmolLM2 may add keys until max_tokens cuts the JSON (seed 1 did).
+    # Closed: with an open object SmolLM2 adds keys until max_tokens cuts the JSON (17 of 40 seeds with the
+    # model's grammar_schema at its default temperature, 12 of 40 streamed), as JSON Schema allows.
     "additionalProperties": False,
 }
 ASK = [{"role": "user", "content": "Invent a user profile."}]
@@ -283,10 +284,14 @@ WEATHER = {
     "additionalProperties": False,
 }
 # Closed schemas: with an open one, SmolLM2 at temperature 1 invents extra keys until max_tokens cuts the
-# arguments (6 of 60 seeds did), which is the model's choice, not the gateway's.
+# arguments (6 of 60 seeds did), which is the model's choice, not the gateway's. Bounded integers: a
+# "number" may have any count of digits, and a sample can repeat one until max_tokens (1 of 40 seeds).
 ADD = {
     "type": "object",
-    "properties": {"a": {"type": "number"}, "b": {"type": "number"}},
+    "properties": {
+        "a": {"type": "integer", "minimum": -9999, "maximum": 9999},
+        "b": {"type": "integer", "minimum": -9999, "maximum": 9999},
+    },
     "required": ["a", "b"],
     "additionalProperties": False,
 }

@@ -13,7 +13,7 @@ import pytest
 from openai import OpenAI
 
 from tests.real.conftest import model
-from tests.real.server import SMOLLM_Q8, GatewayServer
+from tests.real.server import CLIENT_TIMEOUT, SMOLLM_Q8, GatewayServer
 
 STORY = [{"role": "user", "content": "Tell me a short story about a cat."}]
 PARIS = [{"role": "user", "content": "What is the weather in Paris?"}]
@@ -63,7 +63,7 @@ def batched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayServer]
 
 @pytest.fixture(scope="module")
 def client(batched: GatewayServer) -> OpenAI:
-    return OpenAI(base_url=f"{batched.base_url}/v1", api_key="unused", max_retries=0, timeout=300)
+    return OpenAI(base_url=f"{batched.base_url}/v1", api_key="unused", max_retries=0, timeout=CLIENT_TIMEOUT)
 
 
 def requests(client: OpenAI) -> dict[str, Callable[[], Any]]:
@@ -98,7 +98,7 @@ def stream_and_leave(batched: GatewayServer) -> int:
     """A streamed request whose client goes away after a few chunks."""
     body = {"model": "smollm2", "messages": STORY, "max_tokens": 300, "stream": True, "temperature": 0}
     seen = 0
-    with httpx.stream("POST", f"{batched.base_url}/v1/chat/completions", json=body, timeout=300) as response:
+    with httpx.stream("POST", f"{batched.base_url}/v1/chat/completions", json=body, timeout=CLIENT_TIMEOUT) as response:
         for line in response.iter_lines():
             if line.startswith("data: {"):
                 seen += 1
@@ -123,7 +123,7 @@ def test_mixed_concurrent_requests_each_as_if_alone(client: OpenAI, batched: Gat
     for t in threads:
         t.start()
     for t in threads:
-        t.join(600)
+        t.join(CLIENT_TIMEOUT)
     assert together.pop("left") == 5
     assert isinstance(alone["schema"]["name"], str) and isinstance(alone["schema"]["population"], int)
     assert alone["tool"][0] == "get_weather" and "city" in alone["tool"][1]

@@ -162,7 +162,7 @@ def test_six_concurrent_streams_all_complete(client: OpenAI) -> None:
     for t in threads:
         t.start()
     for t in threads:
-        t.join(180)
+        t.join(CLIENT_TIMEOUT)
     assert all(len(v) == 1 for v in results.values()) and len(results) == 6, results
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from tests.real.server import REPO, GatewayServer
+from tests.real.server import CLIENT_TIMEOUT, REPO, GatewayServer
 
 pytestmark = pytest.mark.real
 
@@ -36,7 +36,7 @@ def test_node_openai_chat_stream(server: GatewayServer) -> None:
     assert (NODE_DIR / "node_modules" / "openai").is_dir(), "run ./scripts/setup (it installs the openai package)"
     env = {**os.environ, "GATEWAY_BASE_URL": v1(server), "GATEWAY_MODEL": MODEL}
     done = subprocess.run(
-        ["node", "chat_stream.mjs"], cwd=NODE_DIR, env=env, capture_output=True, text=True, timeout=300
+        ["node", "chat_stream.mjs"], cwd=NODE_DIR, env=env, capture_output=True, text=True, timeout=CLIENT_TIMEOUT
     )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -87,7 +87,7 @@ def test_llm_cli(server: GatewayServer, tmp_path: Path) -> None:
             env=env,
             capture_output=True,
             text=True,
-            timeout=300,
+            timeout=CLIENT_TIMEOUT,
         )
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip(), model_id
@@ -128,7 +128,7 @@ def test_instructor(server: GatewayServer) -> None:
         [str(python), str(REPO / "tests" / "real" / "instructor_client.py"), v1(server), MODEL],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=CLIENT_TIMEOUT,
     )
     assert done.returncode == 0, done.stderr
     city = City.model_validate(json.loads(done.stdout)["city"])

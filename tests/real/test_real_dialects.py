@@ -11,7 +11,7 @@ import pytest
 from openai import OpenAI
 from pydantic import BaseModel
 
-from tests.real.server import GatewayServer
+from tests.real.server import CLIENT_TIMEOUT, GatewayServer
 
 pytestmark = pytest.mark.real
 
@@ -34,7 +34,7 @@ RESPONSES_TOOL: Any = {
 
 @pytest.fixture(scope="module")
 def claude(server: GatewayServer) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=server.base_url, api_key="unused", max_retries=0, timeout=120)
+    return anthropic.Anthropic(base_url=server.base_url, api_key="unused", max_retries=0, timeout=CLIENT_TIMEOUT)
 
 
 def test_anthropic_create_and_count_tokens(claude: anthropic.Anthropic) -> None:

@@ -97,14 +97,21 @@ def test_model_that_fails_to_load_does_not_hurt_others(fresh_server: Any, tmp_pa
 
 
 def test_sigterm_finishes_streams_and_leaves_no_worker(fresh_server: Any) -> None:
-    server = fresh_server(standard_config())
+    config = standard_config()
+    # Two spares: the stream's model takes one, and the other is still there during the stream (a
+    # replacement spare waits until no model generates, so with one it would come after the stream).
+    config["gateway"]["spare_workers"] = 2
+    # The stream must finish, not race a grace period: a loaded machine can be many times slower.
+    config["gateway"]["shutdown_grace"] = CLIENT_TIMEOUT
+    server = fresh_server(config)
     client = sdk(server)
     client.chat.completions.create(model="smollm2-q8", messages=HELLO, max_tokens=2)  # a second idle worker
+    assert wait_for(lambda: len(server.worker_pids()) == 3)  # and its replacement spare
     result: dict[str, Any] = {}
     first_chunk = threading.Event()
 
     def stream() -> None:
-        body = {"model": "smollm2", "messages": LONG, "max_tokens": 80, "stream": True, "temperature": 0}
+        body = {"model": "smollm2", "messages": LONG, "max_tokens": 40, "stream": True, "temperature": 0}
         payloads = []
         with httpx.stream(
             "POST", f"{server.base_url}/v1/chat/completions", json=body, timeout=CLIENT_TIMEOUT
@@ -118,15 +125,17 @@ def test_sigterm_finishes_streams_and_leaves_no_worker(fresh_server: Any) -> Non
     thread = threading.Thread(target=stream)
     thread.start()
     assert first_chunk.wait(CLIENT_TIMEOUT)
-    assert wait_for(lambda: len(server.worker_pids()) == 3)  # two models and a spare
     workers = server.worker_pids()
-    code = server.stop(signal.SIGTERM)
+    assert len(workers) == 3  # two models and a spare
+    admin = httpx.Client(base_url=server.base_url, timeout=CLIENT_TIMEOUT)
+    assert _model(admin, "smollm2")["in_flight"] == 1  # the signal comes during the stream
+    code = server.stop(signal.SIGTERM, timeout=2 * CLIENT_TIMEOUT)
     thread.join(CLIENT_TIMEOUT)
     assert code == 0, server.log()
     payloads = result["payloads"]
     assert payloads[-1] == "[DONE]"
     last = json.loads(payloads[-2])
-    assert "error" not in last and last["choices"][0]["finish_reason"] in ("length", "stop")
+    assert "error" not in last and last["choices"][0]["finish_reason"] == "length"  # all 40 tokens
     assert not [pid for pid in workers if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
 
 
@@ -164,7 +173,8 @@ def test_queue_full_and_never_fits(fresh_server: Any) -> None:
     config["models"]["gemma"] = model(GEMMA, model={"chat_format": "gemma"})  # estimate above 300MiB
     server = fresh_server(config)
     client = sdk(server)
-    stream = client.chat.completions.create(model="smollm2", messages=LONG, max_tokens=400, stream=True)
+    # Greedy: a sampled answer may end within a few tokens, and with it the hold the queue is full behind.
+    stream = client.chat.completions.create(model="smollm2", messages=LONG, max_tokens=400, stream=True, temperature=0)
     next(stream)
     with pytest.raises(openai.RateLimitError) as full:
         client.chat.completions.create(model="smollm2", messages=HELLO, max_tokens=4)

@@ -43,20 +43,20 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayServer]
 
 def post(server: GatewayServer, case: dict[str, Any]) -> tuple[int, str]:
     raw = corpus.render(case["body"]).encode()
-    with httpx.stream("POST", f"{server.base_url}{case['path']}", content=raw, timeout=300) as response:
+    with httpx.stream("POST", f"{server.base_url}{case['path']}", content=raw, timeout=CLIENT_TIMEOUT) as response:
         return response.status_code, "".join(response.iter_text())
 
 
 def warm(server: GatewayServer) -> list[int]:
     """Load both models; their worker pids."""
-    client = httpx.Client(base_url=server.base_url, timeout=300)
+    client = httpx.Client(base_url=server.base_url, timeout=CLIENT_TIMEOUT)
     assert client.post("/v1/completions", json={"model": "smollm2", "prompt": "hi", "max_tokens": 1}).status_code == 200
     assert client.post("/v1/embeddings", json={"model": "embed", "input": "hi"}).status_code == 200
     return sorted(server.worker_pids())
 
 
 def assert_idle_and_serving(server: GatewayServer, workers: list[int]) -> None:
-    client = httpx.Client(base_url=server.base_url, timeout=300)
+    client = httpx.Client(base_url=server.base_url, timeout=CLIENT_TIMEOUT)
     for entry in client.get("/admin/models").json()["models"]:
         assert (entry["leases"], entry["in_flight"], entry["queued"]) == (0, 0, 0), entry
     assert sorted(server.worker_pids()) == workers, "a worker died (or was replaced) on the way"
@@ -96,7 +96,9 @@ def test_a_stream_survives_every_hostile_request_to_its_model(hostile: GatewaySe
             "stream_options": {"include_usage": True},
         }
         frames = []
-        with httpx.stream("POST", f"{hostile.base_url}/v1/chat/completions", json=body, timeout=600) as response:
+        with httpx.stream(
+            "POST", f"{hostile.base_url}/v1/chat/completions", json=body, timeout=CLIENT_TIMEOUT
+        ) as response:
             for line in response.iter_lines():
                 if line.startswith("data: "):
                     frames.append(line[6:])
@@ -108,7 +110,7 @@ def test_a_stream_survives_every_hostile_request_to_its_model(hostile: GatewaySe
     assert started.wait(CLIENT_TIMEOUT)
     with concurrent.futures.ThreadPoolExecutor(8) as pool:  # every class of hostile input, all at once
         answered = collections.Counter(status for status, _ in pool.map(lambda c: post(hostile, c), corpus.cases()))
-    thread.join(600)
+    thread.join(CLIENT_TIMEOUT)
     frames = result["frames"]
     assert frames[-1] == "[DONE]"
     chunks = [json.loads(f) for f in frames[:-1]]
@@ -125,7 +127,7 @@ REAL_FUZZ_CASES = 60
 def test_fuzzing_real_models(hostile: GatewayServer) -> None:
     workers = warm(hostile)
     statuses: dict[str, collections.Counter[int]] = collections.defaultdict(collections.Counter)
-    client = httpx.Client(base_url=hostile.base_url, timeout=300)
+    client = httpx.Client(base_url=hostile.base_url, timeout=CLIENT_TIMEOUT)
 
     @settings(
         max_examples=REAL_FUZZ_CASES,

@@ -19,7 +19,7 @@ import pytest
 from openai import OpenAI
 
 from tests.dockerfile import read
-from tests.real.server import MODELS, REPO, free_port
+from tests.real.server import CLIENT_TIMEOUT, MODELS, REPO, free_port
 
 pytestmark = pytest.mark.real
 VENV_BIN = Path(sys.executable).parent
@@ -60,7 +60,7 @@ def test_image_command_serves_answers_health_and_stops_gracefully(tmp_path: Path
             assert time.monotonic() < deadline, "the HEALTHCHECK never passed"
             time.sleep(0.5)
 
-        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=300)
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=CLIENT_TIMEOUT)
         (card,) = client.models.list().data
         assert card.id == "smollm2-135m-instruct"  # the embedded default, from the volume
         # `docker stop` sends STOPSIGNAL during a stream: the stream finishes, the process exits 0.

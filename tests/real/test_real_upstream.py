@@ -16,7 +16,7 @@ from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.real.conftest import model
-from tests.real.server import SMOLLM, GatewayServer, free_port
+from tests.real.server import CLIENT_TIMEOUT, SMOLLM, GatewayServer, free_port
 from tests.real.stub_server import StubServer
 
 pytestmark = pytest.mark.real
@@ -42,7 +42,7 @@ def front_config(back: str, dead: str, silent: str, stall: str) -> dict[str, Any
                 "aliases": ["far"],
                 "upstream": [
                     {"base_url": dead, "model": "smollm2", "connect_timeout": 2},
-                    {"base_url": back, "model": "smollm2", "timeout": 120},
+                    {"base_url": back, "model": "smollm2", "timeout": CLIENT_TIMEOUT},
                 ],
                 "breaker": {"failures": 3, "cooldown": "1h"},
             },
@@ -69,7 +69,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatewayS
 
 
 def sdk(server: GatewayServer) -> OpenAI:
-    return OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0, timeout=120)
+    return OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0, timeout=CLIENT_TIMEOUT)
 
 
 def metric(server: GatewayServer, name: str, **labels: str) -> float:
@@ -166,7 +166,7 @@ def test_upstream_killed_mid_stream(fresh_server: Any) -> None:
     body = {"model": "remote", "messages": LONG, "max_tokens": 400, "stream": True, "temperature": 0}
     payloads: list[str] = []
     killed = threading.Event()
-    with httpx.stream("POST", f"{front.base_url}/v1/chat/completions", json=body, timeout=120) as response:
+    with httpx.stream("POST", f"{front.base_url}/v1/chat/completions", json=body, timeout=CLIENT_TIMEOUT) as response:
         assert response.status_code == 200
         for payload in sse_payloads(response):
             payloads.append(payload)
