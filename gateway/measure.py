@@ -46,7 +46,7 @@ async def _longest_input(engine: Engine, entry: ModelEntry) -> None:
         token = (await engine.tokenize("hello"))[-1]
         await engine.embed([[token] * entry.model.n_ctx])
         return
-    length = min(entry.model.n_ctx - 16, entry.model.n_batch)  # a full batch, with room to answer
+    length = max(1, min(entry.model.n_ctx - 16, entry.model.n_batch))  # a full batch, with room to answer
     params = GenerationParams(
         messages=None, prompt=" hello" * length, max_tokens=1, temperature=0, top_p=1, top_k=1, min_p=0,
         repeat_penalty=1, presence_penalty=0, frequency_penalty=0, stop=[], seed=0,
