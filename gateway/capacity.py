@@ -8,7 +8,7 @@ from dataclasses import replace
 
 from gateway.config import ModelEntry, Settings
 from gateway.footprint import Placement, footprint
-from gateway.memory import ModelFacts, entry_batch_bytes, kv_cells, output_rows, ubatch
+from gateway.memory import ModelFacts, after_load_bytes, kv_cells, output_rows, ubatch
 from gateway.placement import ModelPlacementConfig, NoRoom, Option, Plan, Resident, placement_options, plan_load
 from gateway.pools import Device, PoolState, Vector, resolve_pools
 from gateway.units import format_bytes
@@ -35,7 +35,7 @@ def model_options(
 ) -> list[Option]:
     def need_of(placement: Placement) -> Vector:
         info = facts.info
-        batch = entry_batch_bytes(info, entry)
+        batch = after_load_bytes(info, entry)
         return footprint(info, kv_cells(entry), placement, ubatch(entry), output_rows(entry), batch).vector
 
     return placement_options(placement_config(entry, settings), pools, held, need_of)

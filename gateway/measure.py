@@ -40,19 +40,22 @@ async def _measure(settings: Settings, facts: dict[str, ModelFacts], host_budget
 
 
 async def _longest_input(engine: Engine, entry: ModelEntry) -> None:
-    """Run the longest input the model takes, so that the figures are its peak: llama.cpp allocates
-    its compute and output buffers at load but the pages count only once a full batch touches them."""
+    """Run the longest input the model takes (and, for a generation model, a constrained answer), so
+    that the figures are its peak: llama.cpp allocates its compute and output buffers at load but the
+    pages count only once a full batch touches them; constrained decoding builds its vocabulary view
+    on first use."""
     if entry.embedding:  # one batch of n_ctx tokens, each an output row
         token = (await engine.tokenize("hello"))[-1]
         await engine.embed([[token] * entry.model.n_ctx])
         return
     length = max(1, min(entry.model.n_ctx - 16, entry.model.n_batch))  # a full batch, with room to answer
-    params = GenerationParams(
-        messages=None, prompt=" hello" * length, max_tokens=1, temperature=0, top_p=1, top_k=1, min_p=0,
-        repeat_penalty=1, presence_penalty=0, frequency_penalty=0, stop=[], seed=0,
-    )  # fmt: skip
-    async for _ in engine.generate(params):
-        pass
+    for prompt, constraint in ((" hello" * length, None), (" hello", {"json_object": True})):
+        params = GenerationParams(
+            messages=None, prompt=prompt, max_tokens=4, temperature=0, top_p=1, top_k=1, min_p=0,
+            repeat_penalty=1, presence_penalty=0, frequency_penalty=0, stop=[], seed=0, constraint=constraint,
+        )  # fmt: skip
+        async for _ in engine.generate(params):
+            pass
 
 
 def _compare(model_id: str, estimate: dict[str, int], measured: dict[str, int]) -> list[str]:

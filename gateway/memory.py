@@ -27,6 +27,7 @@ COMPUTE_BASE_BYTES = 4 * 2**20
 BYTES_PER_VOCAB_TOKEN = 275
 KV_CACHE_TYPE_BYTES = 2  # f16, llama.cpp's default cache type
 F32 = 4
+CONSTRAINT_BYTES_PER_VOCAB_TOKEN = 560
 ALLOCATOR_MARGIN = 1.05  # ggml's allocator rounds and aligns the largest tensors of a batch
 AUTO_BUDGET_FRACTION = 0.8
 
@@ -46,7 +47,7 @@ def estimate(info: GGUFInfo, n_ctx: int, parallel: int = 1, output_rows: int = 0
     """`parallel` requests decode together, each with up to `n_ctx` tokens: the KV pool holds them all.
     `output_rows`: tokens of one batch whose outputs llama.cpp keeps (an embedding model: every token
     of an input, see `output_rows`), each a row of logits and one of the embedding, in f32. `batch`:
-    what a full batch adds once it has run (`batch_bytes`)."""
+    what the worker adds after its load (`after_load_bytes`)."""
     return Estimate(
         weights=info.tensor_bytes,
         kv_cache=n_ctx * parallel * info.kv_bytes_per_token(KV_CACHE_TYPE_BYTES),
@@ -84,6 +85,15 @@ def ubatch(entry: ModelEntry) -> int:
     return max(1, min(entry.model.n_batch, kv_cells(entry)))
 
 
+def after_load_bytes(info: GGUFInfo, entry: ModelEntry) -> int:
+    """What a worker adds after its load: a full batch (`entry_batch_bytes`) and, for a generation
+    model, the vocabulary view that constrained decoding builds on the first JSON-schema, json_object or
+    tool request (llguidance's token tables; measured +26 MiB for SmolLM2's 49k vocabulary, +117 MiB
+    for Gemma-3's 262k)."""
+    constrained = 0 if entry.embedding else CONSTRAINT_BYTES_PER_VOCAB_TOKEN * info.vocab_size
+    return entry_batch_bytes(info, entry) + constrained
+
+
 def entry_batch_bytes(info: GGUFInfo, entry: ModelEntry) -> int:
     """`batch_bytes` for a configured model: embedding workers run llama-cpp-python's `Llama`, whose
     flash attention is off unless set `on`; generation workers leave it to llama.cpp unless `off`."""
@@ -113,7 +123,7 @@ class ModelFacts:
 
 def inspect_model(entry: ModelEntry) -> ModelFacts:
     info = read_gguf_info(entry.model.path)
-    need = estimate(info, entry.model.n_ctx, entry.runtime.parallel, output_rows(entry), entry_batch_bytes(info, entry))
+    need = estimate(info, entry.model.n_ctx, entry.runtime.parallel, output_rows(entry), after_load_bytes(info, entry))
     return ModelFacts(info=info, estimate=need)
 
 

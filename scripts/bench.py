@@ -318,6 +318,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for model_id in ("smollm2", "smollm2-q8", "gemma"):
         with httpx.Client() as client:
             chat_timing(client, gw.url, model_id, 8)
+            # A full batch of prompt: the compute buffer's pages count once used, and the estimate is
+            # of that peak (as `gateway check --measure` measures it), constrained decoding included.
+            body = {"model": model_id, "prompt": " hello" * 500, "max_tokens": 1, "temperature": 0}
+            client.post(f"{gw.url}/v1/completions", json=body, timeout=600).raise_for_status()
+            body = {"model": model_id, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+            body["response_format"] = {"type": "json_object"}  # and constrained decoding's vocabulary view
+            client.post(f"{gw.url}/v1/chat/completions", json=body, timeout=600).raise_for_status()
     cards = models_cards(gw.url)
     result["memory"] = {
         m: {

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -8,7 +9,15 @@ import pytest
 from gateway.config import parse_settings
 from gateway.footprint import Placement, footprint
 from gateway.gguf_header import GGUFFormatError, read_gguf_info
-from gateway.memory import ALLOCATOR_MARGIN, WORKER_BASELINE_BYTES, entry_batch_bytes, estimate, inspect_model
+from gateway.memory import (
+    ALLOCATOR_MARGIN,
+    CONSTRAINT_BYTES_PER_VOCAB_TOKEN,
+    WORKER_BASELINE_BYTES,
+    after_load_bytes,
+    entry_batch_bytes,
+    estimate,
+    inspect_model,
+)
 from gateway.pools import HOST
 from tests.ggufgen import tiny_tensor_bytes, write_tiny_gguf
 
@@ -98,3 +107,15 @@ def test_a_full_batch_counts_what_it_makes_resident(make_config: Any, tmp_path: 
     assert entry_batch_bytes(info, settings.models["emb-flash"]) == int(logits * ALLOCATOR_MARGIN) + whole
     scores = 256 * 256 * info.head_count * 4
     assert entry_batch_bytes(info, settings.models["emb"]) == int(max(logits, scores) * ALLOCATOR_MARGIN) + whole
+
+
+def test_a_generation_model_counts_constrained_decodings_vocabulary_view(make_config: Any, tmp_path: Path) -> None:
+    """Built on the first constrained request (llguidance's token tables): per vocabulary token,
+    generation models only."""
+    doc = make_config({"gen": {}, "emb": {"embedding": True, "model": {"pooling": "mean"}}})
+    settings = parse_settings(doc, tmp_path)
+    info = inspect_model(settings.models["gen"]).info
+    info = dataclasses.replace(info, metadata={**info.metadata, f"{info.architecture}.vocab_size": 1000})
+    gen, emb = settings.models["gen"], settings.models["emb"]
+    assert after_load_bytes(info, gen) - entry_batch_bytes(info, gen) == 1000 * CONSTRAINT_BYTES_PER_VOCAB_TOKEN
+    assert after_load_bytes(info, emb) == entry_batch_bytes(info, emb)
