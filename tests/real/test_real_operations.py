@@ -213,7 +213,7 @@ def test_gateway_check(tmp_path: Any) -> None:
     import sys
 
     config = standard_config()
-    config["gateway"]["memory_budget"] = "500MiB"
+    config["gateway"]["memory_budget"] = "700MiB"
     config["models"]["gpu"] = model(SMOLLM_Q8, model={"n_gpu_layers": -1})
     path = tmp_path / "models.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -225,7 +225,7 @@ def test_gateway_check(tmp_path: Any) -> None:
     )
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert "memory budget: 500.0 MiB" in out
+    assert "memory budget: 700.0 MiB" in out
     assert "backend: CPU" in out
     assert "smollm2:" in out and "llama" in out and "Q4_1" in out and "GGUF template" in out
     assert "gemma:" in out and "gemma3" in out and "chat_format gemma" in out
