@@ -33,10 +33,10 @@ def placement_config(entry: ModelEntry, settings: Settings) -> ModelPlacementCon
 def model_options(
     entry: ModelEntry, facts: ModelFacts, settings: Settings, pools: Sequence[PoolState], held: Vector
 ) -> list[Option]:
+    batch = after_load_bytes(facts.info, entry)
+
     def need_of(placement: Placement) -> Vector:
-        info = facts.info
-        batch = after_load_bytes(info, entry)
-        return footprint(info, kv_cells(entry), placement, ubatch(entry), output_rows(entry), batch).vector
+        return footprint(facts.info, kv_cells(entry), placement, ubatch(entry), output_rows(entry), batch).vector
 
     return placement_options(placement_config(entry, settings), pools, held, need_of)
 

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from gateway.gguf_info import GGUFInfo
-from gateway.memory import KV_CACHE_TYPE_BYTES, estimate
+from gateway.memory import F32, KV_CACHE_TYPE_BYTES, estimate
 from gateway.pools import HOST, PoolState, Vector
 
 # A worker's CUDA context on each GPU it uses (driver state, cuBLAS workspaces, loaded kernels);
@@ -28,7 +28,6 @@ COMPUTE_EXTRA_BYTES = 2 * 2**20
 # The attention scores buffer of the plain attention path, plus the allocator's rounding. Counted even
 # where flash attention (llama.cpp's "auto") will need far less: a device may not support it.
 KQ_MARGIN = 1.15
-F32 = 4
 
 
 @dataclass(frozen=True)

@@ -95,10 +95,9 @@ def after_load_bytes(info: GGUFInfo, entry: ModelEntry) -> int:
 
 
 def entry_batch_bytes(info: GGUFInfo, entry: ModelEntry) -> int:
-    """`batch_bytes` for a configured model: embedding workers run llama-cpp-python's `Llama`, whose
-    flash attention is off unless set `on`; generation workers leave it to llama.cpp unless `off`."""
-    flash = entry.model.flash_attn
-    plain = flash == "off" or (entry.embedding and flash != "on")
+    """`batch_bytes` for a configured model, with the attention path its worker runs ("auto" counts
+    as flash attention: llama.cpp turns it on for CPU)."""
+    plain = entry.flash_attention == "off"
     return batch_bytes(info, ubatch(entry), kv_cells(entry), plain, entry.embedding)
 
 

@@ -118,3 +118,11 @@ class ModelEntry(Section):
     sampling: SamplingSection = SamplingSection()
     runtime: RuntimeSection = RuntimeSection()
     output: OutputSection = OutputSection()
+
+    @property
+    def flash_attention(self) -> Literal["auto", "on", "off"]:
+        """What the worker runs: an embedding worker (llama-cpp-python's `Llama`, which has no "auto")
+        runs without flash attention unless it is `on`."""
+        if self.embedding and self.model.flash_attn != "on":
+            return "off"
+        return self.model.flash_attn

@@ -67,7 +67,7 @@ def load_embedding(config: dict[str, Any]) -> Any:
         **device_arguments(config),  # n_gpu_layers, and main_gpu, tensor_split where the scheduler placed it
         n_threads=config["n_threads"],
         use_mmap=config["use_mmap"],
-        flash_attn=config.get("flash_attn") == "on",  # llama-cpp-python's Llama has no "auto": off unless asked
+        flash_attn=config.get("flash_attn") == "on",  # ModelEntry.flash_attention: no "auto" here
         verbose=config["verbose"],
         embedding=True,
         n_batch=config["n_ctx"],

@@ -23,7 +23,7 @@ def worker_config(entry: ModelEntry, placement: dict[str, Any] | None = None) ->
         "n_gpu_layers": entry.model.n_gpu_layers,
         "chat_format": entry.model.chat_format,
         "use_mmap": entry.model.use_mmap,
-        "flash_attn": entry.model.flash_attn,
+        "flash_attn": entry.flash_attention,
         "n_threads": entry.runtime.thread_count,
         "verbose": entry.runtime.verbose,
         "repeat_last_n": entry.sampling.repeat_last_n,

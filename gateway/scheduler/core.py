@@ -82,7 +82,8 @@ class Scheduler(Loading):
 
     def busy(self) -> bool:
         """Some model is generating, has requests waiting, or is loading: the cores are in use."""
-        return any(v.running or v.waiting or v.state is State.LOADING for v in self.views())
+        slots = (*self._slots.values(), *self._retiring)  # polled: no snapshot of pools needed
+        return any(s.running or s.waiting or s.state is State.LOADING for s in slots)
 
     def pinned_not_loaded(self) -> list[str]:
         """Pinned models not loaded yet: the gateway is ready when there are none."""
