@@ -39,7 +39,11 @@ async def test_device_claims_stay_inside_the_budget(make_config: Any, tmp_path: 
 
     async def checker() -> None:
         while not stop.is_set():
-            assert claimed(scheduler.snapshot(), "cuda0") <= BUDGET
+            snapshot = scheduler.snapshot()
+            assert claimed(snapshot, "cuda0") <= BUDGET, [
+                (v.model_id, v.state.value, v.draining, v.retiring, v.holds, v.pools.get("cuda0"))
+                for v in (*snapshot.models, *snapshot.retiring)
+            ]
             await asyncio.sleep(0)
 
     async def client() -> None:
