@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from starlette.testclient import TestClient
@@ -158,4 +159,7 @@ def test_generic_schema_allows_a_call_or_a_response() -> None:
     schema = generic_schema(TOOLS)
     call, response = schema["anyOf"]
     assert call["properties"]["tool_call"]["anyOf"][0]["properties"]["name"] == {"const": "get_weather"}
-    assert response["properties"]["response"] == {"type": "string"}
+    jsonschema.validate({"response": "It is sunny."}, schema)
+    jsonschema.validate({"tool_call": {"name": "get_weather", "arguments": {"city": "Paris"}}}, schema)
+    with pytest.raises(jsonschema.ValidationError):  # an empty answer answers nothing
+        jsonschema.validate({"response": ""}, schema)
