@@ -23,9 +23,10 @@ Invariants (held by tests/fast/test_scheduler_invariants.py after every step):
    go to waiting holds in arrival order.
 4. At most one load per model version is under way; requests to a loaded model never wait for
    another model's load; a load is not tied to the request that started it.
-5. A version chosen for unloading takes no new hold from that instant (state `unloading`); a
-   version replaced by a reload keeps counting its memory until its worker has exited, and its
-   successor opens only then.
+5. A version chosen for unloading takes no new hold from that instant (state `unloading`) and
+   counts its memory until its worker has exited, whoever else asks to unload it meanwhile and
+   whether or not the caller that started the stop is cancelled (the stop is a task of its own);
+   a version replaced by a reload does the same, and its successor opens only then.
 6. A hold is released exactly once, however its request ends; when every request has ended, every
    count is zero and the CPU budget lends nothing.
 7. A model has at most one CPU grant, shared by its running requests; no model waits for one longer

@@ -63,13 +63,14 @@ class Scheduler(Loading):
         """Stop every worker; no model stays loaded."""
         self._closing = True
         self._changed()  # requests waiting to be admitted see it and get a 503
-        tasks = [t for t in (self._reaper, *self._background) if t is not None]
-        tasks += [s.load_task for s in (*self._slots.values(), *self._retiring) if s.load_task is not None]
+        every = [*self._slots.values(), *self._retiring]
+        stops = {s.stopping for s in every}  # workers on their way out finish exiting
+        tasks = [t for t in (self._reaper, *self._background) if t is not None and t not in stops]
+        tasks += [s.load_task for s in every if s.load_task is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        every = [*self._slots.values(), *self._retiring]
-        await asyncio.gather(*(self._unload(s, "shutdown") for s in every if s.engine is not None))
+        await asyncio.gather(*(self._unload(s, "shutdown") for s in every))
 
     # -- queries (snapshots only) --------------------------------------------------------------
 

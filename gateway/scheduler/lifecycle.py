@@ -89,31 +89,43 @@ class Lifecycle:
     # -- unloading -----------------------------------------------------------------------------
 
     def _start_unload(self, slot: Slot, reason: str) -> None:
-        """Mark the slot unloading now (no new holds), stop its worker in the background."""
-        slot.state = State.UNLOADING
-        self._in_background(self._unload(slot, reason))
-
-    async def _unload(self, slot: Slot, reason: str) -> None:
+        """Mark the slot unloading and start stopping its worker, in this step (no new holds from
+        here on). The stop runs as a task of its own, so a caller that goes away (a load cancelled
+        while it evicts) does not end it early, and the slot counts as resident until the worker has
+        exited: nothing else is loaded into memory still in use."""
         engine = slot.engine
+        if engine is None:
+            if slot.state is State.UNLOADING and slot.stopping is None:  # nothing left to stop
+                slot.state = State.UNLOADED
+                self._changed()
+            return
+        log.info("unloading %s (%s)", slot.model_id, reason)
+        self.observer.model_unloaded(slot.model_id, reason)
+        slot.last_measured = engine.measured_bytes() or slot.last_measured
+        self._stop_worker(slot, engine)
+
+    def _stop_worker(self, slot: Slot, engine: Engine) -> None:
         vector = slot.vector
-        if engine is not None:
-            slot.last_measured = engine.measured_bytes() or slot.last_measured
         slot.engine = None
         slot.state = State.UNLOADING
+        slot.stopping = self._in_background(self._stopping(slot, engine, vector))
         self._changed()
-        if engine is not None:
-            log.info("unloading %s (%s)", slot.model_id, reason)
-            self.observer.model_unloaded(slot.model_id, reason)
-            try:
-                await engine.stop()
-                self.devices.returned(vector)  # the next load there waits until the driver shows it
-            finally:
-                if slot.engine is None:  # nobody loaded it again meanwhile
+
+    async def _stopping(self, slot: Slot, engine: Engine, vector: Vector) -> None:
+        try:
+            await engine.stop()
+            self.devices.returned(vector)  # the next load there waits until the driver shows it
+        finally:
+            if slot.stopping is asyncio.current_task():
+                slot.stopping = None
+                if slot.state is State.UNLOADING:
                     slot.state = State.UNLOADED
-                self._changed()
-        elif slot.state is State.UNLOADING:
-            slot.state = State.UNLOADED
             self._changed()
+
+    async def _unload(self, slot: Slot, reason: str) -> None:
+        """Unload the slot; returns once its worker (or the one another unload is stopping) has exited."""
+        self._start_unload(slot, reason)
+        await slot.stopped()
 
     async def _force_unload(self, slot: Slot, reason: str) -> None:
         """Unload now: running requests fail, a load under way is stopped (its waiters get a 503)."""
@@ -128,7 +140,7 @@ class Lifecycle:
                 slot.abort_load = None
                 slot.state = State.UNLOADED
                 self._changed()
-        if slot.engine is not None or slot.state is State.LOADED:
+        if slot.state is not State.LOADING:  # a load a newer request started meanwhile is left alone
             await self._unload(slot, reason)
 
     async def _drain(self, slot: Slot, reason: str) -> None:
@@ -169,7 +181,8 @@ class Lifecycle:
         self._change.set()
         self._change = asyncio.Event()
 
-    def _in_background(self, coro: Coroutine[Any, Any, Any]) -> None:
+    def _in_background(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task

@@ -120,13 +120,8 @@ class Loading(Lifecycle):
         if engine is None:
             slot.state = State.UNLOADED
             return
-        vector = slot.vector
-        slot.state = State.UNLOADING
-        try:
-            await engine.stop()
-            self.devices.returned(vector)
-        finally:
-            slot.state = State.UNLOADED
+        self._stop_worker(slot, engine)
+        await slot.stopped()
 
     async def _make_room(self, slot: Slot) -> None:
         """Claim the memory for `slot`, unloading idle models, waiting (bounded) for busy ones."""
@@ -150,8 +145,8 @@ class Loading(Lifecycle):
                 slot.placement, slot.need, slot.device_measured = plan.option.placement, plan.option.need, None
                 victims = [self._slots[m] for m in plan.evict]
                 for victim in victims:
-                    victim.state = State.UNLOADING
-                await asyncio.gather(*(self._unload(v, "lru") for v in victims))
+                    self._start_unload(victim, "lru")
+                await asyncio.gather(*(v.stopped() for v in victims))
                 return
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -175,10 +170,10 @@ class Loading(Lifecycle):
         need = max(slot.estimate[device], logged + (oom.need or 0) + GPU_CONTEXT_BYTES)
         await self.devices.refresh()
         victims = after_device_oom(self.snapshot(), device, need, slot.model_id) if attempt == 0 else ()
-        for model_id in victims:
-            self._slots[model_id].state = State.UNLOADING  # chosen and claimed in one step
         log.warning("loading %s ran out of memory on %s (%s); unloading %s", slot.model_id, device, oom.line, victims)
-        await asyncio.gather(*(self._unload(self._slots[m], "device_oom") for m in victims))
+        for model_id in victims:
+            self._start_unload(self._slots[model_id], "device_oom")  # chosen and claimed in one step
+        await asyncio.gather(*(self._slots[m].stopped() for m in victims))
         reserve = self.settings.gateway.gpu_reserve
         total = next((p.total for p in self.pools() if p.name == device), None)
         possible = victims or total is None or need + reserve <= total  # else waiting cannot help

@@ -28,6 +28,7 @@ class Slot:
     last_used: float = 0.0
     load_task: asyncio.Task[None] | None = None
     abort_load: str | None = None  # why the load under way must stop (a forced unload)
+    stopping: asyncio.Task[None] | None = None  # the worker being stopped; the slot stays UNLOADING until it exits
     failed_until: float = 0.0
     failure: str = ""
     draining: bool = False
@@ -108,6 +109,11 @@ class Slot:
         if self.state is not State.LOADED or self.holds or self.entry.pinned or ttl is None or self.retiring:
             return None
         return max(0.0, ttl - (now - self.last_used))
+
+    async def stopped(self) -> None:
+        """Until the worker being stopped has exited; a caller cancelled here leaves the stop running."""
+        if self.stopping is not None:
+            await asyncio.shield(self.stopping)
 
     # -- turns: at most `parallel` holds run at once, the others wait in order -----------------
 

@@ -158,3 +158,66 @@ async def test_a_request_waiting_its_turn_gets_a_live_worker_after_a_crash(make_
     assert factory.loads == {"a": 2}
     held.release()
     await scheduler.close()
+
+
+def gated_stop(engine: Any) -> asyncio.Event:
+    """Make stopping `engine` wait until the returned event is set. Like the real stop, the wait is
+    shielded: a caller cancelled meanwhile does not stop the worker from exiting."""
+    gate = asyncio.Event()
+    real = engine.stop
+
+    async def gated() -> None:
+        await gate.wait()
+        await real()
+
+    task: list[asyncio.Future[None]] = []
+
+    async def stop() -> None:
+        if not task:
+            task.append(asyncio.ensure_future(gated()))
+        await asyncio.shield(task[0])
+
+    engine.stop = stop
+    return gate
+
+
+async def test_a_second_unload_waits_for_the_worker_the_first_is_stopping(make_config: Any, tmp_path: Path) -> None:
+    """An operator's unload arriving while an eviction stops the worker must not mark the model
+    unloaded early: its memory counts until the worker has exited, so nothing else may load into it."""
+    scheduler, workers, _ = build(make_config, tmp_path, {"a": {}, "b": {}}, fits=1, gateway={"room_wait": 5})
+    async with scheduler.hold("a", generate=False) as held:
+        gate = gated_stop(held.engine)
+    first = asyncio.create_task(scheduler.unload("a", force=True))
+    await asyncio.sleep(0.01)
+    second = asyncio.create_task(scheduler.unload("a"))
+    load_b = asyncio.create_task(enter(scheduler.hold("b", generate=False)))
+    await asyncio.sleep(0.05)
+    assert scheduler.view("a").state is State.UNLOADING and not second.done()
+    assert not load_b.done() and workers.live() == ["a"], "b loaded into memory a's worker still holds"
+    gate.set()
+    (await asyncio.wait_for(load_b, 5)).release()
+    await asyncio.wait_for(asyncio.gather(first, second), 5)
+    assert scheduler.view("a").state is State.UNLOADED and workers.live() == ["b"]
+    await scheduler.close()
+
+
+async def test_a_cancelled_load_leaves_its_victims_counted_until_they_exit(make_config: Any, tmp_path: Path) -> None:
+    """Loading b evicts a; b is force-unloaded while a's worker is still exiting. a's memory must
+    count until then (a third load must wait), and a's worker must still be stopped."""
+    scheduler, workers, _ = build(make_config, tmp_path, {"a": {}, "b": {}, "c": {}}, fits=1, gateway={"room_wait": 5})
+    async with scheduler.hold("a", generate=False) as held:
+        gate = gated_stop(held.engine)
+    load_b = asyncio.create_task(enter(scheduler.hold("b", generate=False)))
+    await asyncio.sleep(0.05)
+    assert scheduler.view("a").state is State.UNLOADING
+    await scheduler.unload("b", force=True)
+    with pytest.raises(GatewayError, match="unloaded"):
+        await load_b
+    load_c = asyncio.create_task(enter(scheduler.hold("c", generate=False)))
+    await asyncio.sleep(0.05)
+    assert scheduler.view("a").state is State.UNLOADING, "a's memory stopped counting before its worker exited"
+    assert not load_c.done()
+    gate.set()
+    (await asyncio.wait_for(load_c, 5)).release()
+    assert workers.live() == ["c"]
+    await scheduler.close()
