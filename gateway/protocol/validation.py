@@ -17,19 +17,17 @@ class Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
 
 
-def _param_name(loc: tuple[int | str, ...]) -> str:
-    name = ""
-    for part in loc:
-        if isinstance(part, int):
-            name += f"[{part}]"
-        elif (
-            part in {"str", "list[TextPart]", "TextPart", "int", "float", "bool", "none"}
-            or "[" in part
-            or part.startswith("constrained-")
-        ):
-            continue  # union branch labels pydantic adds to the location
-        else:
-            name += f".{part}" if name else part
+def _param_name(loc: tuple[int | str, ...], data: Any, missing: bool) -> str:
+    """The dotted path of the bad field in the body. pydantic's location mixes the body's keys and
+    indexes with labels of union branches (`str`, `list[TextPart]`, a tag such as `text`); walking the
+    body itself tells them apart: a label is not a key of the object it would name. The last part of
+    a missing field is a key the object lacks."""
+    name, node = "", data
+    for i, part in enumerate(loc):
+        if isinstance(part, int) and isinstance(node, list) and 0 <= part < len(node):
+            name, node = f"{name}[{part}]", node[part]
+        elif isinstance(part, str) and isinstance(node, dict) and (part in node or (missing and i == len(loc) - 1)):
+            name, node = f"{name}.{part}" if name else part, node.get(part)
     return name
 
 
@@ -38,8 +36,24 @@ def _describe(error: dict[str, Any]) -> str:
     if kind == "missing":
         return "is required"
     if kind == "literal_error" and error["loc"][-1] == "role":
-        return f"{str(error['input'])[:40]!r} is not a supported role (system, developer, user, assistant, tool)"
+        roles = str(error.get("ctx", {}).get("expected", "")).replace("'", "").replace(" or ", ", ")
+        return f"{str(error['input'])[:40]!r} is not a supported role ({roles})"
     return str(error["msg"]).replace("Input should be", "should be")
+
+
+def validate(cls: type[Model], data: dict[str, Any], prefix: str = "") -> Model:
+    """A model from the request body (or the part of it at `prefix`), or a 400 naming the bad field
+    (`messages[0].content`): every endpoint and dialect reports validation errors this one way."""
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        # A violated limit or value says more than "should be a string" from another branch of a union;
+        # then the deepest error (content: str | parts) is the one that explains the problem.
+        first = max(exc.errors(), key=lambda e: (not e["type"].endswith("_type"), len(e["loc"])))
+        param = _param_name(first["loc"], data, first["type"] == "missing")
+        param = ".".join(p for p in (prefix, param) if p).replace(".[", "[")
+        message = f"Invalid value for '{param}': {_describe(dict(first))}." if param else str(first["msg"])
+        raise invalid_request(message, param=param or None) from None
 
 
 def load_json(body: bytes) -> dict[str, Any]:
@@ -54,15 +68,3 @@ def refuse(data: dict[str, Any], unsupported: tuple[str, ...]) -> None:
             raise invalid_request(f"'{name}' is not supported by this gateway yet.", param=name)
     if data.get("stream_options") is not None and not data.get("stream"):
         raise invalid_request("'stream_options' is only allowed when 'stream' is true.", param="stream_options")
-
-
-def validate(cls: type[Model], data: dict[str, Any]) -> Model:
-    try:
-        return cls.model_validate(data)
-    except ValidationError as exc:
-        # A violated limit or value says more than "should be a string" from another branch of a union;
-        # then the deepest error (content: str | parts) is the one that explains the problem.
-        first = max(exc.errors(), key=lambda e: (not e["type"].endswith("_type"), len(e["loc"])))
-        param = _param_name(first["loc"])
-        message = f"Invalid value for '{param}': {_describe(dict(first))}." if param else str(first["msg"])
-        raise invalid_request(message, param=param or None) from None
