@@ -199,7 +199,7 @@ def background_streams(url: str, count: int, max_tokens: int) -> Iterator[None]:
 
 
 def health_latency(url: str, samples: int) -> dict[str, float]:
-    """/health while four streams generate (they queue on one model; one runs at a time)."""
+    """/health while four streams generate."""
     latencies = []
     with background_streams(url, 4, 128), httpx.Client() as client:
         time.sleep(1.0)
@@ -312,7 +312,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     result["structured"] = measure_structured(gw.url, "smollm2", rounds, max_tokens)
     result["structured"]["sampling_cpu_ms_per_token"] = sampling_cpu(SMOLLM, max_tokens)
-    result["health_under_load"] = health_latency(gw.url, 40 if quick else 150)
+    result["health_under_load"] = health_latency(gw.url, 150)  # 3 s; fewer samples make "p99" the maximum
     result["concurrency_tps"] = concurrency(gw.url, [1, 2, 4, 8], 32 if quick else 64)
 
     for model_id in ("smollm2", "smollm2-q8", "gemma"):
