@@ -23,7 +23,7 @@ WORKER_BASELINE_BYTES = 57 * 2**20
 # What a loaded model holds beyond weights, KV cache and a full batch's compute (`batch_bytes`): the
 # vocabulary's tables and output rows. Fitted on CPU, with `batch_bytes`, to the peak resident memory
 # `gateway check --measure` reads (SmolLM2, 49k vocab; Gemma-3, 262k vocab; several n_ctx).
-COMPUTE_BASE_BYTES = 4 * 2**20
+VOCAB_BASE_BYTES = 4 * 2**20
 BYTES_PER_VOCAB_TOKEN = 275
 KV_CACHE_TYPE_BYTES = 2  # f16, llama.cpp's default cache type
 F32 = 4
@@ -52,7 +52,7 @@ def estimate(info: GGUFInfo, n_ctx: int, parallel: int = 1, output_rows: int = 0
         weights=info.tensor_bytes,
         kv_cache=n_ctx * parallel * info.kv_bytes_per_token(KV_CACHE_TYPE_BYTES),
         overhead=WORKER_BASELINE_BYTES
-        + COMPUTE_BASE_BYTES
+        + VOCAB_BASE_BYTES
         + BYTES_PER_VOCAB_TOKEN * info.vocab_size
         + output_rows * (info.vocab_size + info.embedding_length) * F32
         + batch,
