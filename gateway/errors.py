@@ -177,6 +177,17 @@ def worker_died(model: str, detail: str) -> GatewayError:
     )
 
 
+def model_unloaded(model: str, reason: str, during: str) -> GatewayError:
+    """The model was unloaded on purpose (`reason`: admin, shutdown, ...) while a request needed it."""
+    return GatewayError(
+        503,
+        f"Model '{model}' was unloaded ({reason}) while {during}; retry the request.",
+        type=SERVER_ERROR,
+        code="model_unloaded",
+        retry_after=1.0,
+    )
+
+
 def shutting_down() -> GatewayError:
     return GatewayError(
         503,

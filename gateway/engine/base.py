@@ -191,8 +191,9 @@ class Engine(ABC):
     def generate(self, params: GenerationParams) -> Generation: ...
 
     @abstractmethod
-    async def stop(self) -> None:
-        """Unload: the model's memory is returned to the system when this returns."""
+    async def stop(self, reason: str | None = None) -> None:
+        """Unload: the model's memory is returned to the system when this returns. Requests still
+        running fail with `model_unloaded` naming `reason` (without one: as if the worker had died)."""
 
     @property
     @abstractmethod

@@ -41,7 +41,7 @@ from gateway.engine.wire import (
     ToWorker,
 )
 from gateway.engine.workerprocess import end_process, exit_description, worker_config
-from gateway.errors import GatewayError, load_failed, worker_died
+from gateway.errors import GatewayError, load_failed, model_unloaded, worker_died
 from gateway.memory import process_rss
 
 log = logging.getLogger(__name__)
@@ -241,7 +241,8 @@ class ProcessEngine(Engine):
             del self._generations[message.request_id]
             generation.feed(GatewayError.from_wire(message.error))
 
-    def _on_dead(self, reason: str) -> None:
+    def _on_dead(self, reason: str, unloaded: str | None = None) -> None:
+        """The worker is gone (`unloaded`: stopped on purpose, and why): fail what still waits on it."""
         if self._dead_reason is not None:
             return
         oom = self._device_error
@@ -249,7 +250,10 @@ class ProcessEngine(Engine):
             reason = f"out of memory on {oom.device or 'its GPU'} ({oom.line}); {reason}"
         self._dead_reason = reason
         self._detach()
-        error = worker_died(self.model_id, reason)
+        if unloaded is not None and oom is None:
+            error = model_unloaded(self.model_id, unloaded, "this request was running")
+        else:
+            error = worker_died(self.model_id, reason)
         if self._loaded and not self._loaded.done():
             self._loaded.set_exception(load_failed(self.model_id, f"the worker exited while loading ({reason})", None))
         for generation in self._generations.values():
@@ -271,19 +275,19 @@ class ProcessEngine(Engine):
             self._pipe.close()
             self._pipe = None
 
-    async def stop(self) -> None:
+    async def stop(self, reason: str | None = None) -> None:
         """Ends the worker. Calls that overlap (a failed load's own cleanup and the scheduler's) share
         one stop: a second one joining a process the first has closed would raise."""
         if self._stop_task is None:
-            self._stop_task = asyncio.ensure_future(self._stop())
+            self._stop_task = asyncio.ensure_future(self._stop(reason))
         await asyncio.shield(self._stop_task)
 
-    async def _stop(self) -> None:
+    async def _stop(self, reason: str | None) -> None:
         self._stopping = True
         process = self._process
         if process is None:
             return
         self._send(Shutdown())
-        self._on_dead("stopped")
+        self._on_dead("stopped", reason)
         await end_process(process, self.model_id)
         self._process = None

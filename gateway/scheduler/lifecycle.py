@@ -13,7 +13,6 @@ from typing import Any
 
 from gateway.config import Settings
 from gateway.engine.base import Engine, EngineFactory
-from gateway.errors import GatewayError
 from gateway.memory import ModelFacts
 from gateway.pools import PoolState, Vector
 from gateway.scheduler.devices import Devices
@@ -23,16 +22,6 @@ from gateway.scheduler.slot import Slot
 from gateway.scheduler.views import Snapshot, State
 
 log = logging.getLogger(__name__)
-
-
-def unloaded_while_loading(model: str, reason: str) -> GatewayError:
-    return GatewayError(
-        503,
-        f"Model '{model}' was unloaded ({reason}) while it was loading; retry the request.",
-        type="server_error",
-        code="model_unloaded",
-        retry_after=1.0,
-    )
 
 
 class Lifecycle:
@@ -102,18 +91,18 @@ class Lifecycle:
         log.info("unloading %s (%s)", slot.model_id, reason)
         self.observer.model_unloaded(slot.model_id, reason)
         slot.last_measured = engine.measured_bytes() or slot.last_measured
-        self._stop_worker(slot, engine)
+        self._stop_worker(slot, engine, reason)
 
-    def _stop_worker(self, slot: Slot, engine: Engine) -> None:
+    def _stop_worker(self, slot: Slot, engine: Engine, reason: str | None) -> None:
         vector = slot.vector
         slot.engine = None
         slot.state = State.UNLOADING
-        slot.stopping = self._in_background(self._stopping(slot, engine, vector))
+        slot.stopping = self._in_background(self._stopping(slot, engine, vector, reason))
         self._changed()
 
-    async def _stopping(self, slot: Slot, engine: Engine, vector: Vector) -> None:
+    async def _stopping(self, slot: Slot, engine: Engine, vector: Vector, reason: str | None) -> None:
         try:
-            await engine.stop()
+            await engine.stop(reason)
             self.devices.returned(vector)  # the next load there waits until the driver shows it
         finally:
             if slot.stopping is asyncio.current_task():

@@ -16,12 +16,12 @@ from collections.abc import Callable
 
 from gateway.engine.base import Engine
 from gateway.engine.loadlog import to_pools
-from gateway.errors import GatewayError, device_out_of_memory, load_failed, never_fits, no_room
+from gateway.errors import GatewayError, device_out_of_memory, load_failed, model_unloaded, never_fits, no_room
 from gateway.footprint import GPU_CONTEXT_BYTES, Placement
 from gateway.placement import NoRoom
 from gateway.pools import HOST, Vector, total_of
 from gateway.scheduler.eviction import after_device_oom, overcommitted, residents, room
-from gateway.scheduler.lifecycle import Lifecycle, unloaded_while_loading
+from gateway.scheduler.lifecycle import Lifecycle
 from gateway.scheduler.slot import Slot
 from gateway.scheduler.views import State
 
@@ -56,7 +56,7 @@ class Loading(Lifecycle):
                 reason = slot.abort_load
                 current = asyncio.current_task()
                 if task.cancelled() and reason is not None and current is not None and not current.cancelling():
-                    raise unloaded_while_loading(slot.model_id, reason) from None
+                    raise model_unloaded(slot.model_id, reason, "it was loading") from None
                 raise
 
     async def _load(self, slot: Slot) -> None:
@@ -90,7 +90,7 @@ class Loading(Lifecycle):
         except asyncio.CancelledError:
             await self._abandon(slot, engine)
             if slot.abort_load is not None:
-                raise unloaded_while_loading(slot.model_id, slot.abort_load) from None
+                raise model_unloaded(slot.model_id, slot.abort_load, "it was loading") from None
             raise
         except GatewayError as exc:
             slot.engine = None
@@ -120,7 +120,7 @@ class Loading(Lifecycle):
         if engine is None:
             slot.state = State.UNLOADED
             return
-        self._stop_worker(slot, engine)
+        self._stop_worker(slot, engine, None)
         await slot.stopped()
 
     async def _make_room(self, slot: Slot) -> None:

@@ -9,12 +9,14 @@ from typing import Any
 import pytest
 
 from gateway.config import parse_settings
+from gateway.engine.base import Delta
 from gateway.engine.fakellama import FakeScript
 from gateway.errors import GatewayError
 from gateway.memory import inspect_models
 from gateway.scheduler import State
 from gateway.scheduler.cpu import CpuBudget
 from tests.fast.scheduler_helpers import build, enter
+from tests.fast.test_worker_loop import params
 
 pytestmark = pytest.mark.anyio
 
@@ -166,15 +168,15 @@ def gated_stop(engine: Any) -> asyncio.Event:
     gate = asyncio.Event()
     real = engine.stop
 
-    async def gated() -> None:
+    async def gated(reason: str | None) -> None:
         await gate.wait()
-        await real()
+        await real(reason)
 
     task: list[asyncio.Future[None]] = []
 
-    async def stop() -> None:
+    async def stop(reason: str | None = None) -> None:
         if not task:
-            task.append(asyncio.ensure_future(gated()))
+            task.append(asyncio.ensure_future(gated(reason)))
         await asyncio.shield(task[0])
 
     engine.stop = stop
@@ -220,4 +222,30 @@ async def test_a_cancelled_load_leaves_its_victims_counted_until_they_exit(make_
     gate.set()
     (await asyncio.wait_for(load_c, 5)).release()
     assert workers.live() == ["c"]
+    await scheduler.close()
+
+
+async def test_requests_a_forced_unload_ends_say_so(make_config: Any, tmp_path: Path) -> None:
+    """A running request ended by an operator's forced unload is told the model was unloaded and
+    why, not that its worker crashed; a real crash still says crash."""
+    scripts = {"a": FakeScript(reply_tokens=500, step_delay=0.01), "b": FakeScript(crash_after_steps=3)}
+    scheduler, _, _ = build(make_config, tmp_path, {"a": {}, "b": {}}, scripts=scripts)
+    unloads: list[asyncio.Task[Any]] = []
+
+    async def run(name: str, unload: bool) -> GatewayError:
+        async with scheduler.hold(name) as held:
+            generation = held.engine.generate(params("hello", max_tokens=400))
+            with pytest.raises(GatewayError) as failed:
+                async for event in generation:
+                    if unload and isinstance(event, Delta):
+                        unload = False
+                        unloads.append(asyncio.create_task(scheduler.unload(name, force=True)))
+        return failed.value
+
+    unloaded = await asyncio.wait_for(run("a", unload=True), 10)
+    assert (unloaded.status, unloaded.code) == (503, "model_unloaded")
+    assert unloaded.message == "Model 'a' was unloaded (admin) while this request was running; retry the request."
+    await asyncio.gather(*unloads)
+    crashed = await asyncio.wait_for(run("b", unload=False), 10)
+    assert crashed.code == "model_worker_crashed"
     await scheduler.close()

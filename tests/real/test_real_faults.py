@@ -82,6 +82,30 @@ def test_killed_worker_fails_only_its_stream(fresh_server: Any) -> None:
     assert server.worker_pids() != [pid]
 
 
+def test_forced_unload_ends_a_stream_with_a_reason(fresh_server: Any) -> None:
+    """An operator's forced unload ends a running stream in-band with model_unloaded (not a crash),
+    the worker process is gone, and the next request loads the model again."""
+    server = fresh_server(one_fits_config())
+    body = {"model": "smollm2", "messages": LONG, "max_tokens": 400, "stream": True, "temperature": 0}
+    payloads: list[str] = []
+    with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=body, timeout=CLIENT_TIMEOUT) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                payloads.append(line[6:])
+                if len(payloads) == 3:
+                    (pid,) = server.worker_pids()
+                    unload = f"{server.base_url}/admin/models/smollm2/unload?force=true"
+                    assert httpx.post(unload, timeout=CLIENT_TIMEOUT).json()["state"] == "unloaded"
+    assert payloads[-1] == "[DONE]"
+    error = json.loads(payloads[-2])["error"]
+    assert error["code"] == "model_unloaded" and "(admin)" in error["message"]
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    reply = sdk(server).chat.completions.create(model="smollm2", messages=HELLO, max_tokens=4)
+    assert reply.choices[0].message.content is not None
+    assert server.worker_pids() not in ([], [pid])
+
+
 def test_model_that_fails_to_load_does_not_hurt_others(fresh_server: Any, tmp_path: Path) -> None:
     broken = write_tiny_gguf(tmp_path / "broken.gguf")  # valid header, nothing llama.cpp can run
     config = standard_config()
