@@ -82,6 +82,7 @@ class ProcessEngine(Engine):
         self._load_failed = False  # the worker reported a failed load: it exits next, as it should
         self._stop_task: asyncio.Future[None] | None = None
         self._dead_reason: str | None = None
+        self._dead_error: GatewayError | None = None  # what requests get once the worker is gone
         self._peak_rss: int | None = None
         # What llama.cpp allocated per device (the worker's own names: cuda0 = its first visible GPU),
         # after a load, or after a failed one (then `oom` says which allocation ran out).
@@ -151,7 +152,7 @@ class ProcessEngine(Engine):
     def generate(self, params: GenerationParams) -> Generation:
         generation = Generation(next(self._ids), self._cancel, params.n)
         if not self.alive or self._pipe is None:
-            generation.feed(worker_died(self.model_id, self._dead_reason or "not running"))
+            generation.feed(self._gone())
             return generation
         self._generations[generation.request_id] = generation
         self._send(Generate(generation.request_id, params))
@@ -174,7 +175,7 @@ class ProcessEngine(Engine):
         """Ask the worker something and wait for its answer. Embedding queues with generations;
         tokenizer calls are answered at once."""
         if not self.alive:
-            raise worker_died(self.model_id, self._dead_reason or "not running")
+            raise self._gone()
         call_id = next(self._ids)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._calls[call_id] = future
@@ -254,6 +255,7 @@ class ProcessEngine(Engine):
             error = model_unloaded(self.model_id, unloaded, "this request was running")
         else:
             error = worker_died(self.model_id, reason)
+        self._dead_error = error
         if self._loaded and not self._loaded.done():
             self._loaded.set_exception(load_failed(self.model_id, f"the worker exited while loading ({reason})", None))
         for generation in self._generations.values():
@@ -269,6 +271,10 @@ class ProcessEngine(Engine):
             return
         log.warning("worker for model %s stopped unexpectedly: %s", self.model_id, reason)
         self._report_exit(reason)
+
+    def _gone(self) -> GatewayError:
+        """The error for a request that comes after the worker has gone."""
+        return self._dead_error or worker_died(self.model_id, self._dead_reason or "not running")
 
     def _detach(self) -> None:
         if self._pipe is not None:

@@ -231,9 +231,11 @@ async def test_requests_a_forced_unload_ends_say_so(make_config: Any, tmp_path: 
     scripts = {"a": FakeScript(reply_tokens=500, step_delay=0.01), "b": FakeScript(crash_after_steps=3)}
     scheduler, _, _ = build(make_config, tmp_path, {"a": {}, "b": {}}, scripts=scripts)
     unloads: list[asyncio.Task[Any]] = []
+    engines: list[Any] = []
 
     async def run(name: str, unload: bool) -> GatewayError:
         async with scheduler.hold(name) as held:
+            engines.append(held.engine)
             generation = held.engine.generate(params("hello", max_tokens=400))
             with pytest.raises(GatewayError) as failed:
                 async for event in generation:
@@ -246,6 +248,12 @@ async def test_requests_a_forced_unload_ends_say_so(make_config: Any, tmp_path: 
     assert (unloaded.status, unloaded.code) == (503, "model_unloaded")
     assert unloaded.message == "Model 'a' was unloaded (admin) while this request was running; retry the request."
     await asyncio.gather(*unloads)
+    # A request admitted just before the unload reaches the worker after it: told the same.
+    with pytest.raises(GatewayError, match=r"unloaded \(admin\)"):
+        async for _ in engines[0].generate(params("late")):
+            pass
+    with pytest.raises(GatewayError, match=r"unloaded \(admin\)"):
+        await engines[0].tokenize("late")
     crashed = await asyncio.wait_for(run("b", unload=False), 10)
     assert crashed.code == "model_worker_crashed"
     await scheduler.close()
