@@ -59,7 +59,22 @@ def test_busy_model_is_not_evicted_for_another(fresh_server: Any) -> None:
     assert client.chat.completions.create(model="smollm2-q8", messages=HELLO, max_tokens=4).model == "smollm2-q8"
 
 
-def test_killed_worker_fails_only_its_stream(fresh_server: Any) -> None:
+def kill_worker(server: Any, pid: int) -> None:
+    os.kill(pid, signal.SIGKILL)
+
+
+def force_unload(server: Any, pid: int) -> None:
+    unload = f"{server.base_url}/admin/models/smollm2/unload?force=true"
+    assert httpx.post(unload, timeout=CLIENT_TIMEOUT).json()["state"] == "unloaded"
+
+
+@pytest.mark.parametrize(
+    ("end_it", "code", "says"),
+    [(kill_worker, "model_worker_crashed", "signal 9"), (force_unload, "model_unloaded", "unloaded (admin)")],
+)
+def test_a_stream_whose_worker_goes_ends_in_band(fresh_server: Any, end_it: Any, code: str, says: str) -> None:
+    """A worker killed mid-stream fails only its stream, as a crash; an operator's forced unload ends
+    it as an unload, not a crash. The gateway stays up and the next request starts a fresh worker."""
     server = fresh_server(one_fits_config())
     body = {"model": "smollm2", "messages": LONG, "max_tokens": 400, "stream": True, "temperature": 0}
     payloads: list[str] = []
@@ -70,37 +85,12 @@ def test_killed_worker_fails_only_its_stream(fresh_server: Any) -> None:
                 payloads.append(line[6:])
                 if len(payloads) == 3:
                     (pid,) = server.worker_pids()
-                    os.kill(pid, signal.SIGKILL)
+                    end_it(server, pid)
     assert payloads[-1] == "[DONE]"
     error = json.loads(payloads[-2])["error"]
-    assert error["code"] == "model_worker_crashed"
-    assert "signal 9" in error["message"]
-    assert httpx.get(f"{server.base_url}/health", timeout=CLIENT_TIMEOUT).status_code == 200
-    # The next request starts a fresh worker.
-    reply = sdk(server).chat.completions.create(model="smollm2", messages=HELLO, max_tokens=4)
-    assert reply.choices[0].message.content is not None
-    assert server.worker_pids() != [pid]
-
-
-def test_forced_unload_ends_a_stream_with_a_reason(fresh_server: Any) -> None:
-    """An operator's forced unload ends a running stream in-band with model_unloaded (not a crash),
-    the worker process is gone, and the next request loads the model again."""
-    server = fresh_server(one_fits_config())
-    body = {"model": "smollm2", "messages": LONG, "max_tokens": 400, "stream": True, "temperature": 0}
-    payloads: list[str] = []
-    with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=body, timeout=CLIENT_TIMEOUT) as response:
-        assert response.status_code == 200
-        for line in response.iter_lines():
-            if line.startswith("data: "):
-                payloads.append(line[6:])
-                if len(payloads) == 3:
-                    (pid,) = server.worker_pids()
-                    unload = f"{server.base_url}/admin/models/smollm2/unload?force=true"
-                    assert httpx.post(unload, timeout=CLIENT_TIMEOUT).json()["state"] == "unloaded"
-    assert payloads[-1] == "[DONE]"
-    error = json.loads(payloads[-2])["error"]
-    assert error["code"] == "model_unloaded" and "(admin)" in error["message"]
+    assert error["code"] == code and says in error["message"]
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert httpx.get(f"{server.base_url}/health", timeout=CLIENT_TIMEOUT).status_code == 200
     reply = sdk(server).chat.completions.create(model="smollm2", messages=HELLO, max_tokens=4)
     assert reply.choices[0].message.content is not None
     assert server.worker_pids() not in ([], [pid])
