@@ -149,6 +149,7 @@ class ChainSampler:
             lib.llama_sampler_chain_add(
                 chain,
                 lib.llama_sampler_init_penalties(
+                    backend.n_vocab,
                     settings.repeat_last_n,
                     settings.repeat_penalty,
                     settings.frequency_penalty,

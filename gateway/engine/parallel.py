@@ -14,7 +14,7 @@ Each step (`Batch.step`):
 n > 1 choices are n sequences: the prompt is evaluated once, then copied (llama_memory_seq_cp, no
 cells) to the other choices, which sample from the same logits with seed + i.
 
-Kept as one module (~290 lines) for a reason: `Batch` is one state machine over one set of
+Kept as one module (~310 lines) for a reason: `Batch` is one state machine over one set of
 sequence ids, one KV ledger and one prefix cache. Admission, the step and retirement each read and
 write all of them (admitting evicts cached prefixes, retiring caches them, a failed decode frees a
 request mid-step); split across modules, none of the parts could be checked on its own. Its parts
@@ -168,7 +168,13 @@ class Batch:
                 self.waiting.popleft()
                 self._finish(job)
                 continue
-            if not self._place(job):
+            try:
+                placed = self._place(job)
+            except Exception as exc:  # a request llama.cpp refuses fails alone; the others' streams go on
+                self.waiting.popleft()
+                self._fail(job, internal_error(f"could not start the request: {exc!r}"))
+                continue
+            if not placed:
                 return  # first come, first served: later requests wait behind it
             self.waiting.popleft()
             self.running.append(job)
@@ -198,8 +204,12 @@ class Batch:
         seqs = [self._free.pop(0) for _ in range(request.n)]
         seed = sampler_seed(request.seed) if request.seed is not None else random.randrange(2**31)
         for index, seq in enumerate(seqs):
-            sampler = self._backend.sampler(request.settings, sampler_seed(seed + index))
-            sampler.accept_prompt(request.prompt)
+            try:
+                sampler = self._backend.sampler(request.settings, sampler_seed(seed + index))
+                sampler.accept_prompt(request.prompt)
+            except Exception:
+                self._free.extend(seqs[index:])  # the choices made so far free theirs with the job
+                raise
             output = ChoiceOutput(
                 self._backend, self._emitter(request.request_id, index), request.stops, request.limit,
                 request.delta_interval, request.top_logprobs,
@@ -282,8 +292,10 @@ class Batch:
     def _decode_failed(self, status: int) -> None:
         """llama.cpp refused the step (no KV room, or an error): the newest request fails in-band,
         the others go on next step."""
-        job = self.running.pop()
-        self._on_error(job.request.request_id, internal_error(f"llama_decode failed with status {status}"))
+        self._fail(self.running.pop(), internal_error(f"llama_decode failed with status {status}"))
+
+    def _fail(self, job: Job, error: GatewayError) -> None:
+        self._on_error(job.request.request_id, error)
         job.cancelled = True
         for choice in job.choices:
             choice.output.close(cancelled=True)

@@ -151,3 +151,31 @@ async def test_a_crashing_worker_fails_every_running_request(tmp_path: Path) -> 
     assert all(isinstance(r, GatewayError) and r.code == "model_worker_crashed" for r in results)
     assert not handle.alive
     await handle.stop()
+
+
+async def test_a_request_llama_cpp_refuses_fails_alone(tmp_path: Path) -> None:
+    """A sampler llama.cpp cannot build (as when a binding's signature changed) fails that request
+    in-band; the streams running beside it finish, the worker stays up and serves the next one."""
+    handle, backends = await start(tmp_path, FakeScript(reply_tokens=30, step_delay=0.005))
+    real = backends[0].sampler
+
+    def sampler(settings: Any, seed: int) -> Any:
+        if settings.presence_penalty:
+            raise TypeError("this function takes at least 5 arguments (4 given)")
+        return real(settings, seed)
+
+    backends[0].sampler = sampler  # type: ignore[method-assign]
+    try:
+        running = asyncio.create_task(outcome(handle, params("a long answer", max_tokens=30)))
+        await asyncio.sleep(0.02)
+        with pytest.raises(GatewayError) as refused:
+            await outcome(handle, params("penalised", presence_penalty=1.0, n=2))
+        assert (refused.value.status, refused.value.code) == (500, "internal_error")
+        assert "could not start the request" in refused.value.message
+        done = await running
+        assert done["finished"].completion_tokens == 30 and handle.alive
+        after = await outcome(handle, params("and the next one"))
+        assert after["finished"].finish_reason in ("stop", "length")
+        await wait_until(lambda: handle.batch_state() == BatchState(0, 0, 0, 512))  # every cell came back
+    finally:
+        await handle.stop()

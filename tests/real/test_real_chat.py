@@ -105,6 +105,27 @@ def test_seed_makes_sampling_repeatable(client: OpenAI, server: GatewayServer) -
     assert len({sample(s) for s in (1, 2, 3, 4)}) > 1  # and the seed does change the sample
 
 
+def test_penalties_run_in_the_real_sampler_chain(client: OpenAI, server: GatewayServer) -> None:
+    """Repetition penalties go through llama.cpp's own penalties sampler (a wrong argument list there
+    killed the worker on every penalised request): each is served, and frequency and repeat
+    penalties make a greedy answer that repeats one word repeat it less."""
+    apples = [{"role": "user", "content": "Repeat the word 'apple' 500 times."}]
+    pids = server.worker_pids()
+
+    def count(**penalty: Any) -> int:
+        reply = client.chat.completions.create(
+            model="smollm2", messages=apples, max_tokens=40, temperature=0, seed=1, **penalty
+        )
+        assert reply.choices[0].finish_reason in ("stop", "length")
+        return (reply.choices[0].message.content or "").lower().count("apple")
+
+    plain = count()
+    assert count(frequency_penalty=1.5) < plain
+    assert count(extra_body={"repeat_penalty": 1.5}) < plain
+    assert count(presence_penalty=1.5) > 0
+    assert set(pids) <= set(server.worker_pids())  # no worker was lost on the way
+
+
 def test_named_chat_format_model(client: OpenAI) -> None:
     completion = client.chat.completions.create(model="gemma", messages=HELLO, max_tokens=6)
     assert completion.model == "gemma"
