@@ -36,7 +36,8 @@ def config() -> dict[str, Any]:
         # Room for two of the three chat models at a time: loads evict all along.
         "gateway": {"memory_budget": "900MiB", "room_wait": CLIENT_TIMEOUT, "spare_workers": 1},
         "models": {
-            "smollm2": model(SMOLLM, runtime={"parallel": 4}, **queue),
+            # The shipped models.yaml's sampling defaults: penalised sequences batched with the others.
+            "smollm2": model(SMOLLM, runtime={"parallel": 4}, sampling={"repeat_penalty": 1.1}, **queue),
             "smollm2-q8": model(SMOLLM_Q8, runtime={"parallel": 2}, **queue),
             "gemma": model(GEMMA, model={"chat_format": "gemma"}, **queue),
             "embed": model(SMOLLM, embedding=True, model={"pooling": "mean"}, **queue),
