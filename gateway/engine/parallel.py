@@ -14,7 +14,7 @@ Each step (`Batch.step`):
 n > 1 choices are n sequences: the prompt is evaluated once, then copied (llama_memory_seq_cp, no
 cells) to the other choices, which sample from the same logits with seed + i.
 
-Kept as one module (~310 lines) for a reason: `Batch` is one state machine over one set of
+Kept as one module (~320 lines) for a reason: `Batch` is one state machine over one set of
 sequence ids, one KV ledger and one prefix cache. Admission, the step and retirement each read and
 write all of them (admitting evicts cached prefixes, retiring caches them, a failed decode frees a
 request mid-step); split across modules, none of the parts could be checked on its own. Its parts
@@ -115,7 +115,7 @@ class Batch:
             if choice is job.primary:
                 job.tokens.append(choice.pending)  # type: ignore[arg-type]
             choice.pos += 1
-            self._take(job, choice, choice.sampler.sample(row), row)
+            self._sample(job, choice, row)
         for job, take, last_row in prefilling:
             self.ledger.extend(job.primary.seq, take)
             job.tokens.extend(job.request.prompt[job.prefilled : job.prefilled + take])
@@ -134,11 +134,20 @@ class Batch:
                 self.ledger.share(job.primary.seq, choice.seq, length)
             choice.pos = length
         for choice in job.choices:
-            self._take(job, choice, choice.sampler.sample(row), row)
+            self._sample(job, choice, row)
 
-    def _take(self, job: Job, choice: Choice, token: int, row: int) -> None:
+    def _sample(self, job: Job, choice: Choice, row: int) -> None:
+        """The choice's next token. A sequence whose sampler or grammar fails ends its own request
+        in-band (it is retired with the finished ones), never the worker and the streams beside it."""
         if job.cancelled:
             return
+        try:
+            self._take(job, choice, choice.sampler.sample(row), row)
+        except Exception as exc:
+            self._on_error(job.request.request_id, internal_error(f"sampling failed: {exc!r}"))
+            job.cancelled = True
+
+    def _take(self, job: Job, choice: Choice, token: int, row: int) -> None:
         if choice.output.token(token, row):
             self._end_choice(job, choice)
         else:
