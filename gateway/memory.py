@@ -13,6 +13,7 @@ import psutil
 
 from gateway import pools
 from gateway.config import ModelEntry, Settings
+from gateway.engine.kv import batch_size, sequence_ids
 from gateway.errors import ConfigError
 from gateway.gguf_header import GGUFFormatError, read_gguf_info
 from gateway.gguf_info import GGUFInfo
@@ -82,7 +83,7 @@ def ubatch(entry: ModelEntry) -> int:
     """Tokens llama.cpp evaluates in one batch, as the worker configures it."""
     if entry.embedding:  # an input is embedded in one batch
         return entry.model.n_ctx
-    return max(1, min(entry.model.n_batch, kv_cells(entry)))
+    return batch_size(entry.model.n_batch, kv_cells(entry), sequence_ids(entry.runtime.parallel, kv_cells(entry)))
 
 
 def after_load_bytes(info: GGUFInfo, entry: ModelEntry) -> int:

@@ -15,6 +15,7 @@ from typing import Any
 
 from gateway.engine.backend import Row, SamplerSettings, device_arguments
 from gateway.engine.constraint import Constraints, Grammar, Matcher
+from gateway.engine.kv import batch_size
 
 
 class LlamaCpp:
@@ -38,7 +39,7 @@ class LlamaCpp:
             path_model=config["path"], params=model_params, verbose=bool(config["verbose"])
         )
         self.n_ctx = int(config["n_ctx"])
-        self.n_batch = max(1, min(int(config["n_batch"]), self.n_ctx * slots))
+        self.n_batch = batch_size(int(config["n_batch"]), self.n_ctx * slots, max_sequences)
         self.max_sequences = max_sequences
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = self.n_ctx * slots  # each request may use n_ctx; all share the pool

@@ -7,7 +7,7 @@ from typing import Any
 
 from gateway.engine.backend import Backend
 from gateway.engine.guard import Tokenizer, nonempty_prompt
-from gateway.engine.parallel import MAX_SEQUENCES
+from gateway.engine.kv import sequence_ids
 from gateway.engine.prompt import Render, formatter, renderer
 
 
@@ -16,7 +16,7 @@ def load(config: dict[str, Any]) -> tuple[Backend, Render]:
 
     slots = config.get("parallel", 1)
     # Each slot may run n choices; a finished request's sequence stays cached for prefix reuse.
-    backend = LlamaCpp(config, slots, max_sequences=min(256, 2 * slots + MAX_SEQUENCES))
+    backend = LlamaCpp(config, slots, max_sequences=sequence_ids(slots, config["n_ctx"] * slots))
     view = _ModelView(backend.model)
     tokenizer = Tokenizer(view)
 

@@ -35,8 +35,6 @@ from gateway.engine.output import ChoiceOutput
 from gateway.engine.sequences import Choice, Job, Request
 from gateway.errors import GatewayError, internal_error
 
-MAX_SEQUENCES = 16  # protocol.MAX_CHOICES
-
 EventSink = Callable[[int, Delta | ChoiceFinished | Finished], None]
 ErrorSink = Callable[[int, GatewayError], None]
 

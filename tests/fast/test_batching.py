@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from gateway.engine.backend import SamplerSettings
 from gateway.engine.base import ChoiceFinished, Delta, Finished
 from gateway.engine.fakellama import FakeLlama, FakeScript
-from gateway.engine.kv import KvLedger, PrefixCache
+from gateway.engine.kv import MAX_SEQUENCES, KvLedger, PrefixCache, batch_size, sequence_ids
 from gateway.engine.parallel import Batch
 from gateway.engine.sequences import Request
 from gateway.errors import GatewayError
@@ -286,3 +288,17 @@ def test_a_choice_that_ends_early_frees_its_sequence_once() -> None:
     assert batch_seq(batch, 2) == 1  # the id choice 1 gave back
     run(batch, backend)
     assert rec.finished(2) == Finished("length", 2, 40)
+
+
+@pytest.mark.parametrize(
+    ("n_batch", "slots", "cells"),
+    [(512, 1, 2048), (8, 3, 900), (100, 64, 32768), (1, 1, 16), (1, 1, 17), (4096, 4, 1024)],
+)
+def test_the_batch_holds_a_row_per_sequence_id_and_fits_the_pool(n_batch: int, slots: int, cells: int) -> None:
+    """llama.cpp aborts a load whose batch holds fewer rows than sequence ids, and caps the batch at
+    the pool's cells: the worker's sizes (and the memory estimate's, the same functions) obey both."""
+    ids = sequence_ids(slots, cells)
+    size = batch_size(n_batch, cells, ids)
+    assert ids <= size <= cells
+    assert size == min(n_batch, cells) or size == ids  # the configured batch unless it is too small
+    assert ids >= min(cells, MAX_SEQUENCES)  # room for n = 16 choices where the pool allows it

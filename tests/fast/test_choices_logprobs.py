@@ -100,7 +100,7 @@ def test_completion_logprobs_legacy_shape(client: TestClient) -> None:
 
 
 def test_worker_can_hold_every_choice_a_request_may_ask_for() -> None:
-    from gateway.engine.parallel import MAX_SEQUENCES
+    from gateway.engine.kv import MAX_SEQUENCES
     from gateway.protocol import MAX_CHOICES
 
     assert MAX_SEQUENCES == MAX_CHOICES  # kept apart so the worker never imports pydantic

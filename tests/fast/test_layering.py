@@ -27,7 +27,7 @@ ALLOWED: dict[str, set[str]] = {
     "protocol.extras": {"errors", "limits", "protocol.validation"},
     "protocol.__init__": {"protocol.extras", "protocol.generation", "protocol.parts"},
     "hostmem": set(),
-    "memory": {"config", "errors", "gguf_header", "gguf_info", "hostmem", "pools"},
+    "memory": {"config", "engine.kv", "errors", "gguf_header", "gguf_info", "hostmem", "pools"},
     "pools": set(),
     "footprint": {"gguf_info", "memory", "pools"},
     "inventory": {"pools"},
@@ -48,7 +48,7 @@ ALLOWED: dict[str, set[str]] = {
     "engine.guard": {"errors"},
     "engine.embedding": {"errors", "engine.backend", "engine.guard", "engine.wire"},
     "engine.prompt": {"errors", "engine.base"},
-    "engine.llamacpp": {"engine.backend", "engine.constraint"},
+    "engine.llamacpp": {"engine.backend", "engine.constraint", "engine.kv"},
     "engine.sequences": {"engine.backend", "engine.output"},
     "engine.parallel": {
         "errors",
@@ -60,7 +60,7 @@ ALLOWED: dict[str, set[str]] = {
         "engine.sequences",
     },
     "engine.looppipe": set(),
-    "engine.modelload": {"engine.backend", "engine.guard", "engine.llamacpp", "engine.parallel", "engine.prompt"},
+    "engine.modelload": {"engine.backend", "engine.guard", "engine.kv", "engine.llamacpp", "engine.prompt"},
     "engine.worker": {
         "errors",
         "engine.backend",

@@ -13,7 +13,7 @@ import pytest
 from openai import OpenAI
 
 from tests.real.conftest import model
-from tests.real.server import CLIENT_TIMEOUT, SMOLLM_Q8, GatewayServer
+from tests.real.server import CLIENT_TIMEOUT, SMOLLM, SMOLLM_Q8, GatewayServer
 
 STORY = [{"role": "user", "content": "Tell me a short story about a cat."}]
 PARIS = [{"role": "user", "content": "What is the weather in Paris?"}]
@@ -157,3 +157,28 @@ def test_prefix_of_a_finished_request_is_reused(client: OpenAI, batched: Gateway
     reused = float(metrics.split('gateway_prefix_cache_reused_tokens_total{model="smollm2"} ')[1].split()[0])
     assert reused >= 200  # the second request took the system prompt's cells from the first
     assert "Traceback" not in Path(batched.log_path).read_text()
+
+
+def test_small_batches_and_many_slots_load(fresh_server: Any) -> None:
+    """llama.cpp reserves an output row per sequence id and aborts the load when the batch holds fewer:
+    n_batch 8 (below the ids of 3 slots), parallel 64 with n_batch 100, and a pool smaller than the
+    ids all once died of GGML_ASSERT at load. Each now loads and answers n = 2."""
+    server = fresh_server(
+        {
+            "gateway": {"memory_budget": "3GiB"},
+            "models": {
+                "tiny-batch": model(SMOLLM, model={"n_ctx": 300, "n_batch": 8}, runtime={"parallel": 3}),
+                "many-slots": model(SMOLLM, model={"n_batch": 100}, runtime={"parallel": 64}),
+                "tiny-pool": model(SMOLLM, model={"n_ctx": 16, "n_batch": 1}),  # 16 cells, 18 ids
+            },
+        }
+    )
+    client = OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0, timeout=CLIENT_TIMEOUT)
+    for name in ("tiny-batch", "many-slots"):
+        reply = client.chat.completions.create(
+            model=name, messages=[{"role": "user", "content": "Hi"}], max_tokens=3, n=2
+        )
+        assert len(reply.choices) == 2, name
+    # A chat prompt (SmolLM2's template adds a system turn) does not fit 16 tokens; a text one does.
+    assert len(client.completions.create(model="tiny-pool", prompt="Hi", max_tokens=3, n=2).choices) == 2
+    assert "GGML_ASSERT" not in server.log()
