@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import psutil
 
-from gateway import pools
+from gateway import chatformats, pools
 from gateway.config import ModelEntry, Settings
 from gateway.engine.kv import batch_size, sequence_ids
 from gateway.errors import ConfigError
@@ -137,6 +137,10 @@ def inspect_models(settings: Settings) -> dict[str, ModelFacts]:
         except (OSError, GGUFFormatError) as exc:
             problems.append(f"models.{model_id}.model.path: cannot read GGUF {entry.model.path}: {exc}")
             continue
+        chat_format = entry.model.chat_format
+        if chat_format is not None and chatformats.unknown(chat_format):
+            names = ", ".join(sorted(chatformats.known() or ()))
+            problems.append(f"models.{model_id}.model.chat_format: unknown format '{chat_format}' (known: {names})")
         if entry.embedding and entry.model.pooling is None and not facts[model_id].info.pools_embeddings:
             problems.append(
                 f"models.{model_id}: embedding is true, but {entry.model.path.name} names no pooling type "

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from gateway.chatformats import spellings
 from gateway.engine.base import GenerationParams
 from gateway.errors import invalid_request
 
@@ -19,7 +20,7 @@ def formatter(model: Any, chat_format: str | None) -> Formatter | None:
     from llama_cpp import llama_chat_format
 
     if chat_format:
-        for name in (chat_format, chat_format.replace("-", "_"), chat_format.replace("-", "")):
+        for name in spellings(chat_format):
             candidate = getattr(llama_chat_format, f"format_{name}", None)
             if callable(candidate):
                 return candidate  # type: ignore[no-any-return]

@@ -153,3 +153,29 @@ def test_embedding_model_without_pooling_is_a_configuration_error(make_config: A
     assert main(["check", "--config", str(path)]) == 2  # `gateway check`, and `serve` reads it the same way
     doc["models"]["lm"]["model"]["pooling"] = "mean"
     assert set(inspect_models(parse_settings(doc, tmp_path))) == {"chat", "lm", "ok", "bert"}
+
+
+def test_an_unknown_chat_format_is_a_configuration_error(make_config: Any, tmp_path: Path) -> None:
+    """Stopped at startup and by `gateway check`, naming the formats there are, instead of a 503 at the
+    model's first load; the spellings the worker accepts ("llama-2", "mistral-instruct") pass."""
+    from gateway.cli import main
+    from gateway.memory import inspect_models
+
+    doc = make_config(
+        {
+            "a": {"model": {"chat_format": "llama-2"}},
+            "b": {"model": {"chat_format": "mistral-instruct"}},
+            "c": {"model": {"chat_format": "chatml"}},
+            "typo": {"model": {"chat_format": "chatmll"}},
+        }
+    )
+    with pytest.raises(ConfigError) as info:
+        inspect_models(parse_settings(doc, tmp_path))
+    (problem,) = str(info.value).splitlines()
+    assert problem.startswith("models.typo.model.chat_format: unknown format 'chatmll' (known: alpaca, ")
+    assert "chatml, " in problem and "gemma, " in problem
+    path = tmp_path / "models.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    assert main(["check", "--config", str(path)]) == 2
+    del doc["models"]["typo"]
+    assert set(inspect_models(parse_settings(doc, tmp_path))) == {"a", "b", "c"}

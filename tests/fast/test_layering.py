@@ -27,7 +27,8 @@ ALLOWED: dict[str, set[str]] = {
     "protocol.extras": {"errors", "limits", "protocol.validation"},
     "protocol.__init__": {"protocol.extras", "protocol.generation", "protocol.parts"},
     "hostmem": set(),
-    "memory": {"config", "engine.kv", "errors", "gguf_header", "gguf_info", "hostmem", "pools"},
+    "chatformats": set(),
+    "memory": {"chatformats", "config", "engine.kv", "errors", "gguf_header", "gguf_info", "hostmem", "pools"},
     "pools": set(),
     "footprint": {"gguf_info", "memory", "pools"},
     "inventory": {"pools"},
@@ -47,7 +48,7 @@ ALLOWED: dict[str, set[str]] = {
     "engine.output": {"engine.backend", "engine.deltas", "engine.sampling", "engine.stops"},
     "engine.guard": {"errors"},
     "engine.embedding": {"errors", "engine.backend", "engine.guard", "engine.wire"},
-    "engine.prompt": {"errors", "engine.base"},
+    "engine.prompt": {"chatformats", "errors", "engine.base"},
     "engine.llamacpp": {"engine.backend", "engine.constraint", "engine.kv"},
     "engine.sequences": {"engine.backend", "engine.output"},
     "engine.parallel": {
