@@ -153,68 +153,53 @@ async def test_a_crashing_worker_fails_every_running_request(tmp_path: Path) -> 
     await handle.stop()
 
 
-async def test_a_request_llama_cpp_refuses_fails_alone(tmp_path: Path) -> None:
-    """A sampler llama.cpp cannot build (as when a binding's signature changed) fails that request
-    in-band; the streams running beside it finish, the worker stays up and serves the next one."""
+class FailsOnThirdToken:
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.calls = inner, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def sample(self, row: int) -> int:
+        self.calls += 1
+        if self.calls == 3:
+            raise RuntimeError("llama_sampler_sample failed")
+        return int(self.inner.sample(row))
+
+
+def refused(real: Any, settings: Any, seed: int) -> Any:
+    raise TypeError("this function takes at least 5 arguments (4 given)")  # as the penalties sampler did
+
+
+def fails_later(real: Any, settings: Any, seed: int) -> Any:
+    return FailsOnThirdToken(real(settings, seed))
+
+
+@pytest.mark.parametrize(
+    ("broken", "says", "n"), [(refused, "could not start the request", 2), (fails_later, "sampling failed", 1)]
+)
+async def test_a_request_whose_sampler_fails_ends_alone(tmp_path: Path, broken: Any, says: str, n: int) -> None:
+    """A sampler llama.cpp cannot build (a binding's signature changed), or one that raises mid-answer,
+    fails its request in-band (500); the stream beside it finishes, every cell comes back, and the
+    worker stays up and serves the next request."""
     handle, backends = await start(tmp_path, FakeScript(reply_tokens=30, step_delay=0.005))
     real = backends[0].sampler
 
     def sampler(settings: Any, seed: int) -> Any:
-        if settings.presence_penalty:
-            raise TypeError("this function takes at least 5 arguments (4 given)")
-        return real(settings, seed)
-
-    backends[0].sampler = sampler  # type: ignore[method-assign]
-    try:
-        running = asyncio.create_task(outcome(handle, params("a long answer", max_tokens=30)))
-        await asyncio.sleep(0.02)
-        with pytest.raises(GatewayError) as refused:
-            await outcome(handle, params("penalised", presence_penalty=1.0, n=2))
-        assert (refused.value.status, refused.value.code) == (500, "internal_error")
-        assert "could not start the request" in refused.value.message
-        done = await running
-        assert done["finished"].completion_tokens == 30 and handle.alive
-        after = await outcome(handle, params("and the next one"))
-        assert after["finished"].finish_reason in ("stop", "length")
-        await wait_until(lambda: handle.batch_state() == BatchState(0, 0, 0, 512))  # every cell came back
-    finally:
-        await handle.stop()
-
-
-async def test_a_sequence_whose_sampler_fails_ends_only_its_request(tmp_path: Path) -> None:
-    """A sampler (or grammar) that raises mid-answer ends that request in-band; the stream beside it
-    finishes, its cells come back, and the worker serves the next request."""
-    handle, backends = await start(tmp_path, FakeScript(reply_tokens=30, step_delay=0.005))
-    real = backends[0].sampler
-
-    class Failing:
-        def __init__(self, inner: Any) -> None:
-            self.inner, self.calls = inner, 0
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self.inner, name)
-
-        def sample(self, row: int) -> int:
-            self.calls += 1
-            if self.calls == 3:
-                raise RuntimeError("llama_sampler_sample failed")
-            return int(self.inner.sample(row))
-
-    def sampler(settings: Any, seed: int) -> Any:
-        made = real(settings, seed)
-        return Failing(made) if settings.presence_penalty else made
+        return broken(real, settings, seed) if settings.presence_penalty else real(settings, seed)
 
     backends[0].sampler = sampler  # type: ignore[method-assign]
     try:
         running = asyncio.create_task(outcome(handle, params("a long answer", max_tokens=30)))
         await asyncio.sleep(0.02)
         with pytest.raises(GatewayError) as failed:
-            await outcome(handle, params("fails on its third token", presence_penalty=1.0, max_tokens=20))
-        assert failed.value.code == "internal_error" and "sampling failed" in failed.value.message
+            await outcome(handle, params("penalised", presence_penalty=1.0, n=n, max_tokens=20))
+        assert (failed.value.status, failed.value.code) == (500, "internal_error")
+        assert says in failed.value.message
         done = await running
         assert done["finished"].completion_tokens == 30 and handle.alive
         after = await outcome(handle, params("and the next one"))
         assert after["finished"].finish_reason in ("stop", "length")
-        await wait_until(lambda: handle.batch_state() == BatchState(0, 0, 0, 512))
+        await wait_until(lambda: handle.batch_state() == BatchState(0, 0, 0, 512))  # every cell came back
     finally:
         await handle.stop()
