@@ -97,21 +97,28 @@ def describe_plan(
             lines.append(f"  {model_id}: no room now ({plan.describe()})")
     ids = list(settings.models)
     partners = {m: [o for o in ids if o != m and fits_with(m, o, settings, facts, pools)] for m in ids}
-    if all(len(p) == len(ids) - 1 for p in partners.values()) and _all_fit(settings, facts, pools):
-        lines.append("all models fit together")
-        return lines, problems
+    if all(len(p) == len(ids) - 1 for p in partners.values()):
+        cap = settings.gateway.max_loaded
+        if _all_fit(settings, facts, pools, cap):
+            lines.append("all models fit together")
+            return lines, problems
+        if cap is not None and _all_fit(settings, facts, pools, None):  # memory is not what stops them
+            lines.append(f"all models fit together in memory, but max_loaded: {cap} keeps at most {cap} loaded at once")
+            return lines, problems
     lines.append("not all models fit together; each fits together with:")
     lines += [f"  {m}: {', '.join(p) if p else 'none (alone only)'}" for m, p in partners.items()]
     return lines, problems
 
 
-def _all_fit(settings: Settings, facts: dict[str, ModelFacts], pools: Sequence[PoolState]) -> bool:
+def _all_fit(
+    settings: Settings, facts: dict[str, ModelFacts], pools: Sequence[PoolState], max_loaded: int | None
+) -> bool:
     residents: list[Resident] = []
     held = Vector()
     for model_id, entry in settings.models.items():
         loaded = _as_if_loaded(pools, held)
         options = model_options(entry, facts[model_id], settings, loaded, held)
-        plan = plan_load(options, loaded, residents, settings.gateway.max_loaded)
+        plan = plan_load(options, loaded, residents, max_loaded)
         if not isinstance(plan, Plan) or plan.evict:
             return False
         residents.append(Resident(model_id, plan.option.need, busy=True))

@@ -109,3 +109,16 @@ def test_what_fits_together_per_device(tmp_path: Path) -> None:
 def test_kv_cells_follow_parallel_sequences(tmp_path: Path) -> None:
     settings = load_settings(write_config(tmp_path, {}, {"a": {}}))
     assert kv_cells(settings.models["a"]) == 256
+
+
+def test_a_cap_on_loaded_models_is_named_when_memory_is_not_what_stops_them(tmp_path: Path) -> None:
+    """Every pair fits and all fit in memory, but max_loaded is below the number of models: the check
+    says so, instead of 'not all models fit' followed by every model fitting with every other."""
+    models = {"a": {}, "b": {}, "c": {}}
+    settings = load_settings(write_config(tmp_path, {"max_loaded": 2}, models))
+    lines, problems = describe_plan(settings, inspect_models(settings), pools_for(settings, [], 64 * GiB))
+    assert problems == []
+    assert lines[-1] == "all models fit together in memory, but max_loaded: 2 keeps at most 2 loaded at once"
+    uncapped = load_settings(write_config(tmp_path, {}, models))
+    lines, _ = describe_plan(uncapped, inspect_models(uncapped), pools_for(uncapped, [], 64 * GiB))
+    assert lines[-1] == "all models fit together"
