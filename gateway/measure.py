@@ -8,7 +8,7 @@ import asyncio
 from gateway.config import ModelEntry, Settings
 from gateway.engine.base import Engine, GenerationParams
 from gateway.errors import GatewayError
-from gateway.memory import ModelFacts
+from gateway.memory import ModelFacts, ubatch
 from gateway.scheduler import Scheduler
 from gateway.units import format_bytes
 from gateway.workers import ProcessEngines
@@ -48,7 +48,7 @@ async def _longest_input(engine: Engine, entry: ModelEntry) -> None:
         token = (await engine.tokenize("hello"))[-1]
         await engine.embed([[token] * entry.model.n_ctx])
         return
-    length = max(1, min(entry.model.n_ctx - 16, entry.model.n_batch))  # a full batch, with room to answer
+    length = max(1, min(entry.model.n_ctx - 16, ubatch(entry)))  # a full batch, with room to answer
     for prompt, constraint in ((" hello" * length, None), (" hello", {"json_object": True})):
         params = GenerationParams(
             messages=None, prompt=prompt, max_tokens=4, temperature=0, top_p=1, top_k=1, min_p=0,

@@ -83,7 +83,8 @@ def ubatch(entry: ModelEntry) -> int:
     """Tokens llama.cpp evaluates in one batch, as the worker configures it."""
     if entry.embedding:  # an input is embedded in one batch
         return entry.model.n_ctx
-    return batch_size(entry.model.n_batch, kv_cells(entry), sequence_ids(entry.runtime.parallel, kv_cells(entry)))
+    cells = kv_cells(entry)
+    return batch_size(entry.model.n_batch, cells, sequence_ids(entry.runtime.parallel, cells))
 
 
 def after_load_bytes(info: GGUFInfo, entry: ModelEntry) -> int:

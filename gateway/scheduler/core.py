@@ -70,7 +70,7 @@ class Scheduler(Loading):
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await asyncio.gather(*(self._unload(s, "shutdown") for s in every))
+        await self._evict(every, "shutdown")
 
     # -- queries (snapshots only) --------------------------------------------------------------
 
@@ -231,9 +231,7 @@ class Scheduler(Loading):
     async def reap(self) -> list[str]:
         """Unload models idle longer than their TTL; returns their ids."""
         victims = [self._slots[m] for m in expired(self.snapshot())]
-        for slot in victims:
-            slot.state = State.UNLOADING  # in the same step as chosen: no hold can slip in
-        await asyncio.gather(*(self._unload(s, "ttl") for s in victims))
+        await self._evict(victims, "ttl")  # claimed in the same step as chosen: no hold can slip in
         return [s.model_id for s in victims]
 
     async def _reap_forever(self, interval: float) -> None:

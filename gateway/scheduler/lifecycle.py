@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from gateway.config import Settings
@@ -110,6 +110,13 @@ class Lifecycle:
                 if slot.state is State.UNLOADING:
                     slot.state = State.UNLOADED
             self._changed()
+
+    async def _evict(self, victims: Sequence[Slot], reason: str) -> None:
+        """Unload models the caller chose in its current step: each is claimed (no new holds) and its
+        stop started before the first `await`; returns once every worker has exited."""
+        for victim in victims:
+            self._start_unload(victim, reason)
+        await asyncio.gather(*(victim.stopped() for victim in victims))
 
     async def _unload(self, slot: Slot, reason: str) -> None:
         """Unload the slot; returns once its worker (or the one another unload is stopping) has exited."""

@@ -143,10 +143,7 @@ class Loading(Lifecycle):
                 # Claimed in the same step as planned: victims take no new holds from here on.
                 slot.state = State.LOADING
                 slot.placement, slot.need, slot.device_measured = plan.option.placement, plan.option.need, None
-                victims = [self._slots[m] for m in plan.evict]
-                for victim in victims:
-                    self._start_unload(victim, "lru")
-                await asyncio.gather(*(v.stopped() for v in victims))
+                await self._evict([self._slots[m] for m in plan.evict], "lru")
                 return
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -171,9 +168,7 @@ class Loading(Lifecycle):
         await self.devices.refresh()
         victims = after_device_oom(self.snapshot(), device, need, slot.model_id) if attempt == 0 else ()
         log.warning("loading %s ran out of memory on %s (%s); unloading %s", slot.model_id, device, oom.line, victims)
-        for model_id in victims:
-            self._start_unload(self._slots[model_id], "device_oom")  # chosen and claimed in one step
-        await asyncio.gather(*(self._slots[m].stopped() for m in victims))
+        await self._evict([self._slots[m] for m in victims], "device_oom")  # chosen and claimed in one step
         reserve = self.settings.gateway.gpu_reserve
         total = next((p.total for p in self.pools() if p.name == device), None)
         possible = victims or total is None or need + reserve <= total  # else waiting cannot help
