@@ -72,8 +72,8 @@ def sampling_cpu(model_path: Path, tokens: int) -> dict[str, float]:
     """CPU milliseconds per token spent choosing it (the sampler alone, in this process's thread), with
     and without a grammar: a figure a busy machine does not distort, unlike tokens/s."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from gateway.engine.backend import Row, SamplerSettings
-    from gateway.engine.llamacpp import LlamaCpp
+    from gateway.engine.worker.backend import Row, SamplerSettings
+    from gateway.engine.worker.llamacpp import LlamaCpp
 
     config = {"path": str(model_path), "n_ctx": 1024, "n_batch": 512, "n_threads": 2}
     config |= {"n_gpu_layers": 0, "use_mmap": True, "verbose": False}

@@ -138,11 +138,13 @@ async def run(
 ) -> Summary:
     """Load `order` through the scheduler under a budget for two models, then unload them all."""
     from gateway.engine.loadlog import to_pools
-    from gateway.engine.process import ProcessEngine
-    from gateway.footprint import Placement, footprint
-    from gateway.gguf_header import read_gguf_info
-    from gateway.inventory import SystemInventory, wait_until_free
-    from gateway.memory import inspect_models, resolve_budget
+    from gateway.engine.process.handle import ProcessEngine
+    from gateway.gguf.header import read_gguf_info
+    from gateway.memory.facts import inspect_models
+    from gateway.memory.footprint import footprint
+    from gateway.memory.inventory import SystemInventory, wait_until_free
+    from gateway.memory.options import host_budget
+    from gateway.memory.planner import Placement
     from gateway.scheduler import Scheduler, State
 
     inventory = inventory or SystemInventory()
@@ -163,7 +165,7 @@ async def run(
         engines[model_id] = engine
         return engine
 
-    scheduler = Scheduler(settings, inspect_models(settings), make, budget=resolve_budget(None), inventory=inventory)
+    scheduler = Scheduler(settings, inspect_models(settings), make, budget=host_budget(settings), inventory=inventory)
     summary = Summary(device=f"{name_of} {device.description} {device.uuid}", budget=budget)
     summary.free_at_start = device.free
 

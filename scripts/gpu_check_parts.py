@@ -65,13 +65,14 @@ def dry_run_parts(n_ctx: int) -> tuple[Any, Callable[[str, Any], Any]]:
     format, the buffers the estimate predicts for its model, and allocates them on the fake device."""
     from dataclasses import replace
 
-    from gateway.engine.fakellama import FakeLlama, FakeScript
-    from gateway.engine.fakeworker import spawn_fake_worker
-    from gateway.engine.process import ProcessEngine
-    from gateway.fakenvml import FakeDevice, FakeGpus
-    from gateway.footprint import Placement, footprint
-    from gateway.gguf_header import read_gguf_info
-    from gateway.inventory import SystemInventory
+    from gateway.engine.process.handle import ProcessEngine
+    from gateway.gguf.header import read_gguf_info
+    from gateway.memory.footprint import footprint
+    from gateway.memory.inventory import SystemInventory
+    from gateway.memory.planner import Placement
+    from gateway.testing.fakellama import FakeLlama, FakeScript
+    from gateway.testing.fakenvml import FakeDevice, FakeGpus
+    from gateway.testing.fakeworker import spawn_fake_worker
 
     gpus = FakeGpus([FakeDevice("GPU-dry-run", 16 * 2**30)], lag=0.5, context_bytes=500 * MiB)
     backends: list[FakeLlama] = []

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, WithJsonSchema
 
-from gateway.units import parse_bytes, parse_duration
+from gateway.config.units import parse_bytes, parse_duration
 
 
 def _budget(value: Any) -> Any:

@@ -6,8 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 
-from gateway import limits
 from gateway.errors import invalid_request
+from gateway.protocol import limits
 from gateway.protocol.validation import Strict, load_json, validate
 
 

@@ -7,8 +7,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 
-from gateway import limits, structured
+from gateway import structured
 from gateway.errors import invalid_request
+from gateway.protocol import limits
 from gateway.protocol.parts import Message, NamedToolChoice, ResponseFormat, StreamOptions, Tool
 from gateway.protocol.validation import Strict, load_json, refuse, validate
 

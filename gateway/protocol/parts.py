@@ -6,7 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from gateway import limits, structured
+from gateway import structured
+from gateway.protocol import limits
 from gateway.protocol.validation import Strict
 
 Name = Annotated[str, Field(max_length=limits.MAX_NAME_CHARS)]

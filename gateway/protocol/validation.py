@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from gateway.errors import invalid_request
-from gateway.jsonbody import parse_object
+from gateway.protocol.jsonbody import parse_object
 
 Model = TypeVar("Model", bound=BaseModel)
 

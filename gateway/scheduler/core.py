@@ -11,8 +11,8 @@ from collections.abc import Callable
 from gateway.config import ModelEntry, Settings
 from gateway.engine.base import Engine, EngineFactory
 from gateway.errors import GatewayError, model_not_found, queue_full, shutting_down
-from gateway.inventory import Inventory
-from gateway.memory import ModelFacts
+from gateway.memory.facts import ModelFacts
+from gateway.memory.inventory import Inventory
 from gateway.scheduler.cpu import CpuBudget, default_threads
 from gateway.scheduler.devices import FREE_WAIT, Devices
 from gateway.scheduler.eviction import expired

@@ -10,22 +10,44 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from gateway.capacity import model_options
 from gateway.config import ModelEntry, Settings
 from gateway.engine.base import DevicePlacement, Engine
 from gateway.engine.loadlog import to_pools
-from gateway.footprint import Placement, llama_arguments, measured_vector, worker_environment
-from gateway.inventory import Inventory, NoGpus, wait_until_free
-from gateway.memory import ModelFacts
-from gateway.placement import Option
-from gateway.pools import HOST, Device, PoolState, Vector, resolve_pools
+from gateway.memory.facts import ModelFacts
+from gateway.memory.footprint import measured_vector
+from gateway.memory.inventory import Inventory, NoGpus, wait_until_free
+from gateway.memory.options import model_options
+from gateway.memory.planner import Option, Placement
+from gateway.memory.pools import HOST, Device, PoolState, Vector, resolve_pools
 
 log = logging.getLogger(__name__)
 RETURN_LAG = 5.0  # how long memory an exited worker gave back may take to show as free (NVML: 0.5-5 s)
 FREE_WAIT = 10.0  # the longest a load waits for it before starting anyway
 SHOWN = 0.9  # share of the returned bytes that must show as free for the driver to have caught up
+
+
+def worker_environment(placement: Placement, pools: Sequence[PoolState]) -> dict[str, str]:
+    """Environment for the worker: it sees only its GPUs (by UUID, stable whatever the order)."""
+    if not placement.on_gpu:  # a CPU model creates no GPU context (llama.cpp would otherwise use one)
+        return {"CUDA_VISIBLE_DEVICES": "", "HIP_VISIBLE_DEVICES": ""}
+    by_name = {p.name: p for p in pools}
+    ids = [by_name[d].uuid or d.removeprefix("cuda").removeprefix("rocm") for d in placement.devices]
+    if placement.devices[0].startswith("rocm"):
+        return {"HIP_VISIBLE_DEVICES": ",".join(ids)}
+    return {"CUDA_VISIBLE_DEVICES": ",".join(ids)}
+
+
+def llama_arguments(placement: Placement) -> dict[str, object]:
+    """The llama_cpp.Llama arguments for this placement (devices numbered as the worker sees them)."""
+    if not placement.on_gpu:
+        return {"n_gpu_layers": 0}
+    arguments: dict[str, object] = {"n_gpu_layers": placement.n_gpu_layers, "main_gpu": 0}
+    if len(placement.devices) > 1:
+        arguments["tensor_split"] = list(placement.split or [1.0] * len(placement.devices))
+    return arguments
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
-from gateway.placement import NoRoom, Option, Plan, Resident, after_oom, plan_load, rebalance
-from gateway.pools import PoolState, Vector, total_of
+from gateway.memory.planner import LoadPlan, NoRoom, Option, Resident, after_oom, plan_load, rebalance
+from gateway.memory.pools import PoolState, Vector, total_of
 from gateway.scheduler.views import SlotView, Snapshot, State
 
 
@@ -51,7 +51,7 @@ def pools_now(snapshot: Snapshot, excluding: str | None = None) -> tuple[PoolSta
     return tuple(replace(p, free=p.free - loading[p.name]) if p.free is not None else p for p in snapshot.pools)
 
 
-def room(options: Sequence[Option], snapshot: Snapshot, model_id: str) -> Plan | NoRoom:
+def room(options: Sequence[Option], snapshot: Snapshot, model_id: str) -> LoadPlan | NoRoom:
     """Where `model_id` goes and what must be unloaded first, in this snapshot."""
     return plan_load(
         options, pools_now(snapshot, model_id), residents(snapshot, excluding=model_id), snapshot.max_loaded

@@ -13,8 +13,8 @@ from typing import Any
 
 from gateway.config import Settings
 from gateway.engine.base import Engine, EngineFactory
-from gateway.memory import ModelFacts
-from gateway.pools import PoolState, Vector
+from gateway.memory.facts import ModelFacts
+from gateway.memory.pools import PoolState, Vector
 from gateway.scheduler.devices import Devices
 from gateway.scheduler.eviction import idle_on
 from gateway.scheduler.observer import NoObserver, Observer

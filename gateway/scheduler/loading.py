@@ -17,9 +17,9 @@ from collections.abc import Callable
 from gateway.engine.base import Engine
 from gateway.engine.loadlog import to_pools
 from gateway.errors import GatewayError, device_out_of_memory, load_failed, model_unloaded, never_fits, no_room
-from gateway.footprint import GPU_CONTEXT_BYTES, Placement
-from gateway.placement import NoRoom
-from gateway.pools import HOST, Vector, total_of
+from gateway.memory.footprint import GPU_CONTEXT_BYTES
+from gateway.memory.planner import NoRoom, Placement
+from gateway.memory.pools import HOST, Vector, total_of
 from gateway.scheduler.eviction import after_device_oom, overcommitted, residents, room
 from gateway.scheduler.lifecycle import Lifecycle
 from gateway.scheduler.slot import Slot

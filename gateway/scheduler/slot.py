@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 
 from gateway.config import ModelEntry
 from gateway.engine.base import Engine
-from gateway.footprint import Placement
-from gateway.memory import ModelFacts
-from gateway.pools import Vector
+from gateway.memory.facts import ModelFacts
+from gateway.memory.planner import Placement
+from gateway.memory.pools import Vector
 from gateway.scheduler.views import HOST_POOL, SlotView, State
 
 

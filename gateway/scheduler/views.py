@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 
 from gateway.config import ModelEntry
 from gateway.engine.base import BatchState
-from gateway.memory import ModelFacts
-from gateway.pools import PoolState
+from gateway.memory.facts import ModelFacts
+from gateway.memory.pools import PoolState
 
 HOST_POOL = "host"  # the memory pool of host RAM; GPU pools (cuda0, ...) join it in `SlotView.pools`
 

@@ -14,7 +14,7 @@ import httpx
 
 from gateway.config import Settings, UpstreamEntry
 from gateway.errors import GatewayError, queue_full
-from gateway.record import RequestRecord
+from gateway.observability.record import RequestRecord
 from gateway.upstream.breaker import Circuit
 from gateway.upstream.client import Opened, label
 from gateway.upstream.failover import UpstreamModel, UpstreamObserver

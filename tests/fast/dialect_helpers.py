@@ -9,10 +9,10 @@ from typing import Any
 import httpx
 from starlette.applications import Starlette
 
-from gateway.app import create_app
 from gateway.config import parse_settings
-from gateway.engine.fakellama import FakeScript
-from gateway.engine.fakeworker import FakeWorkers
+from gateway.testing.fakellama import FakeScript
+from gateway.testing.fakeworker import FakeWorkers
+from gateway.web.app import create_app
 
 # The generic tool format a model without native tool support is constrained to.
 WEATHER_CALL = ['{"tool_call": {"name": "get_weather", ', '"arguments": {"city": ', '"Paris"}}}']

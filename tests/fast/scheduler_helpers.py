@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import parse_settings
-from gateway.engine.fakellama import FakeScript
-from gateway.engine.fakeworker import FakeWorkers
-from gateway.memory import inspect_models
+from gateway.memory.facts import inspect_models
 from gateway.scheduler import Hold, Scheduler
+from gateway.testing.fakellama import FakeScript
+from gateway.testing.fakeworker import FakeWorkers
 
 MB = 2**20
 

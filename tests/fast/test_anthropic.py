@@ -14,7 +14,7 @@ from anthropic.types import Message, RawMessageStreamEvent
 from pydantic import TypeAdapter
 from starlette.testclient import TestClient
 
-from gateway.dialects.anthropic_request import chat_messages, parse_messages_request, to_chat
+from gateway.dialects.anthropic.request import chat_messages, parse_messages_request, to_chat
 from gateway.errors import GatewayError
 from tests.fast.dialect_helpers import WEATHER_TOOL_ANTHROPIC, dialect_app, sse_events
 

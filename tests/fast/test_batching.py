@@ -7,13 +7,14 @@ from typing import Any
 
 import pytest
 
-from gateway.engine.backend import SamplerSettings
 from gateway.engine.base import ChoiceFinished, Delta, Finished
-from gateway.engine.fakellama import FakeLlama, FakeScript
-from gateway.engine.kv import MAX_SEQUENCES, KvLedger, PrefixCache, batch_size, sequence_ids
-from gateway.engine.parallel import Batch
-from gateway.engine.sequences import Request
+from gateway.engine.sizing import MAX_SEQUENCES, batch_size, sequence_ids
+from gateway.engine.worker.backend import SamplerSettings
+from gateway.engine.worker.batch import Batch
+from gateway.engine.worker.kv import KvLedger, PrefixCache
+from gateway.engine.worker.sequences import Request
 from gateway.errors import GatewayError
+from gateway.testing.fakellama import FakeLlama, FakeScript
 
 GREEDY = SamplerSettings(0.0, 1.0, 0, 0.0, 1.0, 64, 0.0, 0.0)
 

@@ -14,10 +14,10 @@ import pytest
 from openai.types.chat import ChatCompletion
 from starlette.testclient import TestClient
 
-from gateway.app import create_app
 from gateway.config import parse_settings
-from gateway.engine.fakellama import FakeScript
-from gateway.engine.fakeworker import FakeWorkers
+from gateway.testing.fakellama import FakeScript
+from gateway.testing.fakeworker import FakeWorkers
+from gateway.web.app import create_app
 
 SCRIPT = FakeScript(reply_tokens=20, step_delay=0.005)
 

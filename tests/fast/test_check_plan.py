@@ -8,11 +8,13 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway import cli
-from gateway.capacity import describe_plan, pools_for
+from gateway.cli import main as cli
+from gateway.cli.check import describe_plan
 from gateway.config import load_settings
-from gateway.memory import inspect_models, kv_cells
-from gateway.pools import Device
+from gateway.memory.estimate import kv_cells
+from gateway.memory.facts import inspect_models
+from gateway.memory.options import pools_for
+from gateway.memory.pools import Device
 from tests.ggufgen import write_tiny_gguf
 
 MiB, GiB = 2**20, 2**30
@@ -36,8 +38,8 @@ def gpus(*free_mib: int) -> list[Device]:
 @pytest.fixture
 def fake_backend(monkeypatch: pytest.MonkeyPatch) -> list[Device]:
     devices: list[Device] = []
-    monkeypatch.setattr("gateway.engine.modelload.backend_info", lambda: {"backend": "CUDA", "gpu_offload": True})
-    monkeypatch.setattr("gateway.inventory.read_devices", lambda: list(devices))
+    monkeypatch.setattr("gateway.engine.worker.load.backend_info", lambda: {"backend": "CUDA", "gpu_offload": True})
+    monkeypatch.setattr("gateway.cli.check.read_devices", lambda: list(devices))
     return devices
 
 
@@ -71,7 +73,7 @@ def test_check_prints_where_each_model_goes(
 def test_check_on_a_cpu_only_machine_plans_the_host(
     tmp_path: Path, fake_backend: list[Device], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr("gateway.engine.modelload.backend_info", lambda: {"backend": "CPU", "gpu_offload": False})
+    monkeypatch.setattr("gateway.engine.worker.load.backend_info", lambda: {"backend": "CPU", "gpu_offload": False})
     fake_backend += gpus(4096)  # a GPU the CPU build cannot use
     path = write_config(tmp_path, {"memory_budget": "1GiB"}, {"gpu": {"n_gpu_layers": -1}})
     assert cli.main(["check", "--config", str(path)]) == 0

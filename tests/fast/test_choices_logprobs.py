@@ -13,10 +13,10 @@ from openai.types import Completion
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from starlette.testclient import TestClient
 
-from gateway.app import create_app
 from gateway.config import parse_settings
-from gateway.engine.fakellama import ALTERNATIVE_LOGIT, BEST_LOGIT, FakeLlama
-from gateway.engine.fakeworker import FakeWorkers
+from gateway.testing.fakellama import ALTERNATIVE_LOGIT, BEST_LOGIT, FakeLlama
+from gateway.testing.fakeworker import FakeWorkers
+from gateway.web.app import create_app
 
 MSG = [{"role": "user", "content": "one two three"}]
 
@@ -100,7 +100,7 @@ def test_completion_logprobs_legacy_shape(client: TestClient) -> None:
 
 
 def test_worker_can_hold_every_choice_a_request_may_ask_for() -> None:
-    from gateway.engine.kv import MAX_SEQUENCES
+    from gateway.engine.sizing import MAX_SEQUENCES
     from gateway.protocol import MAX_CHOICES
 
     assert MAX_SEQUENCES == MAX_CHOICES  # kept apart so the worker never imports pydantic

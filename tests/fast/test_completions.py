@@ -11,9 +11,9 @@ import pytest
 from openai.types import Completion
 from starlette.testclient import TestClient
 
-from gateway.app import create_app
 from gateway.config import parse_settings
-from gateway.engine.fakeworker import FakeWorkers
+from gateway.testing.fakeworker import FakeWorkers
+from gateway.web.app import create_app
 
 
 @pytest.fixture
@@ -35,7 +35,7 @@ def test_completion_with_prompt_list_and_echo(client: TestClient) -> None:
 
 
 def test_completion_default_max_tokens_is_16(make_config: Any, tmp_path: Path) -> None:
-    from gateway.engine.fakellama import FakeScript
+    from gateway.testing.fakellama import FakeScript
 
     settings = parse_settings(make_config({"m": {}}), tmp_path)
     app = create_app(settings, spawn=FakeWorkers({"m": FakeScript(reply_tokens=40)}).spawn)

@@ -136,8 +136,8 @@ def test_embedding_model_without_pooling_is_a_configuration_error(make_config: A
     """A causal LM's GGUF names no pooling type: as an embedding entry it needs model.pooling."""
     import gguf
 
-    from gateway.cli import main
-    from gateway.memory import inspect_models
+    from gateway.cli.main import main
+    from gateway.memory.facts import inspect_models
     from tests.ggufgen import write_tiny_gguf
 
     doc = make_config({"chat": {}, "lm": {"embedding": True}, "ok": {"embedding": True, "model": {"pooling": "mean"}}})
@@ -158,8 +158,8 @@ def test_embedding_model_without_pooling_is_a_configuration_error(make_config: A
 def test_an_unknown_chat_format_is_a_configuration_error(make_config: Any, tmp_path: Path) -> None:
     """Stopped at startup and by `gateway check`, naming the formats there are, instead of a 503 at the
     model's first load; the spellings the worker accepts ("llama-2", "mistral-instruct") pass."""
-    from gateway.cli import main
-    from gateway.memory import inspect_models
+    from gateway.cli.main import main
+    from gateway.memory.facts import inspect_models
 
     doc = make_config(
         {

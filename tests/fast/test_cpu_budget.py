@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 
 from gateway.config import parse_settings
-from gateway.engine.fakeworker import FakeWorkers
-from gateway.memory import inspect_models
+from gateway.memory.facts import inspect_models
 from gateway.scheduler import Scheduler
 from gateway.scheduler.cpu import CpuBudget
+from gateway.testing.fakeworker import FakeWorkers
 
 pytestmark = pytest.mark.anyio
 

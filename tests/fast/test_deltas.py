@@ -1,4 +1,4 @@
-from gateway.engine.deltas import DeltaBatcher
+from gateway.engine.worker.deltas import DeltaBatcher
 
 
 class Clock:

@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 from gateway.config import parse_settings
-from gateway.units import parse_duration
+from gateway.config.units import parse_duration
 from tests.dockerfile import read
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from gateway.config import parse_settings
-from gateway.units import parse_bytes
+from gateway.config.units import parse_bytes
 from tests.dockerfile import read
 from tests.kustomize import Resource, containers, render
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cli import build_parser
+from gateway.cli.main import build_parser
 
 UNIT = Path(__file__).resolve().parents[2] / "deploy" / "systemd" / "llm-gateway.service"
 SYSTEM_UNITS = Path("/lib/systemd/system")

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.engine.fakeworker import until
+from gateway.testing.fakeworker import until
 from tests.fast.test_http_fake import LONG, LONG_SCRIPT, drive_until_disconnect, make_app
 
 USER = [{"role": "user", "content": "hello there"}]
@@ -40,14 +40,14 @@ async def test_disconnect_cancels_the_generation(make_config: Any, tmp_path: Pat
     (worker,) = workers.workers
     assert sent[0]["status"] == (200 if stream else 499)
     assert (await worker.outcome(1)).finish_reason == "cancelled" and worker.cancelled() == [1]
-    assert app.state.scheduler.view("m").holds == 0
-    await app.state.scheduler.close()
+    assert app.state.services.scheduler.view("m").holds == 0
+    await app.state.services.scheduler.close()
 
 
 @pytest.mark.anyio
 async def test_queue_full_before_the_200_in_each_shape(make_config: Any, tmp_path: Path) -> None:
     app, _ = make_app(make_config, tmp_path, {"m": {"max_queue": 1}})
-    registry = app.state.scheduler
+    registry = app.state.services.scheduler
     held = await registry.hold("m", generate=False).__aenter__()
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
         claude = await c.post("/v1/messages", json={**BODIES["/v1/messages"], "stream": True})
@@ -67,10 +67,10 @@ async def test_count_tokens_frees_the_model(make_config: Any, tmp_path: Path) ->
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
         counted = await c.post("/v1/messages/count_tokens", json={"model": "m", "messages": USER})
         assert counted.json() == {"input_tokens": 2}
-    assert app.state.scheduler.view("m").holds == 0
+    assert app.state.services.scheduler.view("m").holds == 0
     # Counting asks for one token, which the worker samples in the step that reads the prompt: the
     # cancel that follows the count finds the generation ended, having produced no more than that.
     (worker,) = workers.workers
     await until(lambda: worker.cancelled() == [1], "counting did not cancel its generation")
     assert (await worker.outcome(1)).completion_tokens <= 1
-    await app.state.scheduler.close()
+    await app.state.services.scheduler.close()

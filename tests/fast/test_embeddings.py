@@ -12,9 +12,9 @@ import pytest
 from openai.types import CreateEmbeddingResponse
 from starlette.testclient import TestClient
 
-from gateway.app import create_app
 from gateway.config import parse_settings
-from gateway.engine.fakeworker import FakeWorkers
+from gateway.testing.fakeworker import FakeWorkers
+from gateway.web.app import create_app
 
 
 @pytest.fixture

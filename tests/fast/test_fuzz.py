@@ -16,9 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from gateway.app import create_app
 from gateway.config import parse_settings
-from gateway.engine.fakeworker import FakeWorkers
+from gateway.testing.fakeworker import FakeWorkers
+from gateway.web.app import create_app
 from tests import corpus, wire
 from tests.ggufgen import chat_and_embedding_doc
 

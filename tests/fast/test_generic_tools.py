@@ -13,7 +13,7 @@ import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from starlette.testclient import TestClient
 
-from gateway.toolprompt import GenericReply, generic_messages, generic_schema, native_tools
+from gateway.serving.tools.generic import GenericReply, generic_messages, generic_schema, template_presents_tools
 from tests.fast.dialect_helpers import TOOL_TEMPLATE, dialect_app, sse_events
 
 USER = [{"role": "user", "content": "weather in Paris?"}]
@@ -48,10 +48,10 @@ def test_models_say_which_templates_take_tools(client: TestClient) -> None:
 
 
 def test_native_tools_needs_a_template_that_reads_them() -> None:
-    assert native_tools(None, TOOL_TEMPLATE)
-    assert not native_tools(None, "{% for m in messages %}{{ m.content }}{% endfor %}")
-    assert not native_tools("chatml", TOOL_TEMPLATE)  # llama-cpp-python's named formats ignore tools
-    assert not native_tools(None, None)
+    assert template_presents_tools(None, TOOL_TEMPLATE)
+    assert not template_presents_tools(None, "{% for m in messages %}{{ m.content }}{% endfor %}")
+    assert not template_presents_tools("chatml", TOOL_TEMPLATE)  # llama-cpp-python's named formats ignore tools
+    assert not template_presents_tools(None, None)
 
 
 def test_tools_on_auto_are_never_dropped(client: TestClient) -> None:

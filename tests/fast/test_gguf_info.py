@@ -7,18 +7,19 @@ from typing import Any
 import pytest
 
 from gateway.config import parse_settings
-from gateway.footprint import Placement, footprint
-from gateway.gguf_header import GGUFFormatError, read_gguf_info
-from gateway.memory import (
+from gateway.gguf.header import GGUFFormatError, read_gguf_info
+from gateway.memory.estimate import (
     ALLOCATOR_MARGIN,
     CONSTRAINT_BYTES_PER_VOCAB_TOKEN,
     WORKER_BASELINE_BYTES,
     after_load_bytes,
     entry_batch_bytes,
     estimate,
-    inspect_model,
 )
-from gateway.pools import HOST
+from gateway.memory.facts import inspect_model
+from gateway.memory.footprint import footprint
+from gateway.memory.planner import Placement
+from gateway.memory.pools import HOST
 from tests.ggufgen import tiny_tensor_bytes, write_tiny_gguf
 
 

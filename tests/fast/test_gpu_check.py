@@ -12,8 +12,9 @@ from types import ModuleType
 
 import pytest
 
-from gateway.footprint import Placement, footprint
-from gateway.gguf_header import read_gguf_info
+from gateway.gguf.header import read_gguf_info
+from gateway.memory.footprint import footprint
+from gateway.memory.planner import Placement
 
 REPO = Path(__file__).resolve().parents[2]
 MiB = 2**20

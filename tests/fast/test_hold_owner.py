@@ -10,14 +10,15 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from gateway import dispatch, plan, toolplan
-from gateway.app import create_app
 from gateway.config import parse_settings
 from gateway.engine.base import Generation
-from gateway.engine.fakellama import FakeScript
-from gateway.engine.fakeworker import FakeWorkers
-from gateway.engine.process import ProcessEngine
-from gateway.memory import inspect_models
+from gateway.engine.process.handle import ProcessEngine
+from gateway.memory.facts import inspect_models
+from gateway.serving import plan, run
+from gateway.serving.tools import plan as toolplan
+from gateway.testing.fakellama import FakeScript
+from gateway.testing.fakeworker import FakeWorkers
+from gateway.web.app import create_app
 
 MSG = [{"role": "user", "content": "hello there"}]
 TOOLS = [{"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}}]
@@ -66,7 +67,7 @@ def _mid_stream(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _shaping_the_answer(monkeypatch: pytest.MonkeyPatch) -> None:
     """After the generation finished, building the response body fails."""
-    from gateway.responses import ChatResponder
+    from gateway.protocol.replies import ChatResponder
 
     monkeypatch.setattr(ChatResponder, "completion", _raise)
     monkeypatch.setattr(ChatResponder, "finish_chunk", _raise)
@@ -127,7 +128,7 @@ def test_every_step_was_reached(client: TestClient, monkeypatch: pytest.MonkeyPa
         ("tool grammar", toolplan, "forced_schema"),
         ("submit to the worker", ProcessEngine, "generate"),
         ("first event", Generation, "next_event"),
-        ("dispatch", dispatch, "start"),
+        ("run", run, "start"),
     ]:
         original = getattr(target, attribute)
 
@@ -138,7 +139,7 @@ def test_every_step_was_reached(client: TestClient, monkeypatch: pytest.MonkeyPa
         monkeypatch.setattr(target, attribute, spy)
     body = {"model": "m", "messages": MSG, "stream": True, "tools": TOOLS, "tool_choice": NAMED}
     assert client.post("/v1/chat/completions", json=body).status_code == 200
-    assert reached == {"request shaping", "tool grammar", "submit to the worker", "first event", "dispatch"}
+    assert reached == {"request shaping", "tool grammar", "submit to the worker", "first event", "run"}
 
 
 def test_duplicate_tool_names_are_a_400_and_hold_nothing(client: TestClient) -> None:
@@ -154,23 +155,30 @@ def test_duplicate_tool_names_are_a_400_and_hold_nothing(client: TestClient) -> 
 
 @pytest.mark.anyio
 async def test_a_stream_dropped_unread_releases_its_hold(make_config: Any, tmp_path: Path) -> None:
-    from gateway.plan import plan_chat
+    from gateway.access.keys import ANONYMOUS
+    from gateway.observability.metrics import Metrics
     from gateway.protocol import parse_chat_request
+    from gateway.protocol.answer import Ended
     from gateway.scheduler import Scheduler
+    from gateway.serving.call import Call
+    from gateway.serving.plan import plan_chat
+    from gateway.upstream.proxy import Upstreams
 
     settings = parse_settings(make_config({"m": {}}), tmp_path)
     factory = FakeWorkers({"m": FakeScript(reply_tokens=20, step_delay=0.01)})  # outlasts the close
     scheduler = Scheduler(settings, inspect_models(settings), factory.engine, budget=2**40)
     chat = parse_chat_request(b'{"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]}')
     plan = plan_chat(chat, scheduler.view("m"), settings.gateway)
-    stream = await dispatch.open_stream(plan, scheduler, None)
+    call = Call(scheduler, Upstreams(settings, Metrics()), ANONYMOUS)
+    stream = await run.open_stream(call, plan)
     assert stream.prompt_tokens == 1 and scheduler.view("m").running == 1
     await stream.close()
     await stream.close()  # twice is harmless
     assert scheduler.view("m").holds == 0 and scheduler.cpu.in_use == 0
     (worker,) = factory.workers
     assert (await worker.outcome(1)).finish_reason == "cancelled"  # its generation stopped too
-    read = await dispatch.open_stream(plan, scheduler, None)
+    read = await run.open_stream(call, plan)
     chunks = [chunk async for chunk in read.chunks]
-    assert chunks[-1]["choices"][0]["finish_reason"] == "stop" and scheduler.view("m").holds == 0
+    assert chunks[-2] == Ended(0, "stop") and scheduler.view("m").holds == 0
     await scheduler.close()
+    await call.upstreams.close()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import psutil
 
-from gateway.hostmem import cgroup_memory_limit, host_memory_total
+from gateway.memory.hostmem import cgroup_memory_limit, host_memory_total
 
 GIB = 2**30
 

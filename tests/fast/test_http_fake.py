@@ -15,10 +15,10 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from gateway.app import create_app
 from gateway.config import parse_settings
-from gateway.engine.fakellama import FakeScript
-from gateway.engine.fakeworker import FakeWorkers
+from gateway.testing.fakellama import FakeScript
+from gateway.testing.fakeworker import FakeWorkers
+from gateway.web.app import create_app
 
 MSG = [{"role": "user", "content": "hello there"}]
 # A reply that outlasts any test waiting for it to be cancelled.
@@ -189,7 +189,7 @@ def test_unknown_route_and_method_are_openai_shaped(client: TestClient) -> None:
 @pytest.mark.anyio
 async def test_queue_full_is_429_with_retry_after(make_config: Any, tmp_path: Path) -> None:
     app, _ = make_app(make_config, tmp_path, {"m": {"max_queue": 1}})
-    registry = app.state.scheduler
+    registry = app.state.services.scheduler
     held = await registry.hold("m", generate=False).__aenter__()
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
         response = await c.post("/v1/chat/completions", json={"model": "m", "messages": MSG})
@@ -203,7 +203,7 @@ async def test_queue_full_is_429_with_retry_after(make_config: Any, tmp_path: Pa
 @pytest.mark.anyio
 async def test_no_room_is_503_with_retry_after(make_config: Any, tmp_path: Path) -> None:
     app, _ = make_app(make_config, tmp_path, {"a": {}, "b": {}}, gateway={"room_wait": 0.05})
-    registry = app.state.scheduler
+    registry = app.state.services.scheduler
     registry.budget = registry.view("a").facts.estimate.total + 1  # room for one
     held = await registry.hold("a", generate=False).__aenter__()
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
@@ -268,12 +268,12 @@ async def test_client_disconnect_cancels_generation(make_config: Any, tmp_path: 
     assert sent[0]["status"] == 200
     assert (await worker.outcome(1)).finish_reason == "cancelled"
     assert worker.cancelled() == [1]
-    assert app.state.scheduler.view("m").holds == 0
+    assert app.state.services.scheduler.view("m").holds == 0
     # The model is free for the next request.
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
         response = await c.post("/v1/chat/completions", json={"model": "m", "messages": MSG, "max_tokens": 2})
         assert response.status_code == 200
-    await app.state.scheduler.close()
+    await app.state.services.scheduler.close()
 
 
 @pytest.mark.anyio
@@ -289,5 +289,5 @@ async def test_client_disconnect_cancels_a_non_streamed_generation(make_config: 
     (worker,) = workers.workers
     assert (await worker.outcome(1)).finish_reason == "cancelled" and worker.cancelled() == [1]
     assert sent[0]["status"] == 499
-    assert app.state.scheduler.view("m").holds == 0
-    await app.state.scheduler.close()
+    assert app.state.services.scheduler.view("m").holds == 0
+    await app.state.services.scheduler.close()

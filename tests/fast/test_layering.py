@@ -1,376 +1,172 @@
-"""Module dependencies point downward only (DESIGN.md §2), checked by parsing imports."""
+"""The house's rules (docs/architecture.md): each folder of gateway/ is a room with a role, and a room
+imports only the rooms below it, checked by parsing every module's imports."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "gateway"
 
-ALLOWED: dict[str, set[str]] = {
-    "errors": set(),
-    "units": set(),
-    "gguf_info": set(),
-    "gguf_header": {"gguf_info"},
-    "config.values": {"units"},
-    "config.model": {"config.values", "errors", "structured"},
-    "config.remote": {"config.values"},
-    "config.settings": {"config.model", "config.remote", "config.values"},
-    "config.loading": {"config.model", "config.settings", "errors"},
-    "config.__init__": {"config.loading", "config.model", "config.remote", "config.settings"},
-    "limits": set(),
-    "jsonbody": {"errors", "limits"},
-    "structured": {"errors"},
-    "protocol.validation": {"errors", "jsonbody"},
-    "protocol.parts": {"limits", "structured", "protocol.validation"},
-    "protocol.generation": {"errors", "limits", "structured", "protocol.parts", "protocol.validation"},
-    "protocol.extras": {"errors", "limits", "protocol.validation"},
-    "protocol.__init__": {"protocol.extras", "protocol.generation", "protocol.parts"},
-    "hostmem": set(),
-    "chatformats": set(),
-    "memory": {"chatformats", "config", "engine.kv", "errors", "gguf_header", "gguf_info", "hostmem", "pools"},
-    "pools": set(),
-    "footprint": {"gguf_info", "memory", "pools"},
-    "inventory": {"pools"},
-    "fakenvml": set(),
-    "placement": {"footprint", "pools"},
-    "capacity": {"config", "footprint", "memory", "placement", "pools", "units"},
-    "engine.stops": set(),
-    "engine.deltas": set(),
-    "tools": {"structured"},
-    "toolprompt": {"tools"},
-    "engine.base": {"config", "errors", "engine.loadlog"},
-    "engine.backend": set(),
-    "engine.wire": {"engine.base"},
-    "engine.kv": set(),
-    "engine.constraint": {"errors", "structured"},
-    "engine.sampling": {"errors", "engine.backend"},
-    "engine.output": {"engine.backend", "engine.deltas", "engine.sampling", "engine.stops"},
-    "engine.guard": {"errors"},
-    "engine.embedding": {"errors", "engine.backend", "engine.guard", "engine.wire"},
-    "engine.prompt": {"chatformats", "errors", "engine.base"},
-    "engine.llamacpp": {"engine.backend", "engine.constraint", "engine.kv"},
-    "engine.sequences": {"engine.backend", "engine.output"},
-    "engine.parallel": {
-        "errors",
-        "engine.backend",
-        "engine.base",
-        "engine.guard",
-        "engine.kv",
-        "engine.output",
-        "engine.sequences",
-    },
-    "engine.looppipe": set(),
-    "engine.modelload": {"engine.backend", "engine.guard", "engine.kv", "engine.llamacpp", "engine.prompt"},
-    "engine.worker": {
-        "errors",
-        "engine.backend",
-        "engine.base",
-        "engine.embedding",
-        "engine.logcapture",
-        "engine.modelload",
-        "engine.parallel",
-        "engine.prompt",
-        "engine.sampling",
-        "engine.sequences",
-        "engine.wire",
-    },
-    "engine.fakellama": {"engine.backend", "engine.base", "engine.guard"},
-    "engine.fakeworker": {
-        "config",
-        "engine.base",
-        "engine.embedding",
-        "engine.fakellama",
-        "engine.fakeprocess",
-        "engine.loadlog",
-        "engine.logcapture",
-        "engine.process",
-        "engine.spares",
-        "engine.wire",
-        "engine.worker",
-        "fakenvml",
-    },
-    "engine.fakeprocess": {"engine.wire"},
-    "engine.loadlog": set(),
-    "engine.logcapture": {"engine.loadlog"},
-    "engine.workerprocess": {"config"},
-    "engine.process": {
-        "config",
-        "errors",
-        "memory",
-        "engine.base",
-        "engine.loadlog",
-        "engine.looppipe",
-        "engine.spares",
-        "engine.wire",
-        "engine.workerprocess",
-    },
-    "engine.spares": {"engine.worker"},
-    "watch": set(),
-    "upstream.__init__": set(),
-    "upstream.breaker": set(),
-    "upstream.client": {"config"},
-    "upstream.failover": {"config", "errors", "upstream.breaker", "upstream.client"},
-    "upstream.proxy": {"config", "errors", "record", "upstream.breaker", "upstream.client", "upstream.failover"},
-    "collectors": set(),
-    "metrics": {"collectors"},
-    "scheduler.views": {"config", "memory", "engine.base", "pools"},
-    "scheduler.slot": {"config", "footprint", "memory", "engine.base", "pools", "scheduler.views"},
-    "scheduler.eviction": {"placement", "pools", "scheduler.views"},
-    "scheduler.devices": {
-        "capacity",
-        "config",
-        "engine.base",
-        "engine.loadlog",
-        "footprint",
-        "inventory",
-        "memory",
-        "placement",
-        "pools",
-    },
-    "scheduler.reload": {"config"},
-    "scheduler.cpu": set(),
-    "scheduler.observer": set(),
-    "scheduler.hold": {"config", "engine.base", "scheduler.views", "scheduler.slot"},
-    "scheduler.lifecycle": {
-        "config",
-        "errors",
-        "memory",
-        "engine.base",
-        "pools",
-        "scheduler.devices",
-        "scheduler.eviction",
-        "scheduler.observer",
-        "scheduler.slot",
-        "scheduler.views",
-    },
-    "scheduler.loading": {
-        "errors",
-        "engine.base",
-        "engine.loadlog",
-        "footprint",
-        "placement",
-        "pools",
-        "scheduler.eviction",
-        "scheduler.lifecycle",
-        "scheduler.slot",
-        "scheduler.views",
-    },
-    "scheduler.core": {
-        "config",
-        "errors",
-        "memory",
-        "engine.base",
-        "inventory",
-        "scheduler.cpu",
-        "scheduler.devices",
-        "scheduler.eviction",
-        "scheduler.hold",
-        "scheduler.loading",
-        "scheduler.observer",
-        "scheduler.reload",
-        "scheduler.slot",
-        "scheduler.views",
-    },
-    "scheduler.__init__": {"scheduler.core", "scheduler.hold", "scheduler.observer", "scheduler.views"},
-    "streaming": {"errors", "record", "responses", "tools", "engine.base"},
-    "toolplan": {"protocol", "scheduler.views", "structured", "toolprompt", "tools"},
-    "plan": {"config", "errors", "protocol", "responses", "toolplan", "engine.base", "scheduler.views"},
-    "dispatch": {"errors", "plan", "record", "scheduler", "streaming", "engine.base"},
-    "auth": {"config"},
-    "record": set(),
-    "accesslog": {"record"},
-    "middleware": {"auth", "errors", "record", "dialects.anthropic_reply"},
-    "admin": {"scheduler", "toolplan"},
-    "responses": set(),
-    "web": {"auth", "record", "scheduler", "upstream.proxy"},
-    "remote_routes": {"errors", "responses", "web"},
-    "routes": {
-        "dispatch",
-        "errors",
-        "plan",
-        "protocol",
-        "remote_routes",
-        "responses",
-        "scheduler",
-        "streaming",
-        "web",
-    },
-    "info_routes": {"metrics", "remote_routes", "responses", "routes", "scheduler", "toolplan", "web"},
-    "dialects.__init__": set(),
-    "dialects.common": {"errors", "protocol.validation"},
-    "dialects.anthropic_request": {"dialects.common", "errors", "protocol"},
-    "dialects.anthropic_reply": {"errors"},
-    "dialects.relay": {"dispatch", "errors", "streaming", "web"},
-    "dialects.anthropic_routes": {
-        "dialects.anthropic_reply",
-        "dialects.anthropic_request",
-        "dialects.relay",
-        "dispatch",
-        "routes",
-        "web",
-    },
-    "dialects.responses_request": {"dialects.common", "errors", "protocol"},
-    "dialects.responses_reply": {"dialects.responses_request"},
-    "dialects.responses_events": {"dialects.responses_reply", "errors"},
-    "dialects.response_store": set(),
-    "dialects.responses_routes": {
-        "dialects.relay",
-        "dialects.response_store",
-        "dialects.responses_events",
-        "dialects.responses_reply",
-        "dialects.responses_request",
-        "dispatch",
-        "errors",
-        "routes",
-        "web",
-    },
-    "route_table": {
-        "admin",
-        "dialects.anthropic_routes",
-        "dialects.responses_routes",
-        "errors",
-        "info_routes",
-        "middleware",
-        "routes",
-    },
-    "gauges": {"collectors", "scheduler"},
-    "workers": {"config", "engine.base", "engine.process", "engine.spares"},
-    "app": {
-        "dialects.response_store",
-        "accesslog",
-        "auth",
-        "config",
-        "errors",
-        "gauges",
-        "inventory",
-        "memory",
-        "metrics",
-        "middleware",
-        "record",
-        "route_table",
-        "scheduler",
-        "watch",
-        "upstream.proxy",
-        "workers",
-    },
-    "measure": {"config", "engine.base", "errors", "memory", "scheduler", "units", "workers"},
-    "cli": {
-        "capacity",
-        "config",
-        "errors",
-        "hostmem",
-        "inventory",
-        "measure",
-        "memory",
-        "pools",
-        "units",
-        "app",
-        "engine.modelload",
-    },
+# Each room and what it may import. A module belongs to the room with the longest name that is its own
+# or a package above it; "engine" is the seam both sides of a worker share (base, wire, loadlog,
+# sizing, chatformats). An entry naming a module rather than a room allows that module alone.
+RULES: dict[str, set[str]] = {
     "__main__": {"cli"},
+    "cli": {"web", "scheduler", "memory", "engine", "engine.process", "engine.worker.load", "config", "errors"},
+    "web": {
+        "serving",
+        "dialects",
+        "store",
+        "scheduler",
+        "upstream",
+        "access",
+        "memory",
+        "engine.process",
+        "observability",
+        "protocol",
+        "config",
+        "errors",
+    },
+    "serving": {
+        "scheduler",
+        "upstream",
+        "access",
+        "engine",
+        "observability",
+        "protocol",
+        "config",
+        "structured",
+        "errors",
+    },
+    "scheduler": {"memory", "engine", "observability", "config", "errors"},
+    "upstream": {"observability", "config", "errors"},
+    "memory": {"gguf", "engine", "config", "errors"},
+    "engine.process": {"engine", "engine.worker.main", "config", "errors"},  # the worker's main: its process target
+    "engine.worker": {"engine", "config", "structured", "errors"},
+    "engine": {"config", "errors"},
+    "testing": {"engine", "engine.process", "engine.worker", "config", "errors"},
+    "dialects": {"protocol", "errors"},
+    "access": {"config", "errors"},
+    "store": set(),
+    "observability": set(),
+    "config": {"structured", "errors"},
+    "protocol": {"structured", "errors"},
+    "gguf": set(),
+    "structured": {"errors"},
+    "errors": set(),
     "__init__": set(),
-    "engine.__init__": set(),
 }
+WEB_STACK = ("starlette", "sse_starlette", "uvicorn")
+HEAVY = ("pydantic", "starlette", "uvicorn", "sse_starlette", "yaml", "prometheus_client", "httpx")
 
 
 def module_name(path: Path) -> str:
-    return ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
+    return ".".join(path.relative_to(PACKAGE).with_suffix("").parts).removesuffix(".__init__")
 
 
-def imports_of(path: Path) -> set[str]:
-    """Imported module names; `from a import b` counts as `a.b` when b is a module of ours, else `a`."""
+def room_of(module: str) -> str:
+    candidates = [r for r in RULES if module == r or module.startswith(f"{r}.")]
+    assert candidates, f"gateway.{module} is in no room"
+    return max(candidates, key=len)
+
+
+def imports_of(path: Path, top_level_only: bool = False) -> set[str]:
+    """Imported module names; `from a import b` counts as `a.b` (b may be a module)."""
+    nodes = ast.parse(path.read_text()).body if top_level_only else ast.walk(ast.parse(path.read_text()))
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in nodes:
         if isinstance(node, ast.ImportFrom) and node.module:
-            for alias in node.names:
-                submodule = f"{node.module}.{alias.name}"
-                found.add(submodule if submodule.removeprefix("gateway.") in ALLOWED else node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
         elif isinstance(node, ast.Import):
             found.update(a.name for a in node.names)
     return found
 
 
-def test_every_module_is_listed() -> None:
-    assert {module_name(p) for p in PACKAGE.rglob("*.py")} == set(ALLOWED)
+def allowed(importer: str, imported: str) -> bool:
+    room, target = room_of(importer), room_of(imported)
+    permitted = RULES[room]
+    modules = permitted - set(RULES)  # entries that allow one module, not a room
+    return target == room or target in permitted or any(imported == m or imported.startswith(f"{m}.") for m in modules)
 
 
-def test_dependencies_point_downward() -> None:
+def violations(imports: dict[str, set[str]]) -> list[str]:
+    """`importer imports imported` for every import of ours the rules forbid."""
+    found = []
+    for importer, names in sorted(imports.items()):
+        for name in sorted(names):
+            ours = name.removeprefix("gateway.")
+            if name.startswith("gateway.") and not allowed(importer, ours):
+                found.append(f"{importer} imports {ours}")
+    return found
+
+
+def all_imports() -> dict[str, set[str]]:
+    return {module_name(p): imports_of(p) for p in PACKAGE.rglob("*.py")}
+
+
+def test_every_module_is_in_a_room() -> None:
+    for module in all_imports():
+        room_of(module)
+
+
+def test_imports_follow_the_rules() -> None:
+    assert violations(all_imports()) == []
+
+
+def test_the_rules_catch_an_upward_or_sideways_import() -> None:
+    imports = {
+        "serving.run": {"gateway.web.sse", "gateway.scheduler"},
+        "engine.worker.batch": {"gateway.engine.process.handle", "gateway.engine.base"},
+        "dialects.anthropic.reply": {"gateway.serving.run"},
+        "scheduler.core": {"gateway.testing.fakeworker"},
+        "engine.process.spares": {"gateway.engine.worker.batch", "gateway.engine.worker.main"},
+    }
+    assert violations(imports) == [
+        "dialects.anthropic.reply imports serving.run",
+        "engine.process.spares imports engine.worker.batch",
+        "engine.worker.batch imports engine.process.handle",
+        "scheduler.core imports testing.fakeworker",
+        "serving.run imports web.sse",
+    ]
+
+
+def test_the_rooms_have_no_cycle() -> None:
+    def visit(room: str, path: tuple[str, ...]) -> None:
+        assert room not in path, " -> ".join((*path, room))
+        for below in RULES[room]:
+            visit(room_of(below), (*path, room))
+
+    for room in RULES:
+        visit(room, ())
+
+
+def test_only_web_and_cli_know_http_serving() -> None:
     for path in PACKAGE.rglob("*.py"):
-        name = module_name(path)
-        ours = {i.removeprefix("gateway.") for i in imports_of(path) if i.startswith("gateway.")}
-        ours.discard(name)
-        assert ours <= ALLOWED[name], f"{name} imports {sorted(ours - ALLOWED[name])}"
-
-
-def test_no_cycles() -> None:
-    """The allowed graph itself has no cycle (a package name stands for its __init__)."""
-
-    def edges(name: str) -> set[str]:
-        return {d if d in ALLOWED else f"{d}.__init__" for d in ALLOWED[name]} - {name}
-
-    done: set[str] = set()
-
-    def visit(name: str, path: tuple[str, ...]) -> None:
-        assert name not in path, " -> ".join((*path, name))
-        if name not in done:
-            for dependency in edges(name):
-                visit(dependency, (*path, name))
-            done.add(name)
-
-    for name in ALLOWED:
-        visit(name, ())
-
-
-WORKER_SIDE = {
-    "engine.worker",
-    "engine.modelload",
-    "engine.loadlog",
-    "engine.logcapture",
-    "engine.sampling",
-    "engine.embedding",
-    "engine.parallel",
-    "engine.guard",
-    "engine.constraint",
-    "engine.prompt",
-    "engine.llamacpp",
-    "engine.output",
-    "engine.kv",
-    "engine.backend",
-    "engine.wire",
-    "engine.sequences",
-}
+        uses = [i for i in imports_of(path) if i.split(".")[0] in WEB_STACK]
+        assert not uses or room_of(module_name(path)) in ("web", "cli"), (module_name(path), uses)
 
 
 def test_llama_cpp_is_imported_only_by_the_worker() -> None:
-    # (cli's `check` reaches llama_cpp through engine.worker.backend_info, never on the request path)
+    """`gateway check` reaches it through engine.worker.load.backend_info, never the request path."""
     for path in PACKAGE.rglob("*.py"):
-        uses = any(i == "llama_cpp" or i.startswith("llama_cpp.") for i in imports_of(path))
-        assert not uses or module_name(path) in WORKER_SIDE, module_name(path)
-
-
-def test_worker_side_stays_free_of_the_web_stack() -> None:
-    """A worker imports these at start: pydantic, starlette and friends would cost every worker memory."""
-    heavy = ("pydantic", "starlette", "uvicorn", "sse_starlette", "yaml", "prometheus_client")
-    for path in PACKAGE.rglob("*.py"):
-        if module_name(path) in WORKER_SIDE | {"engine.base", "engine.stops", "engine.deltas", "errors", "tools"}:
-            module_level = [
-                alias.name if isinstance(node, ast.Import) else node.module or ""
-                for node in ast.parse(path.read_text()).body
-                if isinstance(node, ast.Import | ast.ImportFrom)
-                for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(name=node.module or "")])
-            ]
-            assert not [m for m in module_level if m.split(".")[0] in heavy], module_name(path)
+        uses = any(i.split(".")[0] == "llama_cpp" for i in imports_of(path))
+        assert not uses or room_of(module_name(path)) == "engine.worker", module_name(path)
 
 
 def test_llama_cpp_starts_only_after_the_worker_environment_is_set() -> None:
     """worker.main sets CUDA_VISIBLE_DEVICES before importing llama_cpp; a module-level import on the
     worker side would start the GPU runtime first, seeing every device."""
     for path in PACKAGE.rglob("*.py"):
-        top_level = [
-            alias.name if isinstance(node, ast.Import) else node.module or ""
-            for node in ast.parse(path.read_text()).body
-            if isinstance(node, ast.Import | ast.ImportFrom)
-            for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(name=node.module or "")])
-        ]
-        assert not [m for m in top_level if m.split(".")[0] == "llama_cpp"], module_name(path)
+        top = [i for i in imports_of(path, top_level_only=True) if i.split(".")[0] == "llama_cpp"]
+        assert not top, module_name(path)
+
+
+def test_a_worker_imports_no_web_stack() -> None:
+    """A worker process imports its main module at start: pydantic, starlette, yaml and friends would
+    cost every worker their memory."""
+    script = f"import sys, gateway.engine.worker.main\nprint(sorted(m for m in {HEAVY!r} if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"

@@ -1,4 +1,4 @@
-"""Request validation's limits (gateway/limits.py, jsonbody.py): each is a 400 naming its param."""
+"""Request validation's limits (gateway/protocol/limits.py, jsonbody.py): each is a 400 naming its param."""
 
 from __future__ import annotations
 
@@ -8,16 +8,16 @@ from typing import Any
 
 import pytest
 
-from gateway import limits
 from gateway.errors import GatewayError
-from gateway.jsonbody import parse_object
 from gateway.protocol import (
     check_vocabulary,
+    limits,
     parse_chat_request,
     parse_completion_request,
     parse_embedding_request,
     parse_tokenize_request,
 )
+from gateway.protocol.jsonbody import parse_object
 
 MSG = [{"role": "user", "content": "hi"}]
 TOOL = {"type": "function", "function": {"name": "f"}}

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gateway.engine.loadlog import HOST, LoadReport, OutOfMemory, device_of, parse_lines, to_pools
-from gateway.engine.logcapture import LogCapture, failure_message
+from gateway.engine.worker.logcapture import LogCapture, failure_message
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "loadlog"
 MiB = 2**20

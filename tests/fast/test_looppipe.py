@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import uvloop
 
-from gateway.engine.looppipe import LoopPipe, frame, unframe
+from gateway.engine.process.pipe import LoopPipe, frame, unframe
 
 
 def test_frames_match_connection_framing() -> None:

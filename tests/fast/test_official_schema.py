@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from gateway.app import create_app
 from gateway.config import parse_settings
-from gateway.engine.fakeworker import FakeWorkers
+from gateway.testing.fakeworker import FakeWorkers
+from gateway.web.app import create_app
 from tests import wire
 from tests.ggufgen import chat_and_embedding_doc
 

@@ -12,12 +12,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
-from gateway.app import create_app
-from gateway.auth import Principal, RateLimiter
+from gateway.access.keys import Principal, RateLimiter
 from gateway.config import parse_settings
-from gateway.engine.fakellama import FakeScript
-from gateway.engine.fakeworker import FakeWorkers
 from gateway.errors import ConfigError
+from gateway.testing.fakellama import FakeScript
+from gateway.testing.fakeworker import FakeWorkers
+from gateway.web.app import create_app
 
 MSG = [{"role": "user", "content": "secret prompt words"}]
 ALICE = "alice-key-123456"

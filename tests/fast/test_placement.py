@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from gateway.footprint import Placement, llama_arguments, worker_environment
-from gateway.placement import (
+from gateway.memory.planner import (
+    LoadPlan,
     ModelPlacementConfig,
     NoRoom,
     Option,
-    Plan,
+    Placement,
     Resident,
     after_oom,
     evictions_for,
@@ -20,7 +20,8 @@ from gateway.placement import (
     rebalance,
     should_retry_after_oom,
 )
-from gateway.pools import HOST, PoolState, Vector
+from gateway.memory.pools import HOST, PoolState, Vector
+from gateway.scheduler.devices import llama_arguments, worker_environment
 
 GiB = 2**30
 
@@ -97,7 +98,7 @@ def test_pack_prefers_the_gpu_with_most_room() -> None:
     opts = options(ALL, pools, residents, 8)
     assert [o.placement.devices for o in opts] == [("cuda1",), ("cuda0",), ("cuda0", "cuda1")]
     plan = plan_load(opts, pools, residents)
-    assert isinstance(plan, Plan)
+    assert isinstance(plan, LoadPlan)
     assert plan.option.placement.devices == ("cuda1",)
     assert plan.evict == ()
 
@@ -112,7 +113,7 @@ def test_spreads_when_no_single_gpu_has_room() -> None:
     pools = [HOST_POOL, gpu("cuda0", 40), gpu("cuda1", 40)]
     residents = [resident("busy0", 1, busy=True, cuda0=25), resident("busy1", 2, busy=True, cuda1=15)]
     plan = plan_load(options(ALL, pools, residents, 30), pools, residents)
-    assert isinstance(plan, Plan)
+    assert isinstance(plan, LoadPlan)
     placement = plan.option.placement
     assert placement.devices == ("cuda0", "cuda1")
     assert placement.split is not None
@@ -150,7 +151,7 @@ def test_evicts_only_models_in_the_short_pool() -> None:
         resident("gpu-new", 2, host=1, cuda0=8),
     ]
     plan = plan_load(options(ALL, pools, residents, 8), pools, residents)
-    assert plan == Plan(plan.option, ("gpu-old",)) if isinstance(plan, Plan) else False
+    assert plan == LoadPlan(plan.option, ("gpu-old",)) if isinstance(plan, LoadPlan) else False
 
 
 def test_pinned_and_busy_are_never_evicted() -> None:
@@ -161,7 +162,7 @@ def test_pinned_and_busy_are_never_evicted() -> None:
         resident("idle", 2, cuda0=2),
     ]
     plan = plan_load(options(ALL, pools, residents, 3.5), pools, residents)
-    assert isinstance(plan, Plan)
+    assert isinstance(plan, LoadPlan)
     assert plan.evict == ("idle",)
     no = plan_load(options(ALL, pools, residents, 9), pools, residents)
     assert isinstance(no, NoRoom)
@@ -182,7 +183,7 @@ def test_foreign_usage_is_respected() -> None:
     # Budget says 40 GiB, but another process holds 70 of the 80: only 9 GiB above the reserve.
     pools = [HOST_POOL, gpu("cuda0", 40, total=80, free=10)]
     plan = plan_load(options(ALL, pools, [], 8), pools, [])
-    assert isinstance(plan, Plan)
+    assert isinstance(plan, LoadPlan)
     no = plan_load(options(ALL, pools, [], 12), pools, [])
     assert isinstance(no, NoRoom)
     assert not no.never  # the other process may exit
@@ -196,7 +197,7 @@ def test_eviction_counts_freed_memory_as_coming_back() -> None:
     pools = [HOST_POOL, gpu("cuda0", 40, total=24, free=3)]
     residents = [resident("ours", 1, cuda0=6)]
     plan = plan_load(options(ALL, pools, residents, 7), pools, residents)
-    assert isinstance(plan, Plan)
+    assert isinstance(plan, LoadPlan)
     assert plan.evict == ("ours",)
 
 
@@ -210,7 +211,7 @@ def test_fewest_evictions_wins_over_preference() -> None:
     ]
     # Room: cuda0 3, cuda1 8 (not even 15 together). cuda0 alone needs 2 evictions, cuda1 alone 1.
     plan = plan_load(options(ALL, pools, residents, 15), pools, residents)
-    assert isinstance(plan, Plan)
+    assert isinstance(plan, LoadPlan)
     assert plan.option.placement.devices == ("cuda1",)
     assert plan.evict == ("c",)
 
@@ -218,7 +219,7 @@ def test_fewest_evictions_wins_over_preference() -> None:
 def test_max_loaded_still_applies() -> None:
     residents = [resident("a", 1, host=1), resident("b", 2, host=1)]
     plan = plan_load(options(ModelPlacementConfig(), [HOST_POOL], residents, 1), [HOST_POOL], residents, max_loaded=2)
-    assert isinstance(plan, Plan)
+    assert isinstance(plan, LoadPlan)
     assert plan.evict == ("a",)
     busy = [resident("a", 1, busy=True, host=1), resident("b", 2, busy=True, host=1)]
     wait = plan_load(options(ModelPlacementConfig(), [HOST_POOL], busy, 1), [HOST_POOL], busy, max_loaded=2)
@@ -233,7 +234,7 @@ def test_host_pool_behaves_as_the_single_budget_did() -> None:
     host = PoolState(HOST, 10 * GiB)
     residents = [resident("a", 1, host=4), resident("b", 2, host=4)]
     plan = plan_load([Option(Placement(), vec(host=5))], [host], residents)
-    assert plan == Plan(Option(Placement(), vec(host=5)), ("a",))
+    assert plan == LoadPlan(Option(Placement(), vec(host=5)), ("a",))
     assert evictions_for(vec(host=11), [host], residents) is None
 
 
@@ -288,7 +289,7 @@ def test_oom_scenario_from_the_log_to_the_503() -> None:
 
     from gateway.engine.loadlog import parse_lines
     from gateway.errors import device_out_of_memory
-    from gateway.inventory import wait_until_free
+    from gateway.memory.inventory import wait_until_free
 
     log = (Path(__file__).resolve().parents[1] / "fixtures" / "loadlog" / "cuda-oom.log").read_text()
     report = parse_lines(log.splitlines())

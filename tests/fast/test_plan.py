@@ -11,13 +11,13 @@ import pytest
 from gateway.config import parse_settings
 from gateway.engine.base import completion_room
 from gateway.errors import GatewayError
-from gateway.memory import inspect_models
-from gateway.plan import plan_chat, plan_completion
+from gateway.memory.facts import inspect_models
 from gateway.protocol import parse_chat_request, parse_completion_request
 from gateway.scheduler.eviction import expired
 from gateway.scheduler.reload import diff
 from gateway.scheduler.slot import Slot
 from gateway.scheduler.views import SlotView, Snapshot, State
+from gateway.serving.plan import plan_chat, plan_completion
 
 MSG = [{"role": "user", "content": "hi"}]
 TOOLS = [
@@ -118,7 +118,7 @@ def test_completion_plan_has_one_generation_per_prompt_and_echo_per_choice(
     body = parse_completion_request(b'{"model": "m", "prompt": ["a b", "c"], "n": 2, "echo": true}')
     plan = plan_completion(body, views["m"], gateway(make_config, tmp_path))
     assert [p.prompt for p in plan.generations] == ["a b", "c"]
-    assert plan.echo == ("a b", "a b", "c", "c") and plan.later_prompts == ("c",)
+    assert plan.echo == ("a b", "a b", "c", "c")
 
 
 def test_a_plan_is_renewed_for_another_version(views: dict[str, SlotView], make_config: Any, tmp_path: Path) -> None:

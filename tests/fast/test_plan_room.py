@@ -2,9 +2,8 @@
 budget always made — least recently used idle models first, busy and pinned ones never, and no
 eviction when the model would have to wait anyway."""
 
-from gateway.footprint import Placement
-from gateway.placement import NoRoom, Option, Plan, Resident, plan_load
-from gateway.pools import HOST, PoolState, Vector
+from gateway.memory.planner import LoadPlan, NoRoom, Option, Placement, Resident, plan_load
+from gateway.memory.pools import HOST, PoolState, Vector
 
 MB = 2**20
 
@@ -17,7 +16,7 @@ def plan_room(need: int, residents: list[Resident], budget: int, max_loaded: int
     plan = plan_load([Option(Placement(), Vector.of({HOST: need}))], [PoolState(HOST, budget)], residents, max_loaded)
     if isinstance(plan, NoRoom):
         return "never" if plan.never else "wait"
-    assert isinstance(plan, Plan)
+    assert isinstance(plan, LoadPlan)
     return plan.evict
 
 

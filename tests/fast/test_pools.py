@@ -11,12 +11,13 @@ import pytest
 
 from gateway.config import GatewaySection, ModelSection
 from gateway.errors import ConfigError
-from gateway.fakenvml import FakeDevice, FakeGpus
-from gateway.footprint import GPU_CONTEXT_BYTES, Placement, footprint, layer_devices, measured_vector
-from gateway.gguf_header import read_gguf_info
-from gateway.inventory import amd_devices, nvidia_devices, read_devices, wait_until_free
-from gateway.memory import estimate
-from gateway.pools import HOST, Device, PoolState, Vector, host_budget, resolve_pools, unknown_budget_names
+from gateway.gguf.header import read_gguf_info
+from gateway.memory.estimate import estimate
+from gateway.memory.footprint import GPU_CONTEXT_BYTES, footprint, layer_devices, measured_vector
+from gateway.memory.inventory import amd_devices, nvidia_devices, read_devices, wait_until_free
+from gateway.memory.planner import Placement
+from gateway.memory.pools import HOST, Device, PoolState, Vector, host_budget, resolve_pools, unknown_budget_names
+from gateway.testing.fakenvml import FakeDevice, FakeGpus
 from tests.ggufgen import write_tiny_gguf
 
 GiB = 2**30

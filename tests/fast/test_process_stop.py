@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from gateway.config import parse_settings
-from gateway.engine.process import ProcessEngine
+from gateway.engine.process.handle import ProcessEngine
 from gateway.errors import GatewayError
 
 

@@ -7,7 +7,8 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from gateway.errors import GatewayError
 from gateway.protocol import parse_chat_request
-from gateway.responses import ChatResponder, Choice
+from gateway.protocol.answer import Answer, Choice, Ended, Opened, Text, Usage
+from gateway.protocol.replies import ChatResponder
 
 TOOL_F = {"type": "function", "function": {"name": "f"}}
 OK = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
@@ -107,12 +108,11 @@ def test_role_error_says_what_is_supported() -> None:
 
 def test_response_shapes_validate_with_sdk_types() -> None:
     responder = ChatResponder("m")
-    ChatCompletion.model_validate(responder.completion([Choice("hello", "stop")], 3, 1))
+    ChatCompletion.model_validate(responder.completion(Answer("m", [Choice("hello", "stop")], Usage(3, 1))))
     chunks = [
-        *responder.begin_chunks(0, False),
-        responder.text_chunk(0, "he"),
-        responder.finish_chunk(0, "length"),
-        responder.usage_chunk(3, 1),
+        c
+        for chunk in [Opened(0, False), Text(0, "he"), Ended(0, "length"), Usage(3, 1)]
+        for c in responder.render(chunk)
     ]
     parsed = [ChatCompletionChunk.model_validate(c) for c in chunks]
     assert parsed[0].choices[0].delta.role == "assistant"

@@ -10,12 +10,12 @@ import pytest
 import yaml
 from starlette.testclient import TestClient
 
-from gateway.app import create_app
 from gateway.config import parse_settings
-from gateway.engine.fakeworker import FakeWorkers
 from gateway.errors import GatewayError
-from gateway.memory import inspect_models
+from gateway.memory.facts import inspect_models
 from gateway.scheduler import Hold, Scheduler, State
+from gateway.testing.fakeworker import FakeWorkers
+from gateway.web.app import create_app
 
 MSG = [{"role": "user", "content": "hi"}]
 
@@ -116,7 +116,7 @@ def test_reload_replaces_keys(make_config: Any, tmp_path: Path) -> None:
 
 @pytest.mark.anyio
 async def test_reload_racing_a_load_and_another_reload(make_config: Any, tmp_path: Path) -> None:
-    from gateway.engine.fakellama import FakeScript
+    from gateway.testing.fakellama import FakeScript
 
     before = parse_settings(make_config({"m": {}}), tmp_path)
     factory = FakeWorkers({"m": FakeScript(load_delay=0.05)})

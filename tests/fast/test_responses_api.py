@@ -13,7 +13,7 @@ from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 from starlette.testclient import TestClient
 
-from gateway.dialects.response_store import MemoryStore, SqliteStore
+from gateway.store.responses import MemoryStore, SqliteStore
 from tests.fast.dialect_helpers import WEATHER_TOOL_RESPONSES, dialect_app, sse_events
 
 EVENT = TypeAdapter(ResponseStreamEvent)

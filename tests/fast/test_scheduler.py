@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from gateway.engine.fakellama import FakeScript
 from gateway.errors import GatewayError
 from gateway.scheduler import Hold, Scheduler, State
+from gateway.testing.fakellama import FakeScript
 from tests.fast.scheduler_helpers import Clock, build, enter
 
 pytestmark = pytest.mark.anyio

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 
 from gateway.config import parse_settings
-from gateway.engine.fakellama import FakeScript
-from gateway.engine.fakeworker import FakeWorkers
 from gateway.errors import GatewayError
-from gateway.memory import inspect_models
+from gateway.memory.facts import inspect_models
 from gateway.scheduler import Scheduler, Snapshot, State
+from gateway.testing.fakellama import FakeScript
+from gateway.testing.fakeworker import FakeWorkers
 
 pytestmark = pytest.mark.anyio
 MAX_QUEUE = 3

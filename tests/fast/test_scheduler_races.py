@@ -10,11 +10,11 @@ import pytest
 
 from gateway.config import parse_settings
 from gateway.engine.base import Delta
-from gateway.engine.fakellama import FakeScript
 from gateway.errors import GatewayError
-from gateway.memory import inspect_models
+from gateway.memory.facts import inspect_models
 from gateway.scheduler import State
 from gateway.scheduler.cpu import CpuBudget
+from gateway.testing.fakellama import FakeScript
 from tests.fast.scheduler_helpers import build, enter
 from tests.fast.test_worker_loop import params
 

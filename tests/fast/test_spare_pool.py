@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from gateway.engine import spares
+from gateway.engine.process import spares
 
 pytestmark = pytest.mark.anyio
 
@@ -101,8 +101,7 @@ async def test_refill_waits_until_nothing_generates(spawned: list[tuple[Any, Any
     """A spare's start-up would take a core from running decodes: it waits for a quiet moment."""
     pool = spares.SparePool(1, refill_delay=0, max_defer=3600, poll_interval=0.01)
     busy = [True]
-    pool.busy = lambda: busy[0]
-    pool.refill()
+    pool.start(lambda: busy[0])
     await until(lambda: len(spawned) == 1)
     await pool.take()
     await asyncio.sleep(0.1)
@@ -114,8 +113,7 @@ async def test_refill_waits_until_nothing_generates(spawned: list[tuple[Any, Any
 
 async def test_refill_starts_after_max_defer_under_continuous_load(spawned: list[tuple[Any, Any]]) -> None:
     pool = spares.SparePool(1, refill_delay=0, max_defer=0.05, poll_interval=0.01)
-    pool.busy = lambda: True
-    pool.refill()
+    pool.start(lambda: True)
     await until(lambda: len(spawned) == 1)
     await pool.take()
     await until(lambda: len(spawned) == 2)

@@ -13,10 +13,10 @@ from anthropic.types import Message
 from openai.types.chat import ChatCompletion
 from starlette.testclient import TestClient
 
-from gateway.app import create_app
 from gateway.config import parse_settings
-from gateway.engine.fakellama import FakeScript
-from gateway.engine.fakeworker import FakeWorkers
+from gateway.testing.fakellama import FakeScript
+from gateway.testing.fakeworker import FakeWorkers
+from gateway.web.app import create_app
 from tests.fast.test_anthropic import accumulate, stream
 
 USER = [{"role": "user", "content": "hello there"}]

@@ -1,4 +1,4 @@
-from gateway.engine.stops import StopMatcher
+from gateway.engine.worker.stops import StopMatcher
 
 
 def run(stops: list[str], pieces: list[str]) -> tuple[str, bool]:

@@ -15,8 +15,8 @@ from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletionChunk
 
 from gateway.engine.base import ChoiceFinished, Delta, Event, Finished, Generation
-from gateway.responses import ChatResponder
-from gateway.streaming import chunk_stream
+from gateway.protocol.replies import ChatResponder
+from gateway.serving.stream import chunk_stream
 
 pytestmark = pytest.mark.anyio
 
@@ -29,7 +29,8 @@ async def chunks_for(events: list[Event], choices: int) -> list[dict[str, Any]]:
     async def generations() -> AsyncIterator[tuple[int, Generation]]:
         yield 0, generation
 
-    return [c async for c in chunk_stream(ChatResponder("m"), generations(), None, include_usage=True)]
+    responder = ChatResponder("m")
+    return [c async for chunk in chunk_stream(generations(), None) for c in responder.render(chunk)]
 
 
 async def test_a_choice_whose_first_piece_is_held_back_still_opens_before_later_ones() -> None:

@@ -13,7 +13,7 @@ from llguidance import LLMatcher, LLTokenizer, TokenizerWrapper
 from gateway import structured
 from gateway.errors import GatewayError
 from gateway.protocol import parse_chat_request
-from gateway.tools import forced_schema
+from gateway.serving.tools.calls import forced_schema
 
 CORPUS = sorted((Path(__file__).resolve().parents[1] / "schemas").glob("*.json"))
 SCHEMA_PARAM = "response_format.json_schema.schema"

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from gateway.tools import AutoCall, NamedCall, RequiredCall, forced_schema, parse_tool_calls
+from gateway.serving.tools.calls import AutoCall, NamedCall, RequiredCall, forced_schema, parse_tool_calls
 
 TOOLS = [
     {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {}}}},

@@ -1,6 +1,6 @@
 import pytest
 
-from gateway.units import format_bytes, parse_bytes, parse_duration
+from gateway.config.units import format_bytes, parse_bytes, parse_duration
 
 
 @pytest.mark.parametrize(

@@ -13,13 +13,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
-from gateway.app import create_app
 from gateway.config import parse_settings
-from gateway.engine.fakeworker import FakeWorkers
 from gateway.errors import ConfigError
-from gateway.metrics import Metrics
+from gateway.observability.metrics import Metrics
+from gateway.testing.fakeworker import FakeWorkers
 from gateway.upstream.breaker import Circuit, CircuitBreaker
 from gateway.upstream.proxy import Upstreams
+from gateway.web.app import create_app
 
 MSG = [{"role": "user", "content": "hi"}]
 A, B = "http://a.test/v1", "http://b.test/v1"

@@ -10,9 +10,9 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.app import create_app
 from gateway.config import parse_settings
-from gateway.engine.fakeworker import FakeWorkers
+from gateway.testing.fakeworker import FakeWorkers
+from gateway.web.app import create_app
 from tests.fast.test_http_fake import drive_until_disconnect
 
 MSG = [{"role": "user", "content": "hi"}]
@@ -44,5 +44,5 @@ async def test_leaving_cancels_the_upstream_request(make_config: Any, tmp_path: 
     sent = await drive_until_disconnect(app, body, once_sent)
     await asyncio.wait_for(cancelled.wait(), 10)
     assert [m["status"] for m in sent if m["type"] == "http.response.start"] == [499]
-    assert app.state.upstreams.get("remote").in_flight == 0
-    await app.state.upstreams.close()
+    assert app.state.services.upstreams.get("remote").in_flight == 0
+    await app.state.services.upstreams.close()

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from gateway.dialects.anthropic_request import parse_messages_request
-from gateway.dialects.responses_request import parse_responses_request
+from gateway.dialects.anthropic.request import parse_messages_request
+from gateway.dialects.responses.request import parse_responses_request
 from gateway.errors import GatewayError
 from gateway.protocol import parse_chat_request
 

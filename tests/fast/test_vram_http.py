@@ -10,12 +10,12 @@ from typing import Any
 
 from starlette.testclient import TestClient
 
-from gateway.app import create_app
 from gateway.config import parse_settings
-from gateway.engine.fakellama import FakeScript
-from gateway.engine.fakeworker import FakeWorkers
-from gateway.fakenvml import FakeGpus
-from gateway.inventory import SystemInventory
+from gateway.memory.inventory import SystemInventory
+from gateway.testing.fakellama import FakeScript
+from gateway.testing.fakenvml import FakeGpus
+from gateway.testing.fakeworker import FakeWorkers
+from gateway.web.app import create_app
 from tests.fast.vram_helpers import NO_SYSFS, GiB, MiB, cuda_log, gpus
 
 

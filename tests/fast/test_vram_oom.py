@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from gateway.engine.fakellama import FakeScript
 from gateway.errors import GatewayError
 from gateway.scheduler import State
+from gateway.testing.fakellama import FakeScript
 from tests.fast.vram_helpers import GiB, MiB, cuda_log, gpus, rig, until, use
 
 pytestmark = pytest.mark.anyio

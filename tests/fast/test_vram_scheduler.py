@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from gateway.engine.fakellama import FakeScript
 from gateway.errors import GatewayError
-from gateway.footprint import GPU_CONTEXT_BYTES
+from gateway.memory.footprint import GPU_CONTEXT_BYTES
+from gateway.testing.fakellama import FakeScript
 from tests.fast.vram_helpers import GiB, MiB, cuda_log, gpus, rig, until, use
 
 pytestmark = pytest.mark.anyio
@@ -95,7 +95,7 @@ async def test_cpu_only_machine_places_nothing(make_config: Any, tmp_path: Path)
 
 async def test_reload_recomputes_the_pools(make_config: Any, tmp_path: Path) -> None:
     from gateway.config import parse_settings
-    from gateway.memory import inspect_models
+    from gateway.memory.facts import inspect_models
 
     fake = gpus(8 * GiB)
     models = {"a": dict(GPU)}
@@ -129,7 +129,7 @@ async def test_a_model_larger_than_a_gpu_budget_never_fits(make_config: Any, tmp
 
 
 def test_device_arguments_prefer_the_placement() -> None:
-    from gateway.engine.backend import device_arguments
+    from gateway.engine.worker.backend import device_arguments
 
     assert device_arguments({"n_gpu_layers": -1}) == {"n_gpu_layers": -1}
     placed = {"n_gpu_layers": -1, "placement": {"n_gpu_layers": 10, "main_gpu": 0, "tensor_split": [0.7, 0.3]}}

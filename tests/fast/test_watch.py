@@ -12,10 +12,10 @@ import pytest
 import yaml
 from starlette.testclient import TestClient
 
-from gateway.app import create_app
 from gateway.config import load_settings
-from gateway.engine.fakeworker import FakeWorkers
-from gateway.watch import ConfigWatch
+from gateway.config.watch import ConfigWatch
+from gateway.testing.fakeworker import FakeWorkers
+from gateway.web.app import create_app
 
 
 class ConfigMapVolume:

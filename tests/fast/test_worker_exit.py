@@ -14,10 +14,10 @@ import pytest
 
 from gateway.config import parse_settings
 from gateway.engine import wire
-from gateway.engine.fakeprocess import ThreadProcess
-from gateway.engine.fakeworker import until
-from gateway.engine.process import ProcessEngine
+from gateway.engine.process.handle import ProcessEngine
 from gateway.errors import GatewayError
+from gateway.testing.fakeprocess import ThreadProcess
+from gateway.testing.fakeworker import until
 
 
 @pytest.mark.anyio
@@ -31,7 +31,7 @@ async def test_an_exit_after_a_failed_load_is_not_logged_as_unexpected(
 
     entry = parse_settings(make_config({"m": {}}), tmp_path).models["m"]
     engine = ProcessEngine("m", entry, load_timeout=30, spawn=spawn)
-    caplog.set_level(logging.INFO, logger="gateway.engine.process")
+    caplog.set_level(logging.INFO, logger="gateway.engine.process.handle")
     loading = asyncio.ensure_future(engine.start())
     await until(child.poll, "the worker was not told to load")
     assert isinstance(child.recv(), wire.Load)
@@ -41,6 +41,6 @@ async def test_an_exit_after_a_failed_load_is_not_logged_as_unexpected(
     with pytest.raises(GatewayError) as failed:
         await loading
     assert failed.value.code == "model_load_failed"
-    records = [r for r in caplog.records if r.name == "gateway.engine.process"]
+    records = [r for r in caplog.records if r.name == "gateway.engine.process.handle"]
     assert not [r for r in records if r.levelno >= logging.WARNING], [r.getMessage() for r in records]
     assert any("exited after its failed load" in r.getMessage() for r in records), [r.getMessage() for r in records]

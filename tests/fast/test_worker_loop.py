@@ -12,10 +12,10 @@ import pytest
 
 from gateway.config import ModelEntry
 from gateway.engine.base import BatchState, ChoiceFinished, Delta, Finished, GenerationParams, Started
-from gateway.engine.fakellama import FakeLlama, FakeScript
-from gateway.engine.fakeworker import spawn_fake_worker
-from gateway.engine.process import ProcessEngine
+from gateway.engine.process.handle import ProcessEngine
 from gateway.errors import GatewayError
+from gateway.testing.fakellama import FakeLlama, FakeScript
+from gateway.testing.fakeworker import spawn_fake_worker
 
 pytestmark = pytest.mark.anyio
 

@@ -8,7 +8,7 @@ import types
 
 import pytest
 
-from gateway.cli import workers_skip_this_script
+from gateway.cli.main import workers_skip_this_script
 
 
 def test_a_console_script_main_is_not_imported_by_spawned_workers(monkeypatch: pytest.MonkeyPatch) -> None:

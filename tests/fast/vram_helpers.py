@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import ModelEntry, parse_settings
-from gateway.engine.fakellama import FakeLlama, FakeScript
-from gateway.engine.fakeworker import spawn_fake_worker
-from gateway.engine.process import ProcessEngine
-from gateway.fakenvml import FakeDevice, FakeGpus
-from gateway.inventory import SystemInventory
-from gateway.memory import inspect_models
+from gateway.engine.process.handle import ProcessEngine
+from gateway.memory.facts import inspect_models
+from gateway.memory.inventory import SystemInventory
 from gateway.scheduler import Scheduler, State
+from gateway.testing.fakellama import FakeLlama, FakeScript
+from gateway.testing.fakenvml import FakeDevice, FakeGpus
+from gateway.testing.fakeworker import spawn_fake_worker
 
 MiB = 2**20
 GiB = 2**30

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gateway.engine.backend import Backend, Row
 from gateway.engine.base import GenerationParams
-from gateway.engine.worker import load
+from gateway.engine.worker.backend import Backend, Row
+from gateway.engine.worker.main import load
 from tests.real.server import SMOLLM
 
 CONFIG = {

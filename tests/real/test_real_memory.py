@@ -10,9 +10,9 @@ import pytest
 
 from gateway.config import ModelEntry
 from gateway.engine.loadlog import HOST, LoadReport
-from gateway.engine.process import ProcessEngine
-from gateway.gguf_header import read_gguf_info
-from gateway.memory import WORKER_BASELINE_BYTES
+from gateway.engine.process.handle import ProcessEngine
+from gateway.gguf.header import read_gguf_info
+from gateway.memory.estimate import WORKER_BASELINE_BYTES
 from tests.real.server import SMOLLM
 
 pytestmark = pytest.mark.real
@@ -79,7 +79,7 @@ def test_gpu_check_runs_its_course_against_a_fake_device(tmp_path: Path) -> None
     judging is tested apart)."""
     import psutil
 
-    from gateway.pools import Device
+    from gateway.memory.pools import Device
     from tests.fast.test_gpu_check import gpu_check
 
     gib = 2**30
@@ -113,7 +113,7 @@ def test_the_scheduler_measures_a_real_load() -> None:
     and the slot's measured vector (one pool, the host's) is the worker's resident memory, which holds
     those buffers' weights and KV cache."""
     from gateway.config import parse_settings
-    from gateway.memory import inspect_models
+    from gateway.memory.facts import inspect_models
     from gateway.scheduler import Scheduler, SlotView
 
     document = {"models": {"smollm2": {"model": {"path": str(SMOLLM), "n_ctx": N_CTX}, "runtime": {"thread_count": 1}}}}
@@ -163,10 +163,10 @@ def test_a_cpu_build_on_a_gpu_machine_falls_back_to_the_host_pool() -> None:
     captured buffer lines show this llama.cpp build kept everything in host memory, so the scheduler
     budgets the host only from then on, and the slot's vector is the worker's resident memory."""
     from gateway.config import parse_settings
-    from gateway.fakenvml import FakeDevice, FakeGpus
-    from gateway.inventory import SystemInventory
-    from gateway.memory import inspect_models
+    from gateway.memory.facts import inspect_models
+    from gateway.memory.inventory import SystemInventory
     from gateway.scheduler import Scheduler, SlotView
+    from gateway.testing.fakenvml import FakeDevice, FakeGpus
 
     model = {"path": str(SMOLLM), "n_ctx": N_CTX, "n_gpu_layers": -1}
     settings = parse_settings({"models": {"smollm2": {"model": model, "runtime": {"thread_count": 1}}}}, Path("."))

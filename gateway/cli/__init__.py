@@ -1,0 +1,1 @@
+"""`gateway serve|check|schema|health`."""

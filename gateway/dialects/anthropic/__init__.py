@@ -1,0 +1,1 @@
+"""Anthropic's Messages API: requests in, replies and stream events out. Pure: no I/O."""

@@ -1,0 +1,1 @@
+"""OpenAI's Responses API: requests in, replies and stream events out. Pure: no I/O."""

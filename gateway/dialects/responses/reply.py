@@ -1,0 +1,124 @@
+"""Answers (`protocol.answer`) → OpenAI Responses objects: the response, its output items and usage.
+Pure: no I/O. The stream events built from the same pieces: `events.py`."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from gateway.dialects.responses.request import ResponsesRequest
+from gateway.protocol.answer import Answer
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+def _tool_choice(request: ResponsesRequest) -> Any:
+    choice = request.tool_choice
+    if choice is None:
+        return "auto"
+    return choice if isinstance(choice, str) else {"type": "function", "name": choice.name}
+
+
+def _text_config(request: ResponsesRequest) -> dict[str, Any]:
+    fmt = request.text.format if request.text else None
+    if fmt is None:
+        return {"format": {"type": "text"}}
+    return {"format": fmt.model_dump(by_alias=True, exclude_none=True)}
+
+
+def skeleton(request: ResponsesRequest, model: str, response_id: str | None = None) -> dict[str, Any]:
+    """A response before any output: what the request asked for, echoed as OpenAI does."""
+    return {
+        "id": response_id or new_id("resp"),
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": "in_progress",
+        "error": None,
+        "incomplete_details": None,
+        "instructions": request.instructions,
+        "max_output_tokens": request.max_output_tokens,
+        "model": model,
+        "output": [],
+        "parallel_tool_calls": request.parallel_tool_calls is not False,
+        "previous_response_id": request.previous_response_id,
+        "reasoning": {"effort": None, "summary": None},
+        "store": request.store is not False,
+        "temperature": request.temperature,
+        "text": _text_config(request),
+        "tool_choice": _tool_choice(request),
+        "tools": [t.model_dump(exclude_none=False) for t in request.tools or []],
+        "top_p": request.top_p,
+        "truncation": request.truncation or "disabled",
+        "usage": None,
+        "user": request.user,
+        "metadata": request.metadata or {},
+    }
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+    return {
+        "input_tokens": prompt_tokens,
+        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+        "output_tokens": completion_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def message_item(item_id: str, text: str, status: str = "completed") -> dict[str, Any]:
+    content = [text_part(text)] if status == "completed" else []
+    return {"type": "message", "id": item_id, "status": status, "role": "assistant", "content": content}
+
+
+def text_part(text: str) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def call_item(item_id: str, call_id: str, name: str, arguments: str, status: str = "completed") -> dict[str, Any]:
+    return {
+        "type": "function_call",
+        "id": item_id,
+        "call_id": call_id,
+        "name": name,
+        "arguments": arguments,
+        "status": status,
+    }
+
+
+def finish(response: dict[str, Any], finish_reason: str, prompt_tokens: int, completion_tokens: int) -> None:
+    """Status, incomplete details and usage once the answer has ended."""
+    if finish_reason == "length":
+        response["status"] = "incomplete"
+        response["incomplete_details"] = {"reason": "max_output_tokens"}
+    else:
+        response["status"] = "completed"
+    response["usage"] = usage(prompt_tokens, completion_tokens)
+
+
+def response(base: dict[str, Any], answer: Answer) -> dict[str, Any]:
+    """A non-streamed answer as a finished Response."""
+    choice = answer.choices[0]
+    output: list[dict[str, Any]] = []
+    if choice.tool_calls:
+        for call in choice.tool_calls:
+            fn = call["function"]
+            output.append(call_item(new_id("fc"), call["id"], fn["name"], fn["arguments"]))
+    else:
+        output.append(message_item(new_id("msg"), choice.text or ""))
+    result = {**base, "output": output}
+    finish(result, choice.finish_reason, answer.usage.prompt_tokens, answer.usage.completion_tokens)
+    return result
+
+
+def output_messages(output: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A response's output as the chat turn it adds to a stored conversation."""
+    text = "".join(p["text"] for item in output if item["type"] == "message" for p in item["content"])
+    calls = [
+        {"id": i["call_id"], "type": "function", "function": {"name": i["name"], "arguments": i["arguments"]}}
+        for i in output
+        if i["type"] == "function_call"
+    ]
+    return [{"role": "assistant", "content": text or None, **({"tool_calls": calls} if calls else {})}]

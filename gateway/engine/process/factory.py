@@ -1,0 +1,36 @@
+"""How the application starts a model's worker: the scheduler's engine factory."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from gateway.config import ModelEntry, Settings
+from gateway.engine.base import Engine
+
+if TYPE_CHECKING:
+    from gateway.engine.process.spares import Spawned
+
+# (model id, the environment a real worker would get: CUDA_VISIBLE_DEVICES) -> a started worker
+WorkerSpawn = Callable[[str, dict[str, str] | None], Awaitable["Spawned"]]
+
+
+class ProcessEngines:
+    """Worker-process engines, with spare workers started ahead of need; or, given `spawn` (tests:
+    the real worker loop over a fake llama.cpp), each worker started by it and no spares."""
+
+    def __init__(self, settings: Settings, spawn: WorkerSpawn | None) -> None:
+        from gateway.engine.process.spares import SparePool
+
+        self._timeout = settings.gateway.load_timeout
+        self._spawn = spawn
+        self.spares = SparePool(0 if spawn else settings.gateway.spare_workers)
+
+    def __call__(self, model_id: str, entry: ModelEntry) -> Engine:
+        from gateway.engine.process.handle import ProcessEngine
+
+        spawn = self._spawn
+        if spawn is None:
+            return ProcessEngine(model_id, entry, self._timeout, self.spares)
+        engine = ProcessEngine(model_id, entry, self._timeout, spawn=lambda: spawn(model_id, engine.worker_env))
+        return engine

@@ -1,0 +1,1 @@
+"""The worker process: owns one llama.cpp model; the only importer of llama_cpp."""

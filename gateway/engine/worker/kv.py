@@ -1,0 +1,114 @@
+"""Bookkeeping of the shared KV pool: which cells each sequence holds, and which finished sequences
+stay cached for prefix reuse. Pure: the batch loop mirrors every llama.cpp memory call here.
+
+llama.cpp no longer reports cells in use (its KV-usage metric was removed), and a unified pool that
+fills mid-generation fails every sequence in the step, so the loop admits requests by this count.
+
+A sequence's cells are a list of segments over blocks. A block is a run of cells one sequence wrote;
+`share` (llama_memory_seq_cp of a prefix) makes another sequence reference the first cells of the
+same blocks, which costs no cells. A block holds as many cells as its longest reference.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import OrderedDict
+from collections.abc import Sequence
+
+
+class KvLedger:
+    def __init__(self, cells: int) -> None:
+        self.cells = cells
+        self._segments: dict[int, list[list[int]]] = {}  # seq -> [[block, length], ...]
+        self._own: dict[int, int] = {}  # seq -> the block it writes into
+        self._blocks = itertools.count()
+
+    def extend(self, seq: int, n: int) -> None:
+        """`seq` wrote `n` more cells (after a decode)."""
+        segments = self._segments.setdefault(seq, [])
+        own = self._own.get(seq)
+        if own is None:
+            own = self._own[seq] = next(self._blocks)
+        if segments and segments[-1][0] == own:
+            segments[-1][1] += n
+        else:
+            segments.append([own, n])
+
+    def share(self, src: int, dst: int, n: int) -> None:
+        """`dst` (empty) now holds `src`'s first `n` cells, as llama_memory_seq_cp(src, dst, 0, n)."""
+        copied: list[list[int]] = []
+        left = n
+        for block, length in self._segments.get(src, []):
+            if left <= 0:
+                break
+            copied.append([block, min(length, left)])
+            left -= length
+        self._segments[dst] = copied
+
+    def length(self, seq: int) -> int:
+        return sum(length for _, length in self._segments.get(seq, []))
+
+    def drop(self, seq: int) -> None:
+        """llama_memory_seq_rm(seq, 0, -1): cells nobody else references become free."""
+        self._segments.pop(seq, None)
+        self._own.pop(seq, None)
+
+    def used(self, seqs: set[int] | None = None) -> int:
+        """Cells held by every sequence, or by those in `seqs`."""
+        held: dict[int, int] = {}
+        for seq, segments in self._segments.items():
+            if seqs is not None and seq not in seqs:
+                continue
+            for block, length in segments:
+                held[block] = max(held.get(block, 0), length)
+        return sum(held.values())
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class PrefixCache:
+    """Finished sequences kept in the pool, least recently used first: a new prompt that begins with
+    one's tokens copies those cells instead of recomputing them. Cached cells are reclaimable: the
+    loop evicts entries whenever a request needs room or a sequence id."""
+
+    def __init__(self) -> None:
+        self._entries: OrderedDict[int, list[int]] = OrderedDict()  # seq -> tokens in its cells
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, seq: object) -> bool:
+        return seq in self._entries
+
+    def add(self, seq: int, tokens: list[int]) -> list[int]:
+        """Cache `seq`; returns the entries made redundant (their tokens are a prefix of these)."""
+        redundant = [s for s, cached in self._entries.items() if common_prefix(cached, tokens) == len(cached)]
+        for s in redundant:
+            del self._entries[s]
+        self._entries[seq] = tokens
+        return redundant
+
+    def best(self, prompt: Sequence[int]) -> tuple[int | None, int]:
+        """The entry sharing the longest prefix with `prompt`, and that length."""
+        best_seq, best_len = None, 0
+        for seq, tokens in self._entries.items():
+            n = common_prefix(tokens, prompt)
+            if n > best_len:
+                best_seq, best_len = seq, n
+        return best_seq, best_len
+
+    def touch(self, seq: int) -> None:
+        self._entries.move_to_end(seq)
+
+    def oldest(self, keep: int | None = None) -> int | None:
+        return next((s for s in self._entries if s != keep), None)
+
+    def remove(self, seq: int) -> None:
+        self._entries.pop(seq, None)

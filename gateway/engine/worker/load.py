@@ -1,0 +1,53 @@
+"""Loading a generation model inside the worker: llama.cpp's backend and the chat renderer over its
+guarded tokenizer; and what this llama.cpp build can run on (for `gateway check`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.engine.sizing import sequence_ids
+from gateway.engine.worker.backend import Backend
+from gateway.engine.worker.guard import Tokenizer, nonempty_prompt
+from gateway.engine.worker.prompt import Render, formatter, renderer
+
+
+def load(config: dict[str, Any]) -> tuple[Backend, Render]:
+    from gateway.engine.worker.llamacpp import LlamaCpp
+
+    slots = config.get("parallel", 1)
+    # Each slot may run n choices; a finished request's sequence stays cached for prefix reuse.
+    backend = LlamaCpp(config, slots, max_sequences=sequence_ids(slots, config["n_ctx"] * slots))
+    view = _ModelView(backend.model)
+    tokenizer = Tokenizer(view)
+
+    def tokenize(text: str, add_bos: bool, param: str) -> list[int]:
+        """Bounded work, and never an empty prompt (guard.py)."""
+        tokens = tokenizer.tokens(text, add_bos=add_bos, special=True, limit=backend.n_ctx, param=param)
+        return nonempty_prompt(view, tokens, param)
+
+    return backend, renderer(formatter(backend.model, config["chat_format"]), tokenize)
+
+
+class _ModelView:
+    """What guard.py reads of a llama-cpp-python `Llama`, over the model alone."""
+
+    def __init__(self, model: Any) -> None:
+        self._model = model
+
+    def n_vocab(self) -> int:
+        return int(self._model.n_vocab())
+
+    def token_bos(self) -> int:
+        return int(self._model.token_bos())
+
+
+def backend_info() -> dict[str, Any]:
+    """What this llama.cpp build can run on (for `gateway check`); imports llama_cpp here, in the caller."""
+    import llama_cpp
+
+    system = llama_cpp.llama_print_system_info()
+    text = system.decode("utf-8", errors="replace") if isinstance(system, bytes) else str(system)
+    gpu = bool(llama_cpp.llama_supports_gpu_offload())
+    upper = text.upper()
+    name = next((b for b in ("CUDA", "Metal", "Vulkan", "ROCm", "SYCL") if b.upper() in upper), "CPU")
+    return {"backend": name if gpu else "CPU", "gpu_offload": gpu, "system_info": text.strip()}

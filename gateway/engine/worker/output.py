@@ -1,0 +1,61 @@
+"""One choice's output: sampled tokens become deltas. Runs in the worker process."""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Callable
+from typing import Any
+
+from gateway.engine.worker.backend import Backend
+from gateway.engine.worker.deltas import DeltaBatcher
+from gateway.engine.worker.sampling import LogprobScorer
+from gateway.engine.worker.stops import StopMatcher
+
+Emit = Callable[[str, list[dict[str, Any]] | None], None]
+
+
+class ChoiceOutput:
+    """Turns one sequence's tokens into deltas: end-of-generation tokens, stop sequences, UTF-8
+    pieces split across tokens, coalescing, log probabilities, and the length limit."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        emit: Emit,
+        stops: list[str],
+        limit: int,
+        delta_interval: float,
+        top_logprobs: int | None,
+    ) -> None:
+        self._backend = backend
+        self._matcher = StopMatcher(stops)
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._batcher = DeltaBatcher(emit, delta_interval)
+        self._scorer = LogprobScorer(backend, top_logprobs) if top_logprobs is not None else None
+        self._limit = limit
+        self.produced = 0
+        self.finish_reason = "length"
+        self.stop_sequence: str | None = None  # the stop string that ended this choice, if one did
+
+    def token(self, token: int, row: int) -> bool:
+        """Take one sampled token (its logits at batch row `row`); True when this choice is finished."""
+        if self._backend.is_eog(token):
+            self.finish_reason = "stop"
+            return True
+        self.produced += 1
+        piece = self._backend.piece(token)
+        text, hit_stop = self._matcher.feed(self._decoder.decode(piece))
+        self._batcher.add(text, [self._scorer.entry(token, piece, row)] if self._scorer else None)
+        if hit_stop:
+            self.finish_reason, self.stop_sequence = "stop", self._matcher.matched
+            return True
+        return self.produced >= self._limit
+
+    def close(self, cancelled: bool) -> None:
+        if cancelled:
+            self.finish_reason = "cancelled"
+            return
+        if self.stop_sequence is None:
+            # Text held back as a possible stop-sequence start turned out not to be one.
+            self._batcher.add(self._matcher.feed(self._decoder.decode(b"", final=True))[0] + self._matcher.flush())
+        self._batcher.flush()

@@ -1,0 +1,59 @@
+"""A request's prompt: the chat template (a named llama-cpp-python format, else the GGUF's own),
+then the model's tokens. Runs in the worker process."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from gateway.engine.base import GenerationParams
+from gateway.engine.chatformats import spellings
+from gateway.errors import invalid_request
+
+Formatter = Callable[..., Any]
+Tokenize = Callable[[str, bool, str], list[int]]  # text, add_bos, the request field it came from
+Render = Callable[[GenerationParams], tuple[list[int], list[str]]]
+
+
+def formatter(model: Any, chat_format: str | None) -> Formatter | None:
+    """`model`: llama-cpp-python's LlamaModel (metadata and special tokens)."""
+    from llama_cpp import llama_chat_format
+
+    if chat_format:
+        for name in spellings(chat_format):
+            candidate = getattr(llama_chat_format, f"format_{name}", None)
+            if callable(candidate):
+                return candidate  # type: ignore[no-any-return]
+        raise ValueError(f"unknown chat_format '{chat_format}'")
+    template = model.metadata().get("tokenizer.chat_template")
+    if not template:
+        return None  # the gateway refuses chat requests for this model before they get here
+
+    def token_text(token: int) -> str:
+        return "" if token < 0 else bytes(model.detokenize([token], special=True)).decode("utf-8", errors="replace")
+
+    return llama_chat_format.Jinja2ChatFormatter(
+        template=template,
+        eos_token=token_text(model.token_eos()),
+        bos_token=token_text(model.token_bos()),
+        stop_token_ids=[model.token_eos()],
+    )
+
+
+def renderer(format_chat: Formatter | None, tokenize: Tokenize) -> Render:
+    """The prompt's tokens and the template's own stop strings; errors here are the client's 400s."""
+
+    def render(params: GenerationParams) -> tuple[list[int], list[str]]:
+        if params.prompt is not None:
+            return tokenize(params.prompt, True, "prompt"), []
+        if format_chat is None:
+            raise invalid_request("This model has no chat template; set model.chat_format in models.yaml.")
+        try:
+            rendered = format_chat(messages=params.messages, tools=params.tools)
+        except Exception as exc:  # templates raise for message orders they do not support
+            raise invalid_request(f"The model's chat template rejected the messages: {exc}", "messages") from None
+        stop = rendered.stop
+        stops = [] if stop is None else [stop] if isinstance(stop, str) else list(stop)
+        return tokenize(rendered.prompt, not rendered.added_special, "messages"), stops
+
+    return render

@@ -1,0 +1,53 @@
+"""A request in the worker's batch: what was validated, and each choice's sequence as it runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gateway.engine.worker.backend import Sampler, SamplerSettings
+from gateway.engine.worker.output import ChoiceOutput
+
+
+@dataclass(frozen=True)
+class Request:
+    """A validated request: tokens that fit, and how to sample and end each choice."""
+
+    request_id: int
+    prompt: list[int]
+    n: int
+    limit: int  # completion tokens per choice
+    settings: SamplerSettings
+    seed: int | None
+    stops: list[str]
+    delta_interval: float
+    top_logprobs: int | None  # None: no log probabilities
+
+
+@dataclass
+class ChoiceSequence:
+    index: int
+    seq: int
+    sampler: Sampler
+    output: ChoiceOutput
+    pos: int = 0  # the next position this sequence writes
+    pending: int | None = None  # sampled, to be decoded next step
+    done: bool = False
+    released: bool = False  # its sequence id went back to the pool
+
+
+@dataclass
+class Job:
+    request: Request
+    choices: list[ChoiceSequence] = field(default_factory=list)
+    prefilled: int = 0  # prompt tokens already in the first sequence's cells
+    reserve: int = 0  # cells it may still write
+    tokens: list[int] = field(default_factory=list)  # what the first sequence's cells hold
+    cancelled: bool = False
+
+    @property
+    def primary(self) -> ChoiceSequence:
+        return self.choices[0]
+
+    @property
+    def finished(self) -> bool:
+        return self.cancelled or all(c.done for c in self.choices)

@@ -1,0 +1,1 @@
+"""Memory and VRAM accounting: pools, estimates, footprints, the placement planner, the GPU inventory."""

@@ -1,0 +1,57 @@
+"""What the gateway knows of each configured model before loading it: its GGUF header and memory
+estimate, read once per configuration; a model that cannot be served as configured is a
+configuration error."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.config import ModelEntry, Settings
+from gateway.engine import chatformats
+from gateway.errors import ConfigError
+from gateway.gguf.header import GGUFFormatError, read_gguf_info
+from gateway.gguf.info import GGUFInfo
+from gateway.memory.estimate import Estimate, after_load_bytes, estimate, output_rows
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the gateway knows about a configured model before loading it."""
+
+    info: GGUFInfo
+    estimate: Estimate
+
+    @property
+    def has_chat_template(self) -> bool:
+        return self.info.has_chat_template
+
+
+def inspect_model(entry: ModelEntry) -> ModelFacts:
+    info = read_gguf_info(entry.model.path)
+    need = estimate(info, entry.model.n_ctx, entry.runtime.parallel, output_rows(entry), after_load_bytes(info, entry))
+    return ModelFacts(info=info, estimate=need)
+
+
+def inspect_models(settings: Settings) -> dict[str, ModelFacts]:
+    """Read every model's GGUF header; an unreadable file is a configuration error."""
+    facts: dict[str, ModelFacts] = {}
+    problems = []
+    for model_id, entry in settings.models.items():
+        try:
+            facts[model_id] = inspect_model(entry)
+        except (OSError, GGUFFormatError) as exc:
+            problems.append(f"models.{model_id}.model.path: cannot read GGUF {entry.model.path}: {exc}")
+            continue
+        chat_format = entry.model.chat_format
+        if chat_format is not None and chatformats.unknown(chat_format):
+            names = ", ".join(sorted(chatformats.known() or ()))
+            problems.append(f"models.{model_id}.model.chat_format: unknown format '{chat_format}' (known: {names})")
+        if entry.embedding and entry.model.pooling is None and not facts[model_id].info.pools_embeddings:
+            problems.append(
+                f"models.{model_id}: embedding is true, but {entry.model.path.name} names no pooling type "
+                "(a causal LM has none), so llama.cpp would give no vector per input; "
+                "set model.pooling: mean (or cls, last)"
+            )
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return facts

@@ -1,0 +1,46 @@
+"""models.yaml + GGUF headers + the device inventory → the memory pools and their budgets, and each
+model's placement options with what it needs in every pool."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from gateway.config import ModelEntry, Settings
+from gateway.memory.estimate import after_load_bytes, kv_cells, output_rows, ubatch
+from gateway.memory.facts import ModelFacts
+from gateway.memory.footprint import footprint
+from gateway.memory.hostmem import host_memory_total
+from gateway.memory.planner import ModelPlacementConfig, Option, Placement, placement_options
+from gateway.memory.pools import Device, PoolState, Vector, resolve_pools
+
+
+def pools_for(settings: Settings, devices: Sequence[Device], host_total: int) -> tuple[PoolState, ...]:
+    gateway = settings.gateway
+    return resolve_pools(devices, gateway.budgets, gateway.memory_budget, host_total, gateway.gpu_reserve)
+
+
+def host_budget(settings: Settings) -> int:
+    """The host pool's budget for these settings on this machine (see `pools.host_budget`)."""
+    return pools_for(settings, (), host_memory_total())[0].budget
+
+
+def placement_config(entry: ModelEntry, settings: Settings) -> ModelPlacementConfig:
+    model = entry.model
+    return ModelPlacementConfig(
+        n_gpu_layers=model.n_gpu_layers,
+        devices=tuple(model.devices) if model.devices is not None else None,
+        main_gpu=model.main_gpu,
+        tensor_split=tuple(model.tensor_split) if model.tensor_split is not None else None,
+        policy=model.placement or settings.gateway.placement,
+    )
+
+
+def model_options(
+    entry: ModelEntry, facts: ModelFacts, settings: Settings, pools: Sequence[PoolState], held: Vector
+) -> list[Option]:
+    batch = after_load_bytes(facts.info, entry)
+
+    def need_of(placement: Placement) -> Vector:
+        return footprint(facts.info, kv_cells(entry), placement, ubatch(entry), output_rows(entry), batch).vector
+
+    return placement_options(placement_config(entry, settings), pools, held, need_of)

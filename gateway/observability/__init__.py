@@ -1,0 +1,1 @@
+"""What a request did and what the gateway holds: request records, the access log, metrics."""

@@ -1,0 +1,210 @@
+"""OpenAI's shapes of an answer: response bodies and stream chunks for chat and text completions,
+rendered from `answer`'s chunks and choices; model cards and embeddings lists. Pure: no I/O."""
+
+from __future__ import annotations
+
+import base64
+import struct
+import time
+import uuid
+from abc import ABC, abstractmethod
+from typing import Any
+
+from gateway.protocol.answer import Answer, Choice, Chunk, Ended, Logprobs, Opened, Text, ToolDelta, Usage
+
+DONE = "[DONE]"  # the last `data:` payload of an OpenAI stream
+
+
+def usage(counts: Usage) -> dict[str, int]:
+    return {
+        "prompt_tokens": counts.prompt_tokens,
+        "completion_tokens": counts.completion_tokens,
+        "total_tokens": counts.total_tokens,
+    }
+
+
+class _Responder(ABC):
+    object_name = ""
+    id_prefix = ""
+
+    def __init__(self, model: str) -> None:
+        self.id = f"{self.id_prefix}-{uuid.uuid4().hex[:24]}"
+        self.created = int(time.time())
+        self.model = model
+
+    def _chunk(self, choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> dict[str, Any]:
+        chunk: dict[str, Any] = {
+            "id": self.id,
+            "object": self.object_name,
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        }
+        if usage is not None:
+            chunk["usage"] = usage
+        return chunk
+
+    def render(self, chunk: Chunk, include_usage: bool = True) -> list[dict[str, Any]]:
+        """A chunk as OpenAI's stream chunks (the usage only when the client asked for it)."""
+        if isinstance(chunk, Opened):
+            return self.begin_chunks(chunk.index, chunk.tool_call)
+        if isinstance(chunk, Text):
+            return [self.text_chunk(chunk.index, chunk.text, chunk.logprobs)]
+        if isinstance(chunk, ToolDelta):
+            return [self.tool_chunk(chunk.index, chunk.delta)]
+        if isinstance(chunk, Ended):
+            return [self.finish_chunk(chunk.index, chunk.finish_reason)]
+        return [self._chunk([], usage(chunk))] if include_usage else []
+
+    @abstractmethod
+    def begin_chunks(self, index: int, tool_call: bool) -> list[dict[str, Any]]: ...
+
+    @abstractmethod
+    def text_chunk(self, index: int, text: str, logprobs: Logprobs | None = None) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def tool_chunk(self, index: int, tool_delta: dict[str, Any]) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def finish_chunk(self, index: int, finish_reason: str) -> dict[str, Any]: ...
+
+
+class ChatResponder(_Responder):
+    """Builds the response body or stream chunks for one chat completion."""
+
+    object_name = "chat.completion.chunk"
+    id_prefix = "chatcmpl"
+
+    def begin_chunks(self, index: int, tool_call: bool) -> list[dict[str, Any]]:
+        # OpenAI opens a tool-call answer with content null, a text answer with "".
+        delta = {"role": "assistant", "content": None if tool_call else ""}
+        return [self._chunk([{"index": index, "delta": delta, "finish_reason": None}])]
+
+    def text_chunk(self, index: int, text: str, logprobs: Logprobs | None = None) -> dict[str, Any]:
+        choice = {
+            "index": index,
+            "delta": {"content": text},
+            "logprobs": _chat_logprobs(logprobs),
+            "finish_reason": None,
+        }
+        return self._chunk([choice])
+
+    def tool_chunk(self, index: int, tool_delta: dict[str, Any]) -> dict[str, Any]:
+        return self._chunk([{"index": index, "delta": {"tool_calls": [tool_delta]}, "finish_reason": None}])
+
+    def finish_chunk(self, index: int, finish_reason: str) -> dict[str, Any]:
+        return self._chunk([{"index": index, "delta": {}, "finish_reason": finish_reason}])
+
+    @staticmethod
+    def _message(choice: Choice) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": choice.text, "refusal": None}
+        if choice.tool_calls:
+            message["tool_calls"] = choice.tool_calls
+        return message
+
+    def completion(self, answer: Answer) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [
+                {
+                    "index": i,
+                    "message": self._message(c),
+                    "logprobs": _chat_logprobs(c.logprobs),
+                    "finish_reason": c.finish_reason,
+                }
+                for i, c in enumerate(answer.choices)
+            ],
+            "usage": usage(answer.usage),
+        }
+
+
+class CompletionResponder(_Responder):
+    """Builds the response body or stream chunks for a legacy text completion (one choice per prompt)."""
+
+    object_name = "text_completion"
+    id_prefix = "cmpl"
+
+    def __init__(self, model: str, echo: tuple[str, ...] | None = None) -> None:
+        super().__init__(model)
+        self.echo = echo  # per choice, the prompt to send back first, when the client asked for it
+
+    def begin_chunks(self, index: int, tool_call: bool) -> list[dict[str, Any]]:
+        return [self.text_chunk(index, self.echo[index])] if self.echo and self.echo[index] else []
+
+    def text_chunk(self, index: int, text: str, logprobs: Logprobs | None = None) -> dict[str, Any]:
+        choice = {"text": text, "index": index, "logprobs": _legacy_logprobs(logprobs), "finish_reason": None}
+        return self._chunk([choice])
+
+    def finish_chunk(self, index: int, finish_reason: str) -> dict[str, Any]:
+        return self._chunk([{"text": "", "index": index, "logprobs": None, "finish_reason": finish_reason}])
+
+    def tool_chunk(self, index: int, tool_delta: dict[str, Any]) -> dict[str, Any]:
+        raise AssertionError("text completions have no tool calls")
+
+    def completion(self, answer: Answer) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "text_completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [
+                {
+                    "text": (self.echo[i] if self.echo else "") + (c.text or ""),
+                    "index": i,
+                    "logprobs": _legacy_logprobs(c.logprobs),
+                    "finish_reason": c.finish_reason,
+                }
+                for i, c in enumerate(answer.choices)
+            ],
+            "usage": usage(answer.usage),
+        }
+
+
+def _chat_logprobs(entries: Logprobs | None) -> dict[str, Any] | None:
+    return None if entries is None else {"content": entries, "refusal": None}
+
+
+def _legacy_logprobs(entries: Logprobs | None) -> dict[str, Any] | None:
+    """The completions endpoint's older shape: parallel lists, alternatives as {token: logprob}."""
+    if entries is None:
+        return None
+    offsets, offset = [], 0
+    for entry in entries:
+        offsets.append(offset)
+        offset += len(entry["token"])
+    return {
+        "tokens": [e["token"] for e in entries],
+        "token_logprobs": [e["logprob"] for e in entries],
+        "top_logprobs": [{alt["token"]: alt["logprob"] for alt in e["top_logprobs"]} for e in entries],
+        "text_offset": offsets,
+    }
+
+
+def model_card(model_id: str, created: int, status: str, memory_bytes: int) -> dict[str, Any]:
+    return {
+        "id": model_id,
+        "object": "model",
+        "created": created,
+        "owned_by": "gateway",
+        "status": {"value": status},
+        "memory_bytes": memory_bytes,
+    }
+
+
+def embeddings_list(model: str, vectors: list[list[float]], tokens: int, encoding: str) -> dict[str, Any]:
+    """The embeddings list; base64 is the little-endian float32 bytes, as OpenAI sends them."""
+
+    def encode(vector: list[float]) -> list[float] | str:
+        if encoding == "base64":
+            return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
+        return vector
+
+    return {
+        "object": "list",
+        "data": [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(vectors)],
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }

@@ -1,0 +1,37 @@
+"""The scheduler's snapshot as the figures `/metrics` reports per model and per memory pool."""
+
+from __future__ import annotations
+
+from gateway.observability.collectors import ModelState, PoolFigures
+from gateway.scheduler import Scheduler
+
+
+def model_states(scheduler: Scheduler) -> tuple[list[ModelState], int]:
+    snapshot = scheduler.snapshot()
+    states = []
+    for v in snapshot.models:
+        batch = v.batch
+        states.append(
+            ModelState(
+                v.model_id,
+                v.state.client_value,
+                v.running,
+                v.holds - v.running,
+                v.estimated_bytes,
+                v.measured_bytes,
+                slots=v.parallel,
+                batch_running=batch.running if batch else 0,
+                batch_waiting=batch.waiting if batch else 0,
+                kv_usage=batch.kv_usage if batch else 0.0,
+                reused_tokens=batch.reused_tokens if batch else 0,
+                pools=dict(v.pools) if v.state.resident else {},
+            )
+        )
+    return states, snapshot.budget
+
+
+def pool_states(scheduler: Scheduler) -> list[PoolFigures]:
+    snapshot = scheduler.snapshot()
+    return [
+        PoolFigures(p.name, p.budget, p.total, p.free, snapshot.pool_used(p.name), p.uuid or "") for p in snapshot.pools
+    ]

@@ -1,0 +1,1 @@
+"""The request path without HTTP: resolve, plan, run, chunks (tools under it)."""

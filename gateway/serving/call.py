@@ -1,0 +1,20 @@
+"""One request as the request path sees it, without HTTP: what it runs against (the scheduler for
+local models, the upstreams for remote ones), who asks (the key's principal), and the record the
+access log and metrics read once it ends."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.access.keys import Principal
+from gateway.observability.record import RequestRecord
+from gateway.scheduler import Scheduler
+from gateway.upstream.proxy import Upstreams
+
+
+@dataclass(frozen=True)
+class Call:
+    scheduler: Scheduler
+    upstreams: Upstreams
+    principal: Principal
+    record: RequestRecord | None = None

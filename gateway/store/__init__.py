@@ -1,0 +1,1 @@
+"""State kept beyond one request: stored Responses."""

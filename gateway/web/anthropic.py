@@ -1,0 +1,36 @@
+"""`POST /v1/messages` and `POST /v1/messages/count_tokens`: Anthropic's Messages API, translated to
+a chat and back (`dialects.anthropic`). Local models only."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from gateway.dialects.anthropic import reply
+from gateway.dialects.anthropic.request import count_chat, parse_count_tokens_request, parse_messages_request, to_chat
+from gateway.serving import run
+from gateway.serving.plan import plan_chat
+from gateway.serving.resolve import resolve_local
+from gateway.serving.run import ChatStream
+from gateway.web.context import call_of
+from gateway.web.sse import respond, run_plan
+
+
+async def messages(request: Request) -> Response:
+    """Anthropic's `anthropic-version` header is accepted whatever its value; keys come as
+    `x-api-key` (or Bearer) and are checked by the gate like any other."""
+    chat = to_chat(parse_messages_request(await request.body()))
+    call = call_of(request)
+    plan = plan_chat(chat, resolve_local(call, chat.model), call.scheduler.settings.gateway)
+    return respond(request, await run_plan(request, call, plan), _events, reply.message)
+
+
+def _events(stream: ChatStream) -> reply.MessageEvents:
+    return reply.MessageEvents(stream.model, stream.prompt_tokens)
+
+
+async def count_tokens(request: Request) -> Response:
+    chat = count_chat(parse_count_tokens_request(await request.body()))
+    call = call_of(request)
+    plan = plan_chat(chat, resolve_local(call, chat.model), call.scheduler.settings.gateway)
+    return JSONResponse({"input_tokens": await run.prompt_tokens(call, plan)})

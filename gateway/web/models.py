@@ -1,0 +1,58 @@
+"""How a model is described: its card in `/v1/models` (OpenAI's shape plus where it is and what it
+holds) and its state in `/admin/models`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.protocol.replies import model_card
+from gateway.scheduler import SlotView
+from gateway.serving.tools.plan import native_tools
+from gateway.upstream.proxy import Upstreams
+
+
+def _where(view: SlotView) -> dict[str, Any]:
+    """Per memory pool (host, cuda0...), for where it is or would be placed: estimated, then measured."""
+    where: dict[str, Any] = {"memory_pools": dict(view.pools), "placement": view.placement}
+    if not view.entry.embedding:
+        where["tool_template"] = "native" if native_tools(view) else "generic"
+    return where
+
+
+def card(view: SlotView) -> dict[str, Any]:
+    path = view.facts.info.path
+    # Estimate before load (what the worker holds once loaded), measured after; with GPUs, every pool.
+    memory = view.measured_bytes if view.measured_bytes is not None else view.facts.estimate.total
+    if set(view.pools) - {"host"}:
+        memory = view.memory_bytes
+    created = int(path.stat().st_mtime) if path.exists() else 0
+    return {
+        **model_card(view.model_id, created, view.state.client_value, memory),
+        "aliases": list(view.entry.aliases),
+        **_where(view),
+    }
+
+
+def remote_card(upstreams: Upstreams, model_id: str) -> dict[str, Any]:
+    """Always available here; nothing is loaded locally."""
+    return {**model_card(model_id, 0, "loaded", 0), "aliases": list(upstreams.settings.upstreams[model_id].aliases)}
+
+
+def state(view: SlotView) -> dict[str, Any]:
+    return {
+        "id": view.model_id,
+        "state": view.state.value,
+        "pinned": view.entry.pinned,
+        "memory_bytes": view.memory_bytes,
+        "measured_pools": dict(view.measured_pools) if view.measured_pools is not None else None,
+        "estimated_bytes": view.estimated_bytes,
+        "measured_bytes": view.measured_bytes,
+        "leases": view.holds,
+        "in_flight": view.running,
+        "queued": view.holds - view.running,
+        "parallel": view.parallel,
+        "idle_expires_in": view.idle_expires_in,
+        "draining": view.draining,
+        **_where(view),
+        "tool_template": "native" if native_tools(view) else "generic",
+    }
