@@ -20,7 +20,8 @@ def pools_for(settings: Settings, devices: Sequence[Device], host_total: int) ->
 
 
 def host_budget(settings: Settings) -> int:
-    """The host pool's budget for these settings on this machine (see `pools.host_budget`)."""
+    """The host pool's budget on this machine: gateway.budgets.host, else memory_budget, else 80% of
+    the memory this process may use (physical, or a cgroup's limit below it)."""
     return pools_for(settings, (), host_memory_total())[0].budget
 
 

@@ -118,7 +118,7 @@ def _resolve(spec: int | str | None, total: int, auto: int) -> int:
     return int(spec)
 
 
-def host_budget(budgets: Mapping[str, int | str], memory_budget: int | None, host_total: int) -> int:
+def _host_budget(budgets: Mapping[str, int | str], memory_budget: int | None, host_total: int) -> int:
     """The host pool's budget: budgets.host, else memory_budget, else 80% of host memory (physical,
     or a lower cgroup limit)."""
     spec = budgets.get(HOST, memory_budget)
@@ -133,7 +133,7 @@ def resolve_pools(
     gpu_reserve: int,
 ) -> tuple[PoolState, ...]:
     """Every pool with its budget: the host, then each GPU (by name, UUID, `gpu`, else auto)."""
-    pools = [PoolState(HOST, host_budget(budgets, memory_budget, host_total), description="host RAM")]
+    pools = [PoolState(HOST, _host_budget(budgets, memory_budget, host_total), description="host RAM")]
     for device in devices:
         spec = budgets.get(device.name, budgets.get(device.uuid, budgets.get("gpu")))
         budget = _resolve(spec, device.total, max(0, device.total - gpu_reserve))

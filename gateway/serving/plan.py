@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from gateway.config import GatewaySection, ModelEntry
 from gateway.engine.base import GenerationParams
@@ -34,7 +34,6 @@ COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for the legacy endpoint
 class Plan:
     model_id: str
     entry: ModelEntry  # the version planned for
-    endpoint: Literal["chat", "completion"]
     generations: tuple[GenerationParams, ...]  # run one after another: a completion's prompts
     stream: bool
     include_usage: bool
@@ -77,7 +76,6 @@ def plan_chat(chat: ChatCompletionRequest, view: SlotView, gateway: GatewaySecti
     return Plan(
         view.model_id,
         entry,
-        "chat",
         (params,),
         stream=bool(chat.stream),
         include_usage=chat.include_usage,
@@ -109,7 +107,6 @@ def plan_completion(body: CompletionRequest, view: SlotView, gateway: GatewaySec
     return Plan(
         view.model_id,
         entry,
-        "completion",
         params,
         stream=bool(body.stream),
         include_usage=body.include_usage,
