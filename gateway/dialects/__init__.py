@@ -1,1 +1,2 @@
-"""Other APIs' wire formats, translated to and from the chat completions path (`routes.run_chat`)."""
+"""Other APIs' wire formats: their requests translated to a chat request, and answers and their chunks
+(`protocol.answer`) to their bodies and events. Pure: no I/O, no Starlette."""

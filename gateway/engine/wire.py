@@ -22,7 +22,7 @@ from gateway.engine.base import BatchState, ChoiceFinished, Delta, Finished, Gen
 
 @dataclass(frozen=True)
 class Load:
-    config: dict[str, Any]  # engine/workerprocess.py worker_config()
+    config: dict[str, Any]  # engine/process/launch.py worker_config()
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """What the gateway knows of a model from its GGUF header: the architecture's metadata, the tensor
 bytes by where llama.cpp places them, and what follows from them (context length, vocabulary size,
-KV cache bytes per token and layer). Read by `gguf_header.read_gguf_info`, without loading the model.
+KV cache bytes per token and layer). Read by `header.read_gguf_info`, without loading the model.
 """
 
 from __future__ import annotations

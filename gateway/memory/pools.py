@@ -3,7 +3,7 @@
 A model needs a `Vector` (bytes per pool) and fits when every pool it touches has room. GPU pools
 are named as users see them (`cuda0`, `cuda1`, `rocm0`), in the order the driver's management
 library lists the devices, and keyed internally by UUID so a name always means the same card.
-Pure values only: reading the devices is `inventory.py`, deciding placements is `placement.py`.
+Pure values only: reading the devices is `inventory.py`, deciding placements is `planner.py`.
 """
 
 from __future__ import annotations

@@ -112,7 +112,7 @@ class CircuitCollector(Collector):
 
 
 def _batch_gauges(models: list[ModelState]) -> Iterator[Metric]:
-    """Load signals for routers and autoscalers (README: "Signals for routers and autoscalers")."""
+    """Load signals for routers and autoscalers (docs/operating.md, "Signals for routers and autoscalers")."""
     running = GaugeMetricFamily(
         "gateway_requests_running", "requests decoding in the model's continuous batch", labels=["model"]
     )

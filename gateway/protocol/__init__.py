@@ -1,4 +1,4 @@
-"""OpenAI request bodies → validated, immutable requests (responses are built in responses.py).
+"""OpenAI request bodies → validated, immutable requests (OpenAI's answers are built in replies.py).
 Pure: no I/O. Every bad field is a 400 that names it (`messages[0].content`).
 """
 

@@ -1,4 +1,4 @@
-"""Explicit limits on what a request may contain (the README's "Limits" table lists them).
+"""Explicit limits on what a request may contain (docs/api.md's "Limits" table lists them).
 
 Each one bounds work that would otherwise grow with a hostile input, or mirrors OpenAI's own limit.
 Everything past a limit is a 400 `invalid_request_error` naming the parameter, decided before a

@@ -5,7 +5,7 @@ Modules:
 - `slot`: the mutable record of one model version (private), with its turns (`runtime.parallel`).
 - `eviction`: room by memory vectors (host RAM and one pool per GPU), LRU eviction, rebalancing
   after measurement, eviction after a device ran out of memory, TTL expiry: pure functions of a
-  snapshot (the decisions are `placement.py`'s).
+  snapshot (the decisions are `memory/planner.py`'s).
 - `devices`: the GPUs as the scheduler sees them: pools and budgets, placement options, the worker's
   devices, memory an exited worker gave back that the driver does not show yet, measured figures.
 - `reload`: a reload as a pure diff of two configurations.

@@ -5,7 +5,7 @@ the least recently used idle models to unload so that it fits in every pool it t
 holding memory in a pool that is short are chosen); `overcommitted` picks what to unload when
 measured figures put a pool over its limit; `after_device_oom` and `idle_on` what to unload on a
 device that ran out of memory; `expired` the idle models whose TTL has run out. The decisions
-themselves are `placement.py`'s; this module reads them off a snapshot.
+themselves are `memory/planner.py`'s; this module reads them off a snapshot.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ class Hold:
     its CPU grant. However the block ends (finished, failed, cancelled), the hold is released once.
 
     A streamed response keeps its hold open until the stream ends: the stream's body enters the
-    hold itself (see `dispatch`), so no other code path has a release to forget.
+    hold itself (see `serving/run.py`), so no other code path has a release to forget.
     """
 
     def __init__(self, scheduler: Owner, name: str, *, generate: bool) -> None:

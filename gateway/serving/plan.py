@@ -1,7 +1,7 @@
 """A request's plan: everything about it decided once, before anything runs.
 
 `plan_chat` and `plan_completion` are pure functions of the parsed request, the model's snapshot
-and the gateway settings: which model version, the tool mode (`toolplan.py`) and the constraint
+and the gateway settings: which model version, the tool mode (`tools/plan.py`) and the constraint
 (grammar) it implies, the generations to run (sampling over the model's defaults, n, the completion
 budget), and the shape of the answer (streamed or not, usage chunk, echo). Every 400 they can decide
 is raised here, before a model is held or loaded.

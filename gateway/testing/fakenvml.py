@@ -3,7 +3,7 @@ workers allocate and give back, with other processes' use and the driver's lag i
 that an exited process returned (0.5-5 s on real hardware).
 
 `inventory.SystemInventory(nvml=FakeGpus(...))` reads it as it would read NVML; a fake worker
-(`engine/fakeworker.py`) allocates on the devices its `CUDA_VISIBLE_DEVICES` names what its
+(`fakeworker.py`) allocates on the devices its `CUDA_VISIBLE_DEVICES` names what its
 scripted llama.cpp log lines say, and runs out of memory where a real one would.
 """
 

@@ -21,7 +21,7 @@ ADMIN_PREFIX = "/admin"
 
 @dataclass
 class Gate:
-    """What the middleware checks against; replaced in place when the configuration is reloaded."""
+    """What the gate checks against; replaced in place when the configuration is reloaded."""
 
     keyring: KeyRing
     limiter: RateLimiter

@@ -85,7 +85,7 @@ def test_stop_sequence_cuts_output(client: OpenAI) -> None:
 
 def test_seed_makes_sampling_repeatable(client: OpenAI, server: GatewayServer) -> None:
     """Same seed, prompt and settings give the same output whatever ran before on the model, and after
-    the model is unloaded and loaded again (README: "Seeds")."""
+    the model is unloaded and loaded again (docs/api.md, "Seeds")."""
     settings: dict[str, Any] = {"model": "smollm2", "max_tokens": 48, "temperature": 1.2, "top_p": 1}
 
     def sample(seed: int, messages: list[dict[str, str]] = HELLO) -> str:

@@ -49,7 +49,7 @@ def test_langchain_chat_openai(server: GatewayServer) -> None:
     from langchain_core.tools import tool
     from langchain_openai import ChatOpenAI
 
-    # Seeded: greedy output is repeatable only for seeded requests (README "Seeds"); an unseeded one may
+    # Seeded: greedy output is repeatable only for seeded requests (docs/api.md, "Seeds"); an unseeded one may
     # reuse cached prefix cells, whose different batch split can flip a near-tie.
     chat = ChatOpenAI(
         base_url=v1(server), api_key="unused", model=MODEL, temperature=0, max_tokens=12, max_retries=0, seed=7

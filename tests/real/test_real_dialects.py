@@ -116,7 +116,7 @@ def test_responses_create_and_stream(client: OpenAI) -> None:
         final = stream.get_final_response()
     assert final.status == "completed" and final.output_text == "".join(deltas)
     # No cross-request equality: the Responses API has no seed, and an unseeded request may reuse the
-    # first one's cached prefix cells, whose different batch split can flip a near-tie (README "Seeds").
+    # first one's cached prefix cells, whose different batch split can flip a near-tie (docs/api.md, "Seeds").
     assert len(final.output_text) > len(cut.output_text) > 0
 
 

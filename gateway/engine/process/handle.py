@@ -1,13 +1,12 @@
-"""Parent-side handle of a worker process (its messages: `engine/wire.py`; how it starts: `engine/spares.py`;
-what it is told to load, how its exit reads and how it is ended: `engine/workerprocess.py`).
+"""Parent-side handle of a worker process (its messages: `engine/wire.py`; how it starts: `spares.py`;
+what it is told to load, how its exit reads and how it is ended: `launch.py`).
 
-The pipe is read from the event loop (`looppipe.py`), so no thread sits between a token and the
+The pipe is read from the event loop (`pipe.py`), so no thread sits between a token and the
 client. A worker that exits unexpectedly fails every generation it held, and the scheduler is told.
 
-Kept as one module (~290 lines) for a reason: the handle is one state machine. The dispatch of the
-worker's messages, the load future, the waiting generations and calls, the death that fails them and
-the memory figures a message updates all read and write the same few fields; split across modules
-(mixins sharing them) no part could be read on its own.
+The handle is one state machine: the dispatch of the worker's messages, the load future, the waiting
+generations and calls, the death that fails them and the memory figures a message updates all read
+and write the same few fields.
 """
 
 from __future__ import annotations

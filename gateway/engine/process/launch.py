@@ -1,5 +1,5 @@
 """The worker as an operating-system process, seen from the parent: what it is told to load, how its
-exit reads in an error message, and how it is ended (`process.py` is the handle that uses these)."""
+exit reads in an error message, and how it is ended (`handle.py` is the handle that uses these)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """What the worker's batch loop needs from llama.cpp, as a narrow interface.
 
 `engine/llamacpp.py` implements it over llama.cpp's low-level API (one context, a unified KV pool
-shared by every sequence, C sampler chains); `engine/fakellama.py` implements it in plain Python so
+shared by every sequence, C sampler chains); `testing/fakellama.py` implements it in plain Python so
 the real batch loop runs in the fast test tier.
 """
 

@@ -14,11 +14,10 @@ Each step (`Batch.step`):
 n > 1 choices are n sequences: the prompt is evaluated once, then copied (llama_memory_seq_cp, no
 cells) to the other choices, which sample from the same logits with seed + i.
 
-Kept as one module (~320 lines) for a reason: `Batch` is one state machine over one set of
-sequence ids, one KV ledger and one prefix cache. Admission, the step and retirement each read and
-write all of them (admitting evicts cached prefixes, retiring caches them, a failed decode frees a
-request mid-step); split across modules, none of the parts could be checked on its own. Its parts
-with their own state are modules already: `kv.py`, `sequences.py`, `output.py`.
+`Batch` is one state machine over one set of sequence ids, one KV ledger and one prefix cache:
+admission, the step and retirement each read and write all of them (admitting evicts cached
+prefixes, retiring caches them, a failed decode frees a request mid-step). The parts with state of
+their own are `kv.py`, `sequences.py` and `output.py`.
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """The worker process: owns one model and decodes up to `runtime.parallel` requests together.
 
-Started with the `spawn` method by `engine/process.py`; speaks the messages of `engine/wire.py`. A
+Started with the `spawn` method by `engine/process/`; speaks the messages of `engine/wire.py`. A
 worker imports llama_cpp as soon as it starts and then waits for its model, so a spare one can be
 started ahead of need. A reader thread takes commands (a cancel reaches the batch between two steps;
 tokenizer calls are answered at once); the batch thread validates each request (its prompt fits:
 `Started`, which the gateway waits for before its HTTP 200) and runs the continuous batch of
-`engine/parallel.py`. The worker exits when its parent goes away (the pipe reaches EOF).
+`batch.py`. The worker exits when its parent goes away (the pipe reaches EOF).
 """
 
 from __future__ import annotations

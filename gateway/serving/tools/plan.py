@@ -1,6 +1,6 @@
 """How a chat uses its tools: the tool mode, decided once (`plan_tools`), and what follows from it:
 the constraint a forced or generic call puts on the answer, the messages and tools the chat template
-gets, and the shaper that turns a choice's text into content and tool calls. Pure; `plan.py` holds it
+gets, and the shaper that turns a choice's text into content and tool calls. Pure; `serving/plan.py` holds it
 in a request's plan."""
 
 from __future__ import annotations
