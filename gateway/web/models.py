@@ -13,10 +13,11 @@ from gateway.upstream.proxy import Upstreams
 
 def _where(view: SlotView) -> dict[str, Any]:
     """Per memory pool (host, cuda0...), for where it is or would be placed: estimated, then measured."""
-    where: dict[str, Any] = {"memory_pools": dict(view.pools), "placement": view.placement}
-    if not view.entry.embedding:
-        where["tool_template"] = "native" if native_tools(view) else "generic"
-    return where
+    return {"memory_pools": dict(view.pools), "placement": view.placement}
+
+
+def _tool_template(view: SlotView) -> str:
+    return "native" if native_tools(view) else "generic"
 
 
 def card(view: SlotView) -> dict[str, Any]:
@@ -30,6 +31,7 @@ def card(view: SlotView) -> dict[str, Any]:
         **model_card(view.model_id, created, view.state.client_value, memory),
         "aliases": list(view.entry.aliases),
         **_where(view),
+        **({} if view.entry.embedding else {"tool_template": _tool_template(view)}),
     }
 
 
@@ -54,5 +56,5 @@ def state(view: SlotView) -> dict[str, Any]:
         "idle_expires_in": view.idle_expires_in,
         "draining": view.draining,
         **_where(view),
-        "tool_template": "native" if native_tools(view) else "generic",
+        "tool_template": _tool_template(view),
     }

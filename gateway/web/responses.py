@@ -14,32 +14,12 @@ from gateway.dialects.responses import reply
 from gateway.dialects.responses.events import ResponseEvents
 from gateway.dialects.responses.request import ResponsesRequest, input_messages, parse_responses_request, to_chat
 from gateway.errors import GatewayError
-from gateway.protocol.answer import Chunk
 from gateway.serving.plan import plan_chat
 from gateway.serving.resolve import resolve_local
 from gateway.serving.run import ChatStream
 from gateway.store.responses import ResponseStore, Stored
 from gateway.web.context import call_of, principal_of, services_of
-from gateway.web.sse import Frame, client_gone, run_plan, stream_response
-
-
-class ResponsesFrames:
-    """The Responses stream: each event named by its `type`."""
-
-    def __init__(self, events: ResponseEvents) -> None:
-        self.events = events
-
-    def start(self) -> list[Frame]:
-        return [(e["type"], e) for e in self.events.start()]
-
-    def chunk(self, chunk: Chunk) -> list[Frame]:
-        return [(e["type"], e) for e in self.events.chunk(chunk)]
-
-    def error(self, exc: GatewayError) -> list[Frame]:
-        return [(e["type"], e) for e in self.events.error(exc)]
-
-    def end(self) -> list[Frame]:
-        return [(e["type"], e) for e in self.events.end()]
+from gateway.web.sse import client_gone, run_plan, stream_response
 
 
 def _store(request: Request) -> ResponseStore:
@@ -76,12 +56,12 @@ async def create(request: Request) -> Response:
     if outcome is None:
         return client_gone()
     if isinstance(outcome, ChatStream):
-        frames = ResponsesFrames(ResponseEvents(reply.skeleton(body, outcome.model)))
+        events = ResponseEvents(reply.skeleton(body, outcome.model))
 
         async def keep() -> None:  # stored before the last event, so a client may continue at once
-            await _keep(request, body, history, frames.events.response)
+            await _keep(request, body, history, events.response)
 
-        return stream_response(request, outcome, frames, before_end=keep)
+        return stream_response(request, outcome, events, before_end=keep)
     answer = reply.response(reply.skeleton(body, outcome.model), outcome)
     await _keep(request, body, history, answer)
     return JSONResponse(answer)

@@ -16,7 +16,7 @@ from gateway.memory.estimate import estimate
 from gateway.memory.footprint import GPU_CONTEXT_BYTES, footprint, layer_devices, measured_vector
 from gateway.memory.inventory import amd_devices, nvidia_devices, read_devices, wait_until_free
 from gateway.memory.planner import Placement
-from gateway.memory.pools import HOST, Device, PoolState, Vector, host_budget, resolve_pools, unknown_budget_names
+from gateway.memory.pools import HOST, Device, PoolState, Vector, resolve_pools, unknown_budget_names
 from gateway.testing.fakenvml import FakeDevice, FakeGpus
 from tests.ggufgen import write_tiny_gguf
 
@@ -81,6 +81,10 @@ def test_budgets_resolve_per_pool() -> None:
     assert cuda2.budget == 12 * GiB  # `gpu` covers the rest
     assert cuda0.available(held=0) == 69 * GiB  # free - reserve is tighter than the budget
     assert cuda2.available(held=0) == -GiB
+
+
+def host_budget(budgets: dict[str, int | str], memory_budget: int | None, host_total: int) -> int:
+    return resolve_pools([], budgets, memory_budget, host_total, 0)[0].budget
 
 
 def test_host_budget_is_memory_budget_or_auto() -> None:

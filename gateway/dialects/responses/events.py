@@ -9,7 +9,7 @@ from gateway.dialects.responses.reply import call_item, finish, message_item, ne
 from gateway.errors import GatewayError
 from gateway.protocol.answer import Chunk, Ended, Text, ToolDelta, Usage
 
-Event = dict[str, Any]  # a stream event: its `type` is also the SSE `event:` name
+Event = tuple[str, dict[str, Any]]  # a stream event with its SSE `event:` name, which is its `type`
 
 
 class ResponseEvents:
@@ -29,7 +29,7 @@ class ResponseEvents:
     def _event(self, kind: str, **fields: Any) -> Event:
         event = {"type": kind, "sequence_number": self._sequence, **fields}
         self._sequence += 1
-        return event
+        return kind, event
 
     def start(self) -> list[Event]:
         return [
