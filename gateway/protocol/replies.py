@@ -10,6 +10,7 @@ import uuid
 from abc import ABC, abstractmethod
 from typing import Any
 
+from gateway.errors import GatewayError
 from gateway.protocol.answer import Answer, Choice, Chunk, Ended, Logprobs, Opened, Text, ToolDelta, Usage
 
 DONE = "[DONE]"  # the last `data:` payload of an OpenAI stream
@@ -161,6 +162,31 @@ class CompletionResponder(_Responder):
             ],
             "usage": usage(answer.usage),
         }
+
+
+# A frame of OpenAI's stream: no `event:` name, a `data:` payload (a chunk, an error, or DONE).
+Frame = tuple[None, dict[str, Any] | str]
+
+
+class StreamEvents:
+    """OpenAI's stream of one answer: its chunks as `data:` payloads (the usage when asked for), a
+    failure after the 200 in-band as `data: {"error": ...}`, then `data: [DONE]`."""
+
+    def __init__(self, responder: ChatResponder | CompletionResponder, include_usage: bool) -> None:
+        self._responder = responder
+        self._include_usage = include_usage
+
+    def start(self) -> list[Frame]:
+        return []
+
+    def chunk(self, chunk: Chunk) -> list[Frame]:
+        return [(None, c) for c in self._responder.render(chunk, self._include_usage)]
+
+    def error(self, exc: GatewayError) -> list[Frame]:
+        return [(None, exc.body()), (None, DONE)]
+
+    def end(self) -> list[Frame]:
+        return [(None, DONE)]
 
 
 def _chat_logprobs(entries: Logprobs | None) -> dict[str, Any] | None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from gateway.errors import GatewayError
 from gateway.protocol import (
     check_vocabulary,
     parse_chat_request,
@@ -15,37 +14,15 @@ from gateway.protocol import (
     parse_embedding_request,
     parse_tokenize_request,
 )
-from gateway.protocol.answer import Chunk
-from gateway.protocol.replies import DONE, ChatResponder, CompletionResponder, embeddings_list
+from gateway.protocol.replies import ChatResponder, CompletionResponder, StreamEvents, embeddings_list
 from gateway.serving import run
 from gateway.serving.call import Call
 from gateway.serving.plan import Plan, check_embedding, plan_chat, plan_completion
 from gateway.serving.resolve import Remote, resolve, resolve_local
 from gateway.web.context import call_of
-from gateway.web.sse import Frame, respond, respond_remote, run_plan, unless_disconnected
+from gateway.web.sse import respond, respond_remote, run_plan, unless_disconnected
 
 ChatOrCompletion = ChatResponder | CompletionResponder
-
-
-class OpenAIEvents:
-    """OpenAI's stream: chunks as `data:` payloads (the usage when asked for), a failure in-band as
-    `data: {"error": ...}`, then `data: [DONE]`."""
-
-    def __init__(self, responder: ChatOrCompletion, include_usage: bool) -> None:
-        self._responder = responder
-        self._include_usage = include_usage
-
-    def start(self) -> list[Frame]:
-        return []
-
-    def chunk(self, chunk: Chunk) -> list[Frame]:
-        return [(None, c) for c in self._responder.render(chunk, self._include_usage)]
-
-    def error(self, exc: GatewayError) -> list[Frame]:
-        return [(None, exc.body()), (None, DONE)]
-
-    def end(self) -> list[Frame]:
-        return [(None, DONE)]
 
 
 async def _answer(request: Request, call: Call, plan: Plan, responder: ChatOrCompletion) -> Response:
@@ -53,7 +30,7 @@ async def _answer(request: Request, call: Call, plan: Plan, responder: ChatOrCom
     return respond(
         request,
         await run_plan(request, call, plan),
-        lambda _: OpenAIEvents(responder, plan.include_usage),
+        lambda _: StreamEvents(responder, plan.include_usage),
         responder.completion,
     )
 
