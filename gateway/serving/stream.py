@@ -99,7 +99,6 @@ async def chunk_stream(
 
 @dataclass
 class _Folding:
-    opened_with_tool: bool = False
     parts: list[str] = field(default_factory=list)
     logprobs: Logprobs | None = None
     tool_calls: list[dict[str, Any]] = field(default_factory=list)

@@ -1,4 +1,4 @@
-"""A hold has one owner (issue 9.3): whatever step fails after a request holds its model, the hold
+"""A hold has one owner: whatever step fails after a request holds its model, the hold
 is released exactly once, the model serves the next request, and /admin/models shows no hold."""
 
 from __future__ import annotations
@@ -143,7 +143,7 @@ def test_every_step_was_reached(client: TestClient, monkeypatch: pytest.MonkeyPa
 
 
 def test_duplicate_tool_names_are_a_400_and_hold_nothing(client: TestClient) -> None:
-    """Once a 500 that leaked the model's hold (issue 9): now refused before anything is held."""
+    """Once a 500 that leaked the model's hold: now refused before anything is held."""
     body = {"model": "m", "messages": MSG, "tools": TOOLS * 2, "tool_choice": NAMED}
     response = client.post("/v1/chat/completions", json=body)
     assert response.status_code == 400

@@ -1,4 +1,4 @@
-"""Races the scheduler closes (issue 12.5): each test fails on the registry it replaced."""
+"""Races the scheduler closes: each test fails on the registry it replaced."""
 
 from __future__ import annotations
 
