@@ -12,11 +12,6 @@ import contextlib
 import json
 import os
 import platform
-import signal
-import socket
-import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -25,88 +20,27 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
-import yaml
-from bench_structured import measure as measure_structured
-from bench_structured import rows as structured_rows
-from bench_structured import sampling_cpu
-from sse_timing import Timing, stream_timing
-
-REPO = Path(__file__).resolve().parents[1]
-MODELS = REPO / "models"
-SMOLLM = MODELS / "SmolLM2-135M-Instruct.Q4_1.gguf"
-SMOLLM_Q8 = MODELS / "SmolLM2-135M-Instruct.Q8_0.gguf"
-GEMMA = MODELS / "gemma-3-270m-q4_k_m.gguf"
-# Greedy SmolLM2 answers this with hundreds of tokens, so every run generates to max_tokens.
-PROMPT = [{"role": "user", "content": "Repeat the word 'apple' 500 times."}]
-N_CTX = 1024
-THREADS = 2
-SAMPLING = {"temperature": 0.0, "repeat_penalty": 1.0}
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    """A server subprocess on a free port, stopped with SIGTERM."""
-
-    def __init__(self, argv: list[str], port: int, log: Path) -> None:
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-        self._log = log.open("wb")
-        self.process = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{argv[:3]} exited: {log.read_text(errors='replace')[-2000:]}")
-            try:
-                httpx.get(f"{self.url}/v1/models", timeout=1)
-                return
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        raise RuntimeError(f"{argv[:3]} did not start")
-
-    def rss(self) -> int:
-        return int(psutil.Process(self.process.pid).memory_info().rss)
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-        self._log.close()
-
-
-def gateway_server(tmp: Path, name: str, models: dict[str, Path], gateway: dict[str, Any]) -> Server:
-    entries: dict[str, Any] = {}
-    for model_id, path in models.items():
-        entry: dict[str, Any] = {
-            "model": {"path": str(path), "n_ctx": N_CTX},
-            "runtime": {"thread_count": THREADS},
-            "sampling": SAMPLING,
-        }
-        if path == GEMMA:
-            entry["model"]["chat_format"] = "gemma"
-        entries[model_id] = entry
-    config = tmp / f"{name}.yaml"
-    config.write_text(yaml.safe_dump({"gateway": gateway, "models": entries}))
-    port = free_port()
-    argv = [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(port)]
-    argv += ["--log-level", "warning"]
-    return Server(argv, port, tmp / f"{name}.log")
+from benchlib import (
+    GEMMA,
+    N_CTX,
+    PROMPT,
+    REPO,
+    SAMPLING,
+    SMOLLM,
+    SMOLLM_Q8,
+    THREADS,
+    Server,
+    chat_timing,
+    free_port,
+    gateway_server,
+    measure_structured,
+    median,
+    percentile,
+    run_size,
+    sampling_cpu,
+    structured_rows,
+)
+from sse_timing import Timing
 
 
 def peer_server(tmp: Path, python: Path) -> Server:
@@ -118,10 +52,6 @@ def peer_server(tmp: Path, python: Path) -> Server:
     config = tmp / "peer.json"
     config.write_text(json.dumps({"host": "127.0.0.1", "port": port, "models": models}))
     return Server([str(python), "-m", "llama_cpp.server", "--config_file", str(config)], port, tmp / "peer.log")
-
-
-def chat_timing(client: httpx.Client, url: str, model: str, max_tokens: int) -> Timing:
-    return stream_timing(client, url, {"model": model, "messages": PROMPT, "max_tokens": max_tokens, **SAMPLING})
 
 
 def raw_timing(llm: Any, max_tokens: int) -> Timing:
@@ -249,8 +179,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import llama_cpp
 
     quick = args.quick
-    rounds = 2 if quick else 5
-    max_tokens = 128 if quick else 256
+    rounds, max_tokens = run_size(quick)
     tmp = Path(tempfile.mkdtemp(prefix="bench-"))
     result: dict[str, Any] = {
         "machine": {

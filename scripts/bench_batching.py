@@ -24,18 +24,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import SMOLLM, THREADS, Server, free_port, percentile
+from benchlib import CHATML_PROMPT, N_CTX, PROMPT, SMOLLM, THREADS, Server, free_port, gateway_server, percentile
 from sse_timing import Timing, stream_timing
 from svgplot import line_chart
 
 LEVELS = [1, 2, 4, 8, 16]
 SLOTS = 8
-N_CTX = 1024
 TOKENS = 64
-PROMPT = [{"role": "user", "content": "Repeat the word 'apple' 500 times."}]
 
 
 def stream(url: str, model: str, messages: list[dict[str, str]], max_tokens: int) -> Timing:
@@ -84,9 +81,7 @@ def ceiling(path: Path, streams: int) -> dict[str, float]:
     params.n_threads = params.n_threads_batch = THREADS
     context = _internals.LlamaContext(model=model, params=params, verbose=False)
     ctx = context.ctx
-    prompt = model.tokenize(
-        b"<|im_start|>user\nRepeat the word 'apple' 500 times.<|im_end|>\n<|im_start|>assistant\n", True, True
-    )
+    prompt = model.tokenize(CHATML_PROMPT.encode(), True, True)
     batch = llama_cpp.llama_batch_init(max(512, streams), 0, 1)
     samplers = []
     for _ in range(streams):
@@ -127,17 +122,8 @@ def ceiling(path: Path, streams: int) -> dict[str, float]:
 
 
 def gateway(tmp: Path, slots: int, n_ctx: int = N_CTX) -> Server:
-    entry = {
-        "model": {"path": str(SMOLLM), "n_ctx": n_ctx},
-        "runtime": {"thread_count": THREADS, "parallel": slots},
-        "sampling": {"temperature": 0.0, "repeat_penalty": 1.0},
-    }
-    config = tmp / f"gateway-{slots}-{n_ctx}.yaml"
-    doc = {"gateway": {"cpu_threads": 0, "max_queue": 64, "memory_budget": "4GiB"}, "models": {"smollm2": entry}}
-    config.write_text(yaml.safe_dump(doc))
-    port = free_port()
-    argv = [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(port)]
-    return Server([*argv, "--log-level", "warning"], port, tmp / f"gateway-{slots}.log")
+    settings = {"cpu_threads": 0, "max_queue": 64, "memory_budget": "4GiB"}
+    return gateway_server(tmp, f"gateway-{slots}-{n_ctx}", {"smollm2": SMOLLM}, settings, n_ctx=n_ctx, parallel=slots)
 
 
 def llama_server(tmp: Path, binary: str) -> Server:

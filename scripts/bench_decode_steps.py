@@ -13,12 +13,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import SMOLLM, SMOLLM_Q8
+from benchlib import CHATML_PROMPT, N_CTX, SMOLLM, SMOLLM_Q8
 
 SIZES = [1, 2, 3, 4, 8]
 STEPS = 48
 RUNS = 3
-PROMPT = b"<|im_start|>user\nRepeat the word 'apple' 500 times.<|im_end|>\n<|im_start|>assistant\n"
 
 
 def step_cpu_ms(model: object, sequences: int) -> float:
@@ -27,14 +26,14 @@ def step_cpu_ms(model: object, sequences: int) -> float:
     from llama_cpp import _internals
 
     params = llama_cpp.llama_context_default_params()
-    params.n_ctx = 1024 * 8
+    params.n_ctx = N_CTX * max(SIZES)
     params.n_batch = params.n_ubatch = 512
     params.n_seq_max = 16
     params.kv_unified = True
     params.n_threads = params.n_threads_batch = 1
     params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO  # as the worker runs it by default
     context = _internals.LlamaContext(model=model, params=params, verbose=False)
-    prompt = model.tokenize(PROMPT, True, True)  # type: ignore[attr-defined]
+    prompt = model.tokenize(CHATML_PROMPT.encode(), True, True)  # type: ignore[attr-defined]
     batch = llama_cpp.llama_batch_init(512, 0, 1)
     rows = 0
     for seq in range(sequences):
