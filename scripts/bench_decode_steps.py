@@ -1,8 +1,8 @@
 """llama.cpp alone: CPU time of one decode step at 1, 2, 3, 4 and 8 sequences, on one thread.
 
 On one thread the CPU time of `llama_decode` is its compute, which other load on a shared machine does
-not change (wall clock would), so this shows what a batch size itself costs: the README's explanation of
-the 2-stream dip. Usage: .venv/bin/python scripts/bench_decode_steps.py [MODEL.gguf ...]
+not change (wall clock would), so this shows what a batch size itself costs: docs/performance.md's
+explanation of the 2-stream dip. Usage: .venv/bin/python scripts/bench_decode_steps.py [MODEL.gguf ...]
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """A line chart as a standalone SVG, with no plotting library: benchmark plots are drawn from the same
-run as their tables even where matplotlib is not installed (the README commits the result)."""
+run as their tables even where matplotlib is not installed (docs/ commits the result)."""
 
 from __future__ import annotations
 
