@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from gateway.access.keys import Principal
 from gateway.observability.record import RequestRecord
+from gateway.protocol import ChatCompletionRequest
 from gateway.scheduler import Scheduler
 from gateway.upstream.proxy import Upstreams
 
@@ -18,3 +19,8 @@ class Call:
     upstreams: Upstreams
     principal: Principal
     record: RequestRecord | None = None
+
+    def note_chat(self, chat: ChatCompletionRequest) -> None:
+        """The chat's messages, in the record when the access log logs content (`log_content`)."""
+        if self.record is not None and self.record.output is not None:
+            self.record.messages = [m.model_dump(exclude_none=True) for m in chat.messages]

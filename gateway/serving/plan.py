@@ -39,8 +39,6 @@ class Plan:
     include_usage: bool
     tools: ToolPlan = field(default_factory=ToolPlan)
     echo: tuple[str, ...] | None = None  # per choice, the prompt to send back first
-    # The client's messages, for the access log when it logs content (`log_content`).
-    logged_messages: tuple[dict[str, Any], ...] = field(default=(), compare=False, repr=False)
     # The same request planned again for another version of the model (a reload came in between).
     renew: Callable[[SlotView], Plan] | None = field(default=None, compare=False, repr=False)
 
@@ -80,7 +78,6 @@ def plan_chat(chat: ChatCompletionRequest, view: SlotView, gateway: GatewaySecti
         stream=bool(chat.stream),
         include_usage=chat.include_usage,
         tools=tools,
-        logged_messages=tuple(m.model_dump(exclude_none=True) for m in chat.messages) if gateway.log_content else (),
         renew=lambda again: plan_chat(chat, again, gateway),
     )
 

@@ -52,8 +52,6 @@ class ChatStream:
 
 async def open_stream(call: Call, plan: Plan) -> ChatStream:
     """Hold the model and begin the answer; raises the errors that have a status of their own."""
-    if call.record is not None and call.record.output is not None:  # log_content is on
-        call.record.messages = list(plan.logged_messages)
     body = _stream_in_hold(plan, call.scheduler, call.record)
     try:
         begun = await anext(body)

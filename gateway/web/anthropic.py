@@ -21,7 +21,9 @@ async def messages(request: Request) -> Response:
     `x-api-key` (or Bearer) and are checked by the gate like any other."""
     chat = to_chat(parse_messages_request(await request.body()))
     call = call_of(request)
-    plan = plan_chat(chat, resolve_local(call, chat.model), call.scheduler.settings.gateway)
+    view = resolve_local(call, chat.model)
+    call.note_chat(chat)
+    plan = plan_chat(chat, view, call.scheduler.settings.gateway)
     return respond(request, await run_plan(request, call, plan), _events, reply.message)
 
 
@@ -32,5 +34,7 @@ def _events(stream: ChatStream) -> reply.MessageEvents:
 async def count_tokens(request: Request) -> Response:
     chat = count_chat(parse_count_tokens_request(await request.body()))
     call = call_of(request)
-    plan = plan_chat(chat, resolve_local(call, chat.model), call.scheduler.settings.gateway)
+    view = resolve_local(call, chat.model)
+    call.note_chat(chat)
+    plan = plan_chat(chat, view, call.scheduler.settings.gateway)
     return JSONResponse({"input_tokens": await run.prompt_tokens(call, plan)})

@@ -49,6 +49,7 @@ async def chat_completions(request: Request) -> Response:
     target = resolve(call, chat.model)
     if isinstance(target, Remote):
         return await _pass_through(request, call, target, "chat/completions", raw, bool(chat.stream))
+    call.note_chat(chat)
     plan = plan_chat(chat, target, call.scheduler.settings.gateway)
     return await _answer(request, call, plan, ChatResponder(plan.model_id))
 

@@ -51,7 +51,9 @@ async def create(request: Request) -> Response:
         history = (await _stored(request, body.previous_response_id, "previous_response_id"))["messages"]
     chat = to_chat(body, history)
     call = call_of(request)
-    plan = plan_chat(chat, resolve_local(call, chat.model), call.scheduler.settings.gateway)
+    view = resolve_local(call, chat.model)
+    call.note_chat(chat)
+    plan = plan_chat(chat, view, call.scheduler.settings.gateway)
     outcome = await run_plan(request, call, plan)
     if outcome is None:
         return client_gone()

@@ -182,9 +182,16 @@ def test_access_log_with_content(make_config: Any, tmp_path: Path) -> None:
     log = tmp_path / "content.log"
     with app_client(make_config, tmp_path, {"access_log": str(log), "log_content": True}) as client:
         chat(client, "a", max_tokens=2)
-    line = json.loads(log.read_text().splitlines()[-1])
-    assert line["messages"][0]["content"] == "secret prompt words"
-    assert line["output"] == "tok0 tok1 "
+        refused = client.post(
+            "/v1/chat/completions",
+            json={"model": "a", "messages": [{"role": "user", "content": "refused words"}], "logit_bias": {"99999": 1}},
+        )
+    assert refused.status_code == 400
+    answered, refused_line = (json.loads(line) for line in log.read_text().splitlines()[-2:])
+    assert answered["messages"][0]["content"] == "secret prompt words"
+    assert answered["output"] == "tok0 tok1 "
+    # A request refused by its plan is still logged with what it asked.
+    assert refused_line["status"] == 400 and refused_line["messages"][0]["content"] == "refused words"
 
 
 def metric_values(client: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
