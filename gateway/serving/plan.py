@@ -4,7 +4,8 @@
 and the gateway settings: which model version, the tool mode (`tools/plan.py`) and the constraint
 (grammar) it implies, the generations to run (sampling over the model's defaults, n, the completion
 budget), and the shape of the answer (streamed or not, usage chunk, echo). Every 400 they can decide
-is raised here, before a model is held or loaded.
+is raised here, before a model is held or loaded. `plan_local_chat` is the chat path of the endpoints
+only local models serve: resolve, note, then `plan_chat`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from gateway.protocol import (
     check_vocabulary,
 )
 from gateway.scheduler.views import SlotView
+from gateway.serving.call import Call
+from gateway.serving.resolve import resolve_local
 from gateway.serving.tools.plan import ToolPlan, plan_tools
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for the legacy endpoint
@@ -80,6 +83,14 @@ def plan_chat(chat: ChatCompletionRequest, view: SlotView, gateway: GatewaySecti
         tools=tools,
         renew=lambda again: plan_chat(chat, again, gateway),
     )
+
+
+def plan_local_chat(call: Call, chat: ChatCompletionRequest) -> Plan:
+    """A chat for an endpoint only local models serve (Anthropic's Messages, the Responses API): its
+    model resolved for this client, its messages noted for the content log, then planned."""
+    view = resolve_local(call, chat.model)
+    call.note_chat(chat)
+    return plan_chat(chat, view, call.scheduler.settings.gateway)
 
 
 def plan_completion(body: CompletionRequest, view: SlotView, gateway: GatewaySection) -> Plan:

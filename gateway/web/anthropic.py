@@ -9,8 +9,7 @@ from starlette.responses import JSONResponse, Response
 from gateway.dialects.anthropic import reply
 from gateway.dialects.anthropic.request import count_chat, parse_count_tokens_request, parse_messages_request, to_chat
 from gateway.serving import run
-from gateway.serving.plan import plan_chat
-from gateway.serving.resolve import resolve_local
+from gateway.serving.plan import plan_local_chat
 from gateway.serving.run import ChatStream
 from gateway.web.context import call_of
 from gateway.web.sse import respond, run_plan
@@ -21,9 +20,7 @@ async def messages(request: Request) -> Response:
     `x-api-key` (or Bearer) and are checked by the gate like any other."""
     chat = to_chat(parse_messages_request(await request.body()))
     call = call_of(request)
-    view = resolve_local(call, chat.model)
-    call.note_chat(chat)
-    plan = plan_chat(chat, view, call.scheduler.settings.gateway)
+    plan = plan_local_chat(call, chat)
     return respond(request, await run_plan(request, call, plan), _events, reply.message)
 
 
@@ -34,7 +31,5 @@ def _events(stream: ChatStream) -> reply.MessageEvents:
 async def count_tokens(request: Request) -> Response:
     chat = count_chat(parse_count_tokens_request(await request.body()))
     call = call_of(request)
-    view = resolve_local(call, chat.model)
-    call.note_chat(chat)
-    plan = plan_chat(chat, view, call.scheduler.settings.gateway)
+    plan = plan_local_chat(call, chat)
     return JSONResponse({"input_tokens": await run.prompt_tokens(call, plan)})

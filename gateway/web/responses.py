@@ -14,8 +14,7 @@ from gateway.dialects.responses import reply
 from gateway.dialects.responses.events import ResponseEvents
 from gateway.dialects.responses.request import ResponsesRequest, input_messages, parse_responses_request, to_chat
 from gateway.errors import GatewayError
-from gateway.serving.plan import plan_chat
-from gateway.serving.resolve import resolve_local
+from gateway.serving.plan import plan_local_chat
 from gateway.serving.run import ChatStream
 from gateway.store.responses import ResponseStore, Stored
 from gateway.web.context import call_of, principal_of, services_of
@@ -51,9 +50,7 @@ async def create(request: Request) -> Response:
         history = (await _stored(request, body.previous_response_id, "previous_response_id"))["messages"]
     chat = to_chat(body, history)
     call = call_of(request)
-    view = resolve_local(call, chat.model)
-    call.note_chat(chat)
-    plan = plan_chat(chat, view, call.scheduler.settings.gateway)
+    plan = plan_local_chat(call, chat)
     outcome = await run_plan(request, call, plan)
     if outcome is None:
         return client_gone()
