@@ -46,7 +46,7 @@ def serve(args: argparse.Namespace) -> int:
     from gateway.web.app import create_app
 
     config_path = _config_path(args.config)
-    settings = load_settings(config_path) if config_path else default_settings(Path.cwd())
+    settings = settings_for(config_path)
     facts = inspect_models(settings)
     app = create_app(settings, facts=facts, config_path=config_path, handle_sighup=True, watch_config=args.watch_config)
     grace = settings.gateway.shutdown_grace
