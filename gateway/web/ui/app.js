@@ -52,8 +52,9 @@ async function start() {
   $("#sign-in").hidden = true;
   $("#tabs").hidden = false;
   $("#who").hidden = !session.keys_required;
+  const named = session.key_id && session.key_id !== "anonymous";
   const roles = [session.models && "models", session.admin && "admin"].filter(Boolean).join(" and ");
-  $("#who-text").textContent = `Key ${session.key_id && session.key_id !== "anonymous" ? `“${session.key_id}”` : ""}: ${roles}`;
+  $("#who-text").textContent = named ? `Key “${session.key_id}”: ${roles}` : session.admin ? "Admin key" : roles;
   overview = new Overview(session, () => signIn("The key is no longer accepted."));
   playground = new Playground(session);
   const playTab = document.querySelector('.tab[data-view="playground"]');

@@ -40,7 +40,7 @@ export function ms(x) {
 
 // An inline SVG sparkline of the last values (gaps where a value is null), labelled for screen readers.
 export function sparkline(values, label, format) {
-  const width = 90;
+  const width = 60;
   const height = 22;
   const known = values.filter((v) => v !== null);
   const max = Math.max(...known, 1e-9);

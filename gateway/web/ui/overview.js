@@ -148,7 +148,7 @@ export class Overview {
       ttl: cell("admin-col"),
       tps: cell(),
       ttft: cell(),
-      actions: cell("admin-col actions"),
+      actions: cell("admin-col"),
     };
     const path = `/admin/models/${encodeURIComponent(id)}`;
     cells.load = h("button", { type: "button", onclick: () => this.act(() => postJson(`${path}/load`)) }, "Load");
@@ -167,7 +167,7 @@ export class Overview {
       "Reload",
     );
     for (const b of [cells.load, cells.unload, cells.reload]) b.setAttribute("aria-label", `${b.textContent} ${id}`);
-    if (this.admin) cells.actions.append(cells.load, cells.unload, cells.reload);
+    if (this.admin) cells.actions.append(h("div", { class: "actions" }, cells.load, cells.unload, cells.reload));
     cells.tr = h("tr", { "data-model": id }, Object.values(cells).filter((c) => c instanceof HTMLTableCellElement));
     return cells;
   }
@@ -186,10 +186,9 @@ export class Overview {
     const resident = ["loading", "loaded", "unloading"].includes(row.state);
     const estimate = resident ? "" : "est. ";
     cells.memory.replaceChildren(
-      ...pools.map(([pool, n]) => h("div", {}, `${estimate}${pool} ${bytes(n)}`)),
-      pools.length ? null : bytes(row.memory),
+      ...(pools.length ? pools.map(([pool, n]) => h("div", {}, `${estimate}${pool} ${bytes(n)}`)) : [bytes(row.memory)]),
     );
-    cells.requests.textContent = row.running === undefined ? "—" : `${row.running} running, ${row.queued} waiting`;
+    cells.requests.textContent = row.running === undefined ? "—" : `${row.running} / ${row.queued}`;
     const batch = row.batch;
     cells.slots.textContent = batch ? `${batch.running} of ${row.parallel}` : `— of ${row.parallel ?? "—"}`;
     if (batch && batch.kv_cells) {

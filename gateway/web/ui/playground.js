@@ -59,7 +59,11 @@ export class Playground {
       tokens: 0,
       element: h("section", { class: "column", "aria-labelledby": `column-title-${n}` }, title, memory, log, totals),
     };
-    const remove = h("button", { type: "button", class: "remove", onclick: () => this.removeColumn(column) }, "Remove");
+    const remove = h(
+      "button",
+      { type: "button", class: "remove", "aria-label": `Remove model ${n}`, onclick: () => this.removeColumn(column) },
+      "✕",
+    );
     column.picker = h("div", { class: "picker" }, h("label", { for: `model-${n}` }, `Model ${n}`), select, remove);
     column.remove = remove;
     select.onchange = () => {
@@ -237,6 +241,7 @@ export class Playground {
     column.totals.textContent = `${column.tokens} tokens generated in this conversation`;
     try {
       const card = await getJson(`/v1/models/${encodeURIComponent(column.select.value)}`);
+      this.cards = this.cards.map((c) => (c.id === card.id ? { ...c, ...card } : c));
       this.showMemory(column, card);
     } catch {
       // the memory line keeps its last figure
