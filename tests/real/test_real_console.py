@@ -108,7 +108,7 @@ def test_a_chat_streams_into_the_page(page: Any) -> None:
     expect = sync_api.expect
     sign_in(page, USER_KEY)
     page.get_by_role("button", name="Playground").click()
-    page.get_by_label("Model 1").select_option("smollm2")
+    page.get_by_label("Model 1", exact=True).select_option("smollm2")
     page.get_by_text("Sampling").click()
     page.get_by_label("Max tokens").fill("48")
     # Count how many times the answer's text changes while it streams: more than once is a stream.
@@ -138,9 +138,9 @@ def test_compare_shows_two_answers_side_by_side(page: Any, tmp_path: Path) -> No
     expect = sync_api.expect
     sign_in(page, USER_KEY)
     page.get_by_role("button", name="Playground").click()
-    page.get_by_label("Model 1").select_option("smollm2")
+    page.get_by_label("Model 1", exact=True).select_option("smollm2")
     page.get_by_role("button", name="Compare with another model").click()
-    page.get_by_label("Model 2").select_option("smollm2-q8")
+    page.get_by_label("Model 2", exact=True).select_option("smollm2-q8")
     page.get_by_label("System prompt").fill("You are brief.")
     page.get_by_label("Message").fill("Name three colours.")
     page.get_by_role("button", name="Send").click()

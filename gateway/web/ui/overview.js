@@ -174,9 +174,11 @@ export class Overview {
 
   fillRow(cells, row) {
     cells.name.replaceChildren(
-      h("span", { class: "model-id" }, row.id),
-      row.pinned ? h("span", { class: "tag" }, "pinned") : null,
-      row.aliases.length ? h("small", { class: "aliases" }, `aka ${row.aliases.join(", ")}`) : null,
+      ...[
+        h("span", { class: "model-id" }, row.id),
+        row.pinned ? h("span", { class: "tag" }, "pinned") : null,
+        row.aliases.length ? h("small", { class: "aliases" }, `aka ${row.aliases.join(", ")}`) : null,
+      ].filter(Boolean),
     );
     cells.state.replaceChildren(
       h("span", { class: `state state-${row.state}`, title: row.failure || "" }, row.draining ? "draining" : row.state),
