@@ -3,6 +3,7 @@ real gateway on real models: keys, the overview and its controls, a streamed cha
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -198,3 +199,87 @@ def test_phone_width(page: Any) -> None:
     page.get_by_role("button", name="Playground").click()
     expect(page.get_by_label("Message")).to_be_visible()
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
+
+
+def sse(*chunks: dict[str, Any]) -> str:
+    return "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
+
+
+def test_options_reach_the_request_and_reasoning_is_folded_apart(page: Any) -> None:
+    """What the page sends for its options, and how it shows reasoning, tool calls and a vision model,
+    on a stream the test writes itself (these small models neither reason nor see)."""
+    expect = sync_api.expect
+    sent: list[dict[str, Any]] = []
+
+    def models(route: Any) -> None:
+        body = route.fetch().json()
+        for card in body["data"]:
+            card["capabilities"] = ["chat", "vision"] if card["id"] == "smollm2-q8" else ["chat", "reasoning"]
+        route.fulfill(json=body)
+
+    def chat(route: Any) -> None:
+        sent.append(route.request.post_data_json)
+        base = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "smollm2"}
+
+        def delta(**d: Any) -> dict[str, Any]:
+            return {**base, "choices": [{"index": 0, "delta": d, "finish_reason": None}]}
+
+        call = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": ""}}
+        body = sse(
+            delta(role="assistant", content=""),
+            delta(reasoning_content="The user wants "),
+            delta(reasoning_content="the weather."),
+            delta(content="Checking."),
+            delta(tool_calls=[call]),
+            delta(tool_calls=[{"index": 0, "function": {"arguments": '{"city": "Oslo"}'}}]),
+            {**base, "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 7, "total_tokens": 16}},
+        )
+        route.fulfill(status=200, headers={"content-type": "text/event-stream"}, body=body)
+
+    page.route("**/v1/models", models)
+    page.route("**/v1/chat/completions", chat)
+    sign_in(page, USER_KEY)
+    page.get_by_role("button", name="Playground").click()
+    page.get_by_label("Model 1", exact=True).select_option("smollm2")
+    expect(page.get_by_label("Image")).to_be_hidden()  # smollm2's card does not list vision
+    page.get_by_label("Model 1", exact=True).select_option("smollm2-q8")
+    expect(page.get_by_label("Image")).to_be_visible()
+    page.get_by_label("Model 1", exact=True).select_option("smollm2")
+    page.get_by_text("Sampling").click()
+    page.get_by_label("Temperature").fill("0.3")
+    page.get_by_label("Seed").fill("7")
+    page.get_by_text("JSON schema", exact=True).click()
+    page.get_by_label("Answer in JSON matching this schema").fill('{"type": "object"}')
+    page.get_by_text("Tools", exact=True).click()
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    page.get_by_label("Tools (an OpenAI tools array)").fill(json.dumps(tools))
+    page.get_by_label("System prompt").fill("Be terse.")
+    page.get_by_label("Message").fill("Weather in Oslo?")
+    page.get_by_role("button", name="Send").click()
+    answer = page.locator(".msg.assistant[data-done]")
+    expect(answer).to_have_count(1)
+    body = sent[0]
+    assert body["model"] == "smollm2" and body["stream"] is True and body["stream_options"] == {"include_usage": True}
+    assert body["temperature"] == 0.3 and body["seed"] == 7 and body["max_tokens"] == 256
+    assert body["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "answer", "schema": {"type": "object"}},
+    }
+    assert body["tools"] == tools
+    assert body["messages"] == [
+        {"role": "system", "content": "Be terse."},
+        {"role": "user", "content": "Weather in Oslo?"},
+    ]
+    reasoning = answer.locator("details.reasoning")
+    expect(reasoning).to_be_visible()
+    expect(reasoning).not_to_have_attribute("open", "")  # folded until opened
+    assert reasoning.locator(".reasoning-text").text_content() == "The user wants the weather."
+    expect(answer.locator(".content")).to_have_text("Checking.")
+    expect(answer.locator(".tool-calls")).to_have_text('get_weather({"city": "Oslo"})')
+    expect(answer.locator(".stats")).to_contain_text("9 in, 7 out")
+    # The next turn carries the answer and its tool call (the conversation as the API expects it).
+    page.get_by_label("Message").fill("Thanks.")
+    page.get_by_role("button", name="Send").click()
+    expect(page.locator(".msg.assistant[data-done]")).to_have_count(2)
+    assistant = sent[1]["messages"][2]
+    assert assistant["content"] == "Checking." and assistant["tool_calls"][0]["function"]["name"] == "get_weather"
