@@ -23,7 +23,7 @@ USER_KEY = "console-user-key-0123"
 ADMIN_KEY = "console-admin-key-0123"
 # Where the README's screenshots are written when asked (GATEWAY_SCREENSHOTS=docs); a temp dir otherwise.
 SHOTS = os.environ.get("GATEWAY_SCREENSHOTS")
-WAIT_MS = CLIENT_TIMEOUT * 1000 // 2
+WAIT_MS = CLIENT_TIMEOUT * 1000
 sync_api.expect.set_options(timeout=WAIT_MS)
 
 
@@ -143,6 +143,8 @@ def test_compare_shows_two_answers_side_by_side(page: Any, tmp_path: Path) -> No
     page.get_by_role("button", name="Compare with another model").click()
     page.get_by_label("Model 2", exact=True).select_option("smollm2-q8")
     page.get_by_label("System prompt").fill("You are brief.")
+    page.get_by_text("Sampling").click()
+    page.get_by_label("Max tokens").fill("32")
     page.get_by_label("Message").fill("Name three colours.")
     page.get_by_role("button", name="Send").click()
     columns = page.locator(".column")
