@@ -65,9 +65,15 @@ def page(browser: Any, gateway: GatewayServer) -> Iterator[Any]:
     assert errors == [], errors
 
 
-def sign_in(page: Any, key: str) -> None:
+def sign_in(page: Any, key: str, keyboard: bool = False) -> None:
     page.goto("/")
-    page.get_by_label("Key", exact=True).fill(key)
+    field = page.get_by_label("Key", exact=True)
+    if keyboard:  # the field has the focus when the page asks for a key; typing and Enter suffice
+        sync_api.expect(field).to_be_focused()
+        page.keyboard.type(key)
+        page.keyboard.press("Enter")
+        return
+    field.fill(key)
     page.get_by_role("button", name="Use this key").click()
 
 
@@ -86,7 +92,7 @@ def test_root_redirects_and_a_wrong_key_is_refused(page: Any) -> None:
     assert page.url.endswith("/ui/")
     expect = sync_api.expect
     expect(page.get_by_role("heading", name="API key")).to_be_visible()
-    sign_in(page, "not-a-key-at-all")
+    sign_in(page, "not-a-key-at-all", keyboard=True)
     expect(page.get_by_role("alert").filter(has_text="That key was refused.")).to_be_visible()
     expect(page.get_by_role("navigation", name="Views")).to_be_hidden()
     assert page.evaluate("sessionStorage.length") == 0
@@ -172,16 +178,19 @@ def test_overview_follows_a_load_and_shows_the_requests(page: Any, gateway: Gate
     expect(state).to_have_text("loaded")
     page.get_by_role("button", name="Unload smollm2", exact=True).click()
     expect(state).to_have_text("unloaded")
-    page.get_by_role("button", name="Load smollm2", exact=True).click()
+    load = page.get_by_role("button", name="Load smollm2", exact=True)
+    expect(load).to_be_enabled()
+    load.press("Enter")  # by keyboard
     expect(state).to_have_text("loaded")
     # A request made through the API shows in the recent requests, with its key and tokens, not its text.
-    httpx.post(
+    response = httpx.post(
         f"{gateway.base_url}/v1/chat/completions",
         headers={"Authorization": f"Bearer {USER_KEY}"},
         json={"model": "smollm2", "messages": [{"role": "user", "content": "secret-words"}], "max_tokens": 8},
         timeout=CLIENT_TIMEOUT,
-    ).raise_for_status()
-    recent = page.locator("#recent tbody tr").first
+    )
+    response.raise_for_status()
+    recent = page.locator(f'#recent tr[data-request-id="{response.headers["x-request-id"]}"]')
     expect(recent).to_contain_text("alice")
     expect(recent).to_contain_text("/v1/chat/completions")
     expect(page.locator("#recent")).not_to_contain_text("secret-words")

@@ -54,7 +54,7 @@ export function sparkline(values, label, format) {
     }
     const x = (i * step).toFixed(1);
     const y = (height - 1 - (v / max) * (height - 2)).toFixed(1);
-    path += `${pen ? "L" : "M"}${x},${y} `;
+    path += pen ? `L${x},${y} ` : `M${x},${y} h0.5 `; // h0.5: a lone point still shows, as a dot
     pen = true;
   });
   const last = known.length ? known[known.length - 1] : null;

@@ -25,7 +25,7 @@ export class Overview {
   start() {
     if (this.timer !== null) return;
     const loop = async () => {
-      await this.poll();
+      if (!document.hidden) await this.poll(); // a tab in the background does not poll a busy box
       this.timer = setTimeout(loop, POLL_MS);
     };
     this.timer = 0;
@@ -227,8 +227,8 @@ export class Overview {
       ...records.map((r) =>
         h(
           "tr",
-          {},
-          h("td", {}, r.ts.slice(11, 19)),
+          { "data-request-id": r.request_id },
+          h("td", { title: r.ts }, r.ts.slice(11, 19)),
           h("td", {}, r.key_id ?? "—"),
           h("td", {}, r.model ?? "—"),
           h("td", {}, `${r.method} ${r.endpoint}`),
