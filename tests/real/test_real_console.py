@@ -163,6 +163,11 @@ def test_compare_shows_two_answers_side_by_side(page: Any, tmp_path: Path) -> No
         assert done.locator(".content").inner_text().strip()
         expect(done.locator(".stats")).to_contain_text(" out")
         expect(column.locator(".memory")).to_contain_text("memory")
+    # The settings stay inside their panel (an open fieldset used to push its inputs over the answers).
+    settings = page.locator("#settings").bounding_box()
+    field = page.get_by_label("Max tokens").bounding_box()
+    assert field["x"] + field["width"] <= settings["x"] + settings["width"]
+    assert page.locator("#settings").evaluate("e => e.scrollWidth <= e.clientWidth")
     boxes = [columns.nth(i).bounding_box() for i in range(2)]
     assert boxes[0]["x"] + boxes[0]["width"] <= boxes[1]["x"] and abs(boxes[0]["y"] - boxes[1]["y"]) < 2
     shot(page, "console-compare.png", tmp_path)
