@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -178,7 +179,9 @@ def test_overview_follows_a_load_and_shows_the_requests(page: Any, gateway: Gate
     admin(gateway, "/admin/models/smollm2/load")
     sign_in(page, ADMIN_KEY)
     expect(page.get_by_role("heading", name="Memory pools")).to_be_visible()
-    expect(page.locator(".pool").first).to_contain_text("host")
+    host = page.locator(".pool").first
+    expect(host).to_contain_text("host")
+    expect(host.get_by_role("img")).to_have_attribute("aria-label", re.compile(r"host: .+ budget \(.*smollm2 "))
     state = page.locator('tr[data-model="smollm2"] .state')
     expect(state).to_have_text("loaded")
     page.get_by_role("button", name="Unload smollm2", exact=True).click()

@@ -48,7 +48,7 @@ export class Overview {
       ]);
       const rows = this.admin ? models.models.map(fromState) : models.data.filter((c) => c.status).map(fromCard);
       this.sample(metrics, rows);
-      if (this.admin) this.renderPools(models.pools);
+      if (this.admin) this.renderPools(models.pools, rows);
       this.renderModels(rows);
       if (recent) this.renderRecent(recent.data);
       const loaded = rows.filter((r) => r.state === "loaded").length;
@@ -90,19 +90,27 @@ export class Overview {
     }
   }
 
-  renderPools(pools) {
+  // A bar per pool against its budget, made of one segment per resident model (hover: which, how much).
+  renderPools(pools, rows) {
     const list = $("#pools");
+    const resident = rows.filter((r) => ["loading", "loaded", "unloading"].includes(r.state));
     list.replaceChildren(
       ...pools.map((p) => {
         const share = p.budget ? Math.min(1, p.used / p.budget) : 0;
-        const fill = h("span", { class: `fill${share > 0.9 ? " high" : ""}` });
-        fill.style.width = `${(share * 100).toFixed(1)}%`;
-        const label = `${p.name}: ${bytes(p.used)} of ${bytes(p.budget)} budget`;
+        const users = resident.filter((r) => (r.claimed || {})[p.name] > 0);
+        const segments = users.map((r) => {
+          const n = r.claimed[p.name];
+          const fill = h("span", { class: `fill${share > 0.9 ? " high" : ""}`, title: `${r.id}: ${bytes(n)}` });
+          fill.style.width = `${p.budget ? Math.min(100, (n / p.budget) * 100).toFixed(1) : 0}%`;
+          return fill;
+        });
+        const who = users.map((r) => `${r.id} ${bytes(r.claimed[p.name])}`).join(", ");
+        const label = `${p.name}: ${bytes(p.used)} of ${bytes(p.budget)} budget${who ? ` (${who})` : ""}`;
         return h(
           "li",
           { class: "pool" },
           h("span", { class: "pool-name" }, p.name, p.description ? h("small", {}, ` ${p.description}`) : null),
-          h("span", { class: "meter", role: "img", "aria-label": label }, fill),
+          h("span", { class: "meter", role: "img", "aria-label": label }, segments),
           h(
             "span",
             { class: "pool-figures" },
@@ -263,6 +271,7 @@ function fromState(s) {
     pinned: s.pinned,
     placement: s.placement,
     pools: s.measured_pools || s.memory_pools,
+    claimed: s.memory_pools, // what the scheduler counts against each pool's budget
     memory: s.memory_bytes,
     running: s.in_flight,
     queued: s.queued,
