@@ -68,6 +68,7 @@ class GatewaySection(Section):
     max_body_bytes: ByteSize = Field(8 * 2**20, description="larger request bodies get 413")
     access_log: str | None = Field("stderr", description="'stderr', a file path, or null for none")
     log_content: bool = Field(False, description="include prompts and outputs in access logs")
+    console: bool = Field(True, description="serve the browser console at /ui/ (and redirect / there)")
     spare_workers: int = Field(
         1, ge=0, le=4, description="workers started ahead of need (llama.cpp imported, no model) to cut cold starts"
     )

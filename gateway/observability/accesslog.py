@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import time
-from typing import Any
 
 from gateway.observability.record import RequestRecord
 
@@ -30,20 +28,7 @@ class AccessLog:
     def write(self, record: RequestRecord) -> None:
         if self._logger.disabled:
             return
-        line: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "request_id": record.request_id,
-            "key_id": record.key_id,
-            "method": record.method,
-            "endpoint": record.path,
-            "model": record.model,
-            "status": record.status,
-            "prompt_tokens": record.prompt_tokens,
-            "completion_tokens": record.completion_tokens,
-            "ttft_ms": None if record.ttft is None else round(record.ttft * 1000, 1),
-            "duration_ms": round((time.perf_counter() - record.started) * 1000, 1),
-            "client": record.client,
-        }
+        line = record.summary()
         if self.log_content:
             line["messages"] = record.messages
             line["output"] = "".join(record.output) if record.output is not None else None

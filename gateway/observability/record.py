@@ -36,6 +36,23 @@ class RequestRecord:
         self.prompt_tokens = prompt_tokens
         self.completion_tokens = completion_tokens
 
+    def summary(self) -> dict[str, Any]:
+        """What the request was, without its content: the access log's line and the recent requests."""
+        return {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "request_id": self.request_id,
+            "key_id": self.key_id,
+            "method": self.method,
+            "endpoint": self.path,
+            "model": self.model,
+            "status": self.status,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "ttft_ms": None if self.ttft is None else round(self.ttft * 1000, 1),
+            "duration_ms": round(self.elapsed * 1000, 1),
+            "client": self.client,
+        }
+
     @property
     def elapsed(self) -> float:
         return time.perf_counter() - self.started

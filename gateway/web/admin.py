@@ -1,10 +1,11 @@
-"""Admin endpoints (guarded by the admin key): running models, warm, unload, reload."""
+"""Admin endpoints (guarded by the admin key): running models, warm, unload, reload, recent requests."""
 
 from __future__ import annotations
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from gateway.observability.recent import RECENT_MAX
 from gateway.web.context import services_of
 from gateway.web.models import state
 
@@ -48,3 +49,10 @@ async def unload(request: Request) -> Response:
 
 async def reload(request: Request) -> Response:
     return JSONResponse({"reloaded": True, **await services_of(request).reload()})
+
+
+async def recent_requests(request: Request) -> Response:
+    """The newest API calls (`?limit=`, default 50): the access log's fields, never prompts or outputs."""
+    raw = request.query_params.get("limit", "50")
+    limit = min(int(raw), RECENT_MAX) if raw.isdigit() else 50
+    return JSONResponse({"object": "list", "data": services_of(request).recent.newest(limit)})

@@ -19,6 +19,7 @@ from gateway.config.watch import ConfigWatch
 from gateway.engine.process.factory import WorkerSpawn
 from gateway.memory.facts import ModelFacts
 from gateway.memory.inventory import Inventory
+from gateway.web.console import console_routes
 from gateway.web.errors import exception_handlers
 from gateway.web.gate import GatewayMiddleware
 from gateway.web.routes import ROUTES
@@ -68,7 +69,7 @@ def create_app(
             await services.close()
 
     app = Starlette(
-        routes=ROUTES,
+        routes=[*ROUTES, *(console_routes() if settings.gateway.console else [])],
         middleware=[
             Middleware(
                 CORSMiddleware,

@@ -40,10 +40,20 @@ def remote_card(upstreams: Upstreams, model_id: str) -> dict[str, Any]:
     return {**model_card(model_id, 0, "loaded", 0), "aliases": list(upstreams.settings.upstreams[model_id].aliases)}
 
 
+def _batch(view: SlotView) -> dict[str, int] | None:
+    """The worker's continuous batch as it last reported it (None before it has)."""
+    b = view.batch
+    if b is None or not view.state.resident:
+        return None
+    return {"running": b.running, "waiting": b.waiting, "kv_used": b.kv_used, "kv_cells": b.kv_cells}
+
+
 def state(view: SlotView) -> dict[str, Any]:
     return {
         "id": view.model_id,
         "state": view.state.value,
+        "aliases": list(view.entry.aliases),
+        "failure": view.failure or None,
         "pinned": view.entry.pinned,
         "memory_bytes": view.memory_bytes,
         "measured_pools": dict(view.measured_pools) if view.measured_pools is not None else None,
@@ -55,6 +65,7 @@ def state(view: SlotView) -> dict[str, Any]:
         "parallel": view.parallel,
         "idle_expires_in": view.idle_expires_in,
         "draining": view.draining,
+        "batch": _batch(view),
         **_where(view),
         "tool_template": _tool_template(view),
     }

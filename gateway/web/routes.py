@@ -26,6 +26,7 @@ ROUTES = [
     Route("/admin/models/{model:path}/load", admin.load, methods=["POST"]),
     Route("/admin/models/{model:path}/unload", admin.unload, methods=["POST"]),
     Route("/admin/reload", admin.reload, methods=["POST"]),
+    Route("/admin/requests", admin.recent_requests, methods=["GET"]),
 ]
 
 
@@ -36,3 +37,11 @@ def endpoint_label(path: str) -> str:
         if route.path_regex.match(path):
             return route.path.replace(":path}", "}")
     return "other"
+
+
+def is_api_call(method: str, path: str) -> bool:
+    """A request the recent-requests list shows: a call on the API, not the console's (or a
+    dashboard's) polling of the model list, admin, health or metrics."""
+    if method == "GET" and path.startswith("/v1/models"):
+        return False
+    return path.startswith(("/v1/", "/extras/"))

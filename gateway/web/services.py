@@ -21,13 +21,14 @@ from gateway.memory.inventory import Inventory, SystemInventory
 from gateway.memory.options import host_budget
 from gateway.observability.accesslog import AccessLog
 from gateway.observability.metrics import Metrics
+from gateway.observability.recent import RecentRequests
 from gateway.observability.record import RequestRecord
 from gateway.scheduler import Scheduler
 from gateway.scheduler.gauges import model_states, pool_states
 from gateway.store.responses import ResponseStore, open_store
 from gateway.upstream.proxy import Upstreams
 from gateway.web.gate import Gate
-from gateway.web.routes import endpoint_label
+from gateway.web.routes import endpoint_label, is_api_call
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ class Services:
         self.metrics.watch_circuits(lambda: [(m, u, s.value) for m, u, s in self.upstreams.circuits()])
         gateway = settings.gateway
         self.access_log = AccessLog(gateway.access_log, gateway.log_content)
+        self.recent = RecentRequests()
         self.gate = Gate(KeyRing(settings), RateLimiter(), gateway.max_body_bytes, gateway.log_content)
         self.responses: ResponseStore = open_store(gateway.responses_store, gateway.responses_store_max)
         self.shutdown_grace = gateway.shutdown_grace
@@ -85,6 +87,8 @@ class Services:
                 model, record.ttft, record.prompt_tokens or 0, record.completion_tokens, record.decode_seconds
             )
         self.access_log.write(record)
+        if is_api_call(record.method, record.path):
+            self.recent.add(record)
 
     async def reload(self) -> dict[str, Any]:
         """Apply the configuration file again; an invalid one changes nothing and says why."""
