@@ -26,6 +26,7 @@ ROUTES = [
     Route("/admin/models/{model:path}/load", admin.load, methods=["POST"]),
     Route("/admin/models/{model:path}/unload", admin.unload, methods=["POST"]),
     Route("/admin/reload", admin.reload, methods=["POST"]),
+    Route("/admin/usage", admin.usage, methods=["GET"]),
 ]
 
 

@@ -1,18 +1,20 @@
 """What the application runs on, built once from the settings: the scheduler and its workers, the
-remote models, the gate's keys and limits, metrics, the access log and the Responses store; and what
-changes them: start, reload, close."""
+remote models, the gate's keys and limits, metrics, the access log, the store (usage ledger and
+Responses); and what changes them: start, reload, close."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from gateway.access.keys import KeyRing, RateLimiter
+from gateway.access.keys import KeyRing
+from gateway.access.limits import Limiter, Ticket
 from gateway.config import Settings, load_settings
 from gateway.engine.process.factory import ProcessEngines, WorkerSpawn
 from gateway.errors import ConfigError, GatewayError
@@ -20,11 +22,14 @@ from gateway.memory.facts import ModelFacts, inspect_models
 from gateway.memory.inventory import Inventory, SystemInventory
 from gateway.memory.options import host_budget
 from gateway.observability.accesslog import AccessLog
+from gateway.observability.collectors import StoreFigures
 from gateway.observability.metrics import Metrics
 from gateway.observability.record import RequestRecord
 from gateway.scheduler import Scheduler
 from gateway.scheduler.gauges import model_states, pool_states
-from gateway.store.responses import ResponseStore, open_store
+from gateway.store.database import open_database
+from gateway.store.ledger import Ledger, UsageRow
+from gateway.store.responses import DocumentStore, ResponseStore, SqliteStore
 from gateway.upstream.proxy import Upstreams
 from gateway.web.gate import Gate
 from gateway.web.routes import endpoint_label
@@ -70,21 +75,59 @@ class Services:
         self.metrics.watch_circuits(lambda: [(m, u, s.value) for m, u, s in self.upstreams.circuits()])
         gateway = settings.gateway
         self.access_log = AccessLog(gateway.access_log, gateway.log_content)
-        self.gate = Gate(KeyRing(settings), RateLimiter(), gateway.max_body_bytes, gateway.log_content)
-        self.responses: ResponseStore = open_store(gateway.responses_store, gateway.responses_store_max)
+        self.db = open_database(gateway.store)
+        self.ledger = Ledger(self.db, spill_max=gateway.usage_spill_max)
+        self.metrics.watch_store(self.store_figures)
+        limiter = Limiter(used_since=lambda key, since: asyncio.to_thread(self.ledger.tokens_since, key, since))
+        self.gate = Gate(KeyRing(settings), limiter, gateway.max_body_bytes, gateway.log_content)
+        self.responses: ResponseStore = (
+            SqliteStore(gateway.responses_store, gateway.responses_store_max)
+            if gateway.responses_store is not None
+            else DocumentStore(self.db, "response", gateway.responses_store_max)
+        )
         self.shutdown_grace = gateway.shutdown_grace
         self._reload_lock = asyncio.Lock()
         self._reloads: set[asyncio.Task[None]] = set()
 
-    def finish(self, record: RequestRecord) -> None:
-        """A request has ended (its stream included): metrics and the access log."""
+    def finish(self, record: RequestRecord, ticket: Ticket | None = None) -> None:
+        """A request has ended (its stream included): its key's limits settled, metrics, the access log
+        and, for a request that reached a model, its row in the usage ledger."""
         model = record.model or ""
-        self.metrics.request_done(model, endpoint_label(record.path), record.status or 0, record.elapsed)
+        endpoint = endpoint_label(record.path)
+        prompt, completion = record.prompt_tokens or 0, record.completion_tokens or 0
+        if ticket is not None:
+            self.gate.limiter.settle(ticket, prompt + completion)
+        self.metrics.request_done(model, endpoint, record.status or 0, record.elapsed)
         if record.completion_tokens is not None:
-            self.metrics.generation_done(
-                model, record.ttft, record.prompt_tokens or 0, record.completion_tokens, record.decode_seconds
-            )
+            self.metrics.generation_done(model, record.ttft, prompt, record.completion_tokens, record.decode_seconds)
         self.access_log.write(record)
+        if record.model is None:
+            return
+        key = record.key_id or "anonymous"
+        kinds = {
+            "prompt": prompt,
+            "completion": completion,
+            "reasoning": record.reasoning_tokens,
+            "cached": record.cached_tokens,
+        }
+        self.metrics.usage(key, model, kinds)
+        self.ledger.add(
+            UsageRow(
+                time.time(),
+                key,
+                model,
+                endpoint,
+                record.status or 0,
+                prompt,
+                completion,
+                record.reasoning_tokens,
+                record.cached_tokens,
+                record.elapsed,
+            )
+        )
+
+    def store_figures(self) -> StoreFigures:
+        return StoreFigures({"store": self.ledger.healthy}, self.ledger.pending, self.ledger.dropped)
 
     async def reload(self) -> dict[str, Any]:
         """Apply the configuration file again; an invalid one changes nothing and says why."""
@@ -131,3 +174,5 @@ class Services:
         await self.processes.spares.close()
         self.access_log.close()
         self.responses.close()
+        await asyncio.to_thread(self.ledger.close)  # SIGTERM: the rows of every finished request are written
+        self.db.close()
