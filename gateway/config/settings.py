@@ -94,6 +94,9 @@ class GatewaySection(Section):
         pattern=r"^rediss?://",
         description="redis://... holding rate and quota counters, so replicas enforce one limit; null: per replica",
     )
+    shared_limits_prefix: str = Field(
+        "gateway", min_length=1, description="prefix of the Redis keys, so deployments can share one Redis"
+    )
     usage_spill_max: int = Field(
         100_000, ge=1, description="usage rows kept in memory while the store is unreachable (replayed when it returns)"
     )

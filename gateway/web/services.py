@@ -15,6 +15,7 @@ import httpx
 
 from gateway.access.keys import KeyRing
 from gateway.access.limits import Limiter, Ticket
+from gateway.access.shared import SharedCounters
 from gateway.config import Settings, load_settings
 from gateway.engine.process.factory import ProcessEngines, WorkerSpawn
 from gateway.errors import ConfigError, GatewayError
@@ -78,7 +79,10 @@ class Services:
         self.db = open_database(gateway.store)
         self.ledger = Ledger(self.db, spill_max=gateway.usage_spill_max)
         self.metrics.watch_store(self.store_figures)
-        limiter = Limiter(used_since=lambda key, since: asyncio.to_thread(self.ledger.tokens_since, key, since))
+        self.shared = None
+        if gateway.shared_limits is not None:
+            self.shared = SharedCounters(gateway.shared_limits, prefix=gateway.shared_limits_prefix)
+        limiter = Limiter(self.shared, used_since=self._used_since)
         self.gate = Gate(KeyRing(settings), limiter, gateway.max_body_bytes, gateway.log_content)
         self.responses: ResponseStore = (
             SqliteStore(gateway.responses_store, gateway.responses_store_max)
@@ -126,8 +130,18 @@ class Services:
             )
         )
 
+    async def _used_since(self, key_id: str, since: float) -> int:
+        """A key's tokens in the ledger; while the store is unreachable the quota counts locally at once
+        instead of waiting on it."""
+        if not self.ledger.healthy:
+            raise ConnectionError("the store is unreachable")
+        return await asyncio.to_thread(self.ledger.tokens_since, key_id, since)
+
     def store_figures(self) -> StoreFigures:
-        return StoreFigures({"store": self.ledger.healthy}, self.ledger.pending, self.ledger.dropped)
+        up = {"store": self.ledger.healthy}
+        if self.shared is not None:
+            up["shared_limits"] = self.shared.healthy
+        return StoreFigures(up, self.ledger.pending, self.ledger.dropped)
 
     async def reload(self) -> dict[str, Any]:
         """Apply the configuration file again; an invalid one changes nothing and says why."""
@@ -174,5 +188,7 @@ class Services:
         await self.processes.spares.close()
         self.access_log.close()
         self.responses.close()
+        if self.shared is not None:
+            await self.shared.close()
         await asyncio.to_thread(self.ledger.close)  # SIGTERM: the rows of every finished request are written
         self.db.close()
