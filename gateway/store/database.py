@@ -134,7 +134,13 @@ class PostgresDatabase:
         from psycopg_pool import ConnectionPool  # imported only when PostgreSQL is configured
 
         self._pool = ConnectionPool(
-            url, min_size=1, max_size=4, timeout=timeout, open=False, kwargs={"connect_timeout": int(timeout)}
+            url,
+            min_size=1,
+            max_size=4,
+            timeout=timeout,
+            open=False,
+            kwargs={"connect_timeout": int(timeout)},
+            check=ConnectionPool.check_connection,  # a connection cut while idle is replaced, not handed out
         )
         self._pool.open(wait=True, timeout=timeout)
         try:

@@ -82,5 +82,13 @@ async def usage(request: Request) -> Response:
     if unknown or len(set(groups)) != len(groups):
         raise GatewayError(400, f"group_by takes distinct fields among {', '.join(GROUPS)}.", param="group_by")
     since, until = _instant(request, "since"), _instant(request, "until")
-    rows = await asyncio.to_thread(services_of(request).ledger.usage, since, until, groups)
+    try:
+        rows = await asyncio.to_thread(services_of(request).ledger.usage, since, until, groups)
+    except Exception as exc:  # the store is unreachable: say so, in the API's shape
+        raise GatewayError(
+            503,
+            f"The usage ledger cannot be read now ({type(exc).__name__}).",
+            type="server_error",
+            code="store_unavailable",
+        ) from None
     return JSONResponse({"object": "list", "data": rows})

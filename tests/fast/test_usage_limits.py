@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from starlette.testclient import TestClient
 
 from gateway.access.estimate import estimate
 from gateway.access.keys import Principal
 from gateway.access.limits import Limiter, duration, period_bounds
-from gateway.config import parse_settings
+from gateway.config import load_settings, parse_settings
 from gateway.config.settings import Quota
 from gateway.store.database import SqliteDatabase
 from gateway.store.ledger import Ledger, UsageRow
@@ -268,3 +269,26 @@ def test_estimate_and_durations() -> None:
 def test_quota_configuration(make_config: Any, tmp_path: Path, per: str) -> None:
     doc = make_config({"a": {}}, gateway={"api_keys": [{"id": "k", "key": KEY, "quota": {"tokens": 5, "per": per}}]})
     assert parse_settings(doc, tmp_path).gateway.api_keys[0].quota == Quota(tokens=5, per=per)  # type: ignore[arg-type]
+
+
+def test_reload_changes_limits_at_once_and_keeps_a_stream(make_config: Any, tmp_path: Path) -> None:
+    def doc(tpm: int) -> dict[str, Any]:
+        gateway = {"api_keys": [{"id": "limited", "key": KEY, "tpm": tpm}], "admin_key": ADMIN, "access_log": None}
+        return make_config({"a": {"model": {"n_ctx": 512}}}, gateway=gateway)  # type: ignore[no-any-return]
+
+    config = tmp_path / "models.yaml"
+    config.write_text(yaml.safe_dump(doc(1000)))
+    slow = FakeScript(reply_tokens=30, step_delay=0.01)
+    app = create_app(load_settings(config), spawn=FakeWorkers({"a": slow}).spawn, config_path=config)
+    with TestClient(app) as client:
+        body = {"model": "a", "messages": MSG, "stream": True, "max_tokens": 30}
+        with client.stream("POST", "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {KEY}"}) as s:
+            lines = s.iter_lines()
+            assert s.headers["x-ratelimit-limit-tokens"] == "1000"
+            assert any(line.startswith("data: {") for line in lines)
+            config.write_text(yaml.safe_dump(doc(500)))
+            assert client.post("/admin/reload", headers={"authorization": f"Bearer {ADMIN}"}).status_code == 200
+            rest = [line for line in lines if line]
+        assert rest[-1] == "data: [DONE]" and '"finish_reason":"length"' in "".join(rest)
+        after = chat(client, max_tokens=1)
+        assert after.status_code == 200 and after.headers["x-ratelimit-limit-tokens"] == "500"
