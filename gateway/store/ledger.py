@@ -74,6 +74,9 @@ class Ledger:
         self.dropped = 0  # rows lost because the spill was full
         self.healthy = True  # the last write (or query) reached the database
         self._thread = threading.Thread(target=self._run, name="usage-ledger", daemon=True)
+
+    def start(self) -> None:
+        """Write in the background from now on (until then rows wait for `flush` or `close`)."""
         self._thread.start()
 
     @property
@@ -118,7 +121,8 @@ class Ledger:
     def close(self) -> None:
         self._stop = True
         self._wake.set()
-        self._thread.join(timeout=10)
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
         if not self.flush():
             log.error("usage ledger: %d rows could not be written before exit", len(self._queue))
 

@@ -30,12 +30,46 @@ from gateway.scheduler import Scheduler
 from gateway.scheduler.gauges import model_states, pool_states
 from gateway.store.database import open_database
 from gateway.store.ledger import Ledger, UsageRow
-from gateway.store.responses import DocumentStore, ResponseStore, SqliteStore
+from gateway.store.responses import DocumentStore, ResponseStore, SqliteStore, Stored
 from gateway.upstream.proxy import Upstreams
 from gateway.web.gate import Gate
 from gateway.web.routes import endpoint_label
 
 log = logging.getLogger(__name__)
+
+
+class Answerable:
+    """A document store whose failures (the database unreachable) are answered as a 503
+    `store_unavailable` in the API's shape, not as a bug."""
+
+    def __init__(self, store: ResponseStore) -> None:
+        self._store = store
+
+    def _unavailable(self, exc: Exception) -> GatewayError:
+        log.warning("store unreachable: %s", exc)
+        message = f"The store of responses cannot be reached now ({type(exc).__name__}); try again later."
+        return GatewayError(503, message, type="server_error", code="store_unavailable", retry_after=5)
+
+    def get(self, response_id: str) -> Stored | None:
+        try:
+            return self._store.get(response_id)
+        except Exception as exc:
+            raise self._unavailable(exc) from None
+
+    def put(self, response_id: str, stored: Stored) -> None:
+        try:
+            self._store.put(response_id, stored)
+        except Exception as exc:
+            raise self._unavailable(exc) from None
+
+    def delete(self, response_id: str) -> bool:
+        try:
+            return self._store.delete(response_id)
+        except Exception as exc:
+            raise self._unavailable(exc) from None
+
+    def close(self) -> None:
+        self._store.close()
 
 
 class Services:
@@ -84,7 +118,7 @@ class Services:
             self.shared = SharedCounters(gateway.shared_limits, prefix=gateway.shared_limits_prefix)
         limiter = Limiter(self.shared, used_since=self._used_since)
         self.gate = Gate(KeyRing(settings), limiter, gateway.max_body_bytes, gateway.log_content)
-        self.responses: ResponseStore = (
+        self.responses: ResponseStore = Answerable(
             SqliteStore(gateway.responses_store, gateway.responses_store_max)
             if gateway.responses_store is not None
             else DocumentStore(self.db, "response", gateway.responses_store_max)
@@ -181,6 +215,7 @@ class Services:
         # it may see. A spare's replacement waits while the scheduler is busy.
         self.processes.spares.start(self.scheduler.busy, fill=not self.scheduler.devices.gpu)
         await self.scheduler.start()
+        self.ledger.start()
 
     async def close(self) -> None:
         await self.scheduler.close()

@@ -129,9 +129,12 @@ def test_store_and_redis_outage_keep_serving_and_lose_no_usage(
             metrics = client.get("/metrics").text
             assert 'gateway_state_backend_up{backend="store"} 0.0' in metrics
             assert 'gateway_state_backend_up{backend="shared_limits"} 0.0' in metrics
+            # Stored responses need the store: the API says so (503), and the request is still counted.
+            stored = client.post("/v1/responses", json={"model": "a", "input": "hi"}, headers=AUTH)
+            assert stored.status_code == 503 and stored.json()["error"]["code"] == "store_unavailable"
             pg_proxy.restore()
             redis_proxy.restore()
-            sent = 6
+            sent = 7
 
             def recovered() -> bool:  # Redis is tried again on a request, the store on the next write
                 nonlocal sent

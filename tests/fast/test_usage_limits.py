@@ -189,6 +189,7 @@ def row(key: str, prompt: int) -> UsageRow:
 def test_ledger_spills_while_down_and_replays_once() -> None:
     db = FlakyDatabase()
     ledger = Ledger(db, interval=3600, spill_max=3)
+    ledger.start()
     db.down = True
     for prompt in range(5):
         ledger.add(row("k", prompt))
