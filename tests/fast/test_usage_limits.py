@@ -24,6 +24,7 @@ from gateway.store.ledger import Ledger, UsageRow
 from gateway.testing.fakellama import FakeScript
 from gateway.testing.fakeworker import FakeWorkers
 from gateway.web.app import create_app
+from tests import servers
 
 KEY = "limited-key-123456"
 OTHER = "other-key-1234567"
@@ -293,3 +294,17 @@ def test_reload_changes_limits_at_once_and_keeps_a_stream(make_config: Any, tmp_
         assert rest[-1] == "data: [DONE]" and '"finish_reason":"length"' in "".join(rest)
         after = chat(client, max_tokens=1)
         assert after.status_code == 200 and after.headers["x-ratelimit-limit-tokens"] == "500"
+
+
+def test_absent_servers_skip_but_fail_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    """tests/servers.py: a machine without PostgreSQL or Redis skips their tests, saying why; CI
+    (CI=true) may not pass by skipping them."""
+    monkeypatch.setattr(servers, "POSTGRES", "postgresql://127.0.0.1:1/test")
+    monkeypatch.setattr(servers, "REDIS", "redis://127.0.0.1:1/0")
+    for make in (servers.postgres_schema, servers.redis_prefix):
+        monkeypatch.setenv("CI", "false")
+        with pytest.raises(pytest.skip.Exception, match="not reachable"):
+            next(make())
+        monkeypatch.setenv("CI", "true")
+        with pytest.raises(pytest.fail.Exception, match="CI=true"):
+            next(make())
