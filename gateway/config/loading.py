@@ -81,6 +81,9 @@ def parse_settings(
     if gateway.responses_store is not None:
         store = (base_dir / gateway.responses_store.expanduser()).resolve()
         gateway = gateway.model_copy(update={"responses_store": store})
+    if gateway.usage_spill_file is not None:
+        spill = (base_dir / gateway.usage_spill_file.expanduser()).resolve()
+        gateway = gateway.model_copy(update={"usage_spill_file": spill})
     if gateway.store is not None and not gateway.store.startswith(DATABASE_SCHEMES):
         gateway = gateway.model_copy(update={"store": str((base_dir / Path(gateway.store).expanduser()).resolve())})
     return settings.model_copy(update={"models": resolved, "gateway": gateway})

@@ -100,6 +100,11 @@ class GatewaySection(Section):
     usage_spill_max: int = Field(
         100_000, ge=1, description="usage rows kept in memory while the store is unreachable (replayed when it returns)"
     )
+    usage_spill_file: Path | None = Field(
+        None,
+        description="file (relative to this file) keeping usage rows the store refused at exit, written at the next "
+        "start; null: they are lost",
+    )
     responses_store: Path | None = Field(
         None,
         description="deprecated: a sqlite file (relative to this file) of its own for stored /v1/responses; "

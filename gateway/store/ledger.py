@@ -4,16 +4,20 @@
 `interval`. While the database cannot be written the rows stay queued (the spill, at most
 `spill_max`; beyond it the oldest are dropped and counted) and are written when it answers again.
 Each row has its own id and is inserted with ON CONFLICT DO NOTHING, so a batch retried after a
-failure that did commit is not counted twice. `close` writes what is left (SIGTERM)."""
+failure that did commit is not counted twice. `close` writes what is left (SIGTERM); what the
+database still refuses then goes to `spill_file` (JSON lines, when given), read back at the next start."""
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import datetime
+import json
 import logging
 import threading
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from gateway.store.database import Database
@@ -61,8 +65,17 @@ class UsageRow:
 
 
 class Ledger:
-    def __init__(self, db: Database, *, interval: float = 1.0, batch: int = 500, spill_max: int = 100_000) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        interval: float = 1.0,
+        batch: int = 500,
+        spill_max: int = 100_000,
+        spill_file: Path | None = None,
+    ) -> None:
         self.db = db
+        self._spill_file = spill_file
         self._interval = interval
         self._batch = batch
         self._spill_max = spill_max
@@ -74,6 +87,12 @@ class Ledger:
         self.dropped = 0  # rows lost because the spill was full
         self.healthy = True  # the last write (or query) reached the database
         self._thread = threading.Thread(target=self._run, name="usage-ledger", daemon=True)
+        if spill_file is not None and spill_file.exists():
+            lines = spill_file.read_text(encoding="utf-8").splitlines()
+            for line in lines:
+                self.add(UsageRow(**json.loads(line)))
+            spill_file.unlink()
+            log.warning("usage ledger: %d rows from %s to write", len(lines), spill_file)
 
     def start(self) -> None:
         """Write in the background from now on (until then rows wait for `flush` or `close`)."""
@@ -123,8 +142,16 @@ class Ledger:
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout=10)
-        if not self.flush():
+        if self.flush():
+            return
+        if self._spill_file is None:
             log.error("usage ledger: %d rows could not be written before exit", len(self._queue))
+            return
+        self._spill_file.parent.mkdir(parents=True, exist_ok=True)
+        with self._spill_file.open("a", encoding="utf-8") as out:
+            for row in self._queue:
+                out.write(json.dumps(dataclasses.asdict(row)) + "\n")
+        log.warning("usage ledger: %d rows kept in %s until the next start", len(self._queue), self._spill_file)
 
     def tokens_since(self, key_id: str, since: float) -> int:
         """Prompt + completion tokens a key used since `since` (epoch seconds), as written so far."""

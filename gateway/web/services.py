@@ -111,7 +111,7 @@ class Services:
         gateway = settings.gateway
         self.access_log = AccessLog(gateway.access_log, gateway.log_content)
         self.db = open_database(gateway.store)
-        self.ledger = Ledger(self.db, spill_max=gateway.usage_spill_max)
+        self.ledger = Ledger(self.db, spill_max=gateway.usage_spill_max, spill_file=gateway.usage_spill_file)
         self.metrics.watch_store(self.store_figures)
         self.shared = None
         if gateway.shared_limits is not None:

@@ -308,3 +308,19 @@ def test_absent_servers_skip_but_fail_under_ci(monkeypatch: pytest.MonkeyPatch) 
         monkeypatch.setenv("CI", "true")
         with pytest.raises(pytest.fail.Exception, match="CI=true"):
             next(make())
+
+
+def test_rows_the_store_refuses_at_exit_wait_in_the_spill_file(tmp_path: Path) -> None:
+    spill = tmp_path / "spill" / "usage.jsonl"
+    down = FlakyDatabase()
+    down.down = True
+    first = Ledger(down, interval=3600, spill_file=spill)
+    for prompt in (1, 2):
+        first.add(row("k", prompt))
+    first.close()
+    assert len(spill.read_text().splitlines()) == 2
+    db = SqliteDatabase(None)
+    second = Ledger(db, interval=3600, spill_file=spill)  # the next start reads them back
+    assert not spill.exists() and second.pending == 2
+    second.close()
+    assert second.tokens_since("k", 0) == (1 + 1) + (2 + 1)
