@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.ggufgen import write_tiny_gguf
+from tests.servers import postgres_schema, redis_prefix
 
 
 @pytest.fixture
@@ -40,3 +42,15 @@ def make_config(tmp_path: Path):  # type: ignore[no-untyped-def]
         return doc
 
     return make
+
+
+@pytest.fixture
+def pg_schema() -> Iterator[str]:
+    """A PostgreSQL schema of this test's own (skipped where PostgreSQL is absent; failed under CI=true)."""
+    yield from postgres_schema()
+
+
+@pytest.fixture
+def redis_key_prefix() -> Iterator[str]:
+    """A Redis key prefix of this test's own (skipped where Redis is absent; failed under CI=true)."""
+    yield from redis_prefix()

@@ -1,4 +1,4 @@
-"""API keys: who may call, which models they may use, and how often.
+"""API keys: who may call, which models they may use, and their limits (enforced by `limits.py`).
 
 Presented keys are hashed and compared against every configured digest with `hmac.compare_digest`,
 so neither a match nor a miss returns early.
@@ -6,16 +6,12 @@ so neither a match nor a miss returns early.
 
 from __future__ import annotations
 
-import collections
 import hashlib
 import hmac
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.config import Settings
-
-WINDOW_SECONDS = 60.0
+from gateway.config.settings import Quota
 
 
 @dataclass(frozen=True)
@@ -23,9 +19,15 @@ class Principal:
     key_id: str
     models: frozenset[str] | None  # canonical model ids; None: all
     rpm: int | None
+    tpm: int | None = None
+    quota: Quota | None = None
 
     def may_use(self, model_id: str) -> bool:
         return self.models is None or model_id in self.models
+
+    @property
+    def limited(self) -> bool:
+        return self.rpm is not None or self.tpm is not None or self.quota is not None
 
 
 ANONYMOUS = Principal("anonymous", None, None)
@@ -43,7 +45,7 @@ class KeyRing:
             models = None
             if key.models is not None:
                 models = frozenset(m for m in (settings.resolve(name) for name in key.models) if m is not None)
-            self._keys.append((digest, Principal(key.id, models, key.rpm)))
+            self._keys.append((digest, Principal(key.id, models, key.rpm, key.tpm, key.quota)))
         gateway = settings.gateway
         self._admin: bytes | None = None
         if gateway.admin_key_sha256:
@@ -73,27 +75,6 @@ class KeyRing:
         if self._admin is None:
             return not self._keys
         return presented is not None and hmac.compare_digest(self._admin, _digest(presented))
-
-
-class RateLimiter:
-    """Sliding one-minute window of request times per key."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._seen: dict[str, collections.deque[float]] = {}
-
-    def check(self, principal: Principal) -> float | None:
-        """Record a request; returns seconds to wait when the key is over its limit (not recorded)."""
-        if principal.rpm is None:
-            return None
-        now = self._clock()
-        window = self._seen.setdefault(principal.key_id, collections.deque())
-        while window and now - window[0] >= WINDOW_SECONDS:
-            window.popleft()
-        if len(window) >= principal.rpm:
-            return WINDOW_SECONDS - (now - window[0])
-        window.append(now)
-        return None
 
 
 def presented_key(authorization: str | None, x_api_key: str | None) -> str | None:

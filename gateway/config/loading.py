@@ -54,6 +54,9 @@ def _expand_env(value: Any, path: str, environ: Mapping[str, str]) -> Any:
     return value
 
 
+DATABASE_SCHEMES = ("postgresql://", "postgres://")
+
+
 def parse_settings(
     data: Any, base_dir: Path, *, check_files: bool = True, environ: Mapping[str, str] | None = None
 ) -> Settings:
@@ -78,6 +81,11 @@ def parse_settings(
     if gateway.responses_store is not None:
         store = (base_dir / gateway.responses_store.expanduser()).resolve()
         gateway = gateway.model_copy(update={"responses_store": store})
+    if gateway.usage_spill_file is not None:
+        spill = (base_dir / gateway.usage_spill_file.expanduser()).resolve()
+        gateway = gateway.model_copy(update={"usage_spill_file": spill})
+    if gateway.store is not None and not gateway.store.startswith(DATABASE_SCHEMES):
+        gateway = gateway.model_copy(update={"store": str((base_dir / Path(gateway.store).expanduser()).resolve())})
     return settings.model_copy(update={"models": resolved, "gateway": gateway})
 
 

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 from gateway.config.model import ModelEntry
 from gateway.config.remote import UpstreamEntry
 from gateway.config.values import POOL_NAME, Budget, ByteSize, Duration, Placement, PoolBudget, Section
+
+
+class Quota(Section):
+    """A token budget per calendar period (UTC): prompt + completion tokens, read from the usage ledger."""
+
+    tokens: int = Field(ge=1, description="prompt + completion tokens the key may use per period")
+    per: Literal["day", "week", "month"] = Field(description="the period (UTC; weeks start on Monday)")
 
 
 class ApiKey(Section):
@@ -21,6 +28,12 @@ class ApiKey(Section):
     sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
     models: list[str] | None = Field(None, description="models (ids or aliases) this key may use; absent: all")
     rpm: int | None = Field(None, ge=1, description="requests per minute")
+    tpm: int | None = Field(
+        None, ge=1, description="tokens per minute: prompt + completion (max_tokens reserved until the answer ends)"
+    )
+    quota: Quota | None = Field(
+        None, description="a token budget per day, week or month; over it: 429 insufficient_quota"
+    )
 
     @model_validator(mode="after")
     def _one_secret(self) -> ApiKey:
@@ -72,9 +85,31 @@ class GatewaySection(Section):
     spare_workers: int = Field(
         1, ge=0, le=4, description="workers started ahead of need (llama.cpp imported, no model) to cut cold starts"
     )
+    store: str | None = Field(
+        "state.db",
+        description="where the usage ledger and stored /v1/responses live: a sqlite file (relative to this file) or "
+        "postgresql://... (shared by replicas); null: in memory, lost on restart",
+    )
+    shared_limits: str | None = Field(
+        None,
+        pattern=r"^rediss?://",
+        description="redis://... holding rate and quota counters, so replicas enforce one limit; null: per replica",
+    )
+    shared_limits_prefix: str = Field(
+        "gateway", min_length=1, description="prefix of the Redis keys, so deployments can share one Redis"
+    )
+    usage_spill_max: int = Field(
+        100_000, ge=1, description="usage rows kept in memory while the store is unreachable (replayed when it returns)"
+    )
+    usage_spill_file: Path | None = Field(
+        None,
+        description="file (relative to this file) keeping usage rows the store refused at exit, written at the next "
+        "start; null: they are lost",
+    )
     responses_store: Path | None = Field(
         None,
-        description="sqlite file (relative to this file) keeping stored /v1/responses across restarts; null: in memory",
+        description="deprecated: a sqlite file (relative to this file) of its own for stored /v1/responses; "
+        "null: they live in `store`",
     )
     responses_store_max: int = Field(
         1000, ge=1, description="stored /v1/responses kept for previous_response_id; the oldest go first"

@@ -139,3 +139,37 @@ def _batch_gauges(models: list[ModelState]) -> Iterator[Metric]:
         slots.add_metric([m.model], m.slots)
         kv.add_metric([m.model], m.kv_usage)
     yield from (running, waiting, slots, kv, reused)
+
+
+@dataclass(frozen=True)
+class StoreFigures:
+    """The lasting state's backends at scrape time: each one reachable or not, and the usage rows
+    waiting to be written (the spill) or lost because it was full."""
+
+    up: Mapping[str, bool]  # "store", "shared_limits" → reachable
+    usage_pending: int
+    usage_dropped: int
+
+
+class StoreCollector(Collector):
+    def __init__(self, figures: Callable[[], StoreFigures]) -> None:
+        self._figures = figures
+
+    def collect(self) -> Iterator[Metric]:
+        figures = self._figures()
+        up = GaugeMetricFamily(
+            "gateway_state_backend_up",
+            "1 while a backend of the lasting state answers (store: usage ledger and Responses; shared_limits: Redis)",
+            labels=["backend"],
+        )
+        for backend, ok in figures.up.items():
+            up.add_metric([backend], 1.0 if ok else 0.0)
+        yield up
+        yield GaugeMetricFamily(
+            "gateway_usage_rows_pending",
+            "usage rows not written to the store yet (the spill)",
+            value=figures.usage_pending,
+        )
+        yield CounterMetricFamily(
+            "gateway_usage_rows_dropped", "usage rows lost because the spill was full", value=figures.usage_dropped
+        )

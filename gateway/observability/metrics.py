@@ -11,7 +11,15 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from gateway.observability.collectors import CircuitCollector, ModelState, PoolCollector, PoolFigures, StateCollector
+from gateway.observability.collectors import (
+    CircuitCollector,
+    ModelState,
+    PoolCollector,
+    PoolFigures,
+    StateCollector,
+    StoreCollector,
+    StoreFigures,
+)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -43,6 +51,12 @@ class Metrics:
         self.completion_tokens = Counter("gateway_completion_tokens", "tokens generated", ["model"], registry=r)
         self.tokens_per_second = Histogram(
             "gateway_tokens_per_second", "decode rate per request", ["model"], buckets=_RATE_BUCKETS, registry=r
+        )
+        self.tokens = Counter(
+            "gateway_tokens",
+            "tokens per key, model and kind (prompt, completion, reasoning, cached), as the usage ledger counts them",
+            ["key", "model", "kind"],
+            registry=r,
         )
         self.loads = Counter("gateway_model_loads", "model loads by outcome", ["model", "outcome"], registry=r)
         self.load_duration = Histogram(
@@ -81,6 +95,14 @@ class Metrics:
         self.upstream_requests.labels(model, upstream, outcome).inc()
         if outcome in ("ok", "client_error"):
             self.upstream_first_byte.labels(model, upstream).observe(seconds)
+
+    def watch_store(self, figures: Callable[[], StoreFigures]) -> None:
+        self.registry.register(StoreCollector(figures))
+
+    def usage(self, key: str, model: str, kinds: dict[str, int]) -> None:
+        for kind, count in kinds.items():
+            if count:
+                self.tokens.labels(key, model, kind).inc(count)
 
     def watch(self, state: Callable[[], tuple[list[ModelState], int]]) -> None:
         self.registry.register(StateCollector(state))

@@ -19,6 +19,9 @@ class RequestRecord:
     status: int | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    reasoning_tokens: int = 0  # of the completion tokens (usage.completion_tokens_details)
+    cached_tokens: int = 0  # of the prompt tokens (usage.prompt_tokens_details)
+    deltas: int = 0  # text pieces sent: the completion's count when a stream is cut before its usage
     first_token_at: float | None = None
     last_token_at: float | None = None
     messages: list[dict[str, Any]] | None = None  # only when log_content is on
@@ -29,12 +32,17 @@ class RequestRecord:
         if self.first_token_at is None:
             self.first_token_at = now
         self.last_token_at = now
+        self.deltas += 1
         if self.output is not None:
             self.output.append(text)
 
-    def finished(self, prompt_tokens: int, completion_tokens: int) -> None:
+    def finished(
+        self, prompt_tokens: int, completion_tokens: int, reasoning_tokens: int = 0, cached_tokens: int = 0
+    ) -> None:
         self.prompt_tokens = prompt_tokens
         self.completion_tokens = completion_tokens
+        self.reasoning_tokens = reasoning_tokens
+        self.cached_tokens = cached_tokens
 
     def summary(self) -> dict[str, Any]:
         """What the request was, without its content: the access log's line and the recent requests."""

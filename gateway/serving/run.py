@@ -120,14 +120,19 @@ async def _stream_in_hold(
 ) -> AsyncGenerator[_Begun | Chunk, None]:
     async with scheduler.hold(plan.model_id) as held:
         plan, first, prompt_tokens = await _begin(held, plan)
+        read = False
         try:
             yield _Begun(prompt_tokens)
+            read = True
             chunks = chunk_stream(_generations(held, plan, first), record, plan.tools.shaper)
             async with contextlib.aclosing(chunks):  # closed early: its generation is cancelled first
                 async for chunk in chunks:
                     yield chunk
         finally:
             first.cancel()  # closed before its chunks were read (harmless once it has finished)
+            if read and record is not None and record.completion_tokens is None:
+                # Cut before its usage (client gone, failure): the prompt was read, the pieces sent were made.
+                record.finished(prompt_tokens, record.deltas)
 
 
 async def _chunks(body: AsyncGenerator[_Begun | Chunk, None]) -> AsyncGenerator[Chunk, None]:

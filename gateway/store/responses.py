@@ -1,14 +1,15 @@
-"""Stored Responses, for `previous_response_id` and `GET /v1/responses/{id}`: bounded, in memory by
-default, in a sqlite file when `gateway.responses_store` names one. The oldest go first."""
+"""Stored Responses, for `previous_response_id` and `GET /v1/responses/{id}`: bounded (the oldest go
+first), kept in the gateway's database (`gateway.store`: SQLite by default, PostgreSQL shared by
+replicas), or in a SQLite file of their own when the deprecated `gateway.responses_store` names one."""
 
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Protocol
+
+from gateway.store.database import Database, SqliteDatabase
 
 # What is kept per response: the response object, the chat it continues (instructions excluded, as
 # OpenAI does not carry them over), and the key that made it (others cannot read it).
@@ -42,38 +43,42 @@ class MemoryStore:
         self._items.clear()
 
 
-class SqliteStore:
-    """One table of JSON documents; calls are short and serialised by a lock (any thread may call)."""
+class DocumentStore:
+    """JSON documents of one kind in the gateway's database (`documents`, keyed by kind and id), the
+    newest `limit` kept. Another kind (conversations, ...) is another instance with its own `kind`."""
 
-    def __init__(self, path: Path, limit: int) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, db: Database, kind: str, limit: int, *, owns_db: bool = False) -> None:
+        self._db = db
+        self._kind = kind
         self._limit = limit
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS responses (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE, body TEXT)"
-        )
+        self._owns_db = owns_db
 
     def get(self, response_id: str) -> Stored | None:
-        with self._lock:
-            row = self._db.execute("SELECT body FROM responses WHERE id = ?", (response_id,)).fetchone()
-        return None if row is None else dict(json.loads(row[0]))
+        rows = self._db.query("SELECT body FROM documents WHERE kind = ? AND id = ?", (self._kind, response_id))
+        return None if not rows else dict(json.loads(rows[0][0]))
 
     def put(self, response_id: str, stored: Stored) -> None:
         body = json.dumps(stored, ensure_ascii=False)
-        with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO responses (id, body) VALUES (?, ?)", (response_id, body))
-            self._db.execute("DELETE FROM responses WHERE seq <= (SELECT MAX(seq) FROM responses) - ?", (self._limit,))
+        self._db.execute(
+            "INSERT INTO documents (kind, id, body) VALUES (?, ?, ?) "
+            "ON CONFLICT (kind, id) DO UPDATE SET body = excluded.body",
+            (self._kind, response_id, body),
+        )
+        self._db.execute(
+            "DELETE FROM documents WHERE kind = ? AND seq <= (SELECT MAX(seq) FROM documents WHERE kind = ?) - ?",
+            (self._kind, self._kind, self._limit),
+        )
 
     def delete(self, response_id: str) -> bool:
-        with self._lock:
-            return self._db.execute("DELETE FROM responses WHERE id = ?", (response_id,)).rowcount > 0
+        return self._db.execute("DELETE FROM documents WHERE kind = ? AND id = ?", (self._kind, response_id)) > 0
 
     def close(self) -> None:
-        with self._lock:
+        if self._owns_db:
             self._db.close()
 
 
-def open_store(path: Path | None, limit: int) -> ResponseStore:
-    return MemoryStore(limit) if path is None else SqliteStore(path, limit)
+class SqliteStore(DocumentStore):
+    """Stored Responses in a SQLite file of their own (the deprecated `gateway.responses_store`)."""
+
+    def __init__(self, path: Path, limit: int) -> None:
+        super().__init__(SqliteDatabase(path), "response", limit, owns_db=True)

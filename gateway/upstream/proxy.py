@@ -202,7 +202,18 @@ async def _pieces(opened: Opened) -> AsyncIterator[bytes]:
 def _note_usage(record: RequestRecord, usage: dict[str, Any]) -> None:
     prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
     if isinstance(prompt, int) and isinstance(completion, int):
-        record.finished(prompt, completion)
+        record.finished(
+            prompt,
+            completion,
+            _detail(usage, "completion_tokens_details", "reasoning_tokens"),
+            _detail(usage, "prompt_tokens_details", "cached_tokens"),
+        )
+
+
+def _detail(usage: dict[str, Any], part: str, name: str) -> int:
+    details = usage.get(part)
+    value = details.get(name) if isinstance(details, dict) else None
+    return value if isinstance(value, int) else 0
 
 
 def _note_chunk(record: RequestRecord, chunk: dict[str, Any]) -> None:

@@ -1,5 +1,6 @@
-"""The gate every HTTP request passes: request id, body size limit, API keys, rate limits, and the
-record that feeds the access log and metrics once the response (stream included) has ended."""
+"""The gate every HTTP request passes: request id, body size limit, API keys, a key's limits (with
+the x-ratelimit headers on every response of a limited key), and the record that feeds the access
+log, metrics and usage ledger once the response (stream included) has ended."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from dataclasses import dataclass
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.access.keys import KeyRing, Principal, RateLimiter, presented_key
-from gateway.errors import AUTHENTICATION, RATE_LIMIT, GatewayError
+from gateway.access.estimate import estimate
+from gateway.access.keys import KeyRing, Principal, presented_key
+from gateway.access.limits import Admission, Limiter, Ticket
+from gateway.errors import AUTHENTICATION, GatewayError
 from gateway.observability.record import RequestRecord
 from gateway.web.errors import error_response
 
@@ -24,7 +27,7 @@ class Gate:
     """What the gate checks against; replaced in place when the configuration is reloaded."""
 
     keyring: KeyRing
-    limiter: RateLimiter
+    limiter: Limiter
     max_body_bytes: int
     log_content: bool
 
@@ -38,7 +41,7 @@ def body_too_large(limit: int) -> GatewayError:
 
 
 class GatewayMiddleware:
-    def __init__(self, app: ASGIApp, gate: Gate, on_finish: Callable[[RequestRecord], None]) -> None:
+    def __init__(self, app: ASGIApp, gate: Gate, on_finish: Callable[[RequestRecord, Ticket | None], None]) -> None:
         self.app = app
         self.gate = gate
         self.on_finish = on_finish
@@ -56,25 +59,69 @@ class GatewayMiddleware:
         if self.gate.log_content:
             record.output = []
         scope.setdefault("state", {})["record"] = record
+        added = [(b"x-request-id", request_id.encode("latin-1"))]
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 record.status = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode("latin-1"))]
+                message["headers"] = [*message.get("headers", []), *added]
             await send(message)
 
+        ticket = None
         try:
             try:
                 principal = self._admit(scope, headers)
+                if principal is not None:
+                    record.key_id = principal.key_id
+                    scope["state"]["principal"] = principal
+                    if principal.limited:
+                        receive, admission = await self._take(scope, receive, principal)
+                        added += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in admission.headers]
+                        if admission.error is not None:
+                            raise admission.error
+                        ticket = admission.ticket
             except GatewayError as error:
                 await error_response(scope["path"], error)(scope, receive, send_with_id)
                 return
-            if principal is not None:
-                record.key_id = principal.key_id
-                scope["state"]["principal"] = principal
             await self.app(scope, self._limited(receive), send_with_id)
         finally:
-            self.on_finish(record)
+            self.on_finish(record, ticket)
+
+    async def _take(self, scope: Scope, receive: Receive, principal: Principal) -> tuple[Receive, Admission]:
+        """Admit a limited key's request with what it may cost, read from its body (which is then
+        replayed to the application)."""
+        tokens = 0
+        if scope["method"] == "POST" and (principal.tpm is not None or principal.quota is not None):
+            body, receive = await self._buffered(receive)
+            tokens = estimate(body)
+        return receive, await self.gate.limiter.admit(principal, tokens)
+
+    async def _buffered(self, receive: Receive) -> tuple[bytes, Receive]:
+        """The whole body (within the size limit), and a receive that hands it over again."""
+        limit = self.gate.max_body_bytes
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            parts.append(message.get("body", b""))
+            size += len(parts[-1])
+            if size > limit:
+                raise body_too_large(limit)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(parts)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return body, replay
 
     def _admit(self, scope: Scope, headers: Headers) -> Principal | None:
         gate = self.gate
@@ -95,15 +142,6 @@ class GatewayMiddleware:
                 "Incorrect API key provided."
                 if key
                 else "Missing API key: send 'Authorization: Bearer KEY' or 'x-api-key: KEY'."
-            )
-        wait = gate.limiter.check(principal)
-        if wait is not None:
-            raise GatewayError(
-                429,
-                f"Rate limit reached for key '{principal.key_id}' ({principal.rpm} requests per minute).",
-                type=RATE_LIMIT,
-                code="rate_limit_exceeded",
-                retry_after=wait,
             )
         return principal
 

@@ -12,7 +12,14 @@ from gateway.web.models import card, remote_card
 
 
 async def health(request: Request) -> Response:
-    return JSONResponse({"status": "ok"})
+    """Alive. While a backend of the lasting state is unreachable the gateway still serves (limits
+    counted per replica, usage rows spilled in memory): `degraded` names it."""
+    figures = services_of(request).store_figures()
+    down = [name for name, up in figures.up.items() if not up]
+    body: dict[str, object] = {"status": "ok"}
+    if down:
+        body.update(degraded=down, usage_rows_pending=figures.usage_pending)
+    return JSONResponse(body)
 
 
 async def ready(request: Request) -> Response:

@@ -27,6 +27,7 @@ ROUTES = [
     Route("/admin/models/{model:path}/unload", admin.unload, methods=["POST"]),
     Route("/admin/reload", admin.reload, methods=["POST"]),
     Route("/admin/requests", admin.recent_requests, methods=["GET"]),
+    Route("/admin/usage", admin.usage, methods=["GET"]),
 ]
 
 

@@ -1,18 +1,21 @@
 """What the application runs on, built once from the settings: the scheduler and its workers, the
-remote models, the gate's keys and limits, metrics, the access log and the Responses store; and what
-changes them: start, reload, close."""
+remote models, the gate's keys and limits, metrics, the access log, the store (usage ledger and
+Responses); and what changes them: start, reload, close."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from gateway.access.keys import KeyRing, RateLimiter
+from gateway.access.keys import KeyRing
+from gateway.access.limits import Limiter, Ticket
+from gateway.access.shared import SharedCounters
 from gateway.config import Settings, load_settings
 from gateway.engine.process.factory import ProcessEngines, WorkerSpawn
 from gateway.errors import ConfigError, GatewayError
@@ -20,17 +23,54 @@ from gateway.memory.facts import ModelFacts, inspect_models
 from gateway.memory.inventory import Inventory, SystemInventory
 from gateway.memory.options import host_budget
 from gateway.observability.accesslog import AccessLog
+from gateway.observability.collectors import StoreFigures
 from gateway.observability.metrics import Metrics
 from gateway.observability.recent import RecentRequests
 from gateway.observability.record import RequestRecord
 from gateway.scheduler import Scheduler
 from gateway.scheduler.gauges import model_states, pool_states
-from gateway.store.responses import ResponseStore, open_store
+from gateway.store.database import open_database
+from gateway.store.ledger import Ledger, UsageRow
+from gateway.store.responses import DocumentStore, ResponseStore, SqliteStore, Stored
 from gateway.upstream.proxy import Upstreams
 from gateway.web.gate import Gate
 from gateway.web.routes import endpoint_label, is_api_call
 
 log = logging.getLogger(__name__)
+
+
+class Answerable:
+    """A document store whose failures (the database unreachable) are answered as a 503
+    `store_unavailable` in the API's shape, not as a bug."""
+
+    def __init__(self, store: ResponseStore) -> None:
+        self._store = store
+
+    def _unavailable(self, exc: Exception) -> GatewayError:
+        log.warning("store unreachable: %s", exc)
+        message = f"The store of responses cannot be reached now ({type(exc).__name__}); try again later."
+        return GatewayError(503, message, type="server_error", code="store_unavailable", retry_after=5)
+
+    def get(self, response_id: str) -> Stored | None:
+        try:
+            return self._store.get(response_id)
+        except Exception as exc:
+            raise self._unavailable(exc) from None
+
+    def put(self, response_id: str, stored: Stored) -> None:
+        try:
+            self._store.put(response_id, stored)
+        except Exception as exc:
+            raise self._unavailable(exc) from None
+
+    def delete(self, response_id: str) -> bool:
+        try:
+            return self._store.delete(response_id)
+        except Exception as exc:
+            raise self._unavailable(exc) from None
+
+    def close(self) -> None:
+        self._store.close()
 
 
 class Services:
@@ -72,23 +112,74 @@ class Services:
         gateway = settings.gateway
         self.access_log = AccessLog(gateway.access_log, gateway.log_content)
         self.recent = RecentRequests()
-        self.gate = Gate(KeyRing(settings), RateLimiter(), gateway.max_body_bytes, gateway.log_content)
-        self.responses: ResponseStore = open_store(gateway.responses_store, gateway.responses_store_max)
+        self.db = open_database(gateway.store)
+        self.ledger = Ledger(self.db, spill_max=gateway.usage_spill_max, spill_file=gateway.usage_spill_file)
+        self.metrics.watch_store(self.store_figures)
+        self.shared = None
+        if gateway.shared_limits is not None:
+            self.shared = SharedCounters(gateway.shared_limits, prefix=gateway.shared_limits_prefix)
+        limiter = Limiter(self.shared, used_since=self._used_since)
+        self.gate = Gate(KeyRing(settings), limiter, gateway.max_body_bytes, gateway.log_content)
+        self.responses: ResponseStore = Answerable(
+            SqliteStore(gateway.responses_store, gateway.responses_store_max)
+            if gateway.responses_store is not None
+            else DocumentStore(self.db, "response", gateway.responses_store_max)
+        )
         self.shutdown_grace = gateway.shutdown_grace
         self._reload_lock = asyncio.Lock()
         self._reloads: set[asyncio.Task[None]] = set()
 
-    def finish(self, record: RequestRecord) -> None:
-        """A request has ended (its stream included): metrics and the access log."""
+    def finish(self, record: RequestRecord, ticket: Ticket | None = None) -> None:
+        """A request has ended (its stream included): its key's limits settled, metrics, the access log
+        and, for a request that reached a model, its row in the usage ledger."""
         model = record.model or ""
-        self.metrics.request_done(model, endpoint_label(record.path), record.status or 0, record.elapsed)
+        endpoint = endpoint_label(record.path)
+        prompt, completion = record.prompt_tokens or 0, record.completion_tokens or 0
+        if ticket is not None:
+            self.gate.limiter.settle(ticket, prompt + completion)
+        self.metrics.request_done(model, endpoint, record.status or 0, record.elapsed)
         if record.completion_tokens is not None:
-            self.metrics.generation_done(
-                model, record.ttft, record.prompt_tokens or 0, record.completion_tokens, record.decode_seconds
-            )
+            self.metrics.generation_done(model, record.ttft, prompt, record.completion_tokens, record.decode_seconds)
         self.access_log.write(record)
         if is_api_call(record.method, record.path):
             self.recent.add(record)
+        if record.model is None:
+            return
+        key = record.key_id or "anonymous"
+        kinds = {
+            "prompt": prompt,
+            "completion": completion,
+            "reasoning": record.reasoning_tokens,
+            "cached": record.cached_tokens,
+        }
+        self.metrics.usage(key, model, kinds)
+        self.ledger.add(
+            UsageRow(
+                time.time(),
+                key,
+                model,
+                endpoint,
+                record.status or 0,
+                prompt,
+                completion,
+                record.reasoning_tokens,
+                record.cached_tokens,
+                record.elapsed,
+            )
+        )
+
+    async def _used_since(self, key_id: str, since: float) -> int:
+        """A key's tokens in the ledger; while the store is unreachable the quota counts locally at once
+        instead of waiting on it."""
+        if not self.ledger.healthy:
+            raise ConnectionError("the store is unreachable")
+        return await asyncio.to_thread(self.ledger.tokens_since, key_id, since)
+
+    def store_figures(self) -> StoreFigures:
+        up = {"store": self.ledger.healthy}
+        if self.shared is not None:
+            up["shared_limits"] = self.shared.healthy
+        return StoreFigures(up, self.ledger.pending, self.ledger.dropped)
 
     async def reload(self) -> dict[str, Any]:
         """Apply the configuration file again; an invalid one changes nothing and says why."""
@@ -128,6 +219,7 @@ class Services:
         # it may see. A spare's replacement waits while the scheduler is busy.
         self.processes.spares.start(self.scheduler.busy, fill=not self.scheduler.devices.gpu)
         await self.scheduler.start()
+        self.ledger.start()
 
     async def close(self) -> None:
         await self.scheduler.close()
@@ -135,3 +227,7 @@ class Services:
         await self.processes.spares.close()
         self.access_log.close()
         self.responses.close()
+        if self.shared is not None:
+            await self.shared.close()
+        await asyncio.to_thread(self.ledger.close)  # SIGTERM: the rows of every finished request are written
+        self.db.close()

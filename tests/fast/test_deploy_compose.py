@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -56,13 +57,23 @@ def check_gateway(compose: dict[str, Any]) -> dict[str, Any]:
     assert parse_duration(gateway["stop_grace_period"]) > settings.gateway.shutdown_grace
     assert float(gateway["environment"]["GATEWAY_WATCH_CONFIG"]) > 0
     assert gateway["ports"] == [f"{runtime.env()['GATEWAY_PORT']}:{runtime.env()['GATEWAY_PORT']}"]
+    # The store and the shared limits are the compose file's own servers, started (healthy) first.
+    store, limits = urlsplit(settings.gateway.store), urlsplit(settings.gateway.shared_limits)
+    postgres = compose["services"][store.hostname]["environment"]
+    assert store.scheme == "postgresql" and store.port == 5432
+    assert (store.username, store.path) == (postgres["POSTGRES_USER"], "/" + postgres["POSTGRES_DB"])
+    assert store.password == postgres["POSTGRES_PASSWORD"].removeprefix("${POSTGRES_PASSWORD:-").removesuffix("}")
+    assert limits.scheme == "redis" and limits.hostname in compose["services"] and limits.port == 6379
+    for server in (store.hostname, limits.hostname):
+        assert gateway["depends_on"][server]["condition"] == "service_healthy"
+        assert "healthcheck" in compose["services"][server]
     return {"settings": settings, "runtime": runtime}
 
 
 def test_compose_wires_gateway_prometheus_and_grafana() -> None:
     compose = load("compose.yaml")
     services = compose["services"]
-    assert set(services) == {"fetch-models", "gateway", "prometheus", "grafana"}
+    assert set(services) == {"fetch-models", "gateway", "postgres", "redis", "prometheus", "grafana"}
     check_gateway(compose)
     assert services["gateway"]["depends_on"]["fetch-models"]["condition"] == "service_completed_successfully"
     for service in services.values():

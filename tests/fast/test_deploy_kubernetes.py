@@ -7,6 +7,7 @@ import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jsonschema
 import kubernetes_validate
@@ -204,3 +205,31 @@ def test_gpu_variant_requests_a_gpu_and_offloads() -> None:
     cpu = rendered("base")
     assert all(c["image"] == "llm-gateway:cpu" for c in containers(one(cpu, "Deployment")))
     assert "nvidia.com/gpu" not in container(cpu)["resources"]["limits"]
+
+
+def test_state_servers_are_valid_and_the_gateway_points_at_them() -> None:
+    """deploy/kubernetes/state (PostgreSQL, Redis) validates, and the base's Secret names its Services
+    with the credentials its PostgreSQL is given."""
+    state = render(KUBE / "state")
+    assert sorted(r["kind"] for r in state) == ["Deployment", "Secret", "Service", "Service", "StatefulSet"]
+    for resource in state:
+        validate(resource)
+    services = {r["metadata"]["name"]: r for r in state if r["kind"] == "Service"}
+    workloads = {r["metadata"]["name"]: r for r in state if r["kind"] in ("Deployment", "StatefulSet")}
+    for name, service in services.items():
+        labels = workloads[name]["spec"]["template"]["metadata"]["labels"]
+        assert service["spec"]["selector"].items() <= labels.items()
+    settings = settings_of(rendered("base"))
+    store = urlsplit(settings.gateway.store)
+    postgres = one(state, "Secret")["stringData"]
+    assert store.scheme == "postgresql" and store.hostname in services
+    assert store.port == services[store.hostname]["spec"]["ports"][0]["port"]
+    assert (store.username, store.password, store.path) == (
+        postgres["POSTGRES_USER"],
+        postgres["POSTGRES_PASSWORD"],
+        "/" + postgres["POSTGRES_DB"],
+    )
+    redis = urlsplit(settings.gateway.shared_limits)
+    assert redis.scheme == "redis" and redis.hostname in services
+    assert redis.port == services[redis.hostname]["spec"]["ports"][0]["port"]
+    assert settings_of(rendered("gpu")).gateway.store == settings.gateway.store

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from collections.abc import Iterator
@@ -12,7 +13,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
-from gateway.access.keys import Principal, RateLimiter
+from gateway.access.keys import Principal
+from gateway.access.limits import Limiter
 from gateway.config import parse_settings
 from gateway.errors import ConfigError
 from gateway.testing.fakellama import FakeScript
@@ -99,14 +101,16 @@ def test_rate_limit_per_key(secured: TestClient) -> None:
 
 def test_rate_limiter_window_slides() -> None:
     now = [0.0]
-    limiter = RateLimiter(clock=lambda: now[0])
+    limiter = Limiter(clock=lambda: now[0])
     key = Principal("k", None, 2)
-    assert limiter.check(key) is None
+    admit = lambda: asyncio.run(limiter.admit(key, 0)).error  # noqa: E731
+    assert admit() is None
     now[0] = 30
-    assert limiter.check(key) is None
-    assert limiter.check(key) == pytest.approx(30)
+    assert admit() is None
+    refused = admit()
+    assert refused is not None and refused.retry_after == pytest.approx(30)
     now[0] = 60.5
-    assert limiter.check(key) is None
+    assert admit() is None
 
 
 def test_body_limit(secured: TestClient) -> None:
