@@ -53,4 +53,4 @@ class Job:
 
     @property
     def finished(self) -> bool:
-        return self.cancelled or all(c.done for c in self.choices)
+        return self.cancelled or (bool(self.choices) and all(c.done for c in self.choices))
