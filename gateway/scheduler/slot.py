@@ -124,6 +124,7 @@ class Slot:
     async def take_turn(self, tenant: Tenant, keys: KeyTurns, now: float, aging: float) -> Turn:
         """Wait for a turn (the hold is counted in `waiting` already). Cancelled, it leaves no trace."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
         def given() -> None:
             if not future.done():
                 future.set_result(None)

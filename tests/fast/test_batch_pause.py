@@ -124,7 +124,7 @@ def test_cancelling_a_paused_request_ends_it_and_frees_its_cells() -> None:
 
 
 def test_pausing_an_unknown_or_finished_request_changes_nothing() -> None:
-    backend, batch, rec = make(slots=1)
+    backend, batch, _ = make(slots=1)
     batch.submit(request(backend, 1, "short", limit=2))
     run(batch, backend)
     batch.pause(1)
