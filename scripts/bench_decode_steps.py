@@ -15,6 +15,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import CHATML_PROMPT, N_CTX, SMOLLM, SMOLLM_Q8
 
+from gateway.engine.worker.backend import without_amx
+
 SIZES = [1, 2, 3, 4, 8]
 STEPS = 48
 RUNS = 3
@@ -65,6 +67,7 @@ def main() -> None:
     paths = [Path(p) for p in sys.argv[1:]] or [SMOLLM, SMOLLM_Q8]
     for path in paths:
         params = llama_cpp.llama_model_default_params()
+        params.use_extra_bufts = not without_amx(llama_cpp)  # as the worker loads it
         model = _internals.LlamaModel(path_model=str(path), params=params, verbose=False)
         best = {n: min(step_cpu_ms(model, n) for _ in range(RUNS)) for n in SIZES}
         print(f"{path.name} (one thread, CPU ms per decode step, best of {RUNS} medians of {STEPS} steps)")

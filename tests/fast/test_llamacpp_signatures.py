@@ -37,3 +37,13 @@ def test_direct_llama_cpp_calls_match_the_binding() -> None:
         if isinstance(declared, list | tuple) and len(declared) != given:
             wrong.append(f"{file}:{line}: {function} takes {len(declared)} arguments, given {given}")
     assert wrong == []
+
+
+def test_weights_stay_out_of_extra_buffers_only_where_the_cpu_backend_has_amx() -> None:
+    from types import SimpleNamespace
+
+    from gateway.engine.worker.backend import without_amx
+
+    amx = SimpleNamespace(llama_print_system_info=lambda: b"CPU : AVX2 = 1 | AMX_INT8 = 1 | REPACK = 1 |")
+    plain = SimpleNamespace(llama_print_system_info=lambda: b"CPU : AVX2 = 1 | AMX_INT8 = 0 | REPACK = 1 |")
+    assert without_amx(amx) and not without_amx(plain)

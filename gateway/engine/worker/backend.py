@@ -12,6 +12,14 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 
+def without_amx(llama_cpp: Any) -> bool:
+    """Whether weights must stay out of llama.cpp's extra CPU buffer types (AMX, repacked): its AMX
+    kernels crash the worker (SIGSEGV in ggml_backend_amx_mul_mat, llama-cpp-python 0.3.36) on the
+    Xeons with AMX this project's machines and CI run on, at the first prompt of every model. A CPU
+    backend built without AMX keeps them (repacking speeds up some quantizations)."""
+    return b"AMX_INT8 = 1" in llama_cpp.llama_print_system_info()
+
+
 def device_arguments(config: dict[str, Any]) -> dict[str, Any]:
     """llama.cpp's device arguments for a load: the scheduler's placement for the GPUs the worker sees
     (n_gpu_layers, main_gpu, tensor_split), else the configured n_gpu_layers."""

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from gateway.engine.sizing import batch_size
-from gateway.engine.worker.backend import Row, SamplerSettings, device_arguments
+from gateway.engine.worker.backend import Row, SamplerSettings, device_arguments, without_amx
 from gateway.engine.worker.constraint import Constraints, Grammar, Matcher
 
 
@@ -35,6 +35,8 @@ class LlamaCpp:
             self._tensor_split = (ctypes.c_float * llama_cpp.LLAMA_MAX_DEVICES)(*devices["tensor_split"])
             model_params.tensor_split = self._tensor_split
         model_params.use_mmap = config["use_mmap"]
+        if without_amx(llama_cpp):
+            model_params.use_extra_bufts = False
         self._model = _internals.LlamaModel(
             path_model=config["path"], params=model_params, verbose=bool(config["verbose"])
         )
