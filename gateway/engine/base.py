@@ -103,6 +103,8 @@ class BatchState:
     kv_used: int
     kv_cells: int
     reused_tokens: int = 0  # prompt tokens taken from cached or running sequences' cells, since load
+    paused: int = 0  # requests set aside for more urgent ones
+    replayed_tokens: int = 0  # tokens recomputed for paused requests whose cells were given away, since load
 
     @property
     def kv_usage(self) -> float:

@@ -39,6 +39,7 @@ class ModelState:
     pools: Mapping[str, int] = field(default_factory=dict)  # bytes held per memory pool (resident models)
     keys: tuple[KeyLoad, ...] = ()
     preemptions: int = 0  # batch requests paused for interactive ones, since start
+    replayed_tokens: int = 0  # recomputed for paused requests whose cells were given away (since the worker loaded)
 
 
 @dataclass(frozen=True)
@@ -169,8 +170,14 @@ def _priority_gauges(models: list[ModelState]) -> Iterator[Metric]:
     preempted = CounterMetricFamily(
         "gateway_preemptions", "batch requests paused to give their turn to an interactive one", labels=["model"]
     )
+    replayed = CounterMetricFamily(
+        "gateway_preemption_replayed_tokens",
+        "tokens recomputed for paused requests whose KV cells were given to others (since the worker loaded)",
+        labels=["model"],
+    )
     for m in models:
         preempted.add_metric([m.model], m.preemptions)
+        replayed.add_metric([m.model], m.replayed_tokens)
         totals: dict[tuple[str, str], int] = {}
         for load in m.keys:
             by_key.add_metric([m.model, load.key, "running"], load.running)
@@ -181,4 +188,4 @@ def _priority_gauges(models: list[ModelState]) -> Iterator[Metric]:
         for priority in ("interactive", "batch"):
             for state in ("running", "waiting", "paused"):
                 by_priority.add_metric([m.model, priority, state], totals.get((priority, state), 0))
-    yield from (by_priority, by_key, preempted)
+    yield from (by_priority, by_key, preempted, replayed)

@@ -27,6 +27,7 @@ def model_states(scheduler: Scheduler) -> tuple[list[ModelState], int]:
                 pools=dict(v.pools) if v.state.resident else {},
                 keys=tuple(KeyLoad(t.key, t.priority, t.running, t.waiting, t.paused) for t in v.tenants),
                 preemptions=v.preemptions,
+                replayed_tokens=batch.replayed_tokens if batch else 0,
             )
         )
     return states, snapshot.budget

@@ -79,6 +79,7 @@ def test_replay_restores_exactly_the_prompt_and_the_tokens_decoded() -> None:
     replay = [row for row in backend.decodes[before] if not row.logits]
     assert [row.token for row in replay] == [*prompt, *decoded]
     assert [row.pos for row in replay] == list(range(len(prompt) + len(decoded)))
+    assert batch.replayed_tokens == len(replay)
     run(batch, backend)
     assert rec.text(1) == twin("one two three", limit=8).text(1)
 

@@ -59,6 +59,7 @@ class Batch:
         self._resumed: deque[Job] = deque()  # resumed, to be readmitted before any waiting request
         self.steps = 0
         self.reused_tokens = 0  # prompt tokens whose cells came from another sequence
+        self.replayed_tokens = 0  # tokens evaluated again for paused requests whose cells were dropped
 
     # -- the outside world ----------------------------------------------------------------------
 
@@ -309,6 +310,7 @@ class Batch:
                     choice.seq, choice.released = self._free.pop(0), False
                     choice.replay, choice.pos = replays[choice.index], 0
             if job.dropped:
+                self.replayed_tokens += sum(len(tokens) for tokens in replays.values())
                 job.tokens = list(replays[0])
                 job.reserve, job.dropped = need, False
             self.running.append(job)

@@ -234,7 +234,13 @@ class Worker:
     def _report(self) -> None:
         batch = self.batch
         usage = BatchState(
-            len(batch.running), len(batch.waiting), batch.kv_committed(), self._backend.kv_cells, batch.reused_tokens
+            len(batch.running),
+            len(batch.waiting),
+            batch.kv_committed(),
+            self._backend.kv_cells,
+            batch.reused_tokens,
+            len(batch.paused),
+            batch.replayed_tokens,
         )
         if usage != self._usage:
             self._usage = usage
