@@ -21,6 +21,8 @@ class Principal:
     rpm: int | None
     tpm: int | None = None
     quota: Quota | None = None
+    priority: str = "interactive"  # or "batch": how its requests are scheduled (scheduler/fairness.py)
+    max_concurrent: int | None = None
 
     def may_use(self, model_id: str) -> bool:
         return self.models is None or model_id in self.models
@@ -45,7 +47,8 @@ class KeyRing:
             models = None
             if key.models is not None:
                 models = frozenset(m for m in (settings.resolve(name) for name in key.models) if m is not None)
-            self._keys.append((digest, Principal(key.id, models, key.rpm, key.tpm, key.quota)))
+            principal = Principal(key.id, models, key.rpm, key.tpm, key.quota, key.priority, key.max_concurrent)
+            self._keys.append((digest, principal))
         gateway = settings.gateway
         self._admin: bytes | None = None
         if gateway.admin_key_sha256:

@@ -34,6 +34,14 @@ class ApiKey(Section):
     quota: Quota | None = Field(
         None, description="a token budget per day, week or month; over it: 429 insufficient_quota"
     )
+    priority: Literal["interactive", "batch"] = Field(
+        "interactive",
+        description="interactive requests get turns before batch ones, and may pause (preempt) a running batch "
+        "request; a request may lower its own with service_tier 'flex'",
+    )
+    max_concurrent: int | None = Field(
+        None, ge=1, description="requests of this key running at once over all models; more wait their turn"
+    )
 
     @model_validator(mode="after")
     def _one_secret(self) -> ApiKey:
@@ -57,6 +65,9 @@ class GatewaySection(Section):
     placement: Placement = Field("pack", description="pack: a model on one GPU when it fits; spread: across all GPUs")
     max_loaded: int | None = Field(None, ge=1, description="cap on resident models")
     max_queue: int = Field(16, ge=1, description="per model: requests running or waiting before 429")
+    batch_aging: float = Field(
+        30.0, gt=0, description="seconds after which a waiting batch request is served as if interactive"
+    )
     room_wait: Duration = Field(30.0, description="how long a request waits for busy models to free memory before 503")
     load_timeout: Duration = Field(300.0, description="longest a model load may take")
     failure_cooldown: Duration = Field(5.0, description="after a failed load, requests get 503 this long")

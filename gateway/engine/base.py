@@ -103,6 +103,8 @@ class BatchState:
     kv_used: int
     kv_cells: int
     reused_tokens: int = 0  # prompt tokens taken from cached or running sequences' cells, since load
+    paused: int = 0  # requests set aside for more urgent ones
+    replayed_tokens: int = 0  # tokens recomputed for paused requests whose cells were given away, since load
 
     @property
     def kv_usage(self) -> float:
@@ -112,11 +114,18 @@ class BatchState:
 class Generation:
     """Events of one generation, fed by its engine; errors arrive as GatewayError."""
 
-    def __init__(self, request_id: int, on_cancel: Callable[[int], None], choices: int = 1) -> None:
+    def __init__(
+        self,
+        request_id: int,
+        on_cancel: Callable[[int], None],
+        choices: int = 1,
+        on_pause: Callable[[int, bool], None] | None = None,
+    ) -> None:
         self.request_id = request_id
         self.choices = choices
         self._queue: asyncio.Queue[Event | GatewayError] = asyncio.Queue()
         self._on_cancel = on_cancel
+        self._on_pause = on_pause  # (request id, paused): None where the engine cannot pause
         self.done = False
 
     def feed(self, item: Event | GatewayError) -> None:
@@ -138,6 +147,18 @@ class Generation:
 
     async def __anext__(self) -> Event:
         return await self.next_event()
+
+    def pause(self) -> bool:
+        """Set it aside for a more urgent request (its stream only sees a pause); False when it has
+        ended or its engine cannot pause."""
+        if self.done or self._on_pause is None:
+            return False
+        self._on_pause(self.request_id, True)
+        return True
+
+    def resume(self) -> None:
+        if not self.done and self._on_pause is not None:
+            self._on_pause(self.request_id, False)
 
     def cancel(self) -> None:
         """Stop generating (the client went away); harmless once finished."""

@@ -1,6 +1,6 @@
 """The parent <-> worker protocol: a few typed messages over one channel.
 
-parent -> worker: `Load` first, then `Generate` | `Cancel` | `Call` | `Embed` | `Shutdown`.
+parent -> worker: `Load` first, then `Generate` | `Cancel` | `Pause` | `Resume` | `Call` | `Embed` | `Shutdown`.
 worker -> parent: `Loaded` | `LoadFailed`, then per request `Event` (Started, Delta, ChoiceFinished,
 Finished: the events a `Generation` yields), `Failed` (a GatewayError on the wire), `Result` (answer
 to a call or an embedding), and `BatchState` whenever the worker's batch changes (running and waiting
@@ -33,6 +33,18 @@ class Generate:
 
 @dataclass(frozen=True)
 class Cancel:
+    request_id: int
+
+
+@dataclass(frozen=True)
+class Pause:
+    """Set the request aside (preempted for a more urgent one): no steps until `Resume`."""
+
+    request_id: int
+
+
+@dataclass(frozen=True)
+class Resume:
     request_id: int
 
 
@@ -98,7 +110,7 @@ class Result:
     value: Any
 
 
-ToWorker = Load | Generate | Cancel | Call | Embed | Shutdown
+ToWorker = Load | Generate | Cancel | Pause | Resume | Call | Embed | Shutdown
 FromWorker = Loaded | LoadFailed | Event | Failed | Result | BatchState | DeviceError
 
 

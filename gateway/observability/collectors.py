@@ -13,6 +13,17 @@ from prometheus_client.registry import Collector
 
 
 @dataclass(frozen=True)
+class KeyLoad:
+    """One key's requests on one model at one priority (scheduler/fairness.py)."""
+
+    key: str
+    priority: str
+    running: int
+    waiting: int
+    paused: int  # of those waiting: preempted for an interactive request
+
+
+@dataclass(frozen=True)
 class ModelState:
     model: str
     state: str
@@ -26,6 +37,9 @@ class ModelState:
     kv_usage: float = 0.0  # KV cells held or reserved by running requests, 0..1
     reused_tokens: int = 0  # prompt tokens served from the prefix cache since the worker loaded
     pools: Mapping[str, int] = field(default_factory=dict)  # bytes held per memory pool (resident models)
+    keys: tuple[KeyLoad, ...] = ()
+    preemptions: int = 0  # batch requests paused for interactive ones, since start
+    replayed_tokens: int = 0  # recomputed for paused requests whose cells were given away (since the worker loaded)
 
 
 @dataclass(frozen=True)
@@ -132,6 +146,7 @@ def _batch_gauges(models: list[ModelState]) -> Iterator[Metric]:
         "prompt tokens whose KV cells were reused from an earlier or running request (since the worker loaded)",
         labels=["model"],
     )
+    yield from _priority_gauges(models)
     for m in models:
         reused.add_metric([m.model], m.reused_tokens)
         running.add_metric([m.model], m.batch_running)
@@ -173,3 +188,38 @@ class StoreCollector(Collector):
         yield CounterMetricFamily(
             "gateway_usage_rows_dropped", "usage rows lost because the spill was full", value=figures.usage_dropped
         )
+
+
+def _priority_gauges(models: list[ModelState]) -> Iterator[Metric]:
+    """Who holds the turns: per priority, per key, and how often batch work gave way (docs/operating.md)."""
+    by_priority = GaugeMetricFamily(
+        "gateway_priority_requests",
+        "requests holding a model's turns (running) or waiting for one, per priority; paused: batch requests "
+        "preempted for interactive ones, waiting to resume",
+        labels=["model", "priority", "state"],
+    )
+    by_key = GaugeMetricFamily(
+        "gateway_key_requests", "each key's requests on a model: running or waiting", labels=["model", "key", "state"]
+    )
+    preempted = CounterMetricFamily(
+        "gateway_preemptions", "batch requests paused to give their turn to an interactive one", labels=["model"]
+    )
+    replayed = CounterMetricFamily(
+        "gateway_preemption_replayed_tokens",
+        "tokens recomputed for paused requests whose KV cells were given to others (since the worker loaded)",
+        labels=["model"],
+    )
+    for m in models:
+        preempted.add_metric([m.model], m.preemptions)
+        replayed.add_metric([m.model], m.replayed_tokens)
+        totals: dict[tuple[str, str], int] = {}
+        for load in m.keys:
+            by_key.add_metric([m.model, load.key, "running"], load.running)
+            by_key.add_metric([m.model, load.key, "waiting"], load.waiting)
+            states = (("running", load.running), ("waiting", load.waiting - load.paused), ("paused", load.paused))
+            for state, n in states:
+                totals[(load.priority, state)] = totals.get((load.priority, state), 0) + n
+        for priority in ("interactive", "batch"):
+            for state in ("running", "waiting", "paused"):
+                by_priority.add_metric([m.model, priority, state], totals.get((priority, state), 0))
+    yield from (by_priority, by_key, preempted, replayed)

@@ -52,6 +52,8 @@ class GenerationRequest(Strict):
         Annotated[dict[str, Annotated[float, Field(ge=-100, le=100)]], Field(max_length=limits.MAX_LOGIT_BIAS)] | None
     ) = None
     user: Annotated[str, Field(max_length=limits.MAX_USER_CHARS)] | None = None
+    # "flex" runs the request at batch priority (scheduler/fairness.py); no tier raises a key's priority.
+    service_tier: Literal["auto", "default", "flex", "priority"] | None = None
     # llama.cpp sampling extensions
     top_k: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
     min_p: Annotated[float, Field(ge=0, le=1)] | None = None
@@ -72,6 +74,10 @@ class GenerationRequest(Strict):
     @property
     def choices(self) -> int:
         return self.n or 1
+
+    @property
+    def flex(self) -> bool:
+        return self.service_tier == "flex"
 
     @property
     def stop_list(self) -> list[str]:

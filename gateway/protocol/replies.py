@@ -28,10 +28,14 @@ class _Responder(ABC):
     object_name = ""
     id_prefix = ""
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, service_tier: str | None = None) -> None:
         self.id = f"{self.id_prefix}-{uuid.uuid4().hex[:24]}"
         self.created = int(time.time())
         self.model = model
+        self.service_tier = service_tier  # echoed when the request named one: the tier it ran at
+
+    def _tier(self) -> dict[str, str]:
+        return {"service_tier": self.service_tier} if self.service_tier else {}
 
     def _chunk(self, choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> dict[str, Any]:
         chunk: dict[str, Any] = {
@@ -40,6 +44,7 @@ class _Responder(ABC):
             "created": self.created,
             "model": self.model,
             "choices": choices,
+            **self._tier(),
         }
         if usage is not None:
             chunk["usage"] = usage
@@ -119,6 +124,7 @@ class ChatResponder(_Responder):
                 for i, c in enumerate(answer.choices)
             ],
             "usage": usage(answer.usage),
+            **self._tier(),
         }
 
 
@@ -128,8 +134,8 @@ class CompletionResponder(_Responder):
     object_name = "text_completion"
     id_prefix = "cmpl"
 
-    def __init__(self, model: str, echo: tuple[str, ...] | None = None) -> None:
-        super().__init__(model)
+    def __init__(self, model: str, echo: tuple[str, ...] | None = None, service_tier: str | None = None) -> None:
+        super().__init__(model, service_tier)
         self.echo = echo  # per choice, the prompt to send back first, when the client asked for it
 
     def begin_chunks(self, index: int, tool_call: bool) -> list[dict[str, Any]]:
@@ -161,6 +167,7 @@ class CompletionResponder(_Responder):
                 for i, c in enumerate(answer.choices)
             ],
             "usage": usage(answer.usage),
+            **self._tier(),
         }
 
 

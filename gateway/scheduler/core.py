@@ -16,6 +16,7 @@ from gateway.memory.inventory import Inventory
 from gateway.scheduler.cpu import CpuBudget, default_threads
 from gateway.scheduler.devices import FREE_WAIT, Devices
 from gateway.scheduler.eviction import expired
+from gateway.scheduler.fairness import OPEN, KeyTurns, Tenant
 from gateway.scheduler.hold import Hold
 from gateway.scheduler.loading import Loading
 from gateway.scheduler.observer import Observer
@@ -49,6 +50,7 @@ class Scheduler(Loading):
         devices = Devices(inventory, free_wait)
         super().__init__(settings, facts, engine_factory, budget, clock, observer, devices)
         self.cpu = CpuBudget(settings.gateway.cpu_threads, settings.gateway.cpu_wait_max)
+        self.keys = KeyTurns()  # turns each key holds over every model (max_concurrent)
         self._closing = False
         self._reaper: asyncio.Task[None] | None = None
 
@@ -98,11 +100,11 @@ class Scheduler(Loading):
 
     # -- admission -----------------------------------------------------------------------------
 
-    def hold(self, name: str, *, generate: bool = True) -> Hold:
+    def hold(self, name: str, *, generate: bool = True, tenant: Tenant = OPEN) -> Hold:
         """A hold on the model `name`, to enter with `async with`. `generate=False` for quick calls
-        (tokenize) that take no turn and no CPU grant. Entering raises 404 (unknown name), 429
-        (queue full), 503 (cannot load now, or ever)."""
-        return Hold(self, name, generate=generate)
+        (tokenize) that take no turn and no CPU grant; `tenant` orders its turn (fairness.py).
+        Entering raises 404 (unknown name), 429 (queue full), 503 (cannot load now, or ever)."""
+        return Hold(self, name, generate=generate, tenant=tenant)
 
     async def _admit(self, hold: Hold) -> tuple[Slot, Engine]:
         slot = self._resolve(hold.name)
@@ -123,7 +125,7 @@ class Scheduler(Loading):
             engine = await self._loaded_engine(slot)
             if hold.generate:
                 phase = "turn"
-                await slot.take_turn()  # settles the counts itself when cancelled
+                hold.turn = await slot.take_turn(hold.tenant, self.keys, self._clock(), self._aging)
                 phase = "running"
                 await self.cpu.enter(slot.model_id, cpu_threads(slot.entry))
                 phase = "granted"
@@ -135,10 +137,10 @@ class Scheduler(Loading):
             elif phase == "queued":
                 slot.waiting -= 1
             elif phase == "running":
-                slot.end_turn()
+                self._end_turn(hold, slot)
             elif phase == "granted":
                 self.cpu.leave(slot.model_id)
-                slot.end_turn()
+                self._end_turn(hold, slot)
             self._touch(slot)
             raise
         hold.running = hold.generate
@@ -148,10 +150,22 @@ class Scheduler(Loading):
     def _release(self, hold: Hold, slot: Slot) -> None:
         if hold.generate:
             self.cpu.leave(slot.model_id)
-            slot.end_turn()
+            self._end_turn(hold, slot)
         else:
             slot.quick -= 1
         self._touch(slot)
+
+    def _end_turn(self, hold: Hold, slot: Slot) -> None:
+        assert hold.turn is not None
+        slot.end_turn(hold.turn, self.keys, self._clock(), self._aging)
+        if hold.tenant.max_concurrent is not None:  # the key may run another of its requests elsewhere
+            for other in (*self._slots.values(), *self._retiring):
+                if other is not slot:
+                    other.pass_turns(self.keys, self._clock(), self._aging)
+
+    @property
+    def _aging(self) -> float:
+        return self.settings.gateway.batch_aging
 
     def _touch(self, slot: Slot) -> None:
         slot.last_used = self._clock()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.observability.collectors import ModelState, PoolFigures
+from gateway.observability.collectors import KeyLoad, ModelState, PoolFigures
 from gateway.scheduler import Scheduler
 
 
@@ -25,6 +25,9 @@ def model_states(scheduler: Scheduler) -> tuple[list[ModelState], int]:
                 kv_usage=batch.kv_usage if batch else 0.0,
                 reused_tokens=batch.reused_tokens if batch else 0,
                 pools=dict(v.pools) if v.state.resident else {},
+                keys=tuple(KeyLoad(t.key, t.priority, t.running, t.waiting, t.paused) for t in v.tenants),
+                preemptions=v.preemptions,
+                replayed_tokens=batch.replayed_tokens if batch else 0,
             )
         )
     return states, snapshot.budget

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import TracebackType
 from typing import Protocol
 
 from gateway.config import ModelEntry
 from gateway.engine.base import Engine
+from gateway.scheduler.fairness import OPEN, Tenant, Turn
 from gateway.scheduler.slot import Slot
 from gateway.scheduler.views import SlotView
 
@@ -28,10 +30,12 @@ class Hold:
     hold itself (see `serving/run.py`), so no other code path has a release to forget.
     """
 
-    def __init__(self, scheduler: Owner, name: str, *, generate: bool) -> None:
+    def __init__(self, scheduler: Owner, name: str, *, generate: bool, tenant: Tenant = OPEN) -> None:
         self._scheduler = scheduler
         self.name = name
         self.generate = generate
+        self.tenant = tenant
+        self.turn: Turn | None = None  # a generating hold's turn, once it waits for one
         self._slot: Slot | None = None
         self._engine: Engine | None = None
         self.running = False  # has a turn and CPU (generating holds)
@@ -52,6 +56,17 @@ class Hold:
         if self._slot is not None and not self.released:
             self.released = True
             self._scheduler._release(self, self._slot)
+
+    def pausable(self, pause: Callable[[], bool], resume: Callable[[], None]) -> None:
+        """The generation running in this hold can be paused and resumed: a batch hold may then give
+        its turn to an interactive request and take it back later (its client only sees a pause)."""
+        if self.turn is not None and self.turn.running:
+            self.turn.pause, self.turn.resume = pause, resume
+
+    def unpausable(self) -> None:
+        """Its generation ended (the next one, if any, says so again)."""
+        if self.turn is not None:
+            self.turn.pause = None
 
     @property
     def engine(self) -> Engine:

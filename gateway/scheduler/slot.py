@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 from dataclasses import dataclass, field
 
 from gateway.config import ModelEntry
@@ -11,7 +10,8 @@ from gateway.engine.base import Engine
 from gateway.memory.facts import ModelFacts
 from gateway.memory.planner import Placement
 from gateway.memory.pools import Vector
-from gateway.scheduler.views import HOST_POOL, SlotView, State
+from gateway.scheduler.fairness import KeyTurns, Tenant, Turn, TurnQueue, next_start, preemption_victim
+from gateway.scheduler.views import HOST_POOL, SlotView, State, TenantView
 
 
 @dataclass(eq=False)
@@ -24,7 +24,9 @@ class Slot:
     running: int = 0  # holds that took one of the `parallel` turns
     waiting: int = 0  # generating holds not running yet (the model loads, or every turn is taken)
     quick: int = 0  # holds for calls that do not generate
-    turns: collections.deque[asyncio.Future[None]] = field(default_factory=collections.deque)
+    queue: TurnQueue = field(default_factory=TurnQueue)  # generating holds waiting for a turn, in policy order
+    turns: list[Turn] = field(default_factory=list)  # the holds running
+    preemptions: int = 0  # batch holds paused for an interactive one, since start
     last_used: float = 0.0
     load_task: asyncio.Task[None] | None = None
     abort_load: str | None = None  # why the load under way must stop (a forced unload)
@@ -96,6 +98,8 @@ class Slot:
             batch=self.engine.batch_state() if self.engine is not None else None,
             placement=self.placement.describe(),
             measured_pools=self._measured_pools(),
+            tenants=self.tenants(),
+            preemptions=self.preemptions,
         )
 
     def _measured_pools(self) -> dict[str, int] | None:
@@ -115,37 +119,85 @@ class Slot:
         if self.stopping is not None:
             await asyncio.shield(self.stopping)
 
-    # -- turns: at most `parallel` holds run at once, the others wait in order -----------------
+    # -- turns: at most `parallel` holds run at once; the others wait in the order fairness.py sets --
 
-    async def take_turn(self) -> None:
-        """Move one waiting hold to running, in arrival order. Cancelled, it leaves no trace."""
-        if self.running < self.entry.runtime.parallel and not self.turns:
-            self.waiting -= 1
-            self.running += 1
-            return
-        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.turns.append(turn)
+    async def take_turn(self, tenant: Tenant, keys: KeyTurns, now: float, aging: float) -> Turn:
+        """Wait for a turn (the hold is counted in `waiting` already). Cancelled, it leaves no trace."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def given() -> None:
+            if not future.done():
+                future.set_result(None)
+
+        turn = Turn(tenant, now, given)
+        self.queue.add(turn)
+        self.pass_turns(keys, now, aging)
         try:
-            await turn
+            await future
         except asyncio.CancelledError:
-            if turn.done() and not turn.cancelled():
-                self.end_turn()  # given the turn just as the request went away
+            if turn.running:
+                self.end_turn(turn, keys, now, aging)  # given the turn just as the request went away
             else:
-                if turn in self.turns:
-                    self.turns.remove(turn)
+                self.queue.remove(turn)
                 self.waiting -= 1
             raise
+        return turn
 
-    def end_turn(self) -> None:
-        self.running -= 1
-        self.pass_turns()
+    def end_turn(self, turn: Turn, keys: KeyTurns, now: float, aging: float) -> None:
+        """The hold is released: running, its turn passes on; paused, it leaves the queue."""
+        if turn.running:
+            turn.running = False
+            self.turns.remove(turn)
+            self.running -= 1
+            keys.add(turn.tenant, -1)
+        elif turn in self.queue:
+            self.queue.remove(turn)
+            self.waiting -= 1
+        turn.pause = turn.resume = None
+        self.pass_turns(keys, now, aging)
 
-    def pass_turns(self) -> None:
-        """Hand free turns to the longest waiting holds (also after a reload raised `parallel`)."""
-        while self.turns and self.running < self.entry.runtime.parallel:
-            turn = self.turns.popleft()
-            if turn.done():
-                continue  # its request was cancelled; it settles its own count
+    def pass_turns(self, keys: KeyTurns, now: float, aging: float) -> None:
+        """Hand free turns to waiting holds (also after a reload raised `parallel`), pausing the newest
+        batch holds when interactive ones wait and every turn is taken."""
+        parallel = self.entry.runtime.parallel
+        wanted = self.queue.interactive_waiting(keys) - max(0, parallel - self.running)
+        while wanted > 0 and (victim := preemption_victim(self.turns)) is not None:
+            wanted -= 1
+            if victim.pause is None or not victim.pause():
+                victim.pause = None  # its generation has ended: it is about to release its turn anyway
+                continue
+            victim.running, victim.paused, victim.since = False, True, now
+            victim.on_turn = victim.resume or (lambda: None)
+            self.turns.remove(victim)
+            self.running -= 1
+            self.waiting += 1
+            self.preemptions += 1
+            keys.add(victim.tenant, -1)
+            self.queue.add(victim)
+        while self.running < parallel:
+            turn = self.queue.pick(self._share(), keys, now, aging)
+            if turn is None:
+                return
+            turn.running, turn.paused, turn.started = True, False, next_start()
+            self.turns.append(turn)
             self.waiting -= 1
             self.running += 1
-            turn.set_result(None)
+            keys.add(turn.tenant, 1)
+            turn.on_turn()
+
+    def _share(self) -> dict[str, int]:
+        share: dict[str, int] = {}
+        for turn in self.turns:
+            share[turn.tenant.key] = share.get(turn.tenant.key, 0) + 1
+        return share
+
+    def tenants(self) -> tuple[TenantView, ...]:
+        """Who holds and who waits for this model's turns, per key and priority."""
+        counts: dict[tuple[str, str], list[int]] = {}
+        for turn in self.turns:
+            counts.setdefault((turn.tenant.key, turn.tenant.priority.value), [0, 0, 0])[0] += 1
+        for turn in self.queue:
+            entry = counts.setdefault((turn.tenant.key, turn.tenant.priority.value), [0, 0, 0])
+            entry[1] += 1
+            entry[2] += turn.paused
+        return tuple(TenantView(key, priority, *c) for (key, priority), c in sorted(counts.items()))

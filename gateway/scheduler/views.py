@@ -33,6 +33,18 @@ class State(str, enum.Enum):
 
 
 @dataclass(frozen=True)
+class TenantView:
+    """One key's requests on one model, at one priority: running, waiting, and of those waiting how
+    many were paused (preempted) for an interactive request."""
+
+    key: str
+    priority: str
+    running: int
+    waiting: int
+    paused: int
+
+
+@dataclass(frozen=True)
 class SlotView:
     """One configured model at one instant. Never changes after it is taken."""
 
@@ -53,6 +65,8 @@ class SlotView:
     batch: BatchState | None = None  # the worker's continuous batch as it last reported it
     placement: str = "host"  # where it is (or would be) loaded: "host", "cuda0 (all layers)", ...
     measured_pools: Mapping[str, int] | None = None  # per pool, measured after load (host: RSS)
+    tenants: tuple[TenantView, ...] = ()  # who holds and who waits for the turns
+    preemptions: int = 0  # batch requests paused for interactive ones, since start
 
     @property
     def holds(self) -> int:

@@ -10,6 +10,7 @@ from gateway.access.keys import Principal
 from gateway.observability.record import RequestRecord
 from gateway.protocol import ChatCompletionRequest
 from gateway.scheduler import Scheduler
+from gateway.scheduler.fairness import Priority, Tenant
 from gateway.upstream.proxy import Upstreams
 
 
@@ -19,6 +20,13 @@ class Call:
     upstreams: Upstreams
     principal: Principal
     record: RequestRecord | None = None
+
+    def tenant(self, flex: bool = False) -> Tenant:
+        """How the scheduler orders this caller's turns: its key's priority, lowered to batch when the
+        request asks for the flex tier (never raised)."""
+        p = self.principal
+        priority = Priority.BATCH if flex or p.priority == Priority.BATCH.value else Priority.INTERACTIVE
+        return Tenant(p.key_id, priority, p.max_concurrent)
 
     def note_chat(self, chat: ChatCompletionRequest) -> None:
         """The chat's messages, in the record when the access log logs content (`log_content`)."""

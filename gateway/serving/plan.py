@@ -42,6 +42,7 @@ class Plan:
     include_usage: bool
     tools: ToolPlan = field(default_factory=ToolPlan)
     echo: tuple[str, ...] | None = None  # per choice, the prompt to send back first
+    flex: bool = False  # the request asked to run at batch priority (service_tier "flex")
     # The same request planned again for another version of the model (a reload came in between).
     renew: Callable[[SlotView], Plan] | None = field(default=None, compare=False, repr=False)
 
@@ -81,6 +82,7 @@ def plan_chat(chat: ChatCompletionRequest, view: SlotView, gateway: GatewaySecti
         stream=bool(chat.stream),
         include_usage=chat.include_usage,
         tools=tools,
+        flex=chat.flex,
         renew=lambda again: plan_chat(chat, again, gateway),
     )
 
@@ -119,6 +121,7 @@ def plan_completion(body: CompletionRequest, view: SlotView, gateway: GatewaySec
         stream=bool(body.stream),
         include_usage=body.include_usage,
         echo=echo,
+        flex=body.flex,
         renew=lambda again: plan_completion(body, again, gateway),
     )
 

@@ -21,6 +21,7 @@ from gateway.observability.record import RequestRecord
 from gateway.protocol import EmbeddingRequest
 from gateway.protocol.answer import Answer, Chunk
 from gateway.scheduler import Hold, Scheduler, SlotView
+from gateway.scheduler.fairness import Tenant
 from gateway.serving.call import Call
 from gateway.serving.plan import Plan
 from gateway.serving.stream import chunk_stream, fold
@@ -52,7 +53,7 @@ class ChatStream:
 
 async def open_stream(call: Call, plan: Plan) -> ChatStream:
     """Hold the model and begin the answer; raises the errors that have a status of their own."""
-    body = _stream_in_hold(plan, call.scheduler, call.record)
+    body = _stream_in_hold(plan, call.scheduler, call.record, call.tenant(plan.flex))
     try:
         begun = await anext(body)
     except BaseException:
@@ -102,8 +103,15 @@ async def _begin(held: Hold, plan: Plan) -> tuple[Plan, Generation, int]:
     for params in plan.generations[1:]:  # they start after the answer has begun: check them now
         tokens = len(await held.engine.tokenize(params.prompt or "")) + 1  # + BOS
         completion_room(tokens, n_ctx, params.n, params.max_tokens, "prompt")
-    generation, prompt_tokens = await start(held.engine, plan.generations[0])
+    generation, prompt_tokens = await _start_held(held, plan.generations[0])
     return plan, generation, prompt_tokens
+
+
+async def _start_held(held: Hold, params: GenerationParams) -> tuple[Generation, int]:
+    """`start`, in a hold that may now be paused for a more urgent request (and resumed)."""
+    generation, prompt_tokens = await start(held.engine, params)
+    held.pausable(generation.pause, generation.resume)
+    return generation, prompt_tokens
 
 
 async def _generations(held: Hold, plan: Plan, first: Generation) -> AsyncIterator[tuple[int, Generation]]:
@@ -111,14 +119,14 @@ async def _generations(held: Hold, plan: Plan, first: Generation) -> AsyncIterat
     each with the index its choices are numbered from."""
     yield 0, first
     for position, params in enumerate(plan.generations[1:], start=1):
-        generation, _ = await start(held.engine, params)
+        generation, _ = await _start_held(held, params)
         yield position * params.n, generation
 
 
 async def _stream_in_hold(
-    plan: Plan, scheduler: Scheduler, record: RequestRecord | None
+    plan: Plan, scheduler: Scheduler, record: RequestRecord | None, tenant: Tenant
 ) -> AsyncGenerator[_Begun | Chunk, None]:
-    async with scheduler.hold(plan.model_id) as held:
+    async with scheduler.hold(plan.model_id, tenant=tenant) as held:
         plan, first, prompt_tokens = await _begin(held, plan)
         read = False
         try:
@@ -144,7 +152,7 @@ async def _chunks(body: AsyncGenerator[_Begun | Chunk, None]) -> AsyncGenerator[
 
 async def embed(call: Call, view: SlotView, body: EmbeddingRequest) -> tuple[list[list[float]], int]:
     """The vectors of the inputs, and the tokens they took."""
-    async with call.scheduler.hold(view.model_id) as held:
+    async with call.scheduler.hold(view.model_id, tenant=call.tenant()) as held:
         vectors, tokens = await held.engine.embed(body.inputs)
     if call.record is not None:
         call.record.finished(tokens, 0)

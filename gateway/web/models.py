@@ -63,6 +63,12 @@ def state(view: SlotView) -> dict[str, Any]:
         "in_flight": view.running,
         "queued": view.holds - view.running,
         "parallel": view.parallel,
+        # Who holds the turns and who waits, per key and priority (paused: preempted batch requests).
+        "keys": [
+            {"key": t.key, "priority": t.priority, "running": t.running, "waiting": t.waiting, "paused": t.paused}
+            for t in view.tenants
+        ],
+        "preemptions": view.preemptions,
         "idle_expires_in": view.idle_expires_in,
         "draining": view.draining,
         "batch": _batch(view),

@@ -36,7 +36,9 @@ from gateway.engine.wire import (
     Load,
     Loaded,
     LoadFailed,
+    Pause,
     Result,
+    Resume,
     Shutdown,
     ToWorker,
 )
@@ -148,7 +150,7 @@ class ProcessEngine(Engine):
         self._sample_memory()
 
     def generate(self, params: GenerationParams) -> Generation:
-        generation = Generation(next(self._ids), self._cancel, params.n)
+        generation = Generation(next(self._ids), self._cancel, params.n, self._pause)
         if not self.alive or self._pipe is None:
             generation.feed(self._gone())
             return generation
@@ -186,6 +188,10 @@ class ProcessEngine(Engine):
     def _cancel(self, request_id: int) -> None:
         if self._generations.pop(request_id, None) is not None:
             self._send(Cancel(request_id))
+
+    def _pause(self, request_id: int, paused: bool) -> None:
+        if request_id in self._generations:
+            self._send(Pause(request_id) if paused else Resume(request_id))
 
     def _send(self, message: ToWorker) -> None:
         if self._pipe is not None:

@@ -11,6 +11,12 @@ Each step (`Batch.step`):
 4. retire what finished, was stopped or cancelled at once: its cells are released (a request's first
    sequence stays cached for prefix reuse, reclaimable whenever room is needed).
 
+A request can be paused (preempted for a more urgent one, `pause`/`resume`): it is set aside with its
+samplers, grammar and output as they are, and its cells stay while room allows; when an admission
+needs them they are dropped, and on resume each choice's cells are recomputed from the prompt and
+the tokens it had decoded (`replay` rows, no logits) before it decodes its pending token, so its
+answer is the one it would have been.
+
 n > 1 choices are n sequences: the prompt is evaluated once, then copied (llama_memory_seq_cp, no
 cells) to the other choices, which sample from the same logits with seed + i.
 
@@ -49,8 +55,11 @@ class Batch:
         self._free = list(range(backend.max_sequences))
         self.waiting: deque[Job] = deque()
         self.running: list[Job] = []
+        self.paused: dict[int, Job] = {}  # set aside until resumed, in pause order
+        self._resumed: deque[Job] = deque()  # resumed, to be readmitted before any waiting request
         self.steps = 0
         self.reused_tokens = 0  # prompt tokens whose cells came from another sequence
+        self.replayed_tokens = 0  # tokens evaluated again for paused requests whose cells were dropped
 
     # -- the outside world ----------------------------------------------------------------------
 
@@ -58,13 +67,30 @@ class Batch:
         self.waiting.append(Job(request))
 
     def cancel(self, request_id: int) -> None:
-        for job in [*self.waiting, *self.running]:
+        paused = self.paused.pop(request_id, None)
+        if paused is not None:
+            self._resumed.append(paused)  # ended by the next step, as a waiting request is
+        for job in [*self.waiting, *self.running, *self._resumed]:
             if job.request.request_id == request_id:
                 job.cancelled = True
 
+    def pause(self, request_id: int) -> None:
+        """Set a request aside: it takes no step until resumed (unknown or finished: nothing)."""
+        for queue in (self.waiting, self.running, self._resumed):
+            for job in queue:
+                if job.request.request_id == request_id and not job.finished:
+                    queue.remove(job)
+                    self.paused[request_id] = job
+                    return
+
+    def resume(self, request_id: int) -> None:
+        job = self.paused.pop(request_id, None)
+        if job is not None:
+            self._resumed.append(job)
+
     @property
     def idle(self) -> bool:
-        return not self.waiting and not self.running
+        return not self.waiting and not self.running and not self._resumed
 
     def committed(self) -> int:
         """Cells in use (cached prefixes included) plus what running requests may still write."""
@@ -84,11 +110,20 @@ class Batch:
         decoding: list[tuple[Job, ChoiceSequence, int]] = []
         for job in self.running:
             for choice in job.choices:
-                if choice.pending is not None and not choice.done:
+                if choice.pending is not None and not choice.done and choice.replay is None:
                     decoding.append((job, choice, len(rows)))
                     rows.append(Row(choice.pending, choice.pos, choice.seq, True))
-        prefilling: list[tuple[Job, int, int]] = []  # job, prompt tokens, row of its last
         budget = self._backend.n_batch - len(rows)
+        replaying: list[tuple[Job, ChoiceSequence, int]] = []
+        for job in self.running:
+            for choice in job.choices:
+                if choice.replay is None or budget <= 0:
+                    continue
+                take = min(budget, len(choice.replay) - choice.pos)
+                rows.extend(Row(choice.replay[p], p, choice.seq, False) for p in range(choice.pos, choice.pos + take))
+                replaying.append((job, choice, take))
+                budget -= take
+        prefilling: list[tuple[Job, int, int]] = []  # job, prompt tokens, row of its last
         for job in self.running:
             prompt = job.request.prompt
             if job.prefilled >= len(prompt) or budget <= 0:
@@ -111,8 +146,15 @@ class Batch:
             job.reserve -= 1
             if choice is job.primary:
                 job.tokens.append(choice.pending)  # type: ignore[arg-type]
+            choice.history.append(choice.pending)  # type: ignore[arg-type]
             choice.pos += 1
             self._sample(job, choice, row)
+        for job, choice, take in replaying:
+            self.ledger.extend(choice.seq, take)
+            job.reserve -= take
+            choice.pos += take
+            if choice.replay is not None and choice.pos == len(choice.replay):
+                choice.replay = None  # its cells are back: it decodes its pending token next
         for job, take, last_row in prefilling:
             self.ledger.extend(job.primary.seq, take)
             job.tokens.extend(job.request.prompt[job.prefilled : job.prefilled + take])
@@ -168,6 +210,8 @@ class Batch:
     # -- admission and retirement ---------------------------------------------------------------
 
     def _admit(self) -> None:
+        if not self._readmit():
+            return  # resumed requests go first; later ones wait behind them
         while self.waiting and len(self.running) < self.slots:
             job = self.waiting[0]
             if job.cancelled:
@@ -204,6 +248,8 @@ class Batch:
             if victim is None and source is not None and source in self.cache:
                 victim, source, reused = source, None, 0
             if victim is None:
+                if self._drop_paused(keep=None):  # room held by a paused request: it recomputes it later
+                    continue
                 return False
             self._evict(victim)
         self._free.sort()  # dense ids: llama.cpp splits a batch whose sequence ids are scattered
@@ -231,6 +277,73 @@ class Batch:
         job.tokens = list(request.prompt[:reused])
         job.reserve = need
         return True
+
+    # -- paused requests ------------------------------------------------------------------------
+
+    def _readmit(self) -> bool:
+        """Resumed requests back into the batch, in order; False while one waits for a slot or room."""
+        while self._resumed:
+            job = self._resumed[0]
+            if job.finished:
+                self._resumed.popleft()
+                self._finish(job)
+                continue
+            if not job.choices:  # paused before it was placed: it is placed as a new request
+                self._resumed.popleft()
+                self.waiting.appendleft(job)
+                continue
+            if len(self.running) >= self.slots:
+                return False
+            if job.dropped and job.prefilled < len(job.request.prompt):
+                self._resumed.popleft()  # nothing was sampled yet: start it over, as if new
+                job.choices, job.prefilled, job.reserve, job.tokens, job.dropped = [], 0, 0, [], False
+                self.waiting.appendleft(job)
+                continue
+            replays = self._replays(job) if job.dropped else {}
+            need = job.reserve + sum(len(tokens) for tokens in replays.values())
+            if not self._room(need, len(replays), job):
+                return False
+            self._resumed.popleft()
+            for choice in job.choices:
+                if choice.index in replays:
+                    self._free.sort()
+                    choice.seq, choice.released = self._free.pop(0), False
+                    choice.replay, choice.pos = replays[choice.index], 0
+            if job.dropped:
+                self.replayed_tokens += sum(len(tokens) for tokens in replays.values())
+                job.tokens = list(replays[0])
+                job.reserve, job.dropped = need, False
+            self.running.append(job)
+        return True
+
+    def _replays(self, job: Job) -> dict[int, list[int]]:
+        """Per choice whose cells were dropped and that still needs them (the first always: it keeps
+        the prompt for reuse), the tokens to evaluate again."""
+        prompt = job.request.prompt
+        return {c.index: [*prompt, *c.history] for c in job.choices if c is job.primary or not c.done}
+
+    def _room(self, need: int, sequences: int, job: Job) -> bool:
+        """Cached prefixes evicted, then other paused requests' cells dropped, until `need` more cells
+        and `sequences` ids fit."""
+        while self.committed() + need > self.ledger.cells or len(self._free) < sequences:
+            victim = self.cache.oldest()
+            if victim is not None:
+                self._evict(victim)
+            elif not self._drop_paused(keep=job):
+                return False
+        return True
+
+    def _drop_paused(self, keep: Job | None) -> bool:
+        """Free the cells of the latest paused request that still holds some; False if none does."""
+        for job in reversed([*self.paused.values(), *self._resumed]):
+            if job is not keep and job.choices and not job.dropped:
+                for choice in job.choices:
+                    if not choice.released:
+                        choice.released = True
+                        self._release(choice.seq)
+                job.dropped = True
+                return True
+        return False
 
     def _best_prefix(self, prompt: list[int]) -> tuple[int | None, int]:
         """The cached or running sequence sharing the longest prefix with `prompt`."""
@@ -284,7 +397,7 @@ class Batch:
             if choice is not job.primary and not choice.released:
                 choice.released = True
                 self._release(choice.seq)
-        if job.choices:
+        if job.choices and not job.dropped:
             primary = job.primary.seq
             length = self.ledger.length(primary)
             if length > 0 and not job.cancelled:

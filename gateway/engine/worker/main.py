@@ -29,7 +29,9 @@ from gateway.engine.wire import (
     Load,
     Loaded,
     LoadFailed,
+    Pause,
     Result,
+    Resume,
     Shutdown,
 )
 from gateway.engine.worker.backend import Backend, SamplerSettings
@@ -98,7 +100,7 @@ class Worker:
         self._on_exit = on_exit
         self._backend = backend
         self._render = render
-        self._inbox: queue.SimpleQueue[Generate | Cancel | None] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[Generate | Cancel | Pause | Resume | None] = queue.SimpleQueue()
         self.batch = Batch(backend, slots, self._event, self._error)
         self._usage: BatchState | None = None
 
@@ -132,7 +134,7 @@ class Worker:
             except (EOFError, OSError):
                 self._exit()
                 return
-            if isinstance(message, Generate | Cancel):
+            if isinstance(message, Generate | Cancel | Pause | Resume):
                 self._inbox.put(message)
             elif isinstance(message, Call):
                 self._answer(message)
@@ -165,9 +167,15 @@ class Worker:
             return backend.detokenize(list(argument))
         raise ValueError(f"unknown call {op!r}")
 
-    def _handle(self, message: Generate | Cancel) -> None:
+    def _handle(self, message: Generate | Cancel | Pause | Resume) -> None:
         if isinstance(message, Cancel):
             self.batch.cancel(message.request_id)
+            return
+        if isinstance(message, Pause):
+            self.batch.pause(message.request_id)
+            return
+        if isinstance(message, Resume):
+            self.batch.resume(message.request_id)
             return
         try:
             request = self._validate(message.request_id, message.params)
@@ -226,7 +234,13 @@ class Worker:
     def _report(self) -> None:
         batch = self.batch
         usage = BatchState(
-            len(batch.running), len(batch.waiting), batch.kv_committed(), self._backend.kv_cells, batch.reused_tokens
+            len(batch.running),
+            len(batch.waiting),
+            batch.kv_committed(),
+            self._backend.kv_cells,
+            batch.reused_tokens,
+            len(batch.paused),
+            batch.replayed_tokens,
         )
         if usage != self._usage:
             self._usage = usage

@@ -33,6 +33,8 @@ class ChoiceSequence:
     pending: int | None = None  # sampled, to be decoded next step
     done: bool = False
     released: bool = False  # its sequence id went back to the pool
+    history: list[int] = field(default_factory=list)  # tokens it decoded after the prompt (replayed after a drop)
+    replay: list[int] | None = None  # after a drop: the tokens its cells must hold again before it goes on
 
 
 @dataclass
@@ -43,6 +45,7 @@ class Job:
     reserve: int = 0  # cells it may still write
     tokens: list[int] = field(default_factory=list)  # what the first sequence's cells hold
     cancelled: bool = False
+    dropped: bool = False  # paused, and its cells were given to others: recomputed when it resumes
 
     @property
     def primary(self) -> ChoiceSequence:
@@ -50,4 +53,4 @@ class Job:
 
     @property
     def finished(self) -> bool:
-        return self.cancelled or all(c.done for c in self.choices)
+        return self.cancelled or (bool(self.choices) and all(c.done for c in self.choices))
