@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.dialects.responses.reply import call_item, finish, message_item, new_id, text_part
+from gateway.dialects.responses.reply import call_item, finish, item_status, message_item, new_id, text_part
 from gateway.errors import GatewayError
 from gateway.protocol.answer import Chunk, Ended, Text, ToolDelta, Usage
 
@@ -122,15 +122,16 @@ class ResponseEvents:
         self._item = None
         where = {"item_id": item["id"], "output_index": self._position()}
         joined = "".join(self._parts)
+        status = item_status(self._finish_reason)  # known when the last item closes: the answer has ended
         events: list[Event]
         if item["type"] == "message":
-            done = message_item(item["id"], joined)
+            done = message_item(item["id"], joined, status)
             events = [
                 self._event("response.output_text.done", **where, content_index=0, text=joined, logprobs=[]),
                 self._event("response.content_part.done", **where, content_index=0, part=text_part(joined)),
             ]
         else:
-            done = call_item(item["id"], item["call_id"], item["name"], joined)
+            done = call_item(item["id"], item["call_id"], item["name"], joined, status)
             events = [
                 self._event("response.function_call_arguments.done", **where, name=item["name"], arguments=joined)
             ]

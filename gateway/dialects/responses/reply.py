@@ -69,7 +69,8 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
 
 
 def message_item(item_id: str, text: str, status: str = "completed") -> dict[str, Any]:
-    content = [text_part(text)] if status == "completed" else []
+    """A message item; "in_progress" is the one a stream opens, before its content part."""
+    content = [] if status == "in_progress" else [text_part(text)]
     return {"type": "message", "id": item_id, "status": status, "role": "assistant", "content": content}
 
 
@@ -88,6 +89,11 @@ def call_item(item_id: str, call_id: str, name: str, arguments: str, status: str
     }
 
 
+def item_status(finish_reason: str) -> str:
+    """The status of an answer's items: the last one of an answer cut by max_output_tokens is incomplete."""
+    return "incomplete" if finish_reason == "length" else "completed"
+
+
 def finish(response: dict[str, Any], finish_reason: str, prompt_tokens: int, completion_tokens: int) -> None:
     """Status, incomplete details and usage once the answer has ended."""
     if finish_reason == "length":
@@ -101,13 +107,14 @@ def finish(response: dict[str, Any], finish_reason: str, prompt_tokens: int, com
 def response(base: dict[str, Any], answer: Answer) -> dict[str, Any]:
     """A non-streamed answer as a finished Response."""
     choice = answer.choices[0]
+    status = item_status(choice.finish_reason)
     output: list[dict[str, Any]] = []
     if choice.tool_calls:
         for call in choice.tool_calls:
             fn = call["function"]
-            output.append(call_item(new_id("fc"), call["id"], fn["name"], fn["arguments"]))
+            output.append(call_item(new_id("fc"), call["id"], fn["name"], fn["arguments"], status))
     else:
-        output.append(message_item(new_id("msg"), choice.text or ""))
+        output.append(message_item(new_id("msg"), choice.text or "", status))
     result = {**base, "output": output}
     finish(result, choice.finish_reason, answer.usage.prompt_tokens, answer.usage.completion_tokens)
     return result

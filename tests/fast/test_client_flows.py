@@ -1,0 +1,169 @@
+"""What real client libraries send, on the fake llama.cpp: a tool round answered without tools on a
+template that has no place for them, assistant prefill, cut-off answers, Anthropic's model list."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from gateway.config import parse_settings
+from gateway.testing.fakellama import FakeScript
+from gateway.testing.fakeworker import FakeWorkers
+from gateway.web.app import create_app
+from tests.fast.dialect_helpers import WEATHER_TOOL_ANTHROPIC, WEATHER_TOOL_RESPONSES, sse_events
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    }
+]
+CALL = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+TOOL_ROUND = [
+    {"role": "user", "content": "Weather in Paris?"},
+    {"role": "assistant", "content": None, "tool_calls": [CALL]},
+    {"role": "tool", "tool_call_id": "c1", "content": "sunny, 21 C"},
+]
+ANSWER = ['{"response": ', '"Sunny in Paris."}']
+
+
+def app_with(make_config: Any, tmp_path: Path, scripts: dict[str, FakeScript]) -> TestClient:
+    settings = parse_settings(make_config({name: {"model": {"n_ctx": 1024}} for name in scripts}), tmp_path)
+    return TestClient(create_app(settings, spawn=FakeWorkers(scripts).spawn, budget=2**40))
+
+
+@pytest.fixture
+def answering(make_config: Any, tmp_path: Path) -> Iterator[TestClient]:
+    """`m`: a template with no place for tools that answers in the generic format."""
+    with app_with(make_config, tmp_path, {"m": FakeScript(reply=ANSWER)}) as client:
+        yield client
+
+
+# -- 1. after a tool round, on a template without tools, an answer that may call nothing ----------
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_chat_after_a_tool_round_without_tools_answers_text(answering: TestClient, stream: bool) -> None:
+    body = {"model": "m", "messages": TOOL_ROUND, "tools": TOOLS, "tool_choice": "none", "stream": stream}
+    if stream:
+        with answering.stream("POST", "/v1/chat/completions", json=body) as response:
+            frames = [d for _, d in sse_events(response) if d != "[DONE]"]
+        text = "".join(c["choices"][0]["delta"].get("content") or "" for c in frames if c["choices"])
+    else:
+        text = answering.post("/v1/chat/completions", json=body).json()["choices"][0]["message"]["content"]
+    assert text == "Sunny in Paris."
+    # Without `tools` at all (the client dropped them after the round), the same.
+    del body["tools"], body["tool_choice"]
+    body["stream"] = False
+    assert answering.post("/v1/chat/completions", json=body).json()["choices"][0]["message"]["content"] == (
+        "Sunny in Paris."
+    )
+
+
+def test_responses_after_a_tool_round_without_tools_answers_text(answering: TestClient) -> None:
+    body = {
+        "model": "m",
+        "input": [
+            {"role": "user", "content": "Weather in Paris?"},
+            {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": '{"city": "Paris"}'},
+            {"type": "function_call_output", "call_id": "c1", "output": "sunny, 21 C"},
+        ],
+        "tools": [WEATHER_TOOL_RESPONSES],
+        "tool_choice": "none",
+    }
+    output = answering.post("/v1/responses", json=body).json()["output"]
+    assert [p["text"] for item in output for p in item["content"]] == ["Sunny in Paris."]
+
+
+def test_anthropic_after_a_tool_round_without_tools_answers_text(answering: TestClient) -> None:
+    body = {
+        "model": "m",
+        "max_tokens": 64,
+        "messages": [
+            {"role": "user", "content": "Weather in Paris?"},
+            {
+                "role": "assistant",
+                "content": [{"type": "tool_use", "id": "c1", "name": "get_weather", "input": {"city": "Paris"}}],
+            },
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "c1", "content": "sunny, 21 C"}]},
+        ],
+        "tools": [WEATHER_TOOL_ANTHROPIC],
+        "tool_choice": {"type": "none"},
+    }
+    content = answering.post("/v1/messages", json=body).json()["content"]
+    assert content == [{"type": "text", "text": "Sunny in Paris."}]
+
+
+# -- 4. cut-off answers keep their shape -----------------------------------------------------------
+
+CUT_CALL = ['{"city": ', '"Par', 'is"}']
+
+
+@pytest.fixture
+def cutting(make_config: Any, tmp_path: Path) -> Iterator[TestClient]:
+    """`m`: answers with the arguments of a get_weather call (a forced call), `t`: with text."""
+    scripts = {
+        "m": FakeScript(reply=CUT_CALL),
+        "t": FakeScript(reply=["The ", "answer ", "is ", "long."]),
+        "r": FakeScript(reply=['{"name": "get_', 'weather", "arguments": ', '{"city": ', '"Paris"}}']),
+    }
+    with app_with(make_config, tmp_path, scripts) as client:
+        yield client
+
+
+def test_chat_forced_call_cut_by_max_tokens_keeps_its_partial_arguments(cutting: TestClient) -> None:
+    forced = {"type": "function", "function": {"name": "get_weather"}}
+    body = {"model": "m", "messages": TOOL_ROUND[:1], "tools": TOOLS, "tool_choice": forced, "max_tokens": 2}
+    choice = cutting.post("/v1/chat/completions", json=body).json()["choices"][0]
+    assert choice["finish_reason"] == "length"
+    assert choice["message"]["content"] is None
+    (call,) = choice["message"]["tool_calls"]
+    assert call["function"] == {"name": "get_weather", "arguments": '{"city": "Par'}
+
+
+@pytest.mark.parametrize(("max_tokens", "arguments"), [(1, ""), (3, '{"city":'), (None, '{"city": "Paris"}')])
+def test_chat_required_call_cut_by_max_tokens_is_still_a_call(
+    cutting: TestClient, max_tokens: int | None, arguments: str
+) -> None:
+    body = {"model": "r", "messages": TOOL_ROUND[:1], "tools": TOOLS, "tool_choice": "required"}
+    choice = cutting.post("/v1/chat/completions", json={**body, "max_tokens": max_tokens}).json()["choices"][0]
+    assert choice["finish_reason"] == ("tool_calls" if max_tokens is None else "length")
+    (call,) = choice["message"]["tool_calls"]
+    assert call["function"] == {"name": "get_weather", "arguments": arguments}
+
+
+def test_anthropic_tool_use_cut_by_max_tokens_holds_its_partial_input(cutting: TestClient) -> None:
+    body = {
+        "model": "m",
+        "max_tokens": 2,
+        "messages": [{"role": "user", "content": "Weather in Paris?"}],
+        "tools": [WEATHER_TOOL_ANTHROPIC],
+        "tool_choice": {"type": "tool", "name": "get_weather"},
+    }
+    answer = cutting.post("/v1/messages", json=body).json()
+    assert answer["stop_reason"] == "max_tokens"
+    (block,) = answer["content"]
+    assert block["type"] == "tool_use" and block["input"] == {"city": "Par"}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_responses_cut_message_is_incomplete(cutting: TestClient, stream: bool) -> None:
+    body = {"model": "t", "input": "Tell me.", "max_output_tokens": 2, "stream": stream}
+    if stream:
+        with cutting.stream("POST", "/v1/responses", json=body) as response:
+            events = sse_events(response)
+        response_body = events[-1][1]["response"]
+        done = [d["item"] for name, d in events if name == "response.output_item.done"]
+        assert done == response_body["output"]
+    else:
+        response_body = cutting.post("/v1/responses", json=body).json()
+    assert response_body["status"] == "incomplete"
+    (item,) = response_body["output"]
+    assert item["status"] == "incomplete" and item["content"][0]["text"] == "The answer "
