@@ -11,6 +11,8 @@ import pytest
 from starlette.testclient import TestClient
 
 from gateway.config import parse_settings
+from gateway.engine.worker.prompt import continued
+from gateway.errors import GatewayError
 from gateway.testing.fakellama import FakeScript
 from gateway.testing.fakeworker import FakeWorkers
 from gateway.web.app import create_app
@@ -167,3 +169,64 @@ def test_responses_cut_message_is_incomplete(cutting: TestClient, stream: bool) 
     assert response_body["status"] == "incomplete"
     (item,) = response_body["output"]
     assert item["status"] == "incomplete" and item["content"][0]["text"] == "The answer "
+
+
+# -- 2. a final assistant message is continued -----------------------------------------------------
+
+CHATML = "<|im_start|>user\nCapital of France?<|im_end|>\n<|im_start|>assistant\nThe capital of France is the city of<|im_end|>\n<|im_start|>assistant\n"  # noqa: E501
+
+
+def test_a_prefilled_prompt_ends_inside_the_final_assistant_turn() -> None:
+    prompt = continued(CHATML, "The capital of France is the city of")
+    assert prompt.endswith("<|im_start|>assistant\nThe capital of France is the city of")
+    assert continued(CHATML, "The capital of France is the city of ").endswith("city of")  # a trimming template
+    with pytest.raises(GatewayError) as info:
+        continued(CHATML, "Not in the prompt")
+    assert info.value.status == 400
+
+
+def test_a_final_assistant_message_is_answered_by_its_continuation(make_config: Any, tmp_path: Path) -> None:
+    messages: list[dict[str, Any]] = [
+        {"role": "user", "content": "Capital of France?"},
+        {"role": "assistant", "content": 'The capital of France is "'},
+    ]
+    with app_with(make_config, tmp_path, {"m": FakeScript(reply=["Paris", '".'])}) as client:
+        anthropic = {"model": "m", "max_tokens": 16, "messages": messages}
+        assert client.post("/v1/messages", json=anthropic).json()["content"] == [{"type": "text", "text": 'Paris".'}]
+        chat = client.post("/v1/chat/completions", json={"model": "m", "messages": messages}).json()
+        assert chat["choices"][0]["message"]["content"] == 'Paris".'
+        # A constraint would apply to the continuation as if it were a whole answer: refused.
+        constrained = {"model": "m", "messages": messages, "response_format": {"type": "json_object"}}
+        refused = client.post("/v1/chat/completions", json=constrained)
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "messages"
+
+
+# -- 5. the model list in Anthropic's shape --------------------------------------------------------
+
+ANTHROPIC_HEADERS = {"anthropic-version": "2023-06-01", "x-api-key": "unused"}
+
+
+def test_anthropic_clients_get_anthropic_model_objects(make_config: Any, tmp_path: Path) -> None:
+    with app_with(make_config, tmp_path, {"a": FakeScript(), "b": FakeScript(), "c": FakeScript()}) as client:
+        page = client.get("/v1/models", headers=ANTHROPIC_HEADERS).json()
+        assert [m["id"] for m in page["data"]] == ["a", "b", "c"] and page["has_more"] is False
+        assert page["first_id"] == "a" and page["last_id"] == "c"
+        first = page["data"][0]
+        assert first["type"] == "model" and first["display_name"] == "a" and first["created_at"].endswith("Z")
+        # Paging as Anthropic's list pages.
+        head = client.get("/v1/models?limit=2", headers=ANTHROPIC_HEADERS).json()
+        assert [m["id"] for m in head["data"]] == ["a", "b"] and head["has_more"] is True
+        tail = client.get(f"/v1/models?limit=2&after_id={head['last_id']}", headers=ANTHROPIC_HEADERS).json()
+        assert [m["id"] for m in tail["data"]] == ["c"] and tail["has_more"] is False
+        back = client.get("/v1/models?limit=1&before_id=c", headers=ANTHROPIC_HEADERS).json()
+        assert [m["id"] for m in back["data"]] == ["b"] and back["has_more"] is True
+        bad = client.get("/v1/models?limit=0", headers=ANTHROPIC_HEADERS)
+        assert bad.status_code == 400 and bad.json()["type"] == "error"
+        # One model, and a missing one in Anthropic's error shape.
+        one = client.get("/v1/models/b", headers=ANTHROPIC_HEADERS).json()
+        assert set(one) == {"type", "id", "display_name", "created_at"} and one["id"] == "b"
+        missing = client.get("/v1/models/zzz", headers=ANTHROPIC_HEADERS)
+        assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found_error"
+        # OpenAI's clients are unchanged.
+        assert client.get("/v1/models").json()["object"] == "list"
+        assert client.get("/v1/models/b").json()["object"] == "model"
