@@ -230,3 +230,34 @@ def test_anthropic_clients_get_anthropic_model_objects(make_config: Any, tmp_pat
         # OpenAI's clients are unchanged.
         assert client.get("/v1/models").json()["object"] == "list"
         assert client.get("/v1/models/b").json()["object"] == "model"
+
+
+# -- 6. every accepted chat field does what docs/api.md says --------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "status"),
+    [
+        ("metadata", {"run": "42"}, 200),
+        ("prompt_cache_key", "tenant-1", 200),
+        ("safety_identifier", "user-hash", 200),
+        ("user", "u1", 200),
+        ("store", False, 200),
+        ("service_tier", "auto", 200),
+        ("service_tier", "default", 200),
+        ("verbosity", "medium", 200),
+        ("store", True, 400),
+        ("service_tier", "priority", 400),
+        ("service_tier", "flex", 400),
+        ("verbosity", "low", 400),
+        ("verbosity", "high", 400),
+        ("metadata", {"k": 1}, 400),
+        ("metadata", {f"k{i}": "v" for i in range(17)}, 400),
+    ],
+)
+def test_chat_fields_are_kept_or_refused(answering: TestClient, field: str, value: Any, status: int) -> None:
+    body = {"model": "m", "messages": TOOL_ROUND[:1], field: value}
+    response = answering.post("/v1/chat/completions", json=body)
+    assert response.status_code == status
+    if status == 400:
+        assert response.json()["error"]["param"].startswith(field)
