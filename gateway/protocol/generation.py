@@ -185,7 +185,8 @@ def _refuse_unkept(chat: ChatCompletionRequest) -> None:
         )
     if chat.service_tier not in (None, "auto", "default"):
         raise invalid_request(
-            f"'service_tier': '{chat.service_tier}' is not offered here; send 'auto' or 'default'.", param="service_tier"
+            f"'service_tier': '{chat.service_tier}' is not offered here; send 'auto' or 'default'.",
+            param="service_tier",
         )
     if chat.verbosity not in (None, "medium"):
         raise invalid_request(
