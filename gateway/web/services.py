@@ -24,6 +24,7 @@ from gateway.observability.metrics import Metrics
 from gateway.observability.record import RequestRecord
 from gateway.scheduler import Scheduler
 from gateway.scheduler.gauges import model_states, pool_states
+from gateway.store.conversations import ConversationStore, MemoryConversations
 from gateway.store.responses import ResponseStore, open_store
 from gateway.upstream.proxy import Upstreams
 from gateway.web.gate import Gate
@@ -72,6 +73,7 @@ class Services:
         self.access_log = AccessLog(gateway.access_log, gateway.log_content)
         self.gate = Gate(KeyRing(settings), RateLimiter(), gateway.max_body_bytes, gateway.log_content)
         self.responses: ResponseStore = open_store(gateway.responses_store, gateway.responses_store_max)
+        self.conversations: ConversationStore = MemoryConversations(gateway.responses_store_max)
         self.shutdown_grace = gateway.shutdown_grace
         self._reload_lock = asyncio.Lock()
         self._reloads: set[asyncio.Task[None]] = set()
@@ -131,3 +133,4 @@ class Services:
         await self.processes.spares.close()
         self.access_log.close()
         self.responses.close()
+        self.conversations.close()

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 from starlette.testclient import TestClient
 
@@ -261,3 +262,67 @@ def test_chat_fields_are_kept_or_refused(answering: TestClient, field: str, valu
     assert response.status_code == status
     if status == 400:
         assert response.json()["error"]["param"].startswith(field)
+
+
+# -- 3. input_tokens, input_items, conversations (through the openai SDK's own types) --------------
+
+
+def sdk(client: TestClient) -> openai.OpenAI:
+    return openai.OpenAI(api_key="unused", base_url="http://testserver/v1", http_client=client)
+
+
+def test_responses_input_tokens_counts_the_prompt(answering: TestClient) -> None:
+    counted = sdk(answering).responses.input_tokens.count(model="m", input="Weather in Paris?")
+    assert counted.object == "response.input_tokens"
+    created = answering.post("/v1/responses", json={"model": "m", "input": "Weather in Paris?"}).json()
+    assert counted.input_tokens == created["usage"]["input_tokens"] > 0
+    longer = sdk(answering).responses.input_tokens.count(model="m", input="Weather in Paris?", instructions="Be brief.")
+    assert longer.input_tokens > counted.input_tokens
+
+
+def test_responses_input_items_lists_what_a_response_was_given(answering: TestClient) -> None:
+    client = sdk(answering)
+    turns: list[Any] = [
+        {"role": "developer", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "input_text", "text": "Weather in Paris?"}]},
+    ]
+    created = client.responses.create(model="m", input=turns)
+    items = list(client.responses.input_items.list(created.id, order="asc"))
+    assert [(i.type, getattr(i, "role", None)) for i in items] == [("message", "developer"), ("message", "user")]
+    assert all(i.id for i in items)
+    newest_first = client.responses.input_items.list(created.id, limit=1)
+    assert [i.id for i in newest_first.data] == [items[1].id] and newest_first.has_more
+    with pytest.raises(openai.NotFoundError):
+        client.responses.input_items.list("resp_missing")
+
+
+def test_conversations_keep_items_and_responses_extend_them(answering: TestClient) -> None:
+    client = sdk(answering)
+    conversation = client.conversations.create(
+        metadata={"topic": "weather"}, items=[{"type": "message", "role": "user", "content": "Hello"}]
+    )
+    assert conversation.object == "conversation" and conversation.metadata == {"topic": "weather"}
+    added = client.conversations.items.create(
+        conversation.id, items=[{"type": "message", "role": "user", "content": "Weather in Paris?"}]
+    )
+    assert len(added.data) == 1 and added.first_id == added.last_id
+    answer = client.responses.create(model="m", input="And tomorrow?", conversation=conversation.id)
+    assert answer.output_text == "".join(ANSWER)  # no tool round here: the fake's text as it is
+    items = list(client.conversations.items.list(conversation.id, order="asc"))
+    texts = [part.text for item in items if item.type == "message" for part in item.content]  # type: ignore[union-attr]
+    assert texts == ["Hello", "Weather in Paris?", "And tomorrow?", "".join(ANSWER)]
+    # The conversation is the history of the next answer: its prompt holds every item.
+    again = client.responses.input_tokens.count(model="m", input="x", conversation=conversation.id)
+    alone = client.responses.input_tokens.count(model="m", input="x")
+    assert again.input_tokens > alone.input_tokens
+    # One item, deleted; the conversation, updated, then deleted.
+    last = client.conversations.items.retrieve(items[-1].id, conversation_id=conversation.id)
+    assert last.id == items[-1].id
+    client.conversations.items.delete(items[-1].id, conversation_id=conversation.id)
+    assert len(client.conversations.items.list(conversation.id).data) == 3
+    assert client.conversations.update(conversation.id, metadata={"topic": "x"}).metadata == {"topic": "x"}
+    assert client.conversations.delete(conversation.id).deleted
+    with pytest.raises(openai.NotFoundError):
+        client.conversations.retrieve(conversation.id)
+    with pytest.raises(openai.BadRequestError):
+        client.conversations.create(items=[{"type": "web_search_call"}])  # type: ignore[list-item]
