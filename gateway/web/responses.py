@@ -11,6 +11,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from gateway.dialects.common import load_json
 from gateway.dialects.responses import reply
 from gateway.dialects.responses.events import ResponseEvents
 from gateway.dialects.responses.items import kept_items, page
@@ -18,10 +19,10 @@ from gateway.dialects.responses.request import (
     ResponsesRequest,
     input_messages,
     kept_messages,
-    parse_responses_request,
+    parse_responses_data,
     to_chat,
 )
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, invalid_request
 from gateway.serving import run
 from gateway.serving.plan import plan_local_chat
 from gateway.serving.run import ChatStream
@@ -69,8 +70,29 @@ def _skeleton(body: ResponsesRequest, model: str) -> dict[str, Any]:
     return base
 
 
+async def _parsed(request: Request, counting: bool = False) -> ResponsesRequest:
+    data = load_json(await request.body())
+    items = data.get("input")
+    if isinstance(items, list):
+        for index, item in enumerate(items):
+            if isinstance(item, dict) and item.get("type") == "item_reference":
+                items[index] = await _referenced(request, item.get("id"), f"input[{index}].id")
+    return parse_responses_data(data, counting)
+
+
+async def _referenced(request: Request, item_id: Any, param: str) -> dict[str, Any]:
+    """The output item of a stored response (this key's) that an `item_reference` names."""
+    place = reply.item_place(item_id) if isinstance(item_id, str) else None
+    stored = await asyncio.to_thread(_store(request).get, place[0]) if place is not None else None
+    if place is not None and stored is not None and stored.get("key_id") == principal_of(request).key_id:
+        output = stored["response"]["output"]
+        if place[1] < len(output) and output[place[1]]["id"] == item_id:
+            return dict(output[place[1]])
+    raise invalid_request(f"Item with id '{item_id}' not found (only stored responses' output items).", param=param)
+
+
 async def create(request: Request) -> Response:
-    body = parse_responses_request(await request.body())
+    body = await _parsed(request)
     history = await _history(request, body)
     chat = to_chat(body, history)
     call = call_of(request)
@@ -121,8 +143,7 @@ async def input_items(request: Request) -> Response:
 async def input_tokens(request: Request) -> Response:
     """What a request's input would take in tokens, measured as `/v1/messages/count_tokens` measures:
     the prompt rendered and tokenized by the model's worker, nothing generated."""
-    raw = await request.body()
-    body = parse_responses_request(raw, counting=True)
+    body = await _parsed(request, counting=True)
     chat = to_chat(body, await _history(request, body))
     call = call_of(request)
     plan = plan_local_chat(call, chat)

@@ -326,3 +326,31 @@ def test_conversations_keep_items_and_responses_extend_them(answering: TestClien
         client.conversations.retrieve(conversation.id)
     with pytest.raises(openai.BadRequestError):
         client.conversations.create(items=[{"type": "web_search_call"}])  # type: ignore[list-item]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_item_references_name_stored_output_items(cutting: TestClient, stream: bool) -> None:
+    """The AI SDK's Responses provider sends a stored call back as `{"type": "item_reference", "id"}`."""
+    forced = {"type": "function", "name": "get_weather"}
+    body = {"model": "m", "input": "Weather?", "tools": [WEATHER_TOOL_RESPONSES], "tool_choice": forced}
+    if stream:
+        with cutting.stream("POST", "/v1/responses", json={**body, "stream": True}) as response:
+            output = sse_events(response)[-1][1]["response"]["output"]
+    else:
+        output = cutting.post("/v1/responses", json=body).json()["output"]
+    (call,) = output
+    follow = {
+        "model": "t",
+        "input": [
+            {"role": "user", "content": "Weather?"},
+            {"type": "item_reference", "id": call["id"]},
+            {"type": "function_call_output", "call_id": call["call_id"], "output": "sunny"},
+        ],
+    }
+    answered = cutting.post("/v1/responses", json=follow)
+    assert answered.status_code == 200
+    items = cutting.get(f"/v1/responses/{answered.json()['id']}/input_items", params={"order": "asc"}).json()["data"]
+    assert items[1]["type"] == "function_call" and items[1]["arguments"] == call["arguments"]
+    follow["input"][1]["id"] = call["id"].rsplit("_", 1)[0] + "_7"  # type: ignore[index]
+    missing = cutting.post("/v1/responses", json=follow)
+    assert missing.status_code == 400 and missing.json()["error"]["param"] == "input[1].id"

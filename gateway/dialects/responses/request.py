@@ -170,7 +170,11 @@ def _check_tools(data: dict[str, Any]) -> None:
 
 def parse_responses_request(body: bytes, counting: bool = False) -> ResponsesRequest:
     """`counting`: the body of `POST /v1/responses/input_tokens`, whose `input` may be left out."""
-    data = load_json(body)
+    return parse_responses_data(load_json(body), counting)
+
+
+def parse_responses_data(data: dict[str, Any], counting: bool = False) -> ResponsesRequest:
+    """A request from its JSON body (`item_reference`s already replaced by the items they name)."""
     if counting and data.get("input") is None:
         data["input"] = []
     refuse(data, UNSUPPORTED)
