@@ -104,7 +104,8 @@ def plan_tools(chat: ChatCompletionRequest, view: SlotView) -> ToolPlan:
     plain = chat.response_format is None or chat.response_format.type == "text"
     if mode == "none" or not chat.tools:
         history = has_tool_turns([m.for_template() for m in chat.messages])
-        return ToolPlan(native=native, response_only=not native and plain and history)
+        unconstrained = plain and view.entry.output.grammar_schema is None
+        return ToolPlan(native=native, response_only=not native and unconstrained and history)
     tools = tuple(t.model_dump(exclude_none=True) for t in chat.tools)
     generic = mode == "auto" and not native and plain
     return ToolPlan(mode, tools, chat.forced_tool, native, generic)  # type: ignore[arg-type]
