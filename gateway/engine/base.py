@@ -39,6 +39,8 @@ class GenerationParams:
     top_logprobs: int = 0
     tools: list[dict[str, Any]] | None = None  # offered to the chat template
     n: int = 1  # choices, decoded together
+    # The chat ends with an assistant message to continue (prefill): its turn is left open.
+    continue_final: bool = False
 
     def to_wire(self) -> dict[str, Any]:
         return asdict(self)

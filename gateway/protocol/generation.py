@@ -105,6 +105,13 @@ class ChatCompletionRequest(GenerationRequest):
     tools: Annotated[list[Tool], Field(min_length=1, max_length=limits.MAX_TOOLS)] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
+    # Accepted, and change nothing here (docs/api.md says so for each): what the client labels or
+    # routes by, and OpenAI's defaults of settings that would change the answer (others are refused).
+    metadata: Annotated[dict[str, Annotated[str, Field(max_length=512)]], Field(max_length=16)] | None = None
+    prompt_cache_key: Annotated[str, Field(max_length=limits.MAX_USER_CHARS)] | None = None
+    safety_identifier: Annotated[str, Field(max_length=limits.MAX_USER_CHARS)] | None = None
+    store: bool | None = None
+    verbosity: Literal["low", "medium", "high"] | None = None
 
     @property
     def tool_mode(self) -> str:
@@ -148,6 +155,7 @@ def parse_chat_request(body: bytes) -> ChatCompletionRequest:
     if data.get("top_logprobs") is not None and data.get("logprobs") is not True:
         raise invalid_request("'top_logprobs' needs 'logprobs': true.", param="top_logprobs")
     chat = validate(ChatCompletionRequest, data)
+    _refuse_unkept(chat)
     if chat.tool_choice is not None and not chat.tools:
         raise invalid_request("'tool_choice' needs 'tools'.", param="tool_choice")
     names: set[str] = set()
@@ -170,6 +178,22 @@ def parse_chat_request(body: bytes) -> ChatCompletionRequest:
             if tool.function.parameters and chat.forced_tool in (None, tool.function.name):
                 structured.check(tool.function.parameters, f"tools[{index}].function.parameters")
     return chat
+
+
+def _refuse_unkept(chat: ChatCompletionRequest) -> None:
+    """Values of accepted fields that ask for what this gateway cannot do: a 400, not a silent default."""
+    if chat.store:
+        raise invalid_request(
+            "'store': true is not supported: chat completions are not kept for retrieval here "
+            "(the Responses API stores its responses).",
+            param="store",
+        )
+    if chat.verbosity not in (None, "medium"):
+        raise invalid_request(
+            f"'verbosity': '{chat.verbosity}' is not supported: local models answer at their own length; "
+            "set 'max_completion_tokens' or say so in the prompt.",
+            param="verbosity",
+        )
 
 
 def parse_completion_request(body: bytes) -> CompletionRequest:

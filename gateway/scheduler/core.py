@@ -207,6 +207,7 @@ class Scheduler(Loading):
         for model_id, entry in settings.models.items():
             if model_id in change.unchanged:
                 slots[model_id] = old[model_id]
+                slots[model_id].entry = entry  # the same version, perhaps under other aliases
             else:  # added, or changed: the new version opens once the old one has unloaded
                 slots[model_id] = Slot(model_id, entry, facts[model_id], after_predecessor=model_id in change.changed)
         for model_id in (*change.changed, *change.removed):

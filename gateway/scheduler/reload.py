@@ -13,7 +13,7 @@ class ReloadDiff:
     added: tuple[str, ...]
     removed: tuple[str, ...]
     changed: tuple[str, ...]  # same id, different entry: the old version drains, the new one loads on demand
-    unchanged: tuple[str, ...]  # kept as they are, loaded or not
+    unchanged: tuple[str, ...]  # kept as they are, loaded or not (their aliases may have changed)
 
     def summary(self) -> dict[str, list[str]]:
         return {
@@ -24,11 +24,17 @@ class ReloadDiff:
         }
 
 
+def same_version(old: ModelEntry, new: ModelEntry) -> bool:
+    """Whether two entries are one version of a model: equal but for their aliases, which are names
+    clients may use, not settings of the model (a reload that only renames keeps it loaded)."""
+    return old.model_copy(update={"aliases": []}) == new.model_copy(update={"aliases": []})
+
+
 def diff(old: Mapping[str, ModelEntry], new: Mapping[str, ModelEntry]) -> ReloadDiff:
     """Compare two configurations' models, in the new configuration's order (removed: the old's)."""
     return ReloadDiff(
         added=tuple(m for m in new if m not in old),
         removed=tuple(m for m in old if m not in new),
-        changed=tuple(m for m in new if m in old and old[m] != new[m]),
-        unchanged=tuple(m for m in new if m in old and old[m] == new[m]),
+        changed=tuple(m for m in new if m in old and not same_version(old[m], new[m])),
+        unchanged=tuple(m for m in new if m in old and same_version(old[m], new[m])),
     )

@@ -65,11 +65,14 @@ def plan_chat(chat: ChatCompletionRequest, view: SlotView, gateway: GatewaySecti
         )
     tools = plan_tools(chat, view)
     entry = view.entry
+    messages = tools.messages([m.for_template() for m in chat.messages])
+    constraint = _constraint(chat, tools, entry)
     params = GenerationParams(
-        messages=tools.messages([m.for_template() for m in chat.messages]),
+        messages=messages,
         tools=tools.for_template(),
         max_tokens=_pick(chat.completion_limit, entry.output.max_tokens),
-        constraint=_constraint(chat, tools, entry),
+        constraint=constraint,
+        continue_final=_prefilled(messages, constraint),
         logprobs=bool(chat.logprobs),
         top_logprobs=chat.top_logprobs or 0,
         n=chat.choices,
@@ -159,6 +162,22 @@ def _constraint(chat: ChatCompletionRequest, tools: ToolPlan, entry: ModelEntry)
     if entry.output.grammar_schema is not None:
         return {"json_schema": entry.output.grammar_schema}
     return None
+
+
+def _prefilled(messages: list[dict[str, Any]], constraint: dict[str, Any] | None) -> bool:
+    """Whether the chat ends with an assistant's text to continue (Anthropic's prefill; llama-server
+    and vLLM continue a final assistant message too): the answer is then only the continuation."""
+    final = messages[-1] if messages else {}
+    if final.get("role") != "assistant" or final.get("tool_calls") or not final.get("content"):
+        return False
+    if constraint is not None:  # the constraint would apply to the continuation as if it were the whole answer
+        raise invalid_request(
+            "A final assistant message (prefill) cannot be continued under a constraint on the answer "
+            "(response_format, a forced or generic tool call, or the model's grammar); end the messages "
+            "with a user message instead.",
+            param="messages",
+        )
+    return True
 
 
 def _pick(value: Any, default: Any) -> Any:

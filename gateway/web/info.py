@@ -5,6 +5,9 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from gateway.dialects.anthropic import reply as anthropic
+from gateway.dialects.anthropic.models import model_object, model_page
+from gateway.errors import GatewayError
 from gateway.observability.metrics import CONTENT_TYPE
 from gateway.serving.resolve import Remote, resolve
 from gateway.web.context import call_of, principal_of, services_of
@@ -33,17 +36,31 @@ async def metrics(request: Request) -> Response:
     return Response(services_of(request).metrics.exposition(), media_type=CONTENT_TYPE)
 
 
+def _anthropic(request: Request) -> bool:
+    """Anthropic's SDKs send `anthropic-version` on every request: the model list answers in its shape."""
+    return "anthropic-version" in request.headers
+
+
 async def list_models(request: Request) -> Response:
     principal, services = principal_of(request), services_of(request)
     cards = [card(v) for v in services.scheduler.views() if principal.may_use(v.model_id)]
     upstreams = services.upstreams
     cards += [remote_card(upstreams, m) for m in upstreams.models if principal.may_use(m)]
+    if _anthropic(request):
+        try:
+            return JSONResponse(model_page(cards, dict(request.query_params)))
+        except GatewayError as error:
+            return JSONResponse(anthropic.error_body(error), status_code=anthropic.error_status(error))
     return JSONResponse({"object": "list", "data": cards})
 
 
 async def get_model(request: Request) -> Response:
     call = call_of(request)
-    target = resolve(call, request.path_params["model"])
-    if isinstance(target, Remote):
-        return JSONResponse(remote_card(call.upstreams, target.model_id))
-    return JSONResponse(card(target))
+    try:
+        target = resolve(call, request.path_params["model"])
+    except GatewayError as error:
+        if not _anthropic(request):
+            raise
+        return JSONResponse(anthropic.error_body(error), status_code=anthropic.error_status(error))
+    found = remote_card(call.upstreams, target.model_id) if isinstance(target, Remote) else card(target)
+    return JSONResponse(model_object(found) if _anthropic(request) else found)

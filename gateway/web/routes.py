@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.routing import Route
 
-from gateway.web import admin, anthropic, info, openai, responses
+from gateway.web import admin, anthropic, conversations, info, openai, responses
 
 ROUTES = [
     Route("/health", info.health, methods=["GET"]),
@@ -18,8 +18,18 @@ ROUTES = [
     Route("/v1/messages", anthropic.messages, methods=["POST"]),
     Route("/v1/messages/count_tokens", anthropic.count_tokens, methods=["POST"]),
     Route("/v1/responses", responses.create, methods=["POST"]),
+    Route("/v1/responses/input_tokens", responses.input_tokens, methods=["POST"]),
     Route("/v1/responses/{id}", responses.retrieve, methods=["GET"]),
     Route("/v1/responses/{id}", responses.delete, methods=["DELETE"]),
+    Route("/v1/responses/{id}/input_items", responses.input_items, methods=["GET"]),
+    Route("/v1/conversations", conversations.create, methods=["POST"]),
+    Route("/v1/conversations/{id}", conversations.retrieve, methods=["GET"]),
+    Route("/v1/conversations/{id}", conversations.update, methods=["POST"]),
+    Route("/v1/conversations/{id}", conversations.delete, methods=["DELETE"]),
+    Route("/v1/conversations/{id}/items", conversations.add_items, methods=["POST"]),
+    Route("/v1/conversations/{id}/items", conversations.list_items, methods=["GET"]),
+    Route("/v1/conversations/{id}/items/{item_id}", conversations.get_item, methods=["GET"]),
+    Route("/v1/conversations/{id}/items/{item_id}", conversations.delete_item, methods=["DELETE"]),
     Route("/extras/tokenize", openai.tokenize, methods=["POST"]),
     Route("/extras/detokenize", openai.detokenize, methods=["POST"]),
     Route("/admin/models", admin.list_running, methods=["GET"]),

@@ -29,6 +29,7 @@ from gateway.observability.recent import RecentRequests
 from gateway.observability.record import RequestRecord
 from gateway.scheduler import Scheduler
 from gateway.scheduler.gauges import model_states, pool_states
+from gateway.store.conversations import ConversationStore
 from gateway.store.database import open_database
 from gateway.store.ledger import Ledger, UsageRow
 from gateway.store.responses import DocumentStore, ResponseStore, SqliteStore, Stored
@@ -125,6 +126,8 @@ class Services:
             if gateway.responses_store is not None
             else DocumentStore(self.db, "response", gateway.responses_store_max)
         )
+        # Beside the stored Responses, in the same store: a conversation outlives a restart and is shared by replicas.
+        self.conversations: ConversationStore = DocumentStore(self.db, "conversation", gateway.responses_store_max)
         self.shutdown_grace = gateway.shutdown_grace
         self._reload_lock = asyncio.Lock()
         self._reloads: set[asyncio.Task[None]] = set()
@@ -227,6 +230,7 @@ class Services:
         await self.processes.spares.close()
         self.access_log.close()
         self.responses.close()
+        self.conversations.close()
         if self.shared is not None:
             await self.shared.close()
         await asyncio.to_thread(self.ledger.close)  # SIGTERM: the rows of every finished request are written

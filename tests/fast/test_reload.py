@@ -140,3 +140,26 @@ async def test_reload_racing_a_load_and_another_reload(make_config: Any, tmp_pat
     fresh.release()
     await registry.close()
     assert factory.live() == []
+
+
+@pytest.mark.anyio
+async def test_a_reload_that_only_changes_aliases_keeps_the_model_loaded(make_config: Any, tmp_path: Path) -> None:
+    before = parse_settings(make_config({"m": {"aliases": ["old-name"]}}), tmp_path)
+    factory = FakeWorkers()
+    registry = Scheduler(before, inspect_models(before), factory.engine, budget=2**40)
+    first = await acquire(registry, "old-name")
+    engine = first.engine
+    first.release()
+
+    after = parse_settings(make_config({"m": {"aliases": ["new-name"]}}), tmp_path)
+    summary = registry.apply(after, inspect_models(after), 2**40).summary()
+    assert summary["unchanged"] == ["m"] and summary["changed"] == []
+    await asyncio.sleep(0.01)
+    again = await acquire(registry, "new-name")
+    assert again.engine is engine and engine.alive
+    again.release()
+    with pytest.raises(GatewayError) as info:
+        await acquire(registry, "old-name")
+    assert info.value.code == "model_not_found"
+    assert factory.loads == {"m": 1} and registry.view("m").entry.aliases == ["new-name"]
+    await registry.close()

@@ -157,13 +157,17 @@ def test_reload_applies_a_diff_while_a_stream_runs(fresh_server: Any) -> None:
     del new["models"]["gemma"]  # removed
     new["models"]["smollm2-q8"]["model"]["n_ctx"] = 256  # changed
     new["models"]["smollm2-b"] = model(SMOLLM)  # added
+    new["models"]["smollm2"]["aliases"] = ["gpt-4o"]  # renamed only: not a load setting
     server.config_path.write_text(yaml.safe_dump(new))
     server.process.send_signal(signal.SIGHUP)
     assert wait_for(lambda: set(server.statuses()) == {"smollm2", "smollm2-q8", "smollm2-b"})
     thread.join(CLIENT_TIMEOUT)
     chunks = result["chunks"]
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 300  # uninterrupted
-    assert server.statuses()["smollm2"] == "loaded"  # unchanged: still loaded
+    assert server.statuses()["smollm2"] == "loaded"  # unchanged but for its aliases: still loaded
+    assert client.chat.completions.create(model="gpt-4o", messages=HELLO, max_tokens=2).model == "smollm2"
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="gpt-4o-mini", messages=HELLO, max_tokens=2)
     # The changed model reloads with its new context size on its next request.
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(model="smollm2-q8", messages=[{"role": "user", "content": "word " * 300}])

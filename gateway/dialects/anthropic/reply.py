@@ -7,6 +7,8 @@ import json
 import uuid
 from typing import Any
 
+import pydantic_core
+
 from gateway.errors import GatewayError
 from gateway.protocol.answer import Answer, Chunk, Ended, Text, ToolDelta, Usage
 
@@ -42,10 +44,15 @@ def new_message_id() -> str:
 
 
 def _tool_input(arguments: str) -> dict[str, Any]:
+    """A call's input; one cut short by max_tokens (the stop_reason says so) is what its partial JSON
+    holds so far, as the SDK's stream accumulator reads the same `input_json_delta`s."""
     try:
         value = json.loads(arguments or "{}")
     except ValueError:
-        return {}  # cut short by max_tokens: the stop_reason says so
+        try:
+            value = pydantic_core.from_json(arguments, allow_partial="trailing-strings")
+        except ValueError:
+            return {}
     return value if isinstance(value, dict) else {}
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.dialects.responses.reply import call_item, finish, message_item, new_id, text_part
+from gateway.dialects.responses.reply import call_item, finish, item_status, message_item, output_item_id, text_part
 from gateway.errors import GatewayError
 from gateway.protocol.answer import Chunk, Ended, Text, ToolDelta, Usage
 
@@ -41,12 +41,15 @@ class ResponseEvents:
         events: list[Event] = []
         if isinstance(chunk, Text) and chunk.text:
             if self._item is None or self._item["type"] != "message":
-                events += self._open(message_item(new_id("msg"), "", "in_progress"))
+                events += self._open(message_item(self._item_id("message"), "", "in_progress"))
             events.append(self._text_delta(chunk.text))
         elif isinstance(chunk, ToolDelta):
             call = chunk.delta
             if call.get("id"):
-                events += self._open(call_item(new_id("fc"), call["id"], call["function"]["name"], "", "in_progress"))
+                item = call_item(
+                    self._item_id("function_call"), call["id"], call["function"]["name"], "", "in_progress"
+                )
+                events += self._open(item)
             fragment = call.get("function", {}).get("arguments")
             if fragment and self._item is not None:
                 self._parts.append(fragment)
@@ -68,7 +71,7 @@ class ResponseEvents:
     def end(self) -> list[Event]:
         events = self._close()
         if not self.response["output"]:  # an empty answer is still one (empty) message
-            events += self._open(message_item(new_id("msg"), "", "in_progress"))
+            events += self._open(message_item(self._item_id("message"), "", "in_progress"))
             events += self._close()
         finish(self.response, self._finish_reason, *self._usage)
         kind = "response.incomplete" if self.response["status"] == "incomplete" else "response.completed"
@@ -83,6 +86,13 @@ class ResponseEvents:
             self._event("error", code=error.code, message=error.message, param=error.param),
             self._event("response.failed", response={**self.response}),
         ]
+
+    def _item_id(self, kind: str) -> str:
+        return output_item_id(self.response["id"], kind, self._position_after_close())
+
+    def _position_after_close(self) -> int:
+        """Where the next item goes: after the one still open, which is closed before it opens."""
+        return len(self.response["output"]) + (1 if self._item is not None else 0)
 
     def _position(self) -> int:
         return len(self.response["output"])
@@ -122,15 +132,16 @@ class ResponseEvents:
         self._item = None
         where = {"item_id": item["id"], "output_index": self._position()}
         joined = "".join(self._parts)
+        status = item_status(self._finish_reason)  # known when the last item closes: the answer has ended
         events: list[Event]
         if item["type"] == "message":
-            done = message_item(item["id"], joined)
+            done = message_item(item["id"], joined, status)
             events = [
                 self._event("response.output_text.done", **where, content_index=0, text=joined, logprobs=[]),
                 self._event("response.content_part.done", **where, content_index=0, part=text_part(joined)),
             ]
         else:
-            done = call_item(item["id"], item["call_id"], item["name"], joined)
+            done = call_item(item["id"], item["call_id"], item["name"], joined, status)
             events = [
                 self._event("response.function_call_arguments.done", **where, name=item["name"], arguments=joined)
             ]

@@ -3,6 +3,7 @@ Pure: no I/O. The stream events built from the same pieces: `events.py`."""
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from typing import Any
@@ -13,6 +14,19 @@ from gateway.protocol.answer import Answer
 
 def new_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex}"
+
+
+def output_item_id(response_id: str, kind: str, index: int) -> str:
+    """An output item's id names its response and place, so that an `item_reference` to it (the AI
+    SDK sends them for stored responses) is found without an index of every item."""
+    prefix = "fc" if kind == "function_call" else "msg"
+    return f"{prefix}_{response_id.removeprefix('resp_')}_{index}"
+
+
+def item_place(item_id: str) -> tuple[str, int] | None:
+    """The response id and output index an output item's id names (None: not an output item's)."""
+    match = re.fullmatch(r"(?:fc|msg)_([0-9a-f]+)_([0-9]+)", item_id)
+    return None if match is None else (f"resp_{match.group(1)}", int(match.group(2)))
 
 
 def _tool_choice(request: ResponsesRequest) -> Any:
@@ -69,7 +83,8 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
 
 
 def message_item(item_id: str, text: str, status: str = "completed") -> dict[str, Any]:
-    content = [text_part(text)] if status == "completed" else []
+    """A message item; "in_progress" is the one a stream opens, before its content part."""
+    content = [] if status == "in_progress" else [text_part(text)]
     return {"type": "message", "id": item_id, "status": status, "role": "assistant", "content": content}
 
 
@@ -88,6 +103,11 @@ def call_item(item_id: str, call_id: str, name: str, arguments: str, status: str
     }
 
 
+def item_status(finish_reason: str) -> str:
+    """The status of an answer's items: the last one of an answer cut by max_output_tokens is incomplete."""
+    return "incomplete" if finish_reason == "length" else "completed"
+
+
 def finish(response: dict[str, Any], finish_reason: str, prompt_tokens: int, completion_tokens: int) -> None:
     """Status, incomplete details and usage once the answer has ended."""
     if finish_reason == "length":
@@ -101,13 +121,15 @@ def finish(response: dict[str, Any], finish_reason: str, prompt_tokens: int, com
 def response(base: dict[str, Any], answer: Answer) -> dict[str, Any]:
     """A non-streamed answer as a finished Response."""
     choice = answer.choices[0]
+    status = item_status(choice.finish_reason)
     output: list[dict[str, Any]] = []
     if choice.tool_calls:
         for call in choice.tool_calls:
             fn = call["function"]
-            output.append(call_item(new_id("fc"), call["id"], fn["name"], fn["arguments"]))
+            item_id = output_item_id(base["id"], "function_call", len(output))
+            output.append(call_item(item_id, call["id"], fn["name"], fn["arguments"], status))
     else:
-        output.append(message_item(new_id("msg"), choice.text or ""))
+        output.append(message_item(output_item_id(base["id"], "message", 0), choice.text or "", status))
     result = {**base, "output": output}
     finish(result, choice.finish_reason, answer.usage.prompt_tokens, answer.usage.completion_tokens)
     return result

@@ -77,6 +77,10 @@ class TextConfig(Strict):
     format: TextFormat | None = None
 
 
+class ConversationRef(Strict):
+    id: str = Field(min_length=1)
+
+
 class ResponsesRequest(Strict):
     model: str = Field(min_length=1)
     input: str | list[dict[str, Any]]
@@ -95,16 +99,21 @@ class ResponsesRequest(Strict):
     user: str | None = None
     truncation: Literal["auto", "disabled"] | None = None
 
+    conversation: str | ConversationRef | None = None
+
     def items(self) -> list[Item]:
         if isinstance(self.input, str):
             return [MessageItem(role="user", content=self.input)]
         return [_item(i, raw) for i, raw in enumerate(self.input)]
 
+    @property
+    def conversation_id(self) -> str | None:
+        return self.conversation.id if isinstance(self.conversation, ConversationRef) else self.conversation
+
 
 UNSUPPORTED = {
     "reasoning": "reasoning settings need a reasoning model; this gateway serves none.",
     "background": "background responses are not available.",
-    "conversation": "conversations are not available; use previous_response_id.",
     "prompt": "stored prompt templates are not available.",
     "include": "no extra output data (logprobs, reasoning, tool results) is available.",
     "top_logprobs": "log probabilities are not available on /v1/responses; use /v1/chat/completions.",
@@ -113,8 +122,14 @@ UNSUPPORTED = {
 _CONTENT_PARTS = {"input_text", "output_text"}
 
 
-def _item(index: int, raw: Any) -> Item:
-    param = f"input[{index}]"
+def check_items(raw: list[Any], param: str = "input") -> None:
+    """Items as input items are checked: message, function_call or function_call_output, text only."""
+    for index, item in enumerate(raw):
+        _item(index, item, param)
+
+
+def _item(index: int, raw: Any, field: str = "input") -> Item:
+    param = f"{field}[{index}]"
     if not isinstance(raw, dict):
         raise invalid_request(f"Invalid value for '{param}': should be an object.", param=param)
     kind = raw.get("type")
@@ -153,12 +168,23 @@ def _check_tools(data: dict[str, Any]) -> None:
         )
 
 
-def parse_responses_request(body: bytes) -> ResponsesRequest:
-    data = load_json(body)
+def parse_responses_request(body: bytes, counting: bool = False) -> ResponsesRequest:
+    """`counting`: the body of `POST /v1/responses/input_tokens`, whose `input` may be left out."""
+    return parse_responses_data(load_json(body), counting)
+
+
+def parse_responses_data(data: dict[str, Any], counting: bool = False) -> ResponsesRequest:
+    """A request from its JSON body (`item_reference`s already replaced by the items they name)."""
+    if counting and data.get("input") is None:
+        data["input"] = []
     refuse(data, UNSUPPORTED)
     _check_tools(data)
     request = validate(ResponsesRequest, data)
     request.items()  # every input item is checked before the 200
+    if request.conversation is not None and request.previous_response_id:
+        raise invalid_request(
+            "'conversation' and 'previous_response_id' cannot both be given.", param="previous_response_id"
+        )
     names = {t.name for t in request.tools or []}
     if isinstance(request.tool_choice, NamedFunction) and request.tool_choice.name not in names:
         raise invalid_request(
@@ -171,10 +197,19 @@ def parse_responses_request(body: bytes) -> ResponsesRequest:
 
 
 def input_messages(request: ResponsesRequest) -> list[dict[str, Any]]:
-    """The input items as chat messages: consecutive function calls become one assistant turn's
+    return item_messages(request.items())
+
+
+def kept_messages(kept: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Kept items (a conversation's) as chat messages."""
+    return item_messages([_item(i, raw) for i, raw in enumerate(kept)])
+
+
+def item_messages(items: list[Item]) -> list[dict[str, Any]]:
+    """Input items as chat messages: consecutive function calls become one assistant turn's
     tool_calls, each function_call_output a `tool` message."""
     out: list[dict[str, Any]] = []
-    for item in request.items():
+    for item in items:
         if isinstance(item, MessageItem):
             out.append({"role": item.role, "content": item.text()})
         elif isinstance(item, FunctionCallItem):

@@ -54,6 +54,24 @@ def renderer(format_chat: Formatter | None, tokenize: Tokenize) -> Render:
             raise invalid_request(f"The model's chat template rejected the messages: {exc}", "messages") from None
         stop = rendered.stop
         stops = [] if stop is None else [stop] if isinstance(stop, str) else list(stop)
-        return tokenize(rendered.prompt, not rendered.added_special, "messages"), stops
+        prompt = rendered.prompt
+        if params.continue_final and params.messages:
+            prompt = continued(prompt, str(params.messages[-1].get("content") or ""))
+        return tokenize(prompt, not rendered.added_special, "messages"), stops
 
     return render
+
+
+def continued(prompt: str, final: str) -> str:
+    """The prompt cut right after the final assistant message's text, so that the model continues it
+    instead of answering after it (what llama-server and vLLM's `continue_final_message` do): the
+    template closes that turn and opens a new one after the text, and both are dropped."""
+    for text in (final, final.rstrip()):  # some templates trim a message's text
+        at = prompt.rfind(text) if text else -1
+        if at >= 0:
+            return prompt[: at + len(text)]
+    raise invalid_request(
+        "The model's chat template does not show the final assistant message as sent, so it cannot be "
+        "continued; end the messages with a user message instead.",
+        "messages",
+    )

@@ -111,11 +111,15 @@ class NamedCall(Shaper):
 _WRAPPER_HEAD = re.compile(r'^\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"arguments"\s*:\s*')
 
 
+_CUT_NAME = re.compile(r'^\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)$')
+
+
 class RequiredCall(Shaper):
     """The output is {"name": ..., "arguments": {...}} for one of the tools."""
 
-    def __init__(self) -> None:
+    def __init__(self, names: set[str] | None = None) -> None:
         super().__init__()
+        self._names = names or set()
         self._buffer = ""
         self._id = new_call_id()
         self._name: str | None = None
@@ -140,13 +144,45 @@ class RequiredCall(Shaper):
         return pieces
 
     def finish(self) -> list[Piece]:
-        if self._name is None:  # cut short before the name was complete
-            return []
-        arguments = self._buffer.rstrip().removesuffix("}").rstrip()
+        pieces: list[Piece] = []
+        if self._name is None:  # cut short (max_tokens) before the name was complete
+            self._name = self._cut_name()
+            if self._name is None:
+                return []
+            self._buffer = ""
+            pieces.append(("tool", _opening(0, self._id, self._name)))
+        arguments = _arguments_in(self._buffer.rstrip())
         self.tool_calls = [
             {"id": self._id, "type": "function", "function": {"name": self._name, "arguments": arguments}}
         ]
-        return [("tool", _fragment(0, arguments[self._sent :]))] if len(arguments) > self._sent else []
+        if len(arguments) > self._sent:
+            pieces.append(("tool", _fragment(0, arguments[self._sent :])))
+        return pieces
+
+    def _cut_name(self) -> str | None:
+        """The one tool a name cut short can still be (a call cut by max_tokens is still a call)."""
+        head = _CUT_NAME.match(self._buffer)
+        if head is not None:
+            begun = head.group(1)
+        elif '{"name":"'.startswith(re.sub(r"\s+", "", self._buffer)):
+            begun = ""
+        else:
+            return None
+        known = [n for n in self._names if n.startswith(begun)]
+        return known[0] if len(known) == 1 else None
+
+
+def _arguments_in(text: str) -> str:
+    """The arguments of a `{"name", "arguments"}` wrapper without its closing brace: a whole wrapper
+    ends with one brace more than its arguments; an answer cut short (max_tokens) may end inside them."""
+    if text.endswith("}"):
+        try:
+            json.loads(text[:-1])
+        except ValueError:
+            pass
+        else:
+            return text[:-1].rstrip()
+    return text
 
 
 _OPENERS = ("<tool_call>", "[TOOL_CALLS]", "{", "[{")

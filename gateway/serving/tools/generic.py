@@ -37,6 +37,9 @@ def generic_tool_prompt(tools: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+RESPONSE_ONLY_PROMPT = 'Answer the user directly with a JSON object: {"response": "<your answer>"}.'
+
+
 def _only(properties: dict[str, Any]) -> dict[str, Any]:
     return {"type": "object", "properties": properties, "required": list(properties), "additionalProperties": False}
 
@@ -61,6 +64,16 @@ def generic_schema(tools: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def response_schema() -> dict[str, Any]:
+    """A generic answer that calls nothing: the answer to a chat whose earlier calls are written in the
+    generic format, when no call may be made now (the model would otherwise copy their JSON as text)."""
+    return _only({"response": {"type": "string", "minLength": 1}})
+
+
+def has_tool_turns(messages: list[dict[str, Any]]) -> bool:
+    return any(m["role"] == "tool" or m.get("tool_calls") for m in messages)
+
+
 def _as_text(message: dict[str, Any]) -> dict[str, Any]:
     """One turn with tool calls or a tool result, rewritten as plain text the template can show."""
     if message["role"] == "tool":
@@ -82,13 +95,16 @@ def _arguments(raw: str) -> Any:
         return raw
 
 
-def generic_messages(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+def generic_messages(
+    messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, response_only: bool = False
+) -> list[dict[str, Any]]:
     """The chat for a template without tool support: tool turns as text, the tool prompt (when tools
-    are offered) at the end of the system message, or as a system message of its own."""
+    are offered; `response_only`: the prompt of an answer that may call nothing) at the end of the
+    system message, or as a system message of its own."""
     out = [_as_text(m) if m["role"] == "tool" or m.get("tool_calls") else m for m in messages]
-    if not tools:
+    if not tools and not response_only:
         return out
-    prompt = generic_tool_prompt(tools)
+    prompt = generic_tool_prompt(tools) if tools else RESPONSE_ONLY_PROMPT
     if out and out[0]["role"] == "system":
         first = out[0]
         return [{**first, "content": f"{first['content']}\n\n{prompt}" if first["content"] else prompt}, *out[1:]]

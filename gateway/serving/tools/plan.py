@@ -20,7 +20,14 @@ from gateway.serving.tools.calls import (
     forced_schema,
     parameters_schema,
 )
-from gateway.serving.tools.generic import GenericReply, generic_messages, generic_schema, template_presents_tools
+from gateway.serving.tools.generic import (
+    GenericReply,
+    generic_messages,
+    generic_schema,
+    has_tool_turns,
+    response_schema,
+    template_presents_tools,
+)
 
 ToolMode = Literal["none", "auto", "required", "named"]
 
@@ -34,6 +41,9 @@ class ToolPlan:
     forced: str | None = None  # the named tool_choice
     native: bool = True  # the model's chat template presents tools (else llama-server's generic format)
     generic: bool = False  # auto on a template without tools: answered in the generic format
+    # No call may be made now, on a template without tools, after calls written in the generic format:
+    # the answer is a generic `{"response"}`, so that the model cannot answer with a copy of their JSON.
+    response_only: bool = False
 
     @property
     def forcing(self) -> bool:
@@ -49,13 +59,16 @@ class ToolPlan:
             for index, tool in enumerate(self.tools):
                 structured.check(parameters_schema(tool), f"tools[{index}].function.parameters")
             return {"json_schema": generic_schema(list(self.tools))}
+        if self.response_only:
+            return {"json_schema": response_schema()}
         return None
 
     def messages(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The chat as the template gets it: tools in a generic prompt when the template has no
         place for them, and a hint naming the call a forced answer must make."""
         if not self.native:  # tool turns of the history become text even when no tools are offered now
-            messages = generic_messages(messages, None if self.forcing or not self.tools else list(self.tools))
+            offered = None if self.forcing or not self.tools else list(self.tools)
+            messages = generic_messages(messages, offered, self.response_only)
         if self.forcing:
             messages = [{"role": "system", "content": forced_hint(list(self.tools), self.forced)}, *messages]
         return messages
@@ -69,9 +82,9 @@ class ToolPlan:
         if self.mode == "named":
             return NamedCall(self.forced or "")
         if self.mode == "required":
-            return RequiredCall()
-        if self.generic:
-            return GenericReply(names)
+            return RequiredCall(names)
+        if self.generic or self.response_only:
+            return GenericReply(names if self.generic else set())
         if self.mode == "auto":
             return AutoCall(names)
         return Shaper()
@@ -87,10 +100,12 @@ def plan_tools(chat: ChatCompletionRequest, view: SlotView) -> ToolPlan:
     """The request's tool mode (as `ChatCompletionRequest.tool_mode` defines it) and what follows from it."""
     mode = chat.tool_mode
     native = native_tools(view)
-    if mode == "none" or not chat.tools:
-        return ToolPlan(native=native)
-    tools = tuple(t.model_dump(exclude_none=True) for t in chat.tools)
     # A response_format constrains the answer otherwise: the tools are then left to the prompt alone.
     plain = chat.response_format is None or chat.response_format.type == "text"
+    if mode == "none" or not chat.tools:
+        history = has_tool_turns([m.for_template() for m in chat.messages])
+        unconstrained = plain and view.entry.output.grammar_schema is None
+        return ToolPlan(native=native, response_only=not native and unconstrained and history)
+    tools = tuple(t.model_dump(exclude_none=True) for t in chat.tools)
     generic = mode == "auto" and not native and plain
     return ToolPlan(mode, tools, chat.forced_tool, native, generic)  # type: ignore[arg-type]
