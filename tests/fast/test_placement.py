@@ -306,15 +306,3 @@ def test_oom_scenario_from_the_log_to_the_503() -> None:
         == "Cannot load model 'target': cuda0 is out of memory (needed 39520 MiB, 3072 MiB free). Retry shortly."
     )
     assert error.headers() == {"Retry-After": "5"}
-
-
-def test_all_layers_reach_llama_cpp_as_int32_max() -> None:
-    """-1 ("all") passed raw is read as "none" by older llama.cpp builds: it goes as INT32_MAX."""
-    from gateway.engine.worker.backend import ALL_LAYERS, device_arguments
-
-    assert device_arguments({"n_gpu_layers": -1}) == {"n_gpu_layers": ALL_LAYERS}
-    assert device_arguments({"n_gpu_layers": 0, "placement": {"n_gpu_layers": -1, "main_gpu": 0}}) == {
-        "n_gpu_layers": 0x7FFFFFFF,
-        "main_gpu": 0,
-    }
-    assert device_arguments({"n_gpu_layers": 12}) == {"n_gpu_layers": 12}

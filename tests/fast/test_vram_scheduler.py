@@ -3,6 +3,7 @@ log per-device buffers in llama.cpp's CUDA format and allocate them on the fake 
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -129,9 +130,12 @@ async def test_a_model_larger_than_a_gpu_budget_never_fits(make_config: Any, tmp
 
 
 def test_device_arguments_prefer_the_placement() -> None:
+    """-1 ("all") passed raw is read as "none" by older llama.cpp builds: it goes as INT32_MAX."""
     from gateway.engine.worker.backend import device_arguments
 
-    assert device_arguments({"n_gpu_layers": -1}) == {"n_gpu_layers": -1}
+    assert device_arguments({"n_gpu_layers": -1}) == {"n_gpu_layers": 0x7FFFFFFF}
+    assert device_arguments({"n_gpu_layers": 0, "placement": {"n_gpu_layers": -1}}) == {"n_gpu_layers": 0x7FFFFFFF}
+    assert device_arguments({"n_gpu_layers": 12}) == {"n_gpu_layers": 12}
     placed = {"n_gpu_layers": -1, "placement": {"n_gpu_layers": 10, "main_gpu": 0, "tensor_split": [0.7, 0.3]}}
     assert device_arguments(placed) == {"n_gpu_layers": 10, "main_gpu": 0, "tensor_split": [0.7, 0.3]}
 
@@ -170,4 +174,37 @@ async def test_a_build_that_cannot_offload_leaves_only_the_host_pool(
     assert set(r.scheduler.view("a").pools) == {"host"}
     await use(r.scheduler, "b")
     assert r.spawns[-1] == ("b", None, None)  # placed as on a CPU-only machine
+    await r.scheduler.close()
+
+
+async def test_used_never_exceeds_the_budget_through_a_swap(make_config: Any, tmp_path: Path) -> None:
+    """A load claims its room while the model it evicts still holds its memory: that claim is reported
+    apart (`loading`), so what the pool reports used never reads over the budget, at any instant of
+    a swap, in the snapshot and in the figures /metrics serves."""
+    from gateway.scheduler.gauges import pool_states
+
+    fake = gpus(8 * GiB, lag=0.2)
+    budget = 700 * MiB  # one model at a time
+    models = {"a": dict(GPU), "b": dict(GPU)}
+    r = rig(make_config, tmp_path, models, {"a": SMALL, "b": SMALL}, fake, gateway={"budgets": {"cuda0": budget}})
+    samples: list[tuple[int, int, int]] = []
+    done = False
+
+    async def sample() -> None:
+        while not done:
+            snapshot = r.scheduler.snapshot()
+            figures = next(p for p in pool_states(r.scheduler) if p.pool == "cuda0")
+            samples.append((snapshot.pool_used("cuda0"), snapshot.pool_loading("cuda0"), figures.used))
+            await asyncio.sleep(0)
+
+    sampler = asyncio.create_task(sample())
+    for name in ("a", "b", "a"):
+        await use(r.scheduler, name)
+    done = True
+    await sampler
+    assert max(used for used, _, _ in samples) <= budget
+    assert all(used == served for used, _, served in samples)
+    # The swap was seen: a load's claim while its victim still held its memory (together over budget).
+    assert any(used > 0 and loading > 0 and used + loading > budget for used, loading, _ in samples)
+    assert fake.peak_used["GPU-0"] <= budget
     await r.scheduler.close()
