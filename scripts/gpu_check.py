@@ -36,6 +36,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 from gpu_check_parts import VOCAB, dry_run_parts, write_model  # noqa: E402, F401 (VOCAB, write_model: for tests)
 
 MiB = 2**20
+DECODE_MODEL = REPO / "models" / "SmolLM2-135M-Instruct.Q8_0.gguf"  # has a vocabulary: it decodes
 TOLERANCE = 0.05
 ESTIMATE_GOAL = 0.10
 N_CTX = 2048
@@ -221,8 +222,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="write gpu-check.json here")
     parser.add_argument("--dry-run", action="store_true", help="fake GPUs and fake workers: no GPU, no llama.cpp")
+    parser.add_argument("--all", action="store_true", help="the whole course (gpu_check_all.py), then this one")
+    parser.add_argument("--model", type=Path, default=DECODE_MODEL, help="--all: a model that decodes")
     args = parser.parse_args(argv)
+    checks: list[Any] = []
     with tempfile.TemporaryDirectory() as directory:
+        if args.all:
+            import gpu_check_all
+
+            kit = gpu_check_all.dry_kit(Path(directory)) if args.dry_run else None
+            kit = kit or gpu_check_all.real_kit(args.model, gpu_check_all.default_cudart())
+            checks = asyncio.run(gpu_check_all.course(kit))
         if args.dry_run:
             inventory, factory = dry_run_parts(N_CTX)
             summary = asyncio.run(run(ORDER, Path(directory), TINY, inventory, factory))
@@ -230,12 +240,27 @@ def main(argv: list[str] | None = None) -> int:
         else:
             summary = asyncio.run(run(ORDER, Path(directory)))
     summary.failures += judge(summary)
-    text = json.dumps(asdict(summary), indent=2)
+    document: dict[str, Any] = asdict(summary)
+    if args.all:
+        summary.failures += [f"{c.name}: {c.figure}" for c in checks if not c.ok]
+        document = {"checks": [asdict(c) for c in checks], "eviction_course": document, "failures": summary.failures}
+    text = json.dumps(document, indent=2)
     print(text)
+    if args.all:
+        import gpu_check_all
+
+        course = gpu_check_all.Check("eviction_course", not judge(summary), course_figure(summary))
+        print(gpu_check_all.table([*checks, course]), file=sys.stderr)
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "gpu-check.json").write_text(text)
     return 1 if summary.failures else 0
+
+
+def course_figure(summary: Summary) -> str:
+    peak = max((load.ours_total or 0 for load in summary.loads), default=0)
+    evicted = [e for load in summary.loads for e in load.evicted]
+    return f"peak {peak / MiB:.0f} of {summary.budget / MiB:.0f} MiB by NVML, evicted {evicted}"
 
 
 if __name__ == "__main__":

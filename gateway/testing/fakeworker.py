@@ -134,7 +134,9 @@ class FakeWorker:
             gpus, first = script.gpus, _visible(script.gpus, self.env)[0]
 
             def first_decode() -> None:
-                gpus.allocate(self.pid, first, script.decode_bytes)
+                if gpus.allocate(self.pid, first, script.decode_bytes) is not None:
+                    capture.feed(4, "CUDA error: the resource allocation failed\n")  # cuBLAS's, then abort
+                    raise SystemExit("fake CUDA error")
 
             backend.on_first_decode = first_decode
         capture.on_oom = lambda oom: channel.send(wire.DeviceError(oom.device, oom.need, oom.line))
