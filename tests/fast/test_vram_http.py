@@ -65,6 +65,10 @@ def test_models_admin_and_metrics_show_bytes_per_device(make_config: Any, tmp_pa
         assert gauge("gateway_pool_total_bytes", 'pool="cuda0",uuid="GPU-0"') == 8 * GiB
         assert gauge("gateway_pool_free_bytes", 'pool="cuda0",uuid="GPU-0"') <= 8 * GiB - measured
         assert gauge("gateway_pool_budget_bytes", 'pool="host",uuid=""') > 0
+        # The host pool as the scheduler counts it, both loaded models' (not a measured-or-estimated sum).
+        host_used = re.search(r"^gateway_memory_used_bytes (\S+)$", text, re.M)
+        assert host_used and float(host_used.group(1)) == admin["memory_used"] == pools["host"]["used"] > 0
+        assert re.search(r"^gateway_memory_loading_bytes 0\.0$", text, re.M)
 
 
 def test_a_device_out_of_memory_is_an_openai_shaped_503(make_config: Any, tmp_path: Path) -> None:
