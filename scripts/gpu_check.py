@@ -233,6 +233,14 @@ def main(argv: list[str] | None = None) -> int:
             kit = gpu_check_all.dry_kit(Path(directory)) if args.dry_run else None
             kit = kit or gpu_check_all.real_kit(args.model, gpu_check_all.default_cudart())
             checks = asyncio.run(gpu_check_all.course(kit))
+            if not checks[0].ok:  # no GPU, or a build that cannot offload: say what preflight saw
+                text = json.dumps({"checks": [asdict(c) for c in checks], "failures": ["preflight"]}, indent=2)
+                print(text)
+                print(gpu_check_all.table(checks), file=sys.stderr)
+                if args.out is not None:
+                    args.out.mkdir(parents=True, exist_ok=True)
+                    (args.out / "gpu-check.json").write_text(text)
+                return 2
         if args.dry_run:
             inventory, factory = dry_run_parts(N_CTX)
             summary = asyncio.run(run(ORDER, Path(directory), TINY, inventory, factory))
