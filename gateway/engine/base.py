@@ -39,6 +39,9 @@ class GenerationParams:
     top_logprobs: int = 0
     tools: list[dict[str, Any]] | None = None  # offered to the chat template
     n: int = 1  # choices, decoded together
+    # A reasoning model's thinking: {"format": engine.reasoning name, "budget": tokens or None}.
+    reasoning: dict[str, Any] | None = None
+    template_kwargs: dict[str, Any] | None = None  # extra variables for the Jinja chat template
 
     def to_wire(self) -> dict[str, Any]:
         return asdict(self)
@@ -80,6 +83,7 @@ class ChoiceFinished:
     finish_reason: str
     completion_tokens: int
     stop_sequence: str | None = None  # the stop string that ended it (finish_reason "stop")
+    reasoning_tokens: int = 0  # of completion_tokens, those inside the thinking
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,7 @@ class Finished:
     prompt_tokens: int
     completion_tokens: int
     stop_sequence: str | None = None  # the stop string that ended a single choice
+    reasoning_tokens: int = 0  # of completion_tokens, those inside the thinking
 
 
 Event = Started | Delta | ChoiceFinished | Finished

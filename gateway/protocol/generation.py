@@ -99,6 +99,12 @@ class ChatCompletionRequest(GenerationRequest):
     tools: Annotated[list[Tool], Field(min_length=1, max_length=limits.MAX_TOOLS)] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
+    # Reasoning models: how hard to think (none switches thinking off where the template can), a
+    # thinking budget in tokens, `none` to get the raw text in `content`, and the template's variables.
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
+    max_reasoning_tokens: Annotated[int, Field(ge=0)] | None = None
+    reasoning_format: Literal["none", "auto", "deepseek", "parsed"] | None = None
+    chat_template_kwargs: Annotated[dict[str, Any], Field(max_length=64)] | None = None
 
     @property
     def tool_mode(self) -> str:

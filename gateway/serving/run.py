@@ -122,7 +122,7 @@ async def _stream_in_hold(
         plan, first, prompt_tokens = await _begin(held, plan)
         try:
             yield _Begun(prompt_tokens)
-            chunks = chunk_stream(_generations(held, plan, first), record, plan.tools.shaper)
+            chunks = chunk_stream(_generations(held, plan, first), record, plan.shaper)
             async with contextlib.aclosing(chunks):  # closed early: its generation is cancelled first
                 async for chunk in chunks:
                     yield chunk

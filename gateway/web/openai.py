@@ -51,7 +51,8 @@ async def chat_completions(request: Request) -> Response:
         return await _pass_through(request, call, target, "chat/completions", raw, bool(chat.stream))
     call.note_chat(chat)
     plan = plan_chat(chat, target, call.scheduler.settings.gateway)
-    return await _answer(request, call, plan, ChatResponder(plan.model_id))
+    responder = ChatResponder(plan.model_id, call.scheduler.settings.gateway.reasoning_field)
+    return await _answer(request, call, plan, responder)
 
 
 async def completions(request: Request) -> Response:

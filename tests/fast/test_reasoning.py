@@ -1,0 +1,286 @@
+"""Reasoning models: the thinking apart from the answer in every family's format, with markers cut
+at every position; the controls (template variables, effort, budget) and what they reach; the
+answer's shape (reasoning_content, content null when cut off mid-thought, usage) through the fake
+llama under the real worker loop, streamed and whole."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from openai.types.chat import ChatCompletion
+from starlette.testclient import TestClient
+
+from gateway.config import parse_settings
+from gateway.engine import reasoning
+from gateway.engine.base import GenerationParams
+from gateway.engine.worker.prompt import renderer
+from gateway.errors import ConfigError
+from gateway.testing.fakellama import FakeScript
+from gateway.testing.fakeworker import FakeWorkers
+from gateway.web.app import create_app
+from tests.fast.dialect_helpers import sse_events
+
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "reasoning"
+
+
+def template(name: str) -> str:
+    return (FIXTURES / name).read_text(encoding="utf-8")
+
+
+# Each family's output as its model writes it: (format, opened by the prompt, text, thinking, answer).
+OUTPUTS = [
+    ("think", False, "<think>\nLet me add.\n2+2=4\n</think>\n\nIt is 4.", "Let me add.\n2+2=4", "It is 4."),
+    ("think", True, "\nHmm, 2+2.\n</think>\n\nFour.", "Hmm, 2+2.", "Four."),
+    ("think", False, "No thinking <think> here.", "", "No thinking <think> here."),
+    ("magistral", False, "[THINK]Short.[/THINK]Answer.", "Short.", "Answer."),
+    ("granite", False, "<think>Plan.</think><response>Done.</response>", "Plan.", "Done."),
+    (
+        "harmony",
+        False,
+        "<|channel|>analysis<|message|>User asks 2+2.<|end|><|start|>assistant<|channel|>final<|message|>4<|return|>",
+        "User asks 2+2.",
+        "4",
+    ),
+]
+
+
+def split_all(fmt: str, opened: bool, pieces: list[str]) -> tuple[str, str]:
+    splitter = reasoning.splitter(fmt)
+    out = splitter.feed(splitter.fmt.start) if opened else []
+    for piece in pieces:
+        out += splitter.feed(piece)
+    out += splitter.finish()
+    return "".join(t for k, t in out if k == "reasoning"), "".join(t for k, t in out if k == "content")
+
+
+@pytest.mark.parametrize(("fmt", "opened", "text", "thinking", "answer"), OUTPUTS)
+def test_markers_cut_at_every_position(fmt: str, opened: bool, text: str, thinking: str, answer: str) -> None:
+    assert split_all(fmt, opened, [text]) == (thinking, answer)
+    assert split_all(fmt, opened, list(text)) == (thinking, answer)  # a character at a time
+    for cut in range(1, len(text)):
+        assert split_all(fmt, opened, [text[:cut], text[cut:]]) == (thinking, answer), cut
+
+
+def test_a_block_never_closed_is_all_thinking() -> None:
+    assert split_all("think", True, ["Still ", "thinking </thi"]) == ("Still thinking </thi", "")
+
+
+def test_harmony_commentary_to_a_function_is_a_tool_call_and_analysis_never_is() -> None:
+    text = (
+        '<|channel|>analysis<|message|>Maybe <tool_call>{"name": "x"}</tool_call>?<|end|>'
+        "<|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json"
+        '<|message|>{"city": "Paris"}<|call|>'
+    )
+    for cut in range(1, len(text)):
+        thinking, answer = split_all("harmony", False, [text[:cut], text[cut:]])
+        assert thinking == 'Maybe <tool_call>{"name": "x"}</tool_call>?'
+        assert answer == '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>'
+
+
+@pytest.mark.parametrize(
+    ("name", "fmt"),
+    [
+        ("qwen3.jinja", "think"),
+        ("deepseek_r1.jinja", "think"),
+        ("magistral.jinja", "magistral"),
+        ("granite.jinja", "granite"),
+        ("gpt_oss.jinja", "harmony"),
+    ],
+)
+def test_format_detected_from_the_template(name: str, fmt: str | None) -> None:
+    assert reasoning.detect(template(name)) == fmt
+    assert reasoning.format_for("magistral", template(name)) == "magistral"
+    assert reasoning.format_for("none", template(name)) is None
+
+
+def test_the_switch_is_a_variable_the_template_reads() -> None:
+    assert reasoning.template_switch(template("qwen3.jinja")) == "enable_thinking"
+    assert reasoning.template_switch(template("granite.jinja")) == "thinking"
+    assert reasoning.template_switch(template("deepseek_r1.jinja")) is None  # "thinking" in its prose only
+    assert reasoning.template_takes_effort(template("gpt_oss.jinja"))
+
+
+def test_the_deepseek_prompt_opens_the_block() -> None:
+    fmt = reasoning.FORMATS["think"]
+    assert reasoning.opens_block(fmt, template("deepseek_r1.jinja").splitlines()[-2][-12:] + "\n")
+    assert not reasoning.opens_block(fmt, "<|im_start|>assistant\n<think>\n\n</think>\n\n")
+
+
+def _render(name: str, params: GenerationParams) -> str:
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    texts: list[str] = []
+
+    def tokenize(text: str, add_bos: bool, param: str) -> list[int]:
+        texts.append(text)
+        return [1]
+
+    renderer(Jinja2ChatFormatter(template(name), eos_token="</s>", bos_token="<s>"), tokenize)(params)
+    return texts[0]
+
+
+def _params(messages: list[dict[str, Any]], kwargs: dict[str, Any] | None = None) -> GenerationParams:
+    return GenerationParams(
+        messages=messages, max_tokens=8, temperature=0, top_p=1, top_k=0, min_p=0, repeat_penalty=1,
+        presence_penalty=0, frequency_penalty=0, stop=[], seed=None, template_kwargs=kwargs,
+    )  # fmt: skip
+
+
+def test_template_kwargs_reach_the_jinja_template() -> None:
+    user = [{"role": "user", "content": "hi"}]
+    assert _render("qwen3.jinja", _params(user)).endswith("<|im_start|>assistant\n")
+    off = _render("qwen3.jinja", _params(user, {"enable_thinking": False}))
+    assert off.endswith("<think>\n\n</think>\n\n")
+    assert "Reasoning: high" in _render("gpt_oss.jinja", _params(user, {"reasoning_effort": "high"}))
+
+
+def test_past_thinking_goes_to_the_template_never_into_the_answer_text() -> None:
+    from gateway.protocol import Message
+
+    turn = Message.model_validate({"role": "assistant", "content": "4", "reasoning_content": "2+2"})
+    rendered = turn.for_template()
+    assert rendered["content"] == "4" and rendered["reasoning_content"] == "2+2" and rendered["thinking"] == "2+2"
+    again = [{"role": "user", "content": "2+2?"}, rendered, {"role": "user", "content": "and 3+3?"}]
+    qwen = _render("qwen3.jinja", _params(again))
+    assert "2+2<" not in qwen and "<|im_start|>assistant\n4<|im_end|>" in qwen  # Qwen3 drops past thinking
+    assert "<|channel|>analysis<|message|>2+2<|end|>" in _render("gpt_oss.jinja", _params(again))
+
+
+# -- through the gateway, on the fake llama -----------------------------------------------------
+
+QWEN_REPLY = ["<th", "ink>\n", "Let me ", "add.", "\n</th", "ink>\n\n", "The answer ", "is 4."]
+LONG_THOUGHT = ["a ", "b ", "c ", "d ", "e ", "f ", "</think>", "Done."]
+SCRIPTS = {
+    "qwen": FakeScript(reply=QWEN_REPLY),
+    "r1": FakeScript(reply=["Hmm, ", "2+2", "</think>", "Four."], generation_prompt="<think>"),
+    "endless": FakeScript(reply=["Hmm ", "still ", "thinking "], generation_prompt="<think>"),
+    "budget": FakeScript(reply=LONG_THOUGHT, generation_prompt="<think>", resume_at=7),
+    "tools": FakeScript(
+        reply=[
+            '<think>Call <tool_call>{"name": "nope", "arguments": {}}</tool_call>?</think>',
+            '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>',
+        ]
+    ),
+}
+MSG = [{"role": "user", "content": "2+2?"}]
+
+
+@pytest.fixture
+def client(make_config: Any, tmp_path: Path) -> Iterator[TestClient]:
+    qwen = template("qwen3.jinja")
+    models: dict[str, dict[str, Any]] = {
+        "plain": {},
+        "qwen": {"_template": qwen},
+        "r1": {"_template": template("deepseek_r1.jinja")},
+        "endless": {"_template": template("deepseek_r1.jinja")},
+        "budget": {"_template": template("deepseek_r1.jinja"), "model": {"reasoning": {"budget": 3}}},
+        "tools": {"_template": qwen.replace("{{ m.content }}", "{{ m.content }}{{ tools }}")},
+    }
+    settings = parse_settings(make_config(models, {"reasoning_field": "both"}), tmp_path)
+    app = create_app(settings, spawn=FakeWorkers(SCRIPTS).spawn, budget=2**40)
+    with TestClient(app) as c:
+        yield c
+
+
+def chat(client: TestClient, **body: Any) -> dict[str, Any]:
+    response = client.post("/v1/chat/completions", json={"messages": MSG, "temperature": 0, **body})
+    assert response.status_code == 200, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+def streamed(client: TestClient, **body: Any) -> tuple[list[tuple[str, str]], dict[str, Any]]:
+    """The (field, text) deltas in order, and the usage."""
+    request = {"messages": MSG, "temperature": 0, "stream": True, "stream_options": {"include_usage": True}, **body}
+    deltas: list[tuple[str, str]] = []
+    usage: dict[str, Any] = {}
+    with client.stream("POST", "/v1/chat/completions", json=request) as response:
+        for _, data in sse_events(response):
+            if data == "[DONE]":
+                continue
+            usage = data.get("usage") or usage
+            for choice in data["choices"]:
+                for key in ("reasoning_content", "content"):
+                    if choice["delta"].get(key):
+                        deltas.append((key, choice["delta"][key]))
+    return deltas, usage
+
+
+@pytest.mark.parametrize(
+    ("model", "thinking", "answer"), [("qwen", "Let me add.", "The answer is 4."), ("r1", "Hmm, 2+2", "Four.")]
+)
+def test_thinking_apart_streamed_and_whole(client: TestClient, model: str, thinking: str, answer: str) -> None:
+    whole = chat(client, model=model)
+    message = whole["choices"][0]["message"]
+    assert (message["reasoning_content"], message["reasoning"], message["content"]) == (thinking, thinking, answer)
+    assert whole["usage"]["completion_tokens_details"]["reasoning_tokens"] > 0
+    ChatCompletion.model_validate(whole)
+    deltas, usage = streamed(client, model=model)
+    kinds = [k for k, _ in deltas]
+    assert kinds == sorted(kinds, key=lambda k: k != "reasoning_content")  # all the thinking first
+    assert "".join(t for k, t in deltas if k == "reasoning_content") == thinking
+    assert "".join(t for k, t in deltas if k == "content") == answer
+    assert usage == whole["usage"]
+
+
+def test_cut_off_mid_thought_answers_content_null(client: TestClient) -> None:
+    whole = chat(client, model="endless", max_tokens=2)
+    choice = whole["choices"][0]
+    assert choice["finish_reason"] == "length"
+    assert choice["message"]["content"] is None and choice["message"]["reasoning_content"] == "Hmm still"
+    assert whole["usage"]["completion_tokens_details"]["reasoning_tokens"] == 2
+
+
+def test_the_budget_closes_the_block_and_the_model_answers(client: TestClient) -> None:
+    message = chat(client, model="budget")["choices"][0]["message"]
+    assert (message["reasoning_content"], message["content"]) == ("a b c", "Done.")
+    per_request = chat(client, model="budget", max_reasoning_tokens=1)["choices"][0]["message"]
+    assert (per_request["reasoning_content"], per_request["content"]) == ("a", "Done.")
+    off = chat(client, model="budget", reasoning_effort="none")  # no switch in this template: a budget of 0
+    assert off["choices"][0]["message"].get("reasoning_content") is None
+    assert off["choices"][0]["message"]["content"].endswith("Done.")
+    assert off["usage"]["completion_tokens_details"]["reasoning_tokens"] == 1  # the block's end, written at once
+
+
+def test_reasoning_format_none_returns_the_raw_text(client: TestClient) -> None:
+    message = chat(client, model="qwen", reasoning_format="none")["choices"][0]["message"]
+    assert message["content"] == "".join(QWEN_REPLY) and "reasoning_content" not in message
+
+
+def test_reasoning_asked_of_a_model_that_does_not_reason_is_a_400(client: TestClient) -> None:
+    response = client.post("/v1/chat/completions", json={"model": "plain", "messages": MSG, "reasoning_effort": "high"})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == "reasoning_effort" and "'plain'" in error["message"]
+    assert chat(client, model="plain", reasoning_effort="none", max_tokens=2)["choices"][0]["message"]["content"]
+
+
+def test_chat_template_kwargs_may_not_replace_the_gateways_variables(client: TestClient) -> None:
+    body = {"model": "qwen", "messages": MSG, "chat_template_kwargs": {"messages": []}}
+    response = client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 400 and response.json()["error"]["param"] == "chat_template_kwargs"
+
+
+def test_a_tool_call_inside_the_thinking_is_not_a_call(client: TestClient) -> None:
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+    whole = chat(client, model="tools", tools=[tool])
+    choice = whole["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    assert [c["function"]["name"] for c in choice["message"]["tool_calls"]] == ["get_weather"]
+    assert "nope" in choice["message"]["reasoning_content"]
+
+
+# -- the template in models.yaml ------------------------------------------------------------------
+
+
+def test_chat_template_file_is_read_and_checked(make_config: Any, tmp_path: Path) -> None:
+    (tmp_path / "t.jinja").write_text("{{ messages[0].content }}<think>\n", encoding="utf-8")
+    settings = parse_settings(make_config({"m": {"model": {"chat_template_file": "t.jinja"}}}), tmp_path)
+    assert settings.models["m"].model.chat_template == "{{ messages[0].content }}<think>\n"
+    (tmp_path / "bad.jinja").write_text("{% for m in messages %}", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"models\.b\.model\.chat_template_file: the chat template does not parse"):
+        parse_settings(make_config({"b": {"model": {"chat_template_file": "bad.jinja"}}}), tmp_path)
+    with pytest.raises(ConfigError, match="chat_template"):
+        parse_settings(make_config({"c": {"model": {"chat_template": "{{ oops"}}}), tmp_path)
