@@ -45,6 +45,23 @@ def check_template(text: str) -> str:
     return text
 
 
+def sample_render_error(text: str) -> str | None:
+    """Why the template fails to render a one-message chat (`gateway check`), or None."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise ValueError(message)
+
+    try:
+        ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(text).render(
+            messages=[{"role": "user", "content": "Hello"}], add_generation_prompt=True, bos_token="",
+            eos_token="", raise_exception=raise_exception, tools=None,
+        )  # fmt: skip
+    except Exception as exc:  # a template may fail any way Jinja can
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
 class ModelSection(Section):
     """How llama.cpp loads the file."""
 

@@ -14,7 +14,10 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:  # the worker imports this module: keep pydantic out of it
+    from gateway.config import ModelEntry
 
 Kind = Literal["reasoning", "content"]
 Piece = tuple[Kind, str]
@@ -87,6 +90,31 @@ def opens_block(fmt: ReasoningFormat, prompt_tail: str) -> bool:
     thinking templates end the generation prompt with `<think>\\n`)."""
     tail = prompt_tail.rstrip()
     return tail.endswith(fmt.start) or (fmt.name == "harmony" and tail.endswith("<|channel|>analysis<|message|>"))
+
+
+def model_template(entry: ModelEntry, gguf_template: str | None) -> str | None:
+    """The Jinja template the worker renders: the configured one, else the GGUF's (none for a named format)."""
+    if entry.model.chat_template is not None:
+        return entry.model.chat_template
+    return None if entry.model.chat_format else gguf_template
+
+
+def model_format(entry: ModelEntry, gguf_template: str | None) -> str | None:
+    return format_for(entry.model.reasoning.format, model_template(entry, gguf_template))
+
+
+def describe(entry: ModelEntry, gguf_template: str | None) -> dict[str, Any] | None:
+    """A reasoning model's format and the controls it honours, for its model card (None: it does not reason)."""
+    template = model_template(entry, gguf_template)
+    fmt = format_for(entry.model.reasoning.format, template)
+    if fmt is None:
+        return None
+    return {
+        "format": fmt,
+        "switch": template_switch(template),  # the template variable reasoning_effort "none" sets
+        "effort": "template" if template_takes_effort(template) else "budget",
+        "budget": entry.model.reasoning.budget,
+    }
 
 
 def _partial(text: str, marker: str) -> int:

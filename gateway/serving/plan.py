@@ -76,7 +76,8 @@ def plan_chat(chat: ChatCompletionRequest, view: SlotView, gateway: GatewaySecti
     """`ask`: what a dialect's request asks of the thinking (else the chat's own fields)."""
     _generative(view)
     check_vocabulary(chat.token_ids(), view.facts.info.vocab_size, "logit_bias")
-    if view.entry.model.chat_format is None and not view.facts.has_chat_template:
+    model = view.entry.model
+    if model.chat_format is None and model.chat_template is None and not view.facts.has_chat_template:
         raise invalid_request(
             f"Model '{view.model_id}' has no chat template in its GGUF and no model.chat_format in "
             "models.yaml, so chat messages cannot be formatted for it.",

@@ -47,17 +47,6 @@ class ReasoningPlan:
         return ThinkingShaper(inner, reasoning.splitter(self.format)) if self.split and self.format else inner
 
 
-def model_template(entry: ModelEntry, gguf_template: str | None) -> str | None:
-    """The Jinja template the worker renders: the configured one, else the GGUF's (none for a named format)."""
-    if entry.model.chat_template is not None:
-        return entry.model.chat_template
-    return None if entry.model.chat_format else gguf_template
-
-
-def model_format(entry: ModelEntry, gguf_template: str | None) -> str | None:
-    return reasoning.format_for(entry.model.reasoning.format, model_template(entry, gguf_template))
-
-
 def plan_reasoning(ask: Ask, entry: ModelEntry, model_id: str, gguf_template: str | None) -> ReasoningPlan:
     kwargs = dict(ask.template_kwargs)
     reserved = sorted(RESERVED_TEMPLATE_VARIABLES & kwargs.keys())
@@ -65,7 +54,7 @@ def plan_reasoning(ask: Ask, entry: ModelEntry, model_id: str, gguf_template: st
         raise invalid_request(
             f"chat_template_kwargs may not set {', '.join(reserved)}: the gateway sets them.", "chat_template_kwargs"
         )
-    template = model_template(entry, gguf_template)
+    template = reasoning.model_template(entry, gguf_template)
     fmt = reasoning.format_for(entry.model.reasoning.format, template)
     if fmt is None:
         if ask.asked:
