@@ -25,9 +25,10 @@ from gateway.protocol import (
     GenerationRequest,
     check_vocabulary,
 )
+from gateway.protocol.reasoning import Ask
 from gateway.scheduler.views import SlotView
 from gateway.serving.call import Call
-from gateway.serving.reasoning import Ask, ReasoningPlan, plan_reasoning
+from gateway.serving.reasoning import ReasoningPlan, plan_reasoning
 from gateway.serving.resolve import resolve_local
 from gateway.serving.tools.calls import Shaper
 from gateway.serving.tools.plan import ToolPlan, plan_tools

@@ -11,6 +11,7 @@ from typing import Any
 from gateway.config import ModelEntry
 from gateway.engine import reasoning
 from gateway.errors import invalid_request
+from gateway.protocol.reasoning import Ask
 from gateway.serving.tools.calls import Piece, Shaper
 
 # Variables the gateway itself gives the chat template: chat_template_kwargs may not replace them.
@@ -18,19 +19,6 @@ RESERVED_TEMPLATE_VARIABLES = frozenset(
     {"messages", "tools", "functions", "function_call", "tool_choice", "add_generation_prompt", "bos_token",
      "eos_token", "raise_exception", "strftime_now"}
 )  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Ask:
-    """What a request asks of the model's thinking, in any API: effort (none..high), a budget in
-    tokens, whether the answer keeps it apart, and the template's variables."""
-
-    effort: str | None = None
-    budget: int | None = None
-    raw: bool = False  # reasoning_format "none": the model's text as it came, in content
-    template_kwargs: dict[str, Any] = field(default_factory=dict)
-    param: str = "reasoning_effort"  # the field a refusal names
-    asked: bool = False  # the request asks for thinking (a 400 on a model that does not reason)
 
 
 @dataclass(frozen=True)

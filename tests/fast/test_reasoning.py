@@ -284,3 +284,89 @@ def test_chat_template_file_is_read_and_checked(make_config: Any, tmp_path: Path
         parse_settings(make_config({"b": {"model": {"chat_template_file": "bad.jinja"}}}), tmp_path)
     with pytest.raises(ConfigError, match="chat_template"):
         parse_settings(make_config({"c": {"model": {"chat_template": "{{ oops"}}}), tmp_path)
+
+
+# -- Anthropic's thinking blocks and the Responses API's reasoning items ---------------------------
+
+
+def test_anthropic_thinking_blocks_with_a_signature_before_the_text(client: TestClient) -> None:
+    from anthropic.types import Message as AnthropicMessage
+
+    body = {"model": "qwen", "max_tokens": 50, "messages": MSG, "thinking": {"type": "enabled", "budget_tokens": 1024}}
+    whole = client.post("/v1/messages", json=body)
+    assert whole.status_code == 200, whole.text
+    message = AnthropicMessage.model_validate(whole.json())
+    thinking, text = message.content
+    assert thinking.type == "thinking" and thinking.thinking == "Let me add." and thinking.signature
+    assert text.type == "text" and text.text == "The answer is 4."
+    with client.stream("POST", "/v1/messages", json={**body, "stream": True}) as response:
+        events = [data for _, data in sse_events(response)]
+    deltas = [e["delta"]["type"] for e in events if e["type"] == "content_block_delta"]
+    assert deltas[0] == "thinking_delta" and "text_delta" in deltas
+    assert deltas.index("signature_delta") < deltas.index("text_delta")  # the thinking block ends first
+    signature = next(e["delta"]["signature"] for e in events if e.get("delta", {}).get("type") == "signature_delta")
+    assert signature == thinking.signature
+    # The SDK sends the block back with the next turn: accepted, and it is thinking, not answer text.
+    again = {**body, "messages": [*MSG, {"role": "assistant", "content": whole.json()["content"]}, *MSG]}
+    assert client.post("/v1/messages", json=again).status_code == 200
+
+
+def test_anthropic_without_thinking_shows_no_thinking_block(client: TestClient) -> None:
+    body = {"model": "r1", "max_tokens": 50, "messages": MSG}
+    for extra in ({}, {"thinking": {"type": "disabled"}}):
+        content = client.post("/v1/messages", json={**body, **extra}).json()["content"]
+        assert [block["type"] for block in content] == ["text"]
+
+
+def test_responses_reasoning_items_with_summary_and_usage(client: TestClient) -> None:
+    from openai.types.responses import Response
+
+    body = {"model": "qwen", "input": "2+2?", "reasoning": {"effort": "medium", "summary": "auto"}}
+    whole = client.post("/v1/responses", json=body)
+    assert whole.status_code == 200, whole.text
+    response = Response.model_validate(whole.json())
+    reasoning_item, message = response.output
+    assert reasoning_item.type == "reasoning" and reasoning_item.content is not None
+    assert reasoning_item.content[0].text == "Let me add." and reasoning_item.summary[0].text == "Let me add."
+    assert message.type == "message" and response.output_text == "The answer is 4."
+    assert response.usage is not None and response.usage.output_tokens_details.reasoning_tokens > 0
+    with client.stream("POST", "/v1/responses", json={**body, "stream": True}) as streamed:
+        kinds = [data["type"] for _, data in sse_events(streamed)]
+    assert kinds.index("response.reasoning_text.delta") < kinds.index("response.output_text.delta")
+    assert "response.reasoning_summary_text.done" in kinds
+    follow = {"model": "qwen", "input": "and 3+3?", "previous_response_id": response.id}
+    assert client.post("/v1/responses", json=follow).status_code == 200
+
+
+def test_responses_settings_that_ask_for_no_reasoning_are_accepted_by_every_model(client: TestClient) -> None:
+    # What the OpenAI Agents SDK sends for a gpt-5-named model, and pydantic-ai's include.
+    body = {
+        "model": "plain",
+        "input": "hi",
+        "max_output_tokens": 3,
+        "reasoning": {"effort": "none"},
+        "text": {"verbosity": "low"},
+        "include": ["reasoning.encrypted_content"],
+    }
+    assert client.post("/v1/responses", json=body).status_code == 200
+    assert client.post("/v1/responses", json={**body, "reasoning": {"effort": None, "context": "x"}}).status_code == 200
+    refused = client.post("/v1/responses", json={**body, "reasoning": {"effort": "high"}})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "reasoning.effort"
+
+
+def test_reasoning_items_sent_back_become_the_assistant_turns_thinking() -> None:
+    import json
+
+    from gateway.dialects.responses.request import input_messages, parse_responses_request
+
+    body = {
+        "model": "m",
+        "input": [
+            {"role": "user", "content": "2+2?"},
+            {"type": "reasoning", "id": "rs_1", "summary": [], "content": [{"type": "reasoning_text", "text": "add"}]},
+            {"role": "assistant", "content": "4"},
+            {"role": "user", "content": "3+3?"},
+        ],
+    }
+    messages = input_messages(parse_responses_request(json.dumps(body).encode()))
+    assert messages[1] == {"role": "assistant", "content": "4", "reasoning_content": "add"}
