@@ -192,8 +192,8 @@ class FakeSampler:
     def accept_prompt(self, tokens: Sequence[int]) -> None:
         pass
 
-    def sample(self, row: int) -> int:
-        if self._settings.grammar is not None and self._backend.script.reply is None:
+    def sample(self, row: int, free: bool = False) -> int:
+        if self._settings.grammar is not None and self._backend.script.reply is None and not free:
             self._json += 1
             return JSON_BASE + self._json - 1 if self._json <= len(JSON_PIECES) else EOS
         logits = self._backend.logits(row).copy()

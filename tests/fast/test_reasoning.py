@@ -5,6 +5,7 @@ llama under the real worker loop, streamed and whole."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -158,6 +159,7 @@ SCRIPTS = {
     "r1": FakeScript(reply=["Hmm, ", "2+2", "</think>", "Four."], generation_prompt="<think>"),
     "endless": FakeScript(reply=["Hmm ", "still ", "thinking "], generation_prompt="<think>"),
     "budget": FakeScript(reply=LONG_THOUGHT, generation_prompt="<think>", resume_at=7),
+    "json": FakeScript(generation_prompt="<think>"),  # thinks `tok0 tok1 ...`; constrained, answers {"ok": true}
     "tools": FakeScript(
         reply=[
             '<think>Call <tool_call>{"name": "nope", "arguments": {}}</tool_call>?</think>',
@@ -177,6 +179,7 @@ def client(make_config: Any, tmp_path: Path) -> Iterator[TestClient]:
         "r1": {"_template": template("deepseek_r1.jinja")},
         "endless": {"_template": template("deepseek_r1.jinja")},
         "budget": {"_template": template("deepseek_r1.jinja"), "model": {"reasoning": {"budget": 3}}},
+        "json": {"_template": template("deepseek_r1.jinja"), "model": {"reasoning": {"budget": 2}}},
         "tools": {"_template": qwen.replace("{{ m.content }}", "{{ m.content }}{{ tools }}")},
     }
     settings = parse_settings(make_config(models, {"reasoning_field": "both"}), tmp_path)
@@ -242,6 +245,24 @@ def test_the_budget_closes_the_block_and_the_model_answers(client: TestClient) -
     assert off["choices"][0]["message"].get("reasoning_content") is None
     assert off["choices"][0]["message"]["content"].endswith("Done.")
     assert off["usage"]["completion_tokens_details"]["reasoning_tokens"] == 1  # the block's end, written at once
+
+
+@pytest.mark.parametrize(
+    "constraint",
+    [
+        {"response_format": {"type": "json_object"}},
+        {
+            "tools": [{"type": "function", "function": {"name": "ok", "parameters": {"type": "object"}}}],
+            "tool_choice": {"type": "function", "function": {"name": "ok"}},
+        },
+    ],
+    ids=["json_object", "forced tool"],
+)
+def test_a_constraint_applies_to_the_answer_after_free_thinking(client: TestClient, constraint: dict[str, Any]) -> None:
+    message = chat(client, model="json", **constraint)["choices"][0]["message"]
+    assert message["reasoning_content"] == "tok0 tok1"  # unconstrained, until the budget closed the block
+    answer = message["content"] if message["content"] is not None else message["tool_calls"][0]["function"]["arguments"]
+    assert json.loads(answer) == {"ok": True}
 
 
 def test_reasoning_format_none_returns_the_raw_text(client: TestClient) -> None:
@@ -355,8 +376,6 @@ def test_responses_settings_that_ask_for_no_reasoning_are_accepted_by_every_mode
 
 
 def test_reasoning_items_sent_back_become_the_assistant_turns_thinking() -> None:
-    import json
-
     from gateway.dialects.responses.request import input_messages, parse_responses_request
 
     body = {

@@ -140,7 +140,8 @@ class Batch:
             return
         try:
             forced = choice.output.forced()
-            self._take(job, choice, choice.sampler.sample(row) if forced is None else forced, row)
+            token = choice.sampler.sample(row, choice.output.thinking) if forced is None else forced
+            self._take(job, choice, token, row)
         except Exception as exc:
             self._on_error(job.request.request_id, internal_error(f"sampling failed: {exc!r}"))
             job.cancelled = True

@@ -177,9 +177,9 @@ class ChainSampler:
             for token in tokens[-self._last_n if self._last_n > 0 else 0 :]:
                 self._lib.llama_sampler_accept(self._chain, token)
 
-    def sample(self, row: int) -> int:
+    def sample(self, row: int, free: bool = False) -> int:
         matcher = self.matcher
-        if matcher is None:
+        if matcher is None or free:
             return int(self._lib.llama_sampler_sample(self._chain, self._ctx, row))
         logits = self._backend.logits(row)
         token = self._pick(logits)

@@ -53,6 +53,11 @@ class ChoiceOutput:
             self._splitter.feed(self._splitter.fmt.start)
             self._batcher.add(self._splitter.fmt.start)
 
+    @property
+    def thinking(self) -> bool:
+        """Inside a reasoning model's thinking: a constraint applies to the answer after it only."""
+        return self._splitter is not None and self._splitter.thinking
+
     def forced(self) -> int | None:
         """The next token the gateway writes itself instead of sampling: the end of the thinking,
         once its budget is spent."""
