@@ -134,6 +134,7 @@ class CountTokensRequest(Strict):
     system: str | list[TextBlock] | None = None
     tools: list[ToolParam] | None = None
     tool_choice: ToolChoice | None = None
+    thinking: ThinkingConfig | None = None  # accepted; the count is that of the template without it
 
 
 _UNSUPPORTED_BLOCKS = {"image", "document", "server_tool_use", "search_result"}
