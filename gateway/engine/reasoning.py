@@ -140,6 +140,11 @@ class Splitter:
     def thinking(self) -> bool:
         return self.state == "reasoning"
 
+    @property
+    def free(self) -> bool:
+        """Whether the text now is no part of the answer, so that a constraint on the answer waits."""
+        return self.thinking
+
     def feed(self, text: str) -> list[Piece]:
         out: list[Piece] = []
         buf = self._held + text
@@ -218,6 +223,11 @@ class HarmonySplitter:
     @property
     def thinking(self) -> bool:
         return self._header is None and self._channel == "analysis"
+
+    @property
+    def free(self) -> bool:
+        """A message header or the analysis: the answer is the final channel's text (or a call's)."""
+        return self._header is not None or self._channel == "analysis"
 
     def feed(self, text: str) -> list[Piece]:
         out: list[Piece] = []

@@ -159,7 +159,16 @@ SCRIPTS = {
     "r1": FakeScript(reply=["Hmm, ", "2+2", "</think>", "Four."], generation_prompt="<think>"),
     "endless": FakeScript(reply=["Hmm ", "still ", "thinking "], generation_prompt="<think>"),
     "budget": FakeScript(reply=LONG_THOUGHT, generation_prompt="<think>", resume_at=7),
-    "json": FakeScript(generation_prompt="<think>"),  # thinks `tok0 tok1 ...`; constrained, answers {"ok": true}
+    "json": FakeScript(generation_prompt="<think>"),
+    "oss": FakeScript(
+        reply=[
+            "<|channel|>analysis<|message|>",
+            "Need the weather.",
+            "<|end|><|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json",
+            '<|message|>{"city": ',
+            '"Paris"}<|call|>',
+        ]
+    ),  # thinks `tok0 tok1 ...`; constrained, answers {"ok": true}
     "tools": FakeScript(
         reply=[
             '<think>Call <tool_call>{"name": "nope", "arguments": {}}</tool_call>?</think>',
@@ -180,6 +189,7 @@ def client(make_config: Any, tmp_path: Path) -> Iterator[TestClient]:
         "endless": {"_template": template("deepseek_r1.jinja")},
         "budget": {"_template": template("deepseek_r1.jinja"), "model": {"reasoning": {"budget": 3}}},
         "json": {"_template": template("deepseek_r1.jinja"), "model": {"reasoning": {"budget": 2}}},
+        "oss": {"_template": template("gpt_oss.jinja").replace("{{ m.content }}", "{{ m.content }}{{ tools }}")},
         "tools": {"_template": qwen.replace("{{ m.content }}", "{{ m.content }}{{ tools }}")},
     }
     settings = parse_settings(make_config(models, {"reasoning_field": "both"}), tmp_path)
@@ -291,6 +301,27 @@ def test_a_tool_call_inside_the_thinking_is_not_a_call(client: TestClient) -> No
     assert choice["finish_reason"] == "tool_calls"
     assert [c["function"]["name"] for c in choice["message"]["tool_calls"]] == ["get_weather"]
     assert "nope" in choice["message"]["reasoning_content"]
+
+
+def test_gpt_oss_commentary_to_a_function_is_a_tool_call(client: TestClient) -> None:
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+    whole = chat(client, model="oss", tools=[tool])
+    message = whole["choices"][0]["message"]
+    assert message["reasoning_content"] == "Need the weather."
+    assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in message["tool_calls"]] == [
+        ("get_weather", {"city": "Paris"})
+    ]
+    assert whole["choices"][0]["finish_reason"] == "tool_calls"
+
+
+def test_model_cards_say_what_a_model_can_do(client: TestClient) -> None:
+    cards = {card["id"]: card for card in client.get("/v1/models").json()["data"]}
+    assert cards["plain"]["capabilities"] == ["chat", "tools"] and "reasoning" not in cards["plain"]
+    assert cards["qwen"]["capabilities"] == ["chat", "tools", "reasoning"]
+    qwen = {"format": "think", "switch": "enable_thinking", "effort": "budget", "budget": None}
+    assert cards["qwen"]["reasoning"] == qwen
+    assert cards["oss"]["reasoning"]["format"] == "harmony" and cards["oss"]["reasoning"]["effort"] == "template"
+    assert cards["budget"]["reasoning"]["budget"] == 3
 
 
 # -- the template in models.yaml ------------------------------------------------------------------

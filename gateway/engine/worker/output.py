@@ -55,8 +55,9 @@ class ChoiceOutput:
 
     @property
     def thinking(self) -> bool:
-        """Inside a reasoning model's thinking: a constraint applies to the answer after it only."""
-        return self._splitter is not None and self._splitter.thinking
+        """Before the answer of a reasoning model (its thinking; gpt-oss's headers): a constraint
+        applies to the answer only."""
+        return self._splitter is not None and self._splitter.free
 
     def forced(self) -> int | None:
         """The next token the gateway writes itself instead of sampling: the end of the thinking,
