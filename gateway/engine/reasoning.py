@@ -145,6 +145,11 @@ class Splitter:
         """Whether the text now is no part of the answer, so that a constraint on the answer waits."""
         return self.thinking
 
+    @property
+    def overhead(self) -> bool:
+        """Text held as the start of the opening marker: counted with the thinking it opens."""
+        return self.state == "start" and bool(self._held.strip())
+
     def feed(self, text: str) -> list[Piece]:
         out: list[Piece] = []
         buf = self._held + text
@@ -228,6 +233,11 @@ class HarmonySplitter:
     def free(self) -> bool:
         """A message header or the analysis: the answer is the final channel's text (or a call's)."""
         return self._header is not None or self._channel == "analysis"
+
+    @property
+    def overhead(self) -> bool:
+        """A message header: counted with the thinking (it is no part of the answer)."""
+        return self._header is not None
 
     def feed(self, text: str) -> list[Piece]:
         out: list[Piece] = []

@@ -238,6 +238,11 @@ def test_thinking_apart_streamed_and_whole(client: TestClient, model: str, think
     assert usage == whole["usage"]
 
 
+def test_log_probabilities_describe_the_answer(client: TestClient) -> None:
+    choice = chat(client, model="qwen", logprobs=True)["choices"][0]
+    assert "".join(entry["token"] for entry in choice["logprobs"]["content"]) == "The answer is 4."
+
+
 def test_cut_off_mid_thought_answers_content_null(client: TestClient) -> None:
     whole = chat(client, model="endless", max_tokens=2)
     choice = whole["choices"][0]

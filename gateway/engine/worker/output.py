@@ -77,13 +77,16 @@ class ChoiceOutput:
         self.produced += 1
         piece = self._backend.piece(token)
         decoded = self._decoder.decode(piece)
+        thought = False
         if self._splitter is not None:
             before = self._splitter.thinking
             self._splitter.feed(decoded)
-            if before or self._splitter.thinking:
-                self.reasoning_tokens += 1
+            thought = before or self._splitter.thinking or self._splitter.overhead
+            self.reasoning_tokens += thought
         text, hit_stop = self._matcher.feed(decoded)
-        self._batcher.add(text, [self._scorer.entry(token, piece, row)] if self._scorer else None)
+        # Log probabilities describe the answer's tokens (OpenAI's `logprobs.content`), not the thinking's.
+        scored = self._scorer is not None and not thought
+        self._batcher.add(text, [self._scorer.entry(token, piece, row)] if scored and self._scorer else None)
         if hit_stop:
             self.finish_reason, self.stop_sequence = "stop", self._matcher.matched
             return True
