@@ -99,10 +99,6 @@ def model_template(entry: ModelEntry, gguf_template: str | None) -> str | None:
     return None if entry.model.chat_format else gguf_template
 
 
-def model_format(entry: ModelEntry, gguf_template: str | None) -> str | None:
-    return format_for(entry.model.reasoning.format, model_template(entry, gguf_template))
-
-
 def describe(entry: ModelEntry, gguf_template: str | None) -> dict[str, Any] | None:
     """A reasoning model's format and the controls it honours, for its model card (None: it does not reason)."""
     template = model_template(entry, gguf_template)
