@@ -17,7 +17,7 @@ from tests.real.server import CLIENT_TIMEOUT, SMOLLM, GatewayServer
 
 pytestmark = pytest.mark.real
 
-BUDGET = 8
+BUDGET = 3
 # ChatML, as SmolLM2's own, with Qwen3's thinking switch: the generation prompt opens the block.
 THINKING_TEMPLATE = """\
 {%- for m in messages -%}
