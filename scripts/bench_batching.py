@@ -30,6 +30,8 @@ from benchlib import CHATML_PROMPT, N_CTX, PROMPT, SMOLLM, THREADS, Server, free
 from sse_timing import Timing, stream_timing
 from svgplot import line_chart
 
+from gateway.engine.worker.backend import without_amx
+
 LEVELS = [1, 2, 4, 8, 16]
 SLOTS = 8
 TOKENS = 64
@@ -72,6 +74,7 @@ def ceiling(path: Path, streams: int) -> dict[str, float]:
 
     _logger.set_verbose(False)
     model_params = llama_cpp.llama_model_default_params()
+    model_params.use_extra_bufts = not without_amx(llama_cpp)  # as the worker loads it
     model = _internals.LlamaModel(path_model=str(path), params=model_params, verbose=False)
     params = llama_cpp.llama_context_default_params()
     params.n_ctx = N_CTX * streams

@@ -17,8 +17,10 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 FINISH_REASONS = {"stop", "length", "tool_calls", "content_filter", "function_call"}
 # The gateway's documented additions to a model card (/v1/models): Open WebUI's status, memory (in all
-# and per memory pool, with where it is placed), aliases, tool format.
-MODEL_EXTENSIONS = {"status", "memory_bytes", "memory_pools", "placement", "aliases", "tool_template"}
+# and per memory pool, with where it is placed), aliases, tool format, what it can do (and how it reasons).
+MODEL_EXTENSIONS = {
+    "status", "memory_bytes", "memory_pools", "placement", "aliases", "tool_template", "capabilities", "reasoning",
+}  # fmt: skip
 
 
 def keys(obj: Any, where: str, required: Iterable[str], optional: Iterable[str] = ()) -> dict[str, Any]:

@@ -8,7 +8,9 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from gateway.config import Settings
+from gateway.config.model import sample_render_error
 from gateway.config.units import format_bytes
+from gateway.engine.reasoning import describe
 from gateway.memory.facts import ModelFacts, inspect_models
 from gateway.memory.hostmem import host_memory_total
 from gateway.memory.inventory import read_devices
@@ -47,7 +49,11 @@ def check(settings: Settings, measure: bool) -> int:
         missing = [d for d in entry.model.devices or [] if d not in {p.name for p in pools} | {p.uuid for p in pools}]
         if missing and devices:
             print(f"  warning: {model_id}.model.devices names {missing}, not on this machine")
-        if not fact.has_chat_template and not entry.model.chat_format:
+        if entry.model.chat_template is not None:
+            trouble = sample_render_error(entry.model.chat_template)
+            if trouble:
+                print(f"  warning: {model_id}'s chat template fails on a one-message chat: {trouble}")
+        elif not fact.has_chat_template and not entry.model.chat_format:
             print(f"  warning: {model_id} has no chat template: chat requests will be refused")
     for model_id, remote in settings.upstreams.items():
         servers = ", ".join(f"{u.base_url} ({u.model or model_id})" for u in remote.upstream)
@@ -69,8 +75,13 @@ def _describe(model_id: str, settings: Settings, fact: ModelFacts) -> str:
     template = (
         f"chat_format {entry.model.chat_format}"
         if entry.model.chat_format
+        else "models.yaml"
+        if entry.model.chat_template is not None
         else ("GGUF template" if info.has_chat_template else "NONE (set model.chat_format)")
     )
+    thinking = describe(entry, info.metadata.get("tokenizer.chat_template"))
+    if thinking is not None:
+        template += f" (reasoning: {thinking['format']})"
     return (
         f"{model_id}: {info.path} ({format_bytes(info.file_bytes)}, {info.architecture}, {info.quantization}), "
         f"n_ctx {entry.model.n_ctx}, parallel {entry.runtime.parallel}, chat template: {template}, "

@@ -7,7 +7,14 @@ gateway section and the whole document, `loading.py` reading and checking it.
 """
 
 from gateway.config.loading import DEFAULT_CONFIG_NAME, default_settings, json_schema, load_settings, parse_settings
-from gateway.config.model import ModelEntry, ModelSection, OutputSection, RuntimeSection, SamplingSection
+from gateway.config.model import (
+    ModelEntry,
+    ModelSection,
+    OutputSection,
+    ReasoningSection,
+    RuntimeSection,
+    SamplingSection,
+)
 from gateway.config.remote import CircuitBreakerSection, UpstreamEntry, UpstreamServer
 from gateway.config.settings import ApiKey, GatewaySection, Settings
 
@@ -19,6 +26,7 @@ __all__ = [
     "ModelEntry",
     "ModelSection",
     "OutputSection",
+    "ReasoningSection",
     "RuntimeSection",
     "SamplingSection",
     "Settings",

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from gateway.config.model import ModelEntry
+from gateway.config.model import ModelEntry, check_template
 from gateway.config.settings import Settings
 from gateway.errors import ConfigError
 
@@ -74,7 +74,19 @@ def parse_settings(
         path = (base_dir / entry.model.path.expanduser()).resolve()
         if check_files and not path.is_file():
             problems.append(f"models.{model_id}.model.path: file not found: {path}")
-        resolved[model_id] = entry.model_copy(update={"model": entry.model.model_copy(update={"path": path})})
+        update: dict[str, Any] = {"path": path}
+        if entry.model.chat_template_file is not None:
+            template = (base_dir / entry.model.chat_template_file.expanduser()).resolve()
+            update["chat_template_file"] = template
+            if check_files:
+                try:  # read once: the template in effect is the one that was checked
+                    update["chat_template"] = check_template(template.read_text(encoding="utf-8"))
+                except OSError as exc:
+                    where = f"models.{model_id}.model.chat_template_file"
+                    problems.append(f"{where}: cannot read {template}: {exc.strerror}")
+                except ValueError as exc:
+                    problems.append(f"models.{model_id}.model.chat_template_file: {exc}")
+        resolved[model_id] = entry.model_copy(update={"model": entry.model.model_copy(update=update)})
     if problems:
         raise ConfigError("\n".join(problems))
     gateway = settings.gateway

@@ -12,6 +12,56 @@ from gateway.config.values import POOL_NAME, Duration, Placement, Section
 from gateway.errors import GatewayError
 
 
+class ReasoningSection(Section):
+    """How a reasoning model's thinking is told apart from its answer, and how long it may think."""
+
+    format: Literal["auto", "think", "magistral", "granite", "harmony", "none"] = Field(
+        "auto",
+        description="auto: detected from the chat template; think: <think>…</think> (Qwen3, DeepSeek-R1, GLM, "
+        "Phi-4-reasoning); magistral: [THINK]…[/THINK]; granite: <think>/<response>; harmony: gpt-oss channels; "
+        "none: not a reasoning model",
+    )
+    budget: int | None = Field(
+        None, ge=0, description="thinking tokens before the gateway closes the block; default: no limit"
+    )
+
+
+def check_template(text: str) -> str:
+    """A Jinja chat template must at least parse (the worker renders it with llama-cpp-python)."""
+    import jinja2
+    import jinja2.ext
+
+    class _Generation(jinja2.ext.Extension):  # Transformers' {% generation %} tag, as the worker allows it
+        tags = {"generation"}
+
+        def parse(self, parser: jinja2.parser.Parser) -> list[jinja2.nodes.Node]:
+            parser.stream.skip(1)
+            return parser.parse_statements(("name:endgeneration",), drop_needle=True)
+
+    try:
+        jinja2.Environment(extensions=[_Generation, jinja2.ext.loopcontrols]).parse(text)
+    except jinja2.TemplateSyntaxError as exc:
+        raise ValueError(f"the chat template does not parse: {exc.message} (line {exc.lineno})") from None
+    return text
+
+
+def sample_render_error(text: str) -> str | None:
+    """Why the template fails to render a one-message chat (`gateway check`), or None."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise ValueError(message)
+
+    try:
+        ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(text).render(
+            messages=[{"role": "user", "content": "Hello"}], add_generation_prompt=True, bos_token="",
+            eos_token="", raise_exception=raise_exception, tools=None,
+        )  # fmt: skip
+    except Exception as exc:  # a template may fail any way Jinja can
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
 class ModelSection(Section):
     """How llama.cpp loads the file."""
 
@@ -22,6 +72,11 @@ class ModelSection(Section):
     chat_format: str | None = Field(
         None, description="llama-cpp-python chat format name; default: the GGUF's tokenizer.chat_template"
     )
+    chat_template: str | None = Field(None, description="a Jinja chat template to use instead of the GGUF's (inline)")
+    chat_template_file: Path | None = Field(
+        None, description="a file holding the Jinja chat template, relative to the configuration file"
+    )
+    reasoning: ReasoningSection = ReasoningSection()
     use_mmap: bool = True
     flash_attn: Literal["auto", "on", "off"] = Field(
         "auto",
@@ -49,8 +104,15 @@ class ModelSection(Section):
         """YAML 1.1 reads a bare `on`/`off` as a boolean."""
         return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
+    @field_validator("chat_template")
+    @classmethod
+    def _template_parses(cls, value: str | None) -> str | None:
+        return None if value is None else check_template(value)
+
     @model_validator(mode="after")
     def _placement_is_consistent(self) -> ModelSection:
+        if sum(x is not None for x in (self.chat_format, self.chat_template, self.chat_template_file)) > 1:
+            raise ValueError("set one of chat_format, chat_template and chat_template_file")
         if self.devices is not None:
             bad = [d for d in self.devices if d in ("host", "gpu") or not POOL_NAME.match(d)]
             if bad or not self.devices:

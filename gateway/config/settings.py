@@ -85,6 +85,11 @@ class GatewaySection(Section):
         0.015,
         description="streams coalesce tokens produced within this interval into one chunk (0: a chunk per token)",
     )
+    reasoning_field: Literal["reasoning_content", "reasoning", "both"] = Field(
+        "reasoning_content",
+        description="the chat message field that carries a reasoning model's thinking (vLLM >= 0.16 reads "
+        "'reasoning'; most clients 'reasoning_content')",
+    )
     api_keys: list[ApiKey] = Field(default_factory=list, description="absent or empty: no authentication")
     admin_key: str | None = Field(None, min_length=8, description="guards /admin; may reference ${NAME}")
     admin_key_sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")

@@ -41,6 +41,9 @@ class GenerationParams:
     n: int = 1  # choices, decoded together
     # The chat ends with an assistant message to continue (prefill): its turn is left open.
     continue_final: bool = False
+    # A reasoning model's thinking: {"format": engine.reasoning name, "budget": tokens or None}.
+    reasoning: dict[str, Any] | None = None
+    template_kwargs: dict[str, Any] | None = None  # extra variables for the Jinja chat template
 
     def to_wire(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,6 +85,7 @@ class ChoiceFinished:
     finish_reason: str
     completion_tokens: int
     stop_sequence: str | None = None  # the stop string that ended it (finish_reason "stop")
+    reasoning_tokens: int = 0  # of completion_tokens, those inside the thinking
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,7 @@ class Finished:
     prompt_tokens: int
     completion_tokens: int
     stop_sequence: str | None = None  # the stop string that ended a single choice
+    reasoning_tokens: int = 0  # of completion_tokens, those inside the thinking
 
 
 Event = Started | Delta | ChoiceFinished | Finished

@@ -26,6 +26,14 @@ class Text:
 
 
 @dataclass(frozen=True)
+class Reasoning:
+    """A piece of a reasoning model's thinking, apart from the answer's text (it comes first)."""
+
+    index: int
+    text: str
+
+
+@dataclass(frozen=True)
 class ToolDelta:
     """A piece of a tool call, as OpenAI streams it: its opening (`index`, `id`, `type`,
     `function.name`) or a fragment of its arguments (`index`, `function.arguments`)."""
@@ -45,25 +53,28 @@ class Ended:
 class Usage:
     prompt_tokens: int
     completion_tokens: int
+    reasoning_tokens: int = 0  # of completion_tokens, those spent thinking
 
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
 
-Chunk = Opened | Text | ToolDelta | Ended | Usage
+Chunk = Opened | Text | Reasoning | ToolDelta | Ended | Usage
 
 
 @dataclass(frozen=True)
 class Choice:
-    """One finished choice: its text (None when it called tools), how it ended, log probabilities
-    when asked for, its tool calls, and the stop string that ended it (Anthropic's `stop_sequence`)."""
+    """One finished choice: its text (None when it called tools, or said nothing after its thinking),
+    how it ended, log probabilities when asked for, its tool calls, the stop string that ended it
+    (Anthropic's `stop_sequence`), and its thinking."""
 
     text: str | None
     finish_reason: str
     logprobs: Logprobs | None = None
     tool_calls: list[dict[str, Any]] | None = None
     stop_sequence: str | None = None
+    reasoning: str | None = None  # a reasoning model's thinking, None when it had none
 
 
 @dataclass(frozen=True)

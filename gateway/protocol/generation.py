@@ -112,6 +112,12 @@ class ChatCompletionRequest(GenerationRequest):
     safety_identifier: Annotated[str, Field(max_length=limits.MAX_USER_CHARS)] | None = None
     store: bool | None = None
     verbosity: Literal["low", "medium", "high"] | None = None
+    # Reasoning models: how hard to think (none switches thinking off where the template can), a
+    # thinking budget in tokens, `none` to get the raw text in `content`, and the template's variables.
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
+    max_reasoning_tokens: Annotated[int, Field(ge=0)] | None = None
+    reasoning_format: Literal["none", "auto", "deepseek", "parsed"] | None = None
+    chat_template_kwargs: Annotated[dict[str, Any], Field(max_length=64)] | None = None
 
     @property
     def tool_mode(self) -> str:

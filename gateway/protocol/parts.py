@@ -35,6 +35,9 @@ class Message(Strict):
     name: Name | None = None
     tool_calls: Annotated[list[ToolCall], Field(max_length=limits.MAX_TOOLS)] | None = None  # assistant turns
     tool_call_id: Name | None = None  # tool turns: the call they answer
+    # Assistant turns of a reasoning model sent back: their thinking (vLLM's newer name is `reasoning`).
+    reasoning_content: str | None = None
+    reasoning: str | None = None
 
     @model_validator(mode="after")
     def _tool_turns(self) -> Message:
@@ -58,6 +61,11 @@ class Message(Strict):
             message["tool_call_id"] = self.tool_call_id
         if self.name:
             message["name"] = self.name
+        thinking = self.reasoning_content if self.reasoning_content is not None else self.reasoning
+        if self.role == "assistant" and thinking:
+            # The templates' own names for it: Qwen3 and DeepSeek read `reasoning_content` (and drop
+            # past thinking), gpt-oss `thinking`; a template that reads neither never shows it.
+            message["reasoning_content"] = message["thinking"] = thinking
         return message
 
     def text(self) -> str:

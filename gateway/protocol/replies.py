@@ -11,17 +11,20 @@ from abc import ABC, abstractmethod
 from typing import Any
 
 from gateway.errors import GatewayError
-from gateway.protocol.answer import Answer, Choice, Chunk, Ended, Logprobs, Opened, Text, ToolDelta, Usage
+from gateway.protocol.answer import Answer, Choice, Chunk, Ended, Logprobs, Opened, Reasoning, Text, ToolDelta, Usage
 
 DONE = "[DONE]"  # the last `data:` payload of an OpenAI stream
 
 
-def usage(counts: Usage) -> dict[str, int]:
-    return {
+def usage(counts: Usage) -> dict[str, Any]:
+    body: dict[str, Any] = {
         "prompt_tokens": counts.prompt_tokens,
         "completion_tokens": counts.completion_tokens,
         "total_tokens": counts.total_tokens,
     }
+    if counts.reasoning_tokens:
+        body["completion_tokens_details"] = {"reasoning_tokens": counts.reasoning_tokens}
+    return body
 
 
 class _Responder(ABC):
@@ -37,7 +40,7 @@ class _Responder(ABC):
     def _tier(self) -> dict[str, str]:
         return {"service_tier": self.service_tier} if self.service_tier else {}
 
-    def _chunk(self, choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> dict[str, Any]:
+    def _chunk(self, choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> dict[str, Any]:
         chunk: dict[str, Any] = {
             "id": self.id,
             "object": self.object_name,
@@ -58,6 +61,8 @@ class _Responder(ABC):
             return [self.text_chunk(chunk.index, chunk.text, chunk.logprobs)]
         if isinstance(chunk, ToolDelta):
             return [self.tool_chunk(chunk.index, chunk.delta)]
+        if isinstance(chunk, Reasoning):
+            return [self.reasoning_chunk(chunk.index, chunk.text)]
         if isinstance(chunk, Ended):
             return [self.finish_chunk(chunk.index, chunk.finish_reason)]
         return [self._chunk([], usage(chunk))] if include_usage else []
@@ -74,12 +79,24 @@ class _Responder(ABC):
     @abstractmethod
     def finish_chunk(self, index: int, finish_reason: str) -> dict[str, Any]: ...
 
+    def reasoning_chunk(self, index: int, text: str) -> dict[str, Any]:
+        raise AssertionError("only chat answers have reasoning")
+
 
 class ChatResponder(_Responder):
     """Builds the response body or stream chunks for one chat completion."""
 
     object_name = "chat.completion.chunk"
     id_prefix = "chatcmpl"
+
+    def __init__(self, model: str, reasoning_field: str = "reasoning_content", service_tier: str | None = None) -> None:
+        super().__init__(model, service_tier)
+        # `gateway.reasoning_field`: most clients read reasoning_content, vLLM >= 0.16's reasoning
+        self._reasoning_fields = ("reasoning_content", "reasoning") if reasoning_field == "both" else (reasoning_field,)
+
+    def reasoning_chunk(self, index: int, text: str) -> dict[str, Any]:
+        delta = dict.fromkeys(self._reasoning_fields, text)
+        return self._chunk([{"index": index, "delta": delta, "logprobs": None, "finish_reason": None}])
 
     def begin_chunks(self, index: int, tool_call: bool) -> list[dict[str, Any]]:
         # OpenAI opens a tool-call answer with content null, a text answer with "".
@@ -101,9 +118,10 @@ class ChatResponder(_Responder):
     def finish_chunk(self, index: int, finish_reason: str) -> dict[str, Any]:
         return self._chunk([{"index": index, "delta": {}, "finish_reason": finish_reason}])
 
-    @staticmethod
-    def _message(choice: Choice) -> dict[str, Any]:
+    def _message(self, choice: Choice) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": choice.text, "refusal": None}
+        if choice.reasoning is not None:
+            message.update(dict.fromkeys(self._reasoning_fields, choice.reasoning))
         if choice.tool_calls:
             message["tool_calls"] = choice.tool_calls
         return message

@@ -3,6 +3,8 @@
 Modules:
 - `views`: immutable snapshots (`SlotView`, `Snapshot`): all that routes, admin and metrics see.
 - `slot`: the mutable record of one model version (private), with its turns (`runtime.parallel`).
+- `fairness`: who gets a model's next turn (interactive before batch, fair share between keys, aging,
+  `max_concurrent`) and which batch hold is paused for an interactive one: a pure policy.
 - `eviction`: room by memory vectors (host RAM and one pool per GPU), LRU eviction, rebalancing
   after measurement, eviction after a device ran out of memory, TTL expiry: pure functions of a
   snapshot (the decisions are `memory/planner.py`'s).
@@ -20,7 +22,8 @@ Invariants (held by tests/fast/test_scheduler_invariants.py after every step):
    made in the same synchronous stretch as the change (no `await` between them).
 2. A model with holds, a load under way, a drain or a retirement is never chosen for eviction or TTL.
 3. Per model, `running <= runtime.parallel` and `running + waiting + quick <= max_queue`; the turns
-   go to waiting holds in arrival order.
+   go to waiting holds in the order `fairness.py` sets (for one key at one priority: arrival order),
+   and a paused (preempted) hold counts as waiting until it has a turn again.
 4. At most one load per model version is under way; requests to a loaded model never wait for
    another model's load; a load is not tied to the request that started it.
 5. A version chosen for unloading takes no new hold from that instant (state `unloading`) and

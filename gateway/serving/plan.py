@@ -25,9 +25,12 @@ from gateway.protocol import (
     GenerationRequest,
     check_vocabulary,
 )
+from gateway.protocol.reasoning import Ask
 from gateway.scheduler.views import SlotView
 from gateway.serving.call import Call
+from gateway.serving.reasoning import ReasoningPlan, plan_reasoning
 from gateway.serving.resolve import resolve_local
+from gateway.serving.tools.calls import Shaper
 from gateway.serving.tools.plan import ToolPlan, plan_tools
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for the legacy endpoint
@@ -43,8 +46,13 @@ class Plan:
     tools: ToolPlan = field(default_factory=ToolPlan)
     echo: tuple[str, ...] | None = None  # per choice, the prompt to send back first
     flex: bool = False  # the request asked to run at batch priority (service_tier "flex")
+    reasoning: ReasoningPlan = field(default_factory=ReasoningPlan)
     # The same request planned again for another version of the model (a reload came in between).
     renew: Callable[[SlotView], Plan] | None = field(default=None, compare=False, repr=False)
+
+    def shaper(self) -> Shaper:
+        """A fresh shaper for one choice: thinking apart (a reasoning model), then content and tool calls."""
+        return self.reasoning.shaper(self.tools.shaper())
 
     def for_version(self, view: SlotView) -> Plan:
         """This plan for the version actually held (the same plan when nothing changed)."""
@@ -53,10 +61,25 @@ class Plan:
         return self.renew(view)
 
 
-def plan_chat(chat: ChatCompletionRequest, view: SlotView, gateway: GatewaySection) -> Plan:
+def chat_ask(chat: ChatCompletionRequest) -> Ask:
+    """What a chat completion asks of a reasoning model's thinking."""
+    effort = chat.reasoning_effort
+    return Ask(
+        effort=effort,
+        budget=chat.max_reasoning_tokens,
+        raw=chat.reasoning_format == "none",
+        template_kwargs=chat.chat_template_kwargs or {},
+        param="reasoning_effort" if effort not in (None, "none") else "max_reasoning_tokens",
+        asked=effort not in (None, "none") or bool(chat.max_reasoning_tokens),
+    )
+
+
+def plan_chat(chat: ChatCompletionRequest, view: SlotView, gateway: GatewaySection, ask: Ask | None = None) -> Plan:
+    """`ask`: what a dialect's request asks of the thinking (else the chat's own fields)."""
     _generative(view)
     check_vocabulary(chat.token_ids(), view.facts.info.vocab_size, "logit_bias")
-    if view.entry.model.chat_format is None and not view.facts.has_chat_template:
+    model = view.entry.model
+    if model.chat_format is None and model.chat_template is None and not view.facts.has_chat_template:
         raise invalid_request(
             f"Model '{view.model_id}' has no chat template in its GGUF and no model.chat_format in "
             "models.yaml, so chat messages cannot be formatted for it.",
@@ -67,6 +90,8 @@ def plan_chat(chat: ChatCompletionRequest, view: SlotView, gateway: GatewaySecti
     entry = view.entry
     messages = tools.messages([m.for_template() for m in chat.messages])
     constraint = _constraint(chat, tools, entry)
+    gguf_template = view.facts.info.metadata.get("tokenizer.chat_template")
+    thinking = plan_reasoning(ask or chat_ask(chat), entry, view.model_id, gguf_template)
     params = GenerationParams(
         messages=messages,
         tools=tools.for_template(),
@@ -76,6 +101,8 @@ def plan_chat(chat: ChatCompletionRequest, view: SlotView, gateway: GatewaySecti
         logprobs=bool(chat.logprobs),
         top_logprobs=chat.top_logprobs or 0,
         n=chat.choices,
+        reasoning=thinking.wire(),
+        template_kwargs=thinking.template_kwargs or None,
         **_sampling(chat, entry, gateway.stream_interval),
     )
     return Plan(
@@ -86,16 +113,17 @@ def plan_chat(chat: ChatCompletionRequest, view: SlotView, gateway: GatewaySecti
         include_usage=chat.include_usage,
         tools=tools,
         flex=chat.flex,
-        renew=lambda again: plan_chat(chat, again, gateway),
+        reasoning=thinking,
+        renew=lambda again: plan_chat(chat, again, gateway, ask),
     )
 
 
-def plan_local_chat(call: Call, chat: ChatCompletionRequest) -> Plan:
+def plan_local_chat(call: Call, chat: ChatCompletionRequest, ask: Ask | None = None) -> Plan:
     """A chat for an endpoint only local models serve (Anthropic's Messages, the Responses API): its
     model resolved for this client, its messages noted for the content log, then planned."""
     view = resolve_local(call, chat.model)
     call.note_chat(chat)
-    return plan_chat(chat, view, call.scheduler.settings.gateway)
+    return plan_chat(chat, view, call.scheduler.settings.gateway, ask)
 
 
 def plan_completion(body: CompletionRequest, view: SlotView, gateway: GatewaySection) -> Plan:

@@ -132,7 +132,7 @@ async def _stream_in_hold(
         try:
             yield _Begun(prompt_tokens)
             read = True
-            chunks = chunk_stream(_generations(held, plan, first), record, plan.tools.shaper)
+            chunks = chunk_stream(_generations(held, plan, first), record, plan.shaper)
             async with contextlib.aclosing(chunks):  # closed early: its generation is cancelled first
                 async for chunk in chunks:
                     yield chunk

@@ -10,7 +10,7 @@ from typing import Any
 
 from gateway.engine.base import ChoiceFinished, Delta, Finished, Generation
 from gateway.observability.record import RequestRecord
-from gateway.protocol.answer import Answer, Choice, Chunk, Ended, Logprobs, Opened, Text, ToolDelta, Usage
+from gateway.protocol.answer import Answer, Choice, Chunk, Ended, Logprobs, Opened, Reasoning, Text, ToolDelta, Usage
 from gateway.serving.tools.calls import Piece, Shaper
 
 
@@ -36,7 +36,7 @@ async def chunk_stream(
     generation that have sent nothing yet (a piece held back as part of a UTF-8 character or a possible
     stop string) open first, as tool calls: which they are is not known yet. Log probabilities of a
     delta that gave no text yet go with the choice's next text."""
-    prompt_tokens = completion_tokens = 0
+    prompt_tokens = completion_tokens = reasoning_tokens = 0
     opened: set[int] = set()
     pending: dict[int, Logprobs] = {}
 
@@ -57,6 +57,8 @@ async def chunk_stream(
         for kind, value in pieces:
             if kind == "content":
                 out.append(Text(index, value, pending.pop(index, None)))
+            elif kind == "reasoning":
+                out.append(Reasoning(index, value))
             else:
                 out.append(ToolDelta(index, value))
         return out
@@ -78,6 +80,7 @@ async def chunk_stream(
                     if isinstance(event, Finished):
                         prompt_tokens += event.prompt_tokens
                         completion_tokens += event.completion_tokens
+                        reasoning_tokens += event.reasoning_tokens
                     # A single choice ends with Finished; several end one by one first.
                     ended = [base + event.index] if isinstance(event, ChoiceFinished) else sorted(open_choices)
                     for index in ended:
@@ -94,20 +97,25 @@ async def chunk_stream(
             generation.cancel()
     if record is not None:
         record.finished(prompt_tokens, completion_tokens)
-    yield Usage(prompt_tokens, completion_tokens)
+    yield Usage(prompt_tokens, completion_tokens, reasoning_tokens)
 
 
 @dataclass
 class _Folding:
     parts: list[str] = field(default_factory=list)
+    thinking: list[str] = field(default_factory=list)
     logprobs: Logprobs | None = None
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     ended: Ended | None = None
 
     def choice(self) -> Choice:
         assert self.ended is not None
-        text = None if self.tool_calls else "".join(self.parts)
-        return Choice(text, self.ended.finish_reason, self.logprobs, self.tool_calls, self.ended.stop_sequence)
+        # A model that thought and said nothing (cut off mid-thought) answers content null, as vLLM does.
+        text = None if self.tool_calls or (self.thinking and not self.parts) else "".join(self.parts)
+        reasoning = "".join(self.thinking) if self.thinking else None
+        return Choice(
+            text, self.ended.finish_reason, self.logprobs, self.tool_calls, self.ended.stop_sequence, reasoning
+        )
 
 
 async def fold(model: str, chunks: AsyncIterator[Chunk]) -> Answer:
@@ -122,6 +130,8 @@ async def fold(model: str, chunks: AsyncIterator[Chunk]) -> Answer:
             folding.parts.append(chunk.text)
             if chunk.logprobs is not None:
                 folding.logprobs = [*(folding.logprobs or []), *chunk.logprobs]
+        elif isinstance(chunk, Reasoning):
+            folding.thinking.append(chunk.text)
         elif isinstance(chunk, ToolDelta):
             _join_tool_delta(folding.tool_calls, chunk.delta)
         elif isinstance(chunk, Ended):

@@ -47,6 +47,10 @@ class FakeScript:
     # Device memory the first decode takes on the worker's first GPU (cuBLAS's handle and workspace,
     # lazily loaded kernels, CUDA graphs): not in any load log line.
     decode_bytes: int = 0
+    # A chat template's generation prompt, after the messages (a thinking template's ends with <think>).
+    generation_prompt: str = ""
+    # After tokens the gateway wrote itself (words, following reply pieces), the reply goes on at this piece.
+    resume_at: int = 0
 
     @property
     def reply_length(self) -> int:
@@ -72,6 +76,7 @@ class FakeLlama:
         self._rows: list[Row] = []
         self._words: dict[str, int] = {}
         self._lock = threading.Lock()
+        self._replied: set[int] = set()  # sequences that have decoded reply tokens
         self.decodes: list[list[Row]] = []  # every batch, for assertions
         self.log: Callable[[int, str], None] | None = None  # llama.cpp's log callback, as the worker set it
         self.on_first_decode: Callable[[], None] | None = None  # the fake worker takes `decode_bytes` there
@@ -106,6 +111,7 @@ class FakeLlama:
         if params.prompt is not None:
             return nonempty_prompt(self, self.tokenize(params.prompt, True), "prompt"), []
         text = " ".join(str(m.get("content") or "") for m in params.messages or [])
+        text = f"{text} {self.script.generation_prompt}"
         return nonempty_prompt(self, self.tokenize(text, True), "messages"), []
 
     def token_bos(self) -> int:
@@ -142,6 +148,9 @@ class FakeLlama:
                 raise AssertionError(f"sequence {row.seq} writes position {row.pos}, expected {expected}")
             positions[row.pos] = cell
             self._cells[cell].add(row.seq)
+        for row in rows:
+            if REPLY_BASE <= row.token < JSON_BASE:
+                self._replied.add(row.seq)
         self._rows = list(rows)
         self.decodes.append(self._rows)
         return 0
@@ -149,10 +158,12 @@ class FakeLlama:
     def logits(self, row: int) -> Any:
         import numpy as np
 
-        last = self._rows[row].token
+        last, seq = self._rows[row].token, self._rows[row].seq
         if REPLY_BASE <= last < JSON_BASE:
             k = last - REPLY_BASE + 1
             best = REPLY_BASE + k if k < self.script.reply_length else EOS
+        elif last >= WORD_BASE and seq in self._replied:  # words the gateway wrote into the answer
+            best = REPLY_BASE + self.script.resume_at if self.script.resume_at < self.script.reply_length else EOS
         else:
             best = REPLY_BASE if self.script.reply_length else EOS
         logits = np.zeros(self.n_vocab, dtype=np.float32)
@@ -162,6 +173,8 @@ class FakeLlama:
 
     def seq_rm(self, seq: int, p0: int, p1: int) -> None:
         positions = self._positions.get(seq, {})
+        if p0 == 0:
+            self._replied.discard(seq)
         for pos in [p for p in positions if p >= p0 and (p1 < 0 or p < p1)]:
             self._cells[positions.pop(pos)].discard(seq)
 
@@ -186,8 +199,8 @@ class FakeSampler:
     def accept_prompt(self, tokens: Sequence[int]) -> None:
         pass
 
-    def sample(self, row: int) -> int:
-        if self._settings.grammar is not None and self._backend.script.reply is None:
+    def sample(self, row: int, free: bool = False) -> int:
+        if self._settings.grammar is not None and self._backend.script.reply is None and not free:
             self._json += 1
             return JSON_BASE + self._json - 1 if self._json <= len(JSON_PIECES) else EOS
         logits = self._backend.logits(row).copy()

@@ -18,14 +18,16 @@ from gateway.web.sse import respond, run_plan
 async def messages(request: Request) -> Response:
     """Anthropic's `anthropic-version` header is accepted whatever its value; keys come as
     `x-api-key` (or Bearer) and are checked by the gate like any other."""
-    chat = to_chat(parse_messages_request(await request.body()))
+    body = parse_messages_request(await request.body())
+    chat = to_chat(body)
     call = call_of(request)
-    plan = plan_local_chat(call, chat)
-    return respond(request, await run_plan(request, call, plan), _events, reply.message)
+    plan = plan_local_chat(call, chat, body.reasoning_ask())
+    shows = body.shows_thinking
 
+    def events(stream: ChatStream) -> reply.MessageEvents:
+        return reply.MessageEvents(stream.model, stream.prompt_tokens, shows)
 
-def _events(stream: ChatStream) -> reply.MessageEvents:
-    return reply.MessageEvents(stream.model, stream.prompt_tokens)
+    return respond(request, await run_plan(request, call, plan), events, lambda answer: reply.message(answer, shows))
 
 
 async def count_tokens(request: Request) -> Response:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.engine.reasoning import describe
 from gateway.protocol.replies import model_card
 from gateway.scheduler import SlotView
 from gateway.serving.tools.plan import native_tools
@@ -20,6 +21,16 @@ def _tool_template(view: SlotView) -> str:
     return "native" if native_tools(view) else "generic"
 
 
+def _abilities(view: SlotView) -> dict[str, Any]:
+    """What a client may ask of the model; a reasoning model's format and controls."""
+    if view.entry.embedding:
+        return {"capabilities": ["embeddings"]}
+    thinking = describe(view.entry, view.facts.info.metadata.get("tokenizer.chat_template"))
+    if thinking is None:
+        return {"capabilities": ["chat", "tools"]}
+    return {"capabilities": ["chat", "tools", "reasoning"], "reasoning": thinking}
+
+
 def card(view: SlotView) -> dict[str, Any]:
     path = view.facts.info.path
     # Estimate before load (what the worker holds once loaded), measured after; with GPUs, every pool.
@@ -32,6 +43,7 @@ def card(view: SlotView) -> dict[str, Any]:
         "aliases": list(view.entry.aliases),
         **_where(view),
         **({} if view.entry.embedding else {"tool_template": _tool_template(view)}),
+        **_abilities(view),
     }
 
 

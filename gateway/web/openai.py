@@ -59,7 +59,9 @@ async def chat_completions(request: Request) -> Response:
         return await _pass_through(request, call, target, "chat/completions", raw, bool(chat.stream))
     call.note_chat(chat)
     plan = plan_chat(chat, target, call.scheduler.settings.gateway)
-    return await _answer(request, call, plan, ChatResponder(plan.model_id, _tier(call, plan, chat.service_tier)))
+    tier = _tier(call, plan, chat.service_tier)
+    responder = ChatResponder(plan.model_id, call.scheduler.settings.gateway.reasoning_field, service_tier=tier)
+    return await _answer(request, call, plan, responder)
 
 
 async def completions(request: Request) -> Response:

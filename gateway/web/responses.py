@@ -96,7 +96,7 @@ async def create(request: Request) -> Response:
     history = await _history(request, body)
     chat = to_chat(body, history)
     call = call_of(request)
-    plan = plan_local_chat(call, chat)
+    plan = plan_local_chat(call, chat, body.reasoning_ask())
     outcome = await run_plan(request, call, plan)
     if outcome is None:
         return client_gone()

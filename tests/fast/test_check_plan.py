@@ -124,3 +124,15 @@ def test_a_cap_on_loaded_models_is_named_when_memory_is_not_what_stops_them(tmp_
     uncapped = load_settings(write_config(tmp_path, {}, models))
     lines, _ = describe_plan(uncapped, inspect_models(uncapped), pools_for(uncapped, [], 64 * GiB))
     assert lines[-1] == "all models fit together"
+
+
+def test_check_names_a_configured_template_and_the_reasoning_it_shows(
+    tmp_path: Path, fake_backend: list[Device], capsys: pytest.CaptureFixture[str]
+) -> None:
+    thinking = "{% for m in messages %}{{ m.content }}{% endfor %}<think>\n"
+    failing = "{{ raise_exception('system messages only') }}"
+    path = write_config(tmp_path, {}, {"thinker": {"chat_template": thinking}, "broken": {"chat_template": failing}})
+    assert cli.main(["check", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "thinker: " in out and "chat template: models.yaml (reasoning: think)" in out
+    assert "warning: broken's chat template fails on a one-message chat: ValueError: system messages only" in out

@@ -25,6 +25,7 @@ RULES: dict[str, set[str]] = {
         "access",
         "memory",
         "engine.process",
+        "engine.reasoning",
         "observability",
         "protocol",
         "config",

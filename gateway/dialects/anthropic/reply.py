@@ -3,6 +3,8 @@ event sequence, and errors in Anthropic's shape. Pure: no I/O."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import uuid
 from typing import Any
@@ -10,7 +12,7 @@ from typing import Any
 import pydantic_core
 
 from gateway.errors import GatewayError
-from gateway.protocol.answer import Answer, Chunk, Ended, Text, ToolDelta, Usage
+from gateway.protocol.answer import Answer, Chunk, Ended, Reasoning, Text, ToolDelta, Usage
 
 Event = tuple[str, dict[str, Any]]  # (event name, payload): `event:` and `data:` lines
 
@@ -56,6 +58,12 @@ def _tool_input(arguments: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def signature(thinking: str) -> str:
+    """A thinking block's `signature`: clients send it back with the block; this gateway keeps no
+    secret to sign with, so it is the text's digest (it tells a block apart, and is not checked)."""
+    return base64.b64encode(hashlib.sha256(thinking.encode("utf-8")).digest()).decode("ascii")
+
+
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
     return {
         "input_tokens": prompt_tokens,
@@ -73,10 +81,13 @@ def stop_fields(finish_reason: str, stop_sequence: str | None) -> dict[str, str 
     return {"stop_reason": STOP_REASONS.get(finish_reason, "end_turn"), "stop_sequence": None}
 
 
-def message(answer: Answer) -> dict[str, Any]:
-    """A non-streamed answer (one choice) as an Anthropic message."""
+def message(answer: Answer, shows_thinking: bool = False) -> dict[str, Any]:
+    """A non-streamed answer (one choice) as an Anthropic message: its thinking first, as a thinking
+    block, when the request turned thinking on."""
     choice = answer.choices[0]
     content: list[dict[str, Any]] = []
+    if shows_thinking and choice.reasoning:
+        content.append({"type": "thinking", "thinking": choice.reasoning, "signature": signature(choice.reasoning)})
     if choice.text:
         content.append({"type": "text", "text": choice.text})
     for call in choice.tool_calls or []:
@@ -105,7 +116,9 @@ class MessageEvents:
     content_block_start, (ping after the first), content_block_delta..., content_block_stop, then
     message_delta (stop_reason, usage) and message_stop."""
 
-    def __init__(self, model: str, prompt_tokens: int) -> None:
+    def __init__(self, model: str, prompt_tokens: int, shows_thinking: bool = False) -> None:
+        self._shows_thinking = shows_thinking
+        self._thinking: list[str] = []  # the open thinking block's text, for its signature
         self._model = model
         self._prompt_tokens = prompt_tokens
         self._stop_sequence: str | None = None
@@ -130,7 +143,12 @@ class MessageEvents:
 
     def chunk(self, chunk: Chunk) -> list[Event]:
         events: list[Event] = []
-        if isinstance(chunk, Text) and chunk.text:
+        if isinstance(chunk, Reasoning) and chunk.text and self._shows_thinking:
+            if self._open != "thinking":
+                events += self._begin({"type": "thinking", "thinking": "", "signature": ""}, "thinking")
+            self._thinking.append(chunk.text)
+            events.append(self._delta({"type": "thinking_delta", "thinking": chunk.text}))
+        elif isinstance(chunk, Text) and chunk.text:
             if self._open != "text":
                 events += self._begin({"type": "text", "text": ""}, "text")
             events.append(self._delta({"type": "text_delta", "text": chunk.text}))
@@ -180,5 +198,9 @@ class MessageEvents:
     def _close(self) -> list[Event]:
         if self._open is None:
             return []
+        events: list[Event] = []
+        if self._open == "thinking":  # the signature comes last, as Anthropic sends it
+            events.append(self._delta({"type": "signature_delta", "signature": signature("".join(self._thinking))}))
+            self._thinking = []
         self._open = None
-        return [("content_block_stop", {"type": "content_block_stop", "index": self._blocks - 1})]
+        return [*events, ("content_block_stop", {"type": "content_block_stop", "index": self._blocks - 1})]

@@ -10,6 +10,7 @@ from pydantic import Field
 from gateway.dialects.common import Strict, load_json, refuse, validate
 from gateway.errors import invalid_request
 from gateway.protocol import ChatCompletionRequest
+from gateway.protocol.reasoning import Ask
 
 
 class TextBlock(Strict):
@@ -37,7 +38,22 @@ class ToolResultBlock(Strict):
         return f"Error: {body}" if self.is_error else body
 
 
-Block = Annotated[TextBlock | ToolUseBlock | ToolResultBlock, Field(discriminator="type")]
+class ThinkingBlock(Strict):
+    """A past turn's thinking sent back (its signature is the one this gateway gave it; not checked)."""
+
+    type: Literal["thinking"]
+    thinking: str
+    signature: str | None = None
+
+
+class RedactedThinkingBlock(Strict):
+    type: Literal["redacted_thinking"]
+    data: str
+
+
+Block = Annotated[
+    TextBlock | ToolUseBlock | ToolResultBlock | ThinkingBlock | RedactedThinkingBlock, Field(discriminator="type")
+]
 
 
 class MessageParam(Strict):
@@ -65,7 +81,13 @@ class JsonOutputFormat(Strict):
 
 class OutputConfig(Strict):
     format: JsonOutputFormat | None = None
-    effort: None = None  # reasoning effort: refused (this gateway serves no reasoning models)
+    effort: Literal["low", "medium", "high", "max"] | None = None
+
+
+class ThinkingConfig(Strict):
+    type: Literal["enabled", "disabled", "adaptive"]
+    budget_tokens: Annotated[int, Field(ge=0)] | None = None
+    display: str | None = None
 
 
 class Metadata(Strict):
@@ -86,6 +108,24 @@ class MessagesRequest(Strict):
     tool_choice: ToolChoice | None = None
     metadata: Metadata | None = None
     output_config: OutputConfig | None = None
+    thinking: ThinkingConfig | None = None
+
+    @property
+    def shows_thinking(self) -> bool:
+        """Anthropic answers with thinking blocks only when thinking is on."""
+        return self.thinking is not None and self.thinking.type != "disabled"
+
+    def reasoning_ask(self) -> Ask:
+        """`thinking` and `output_config.effort` as the chat's reasoning controls: absent or disabled
+        switches thinking off where the template can (and otherwise closes the block at once)."""
+        effort = self.output_config.effort if self.output_config else None
+        level = "high" if effort == "max" else effort
+        if not self.shows_thinking:
+            if effort is None:
+                return Ask(effort="none", param="thinking")
+            return Ask(effort=level, param="output_config.effort", asked=True)
+        budget = self.thinking.budget_tokens if self.thinking else None
+        return Ask(effort=level or "high", budget=budget, param="thinking", asked=True)
 
 
 class CountTokensRequest(Strict):
@@ -94,11 +134,11 @@ class CountTokensRequest(Strict):
     system: str | list[TextBlock] | None = None
     tools: list[ToolParam] | None = None
     tool_choice: ToolChoice | None = None
+    thinking: ThinkingConfig | None = None  # accepted; the count is that of the template without it
 
 
-_UNSUPPORTED_BLOCKS = {"image", "document", "thinking", "redacted_thinking", "server_tool_use", "search_result"}
+_UNSUPPORTED_BLOCKS = {"image", "document", "server_tool_use", "search_result"}
 UNSUPPORTED = {
-    "thinking": "extended thinking needs a reasoning model; this gateway serves none.",
     "mcp_servers": "remote MCP servers are not available.",
     "container": "code execution containers are not available.",
 }
@@ -127,12 +167,6 @@ def _check_blocks(data: dict[str, Any]) -> None:
 def parse_messages_request(body: bytes) -> MessagesRequest:
     data = load_json(body)
     refuse(data, UNSUPPORTED)
-    output = data.get("output_config")
-    if isinstance(output, dict) and output.get("effort") is not None:
-        raise invalid_request(
-            "'output_config.effort' (reasoning effort) is not supported: this gateway serves no reasoning models.",
-            param="output_config.effort",
-        )
     _check_blocks(data)
     return _checked(validate(MessagesRequest, data))
 
@@ -181,7 +215,12 @@ def chat_messages(request: MessagesRequest | CountTokensRequest) -> list[dict[st
                 for b in message.content
                 if isinstance(b, ToolUseBlock)
             ]
-            out.append({"role": "assistant", "content": text or None, **({"tool_calls": calls} if calls else {})})
+            thinking = "".join(b.thinking for b in message.content if isinstance(b, ThinkingBlock))
+            out.append(
+                {"role": "assistant", "content": text or None}
+                | ({"tool_calls": calls} if calls else {})
+                | ({"reasoning_content": thinking} if thinking else {})
+            )
             continue
         for block in message.content:
             if isinstance(block, ToolResultBlock):

@@ -5,9 +5,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.dialects.responses.reply import call_item, finish, item_status, message_item, output_item_id, text_part
+from gateway.dialects.responses.reply import (
+    call_item,
+    finish,
+    item_status,
+    message_item,
+    output_item_id,
+    reasoning_item,
+    summary_part,
+    text_part,
+)
 from gateway.errors import GatewayError
-from gateway.protocol.answer import Chunk, Ended, Text, ToolDelta, Usage
+from gateway.protocol.answer import Chunk, Ended, Reasoning, Text, ToolDelta, Usage
 
 Event = tuple[str, dict[str, Any]]  # a stream event with its SSE `event:` name, which is its `type`
 
@@ -24,7 +33,8 @@ class ResponseEvents:
         self._item: dict[str, Any] | None = None  # the output item being streamed
         self._parts: list[str] = []  # its text or arguments so far
         self._finish_reason = "stop"
-        self._usage = (0, 0)
+        self._usage = (0, 0, 0)
+        self._summary = base["reasoning"]["summary"] is not None  # reasoning items carry a summary
 
     def _event(self, kind: str, **fields: Any) -> Event:
         event = {"type": kind, "sequence_number": self._sequence, **fields}
@@ -39,7 +49,14 @@ class ResponseEvents:
 
     def chunk(self, chunk: Chunk) -> list[Event]:
         events: list[Event] = []
-        if isinstance(chunk, Text) and chunk.text:
+        if isinstance(chunk, Reasoning) and chunk.text:
+            if self._item is None or self._item["type"] != "reasoning":
+                events += self._open(reasoning_item(self._item_id("reasoning"), "", self._summary, "in_progress"))
+            assert self._item is not None
+            self._parts.append(chunk.text)
+            where = {"item_id": self._item["id"], "output_index": self._position()}
+            events.append(self._event("response.reasoning_text.delta", **where, content_index=0, delta=chunk.text))
+        elif isinstance(chunk, Text) and chunk.text:
             if self._item is None or self._item["type"] != "message":
                 events += self._open(message_item(self._item_id("message"), "", "in_progress"))
             events.append(self._text_delta(chunk.text))
@@ -65,12 +82,12 @@ class ResponseEvents:
         elif isinstance(chunk, Ended):
             self._finish_reason = chunk.finish_reason
         elif isinstance(chunk, Usage):
-            self._usage = (chunk.prompt_tokens, chunk.completion_tokens)
+            self._usage = (chunk.prompt_tokens, chunk.completion_tokens, chunk.reasoning_tokens)
         return events
 
     def end(self) -> list[Event]:
         events = self._close()
-        if not self.response["output"]:  # an empty answer is still one (empty) message
+        if all(item["type"] == "reasoning" for item in self.response["output"]):  # an answer is one message
             events += self._open(message_item(self._item_id("message"), "", "in_progress"))
             events += self._close()
         finish(self.response, self._finish_reason, *self._usage)
@@ -134,7 +151,18 @@ class ResponseEvents:
         joined = "".join(self._parts)
         status = item_status(self._finish_reason)  # known when the last item closes: the answer has ended
         events: list[Event]
-        if item["type"] == "message":
+        if item["type"] == "reasoning":
+            done = reasoning_item(item["id"], joined, self._summary)
+            events = [self._event("response.reasoning_text.done", **where, content_index=0, text=joined)]
+            if self._summary:
+                part = {**where, "summary_index": 0}
+                events += [
+                    self._event("response.reasoning_summary_part.added", **part, part=summary_part("")),
+                    self._event("response.reasoning_summary_text.delta", **part, delta=joined),
+                    self._event("response.reasoning_summary_text.done", **part, text=joined),
+                    self._event("response.reasoning_summary_part.done", **part, part=summary_part(joined)),
+                ]
+        elif item["type"] == "message":
             done = message_item(item["id"], joined, status)
             events = [
                 self._event("response.output_text.done", **where, content_index=0, text=joined, logprobs=[]),

@@ -19,13 +19,13 @@ def new_id(prefix: str) -> str:
 def output_item_id(response_id: str, kind: str, index: int) -> str:
     """An output item's id names its response and place, so that an `item_reference` to it (the AI
     SDK sends them for stored responses) is found without an index of every item."""
-    prefix = "fc" if kind == "function_call" else "msg"
+    prefix = {"function_call": "fc", "reasoning": "rs"}.get(kind, "msg")
     return f"{prefix}_{response_id.removeprefix('resp_')}_{index}"
 
 
 def item_place(item_id: str) -> tuple[str, int] | None:
     """The response id and output index an output item's id names (None: not an output item's)."""
-    match = re.fullmatch(r"(?:fc|msg)_([0-9a-f]+)_([0-9]+)", item_id)
+    match = re.fullmatch(r"(?:fc|msg|rs)_([0-9a-f]+)_([0-9]+)", item_id)
     return None if match is None else (f"resp_{match.group(1)}", int(match.group(2)))
 
 
@@ -58,7 +58,7 @@ def skeleton(request: ResponsesRequest, model: str, response_id: str | None = No
         "output": [],
         "parallel_tool_calls": request.parallel_tool_calls is not False,
         "previous_response_id": request.previous_response_id,
-        "reasoning": {"effort": None, "summary": None},
+        "reasoning": {"effort": request.reasoning.effort if request.reasoning else None, "summary": request.summary},
         "store": request.store is not False,
         "temperature": request.temperature,
         "text": _text_config(request),
@@ -72,12 +72,12 @@ def skeleton(request: ResponsesRequest, model: str, response_id: str | None = No
     }
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+def usage(prompt_tokens: int, completion_tokens: int, reasoning_tokens: int = 0) -> dict[str, Any]:
     return {
         "input_tokens": prompt_tokens,
         "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
         "output_tokens": completion_tokens,
-        "output_tokens_details": {"reasoning_tokens": 0},
+        "output_tokens_details": {"reasoning_tokens": reasoning_tokens},
         "total_tokens": prompt_tokens + completion_tokens,
     }
 
@@ -90,6 +90,23 @@ def message_item(item_id: str, text: str, status: str = "completed") -> dict[str
 
 def text_part(text: str) -> dict[str, Any]:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def reasoning_item(item_id: str, text: str, summary: bool, status: str = "completed") -> dict[str, Any]:
+    """A reasoning model's thinking: its text as `reasoning_text` content; the summary, when asked
+    for, is the same text (no second model writes a shorter one)."""
+    done = status == "completed"
+    return {
+        "type": "reasoning",
+        "id": item_id,
+        "summary": [summary_part(text)] if summary and done else [],
+        "content": [{"type": "reasoning_text", "text": text}] if done else [],
+        "status": status,
+    }
+
+
+def summary_part(text: str) -> dict[str, Any]:
+    return {"type": "summary_text", "text": text}
 
 
 def call_item(item_id: str, call_id: str, name: str, arguments: str, status: str = "completed") -> dict[str, Any]:
@@ -108,14 +125,16 @@ def item_status(finish_reason: str) -> str:
     return "incomplete" if finish_reason == "length" else "completed"
 
 
-def finish(response: dict[str, Any], finish_reason: str, prompt_tokens: int, completion_tokens: int) -> None:
+def finish(
+    response: dict[str, Any], finish_reason: str, prompt_tokens: int, completion_tokens: int, reasoning_tokens: int = 0
+) -> None:
     """Status, incomplete details and usage once the answer has ended."""
     if finish_reason == "length":
         response["status"] = "incomplete"
         response["incomplete_details"] = {"reason": "max_output_tokens"}
     else:
         response["status"] = "completed"
-    response["usage"] = usage(prompt_tokens, completion_tokens)
+    response["usage"] = usage(prompt_tokens, completion_tokens, reasoning_tokens)
 
 
 def response(base: dict[str, Any], answer: Answer) -> dict[str, Any]:
@@ -123,15 +142,19 @@ def response(base: dict[str, Any], answer: Answer) -> dict[str, Any]:
     choice = answer.choices[0]
     status = item_status(choice.finish_reason)
     output: list[dict[str, Any]] = []
+    if choice.reasoning:
+        item_id = output_item_id(base["id"], "reasoning", 0)
+        output.append(reasoning_item(item_id, choice.reasoning, base["reasoning"]["summary"] is not None))
     if choice.tool_calls:
         for call in choice.tool_calls:
             fn = call["function"]
             item_id = output_item_id(base["id"], "function_call", len(output))
             output.append(call_item(item_id, call["id"], fn["name"], fn["arguments"], status))
     else:
-        output.append(message_item(output_item_id(base["id"], "message", 0), choice.text or "", status))
+        output.append(message_item(output_item_id(base["id"], "message", len(output)), choice.text or "", status))
     result = {**base, "output": output}
-    finish(result, choice.finish_reason, answer.usage.prompt_tokens, answer.usage.completion_tokens)
+    usage = answer.usage
+    finish(result, choice.finish_reason, usage.prompt_tokens, usage.completion_tokens, usage.reasoning_tokens)
     return result
 
 
@@ -143,4 +166,6 @@ def output_messages(output: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for i in output
         if i["type"] == "function_call"
     ]
-    return [{"role": "assistant", "content": text or None, **({"tool_calls": calls} if calls else {})}]
+    thinking = "".join(p["text"] for item in output if item["type"] == "reasoning" for p in item["content"])
+    turn: dict[str, Any] = {"role": "assistant", "content": text or None, **({"tool_calls": calls} if calls else {})}
+    return [turn | ({"reasoning_content": thinking} if thinking else {})]

@@ -9,6 +9,7 @@ from pydantic import Field
 from gateway.dialects.common import Strict, load_json, refuse, validate
 from gateway.errors import invalid_request
 from gateway.protocol import ChatCompletionRequest
+from gateway.protocol.reasoning import Ask
 
 MessageRole = Literal["user", "system", "developer", "assistant"]
 
@@ -43,12 +44,32 @@ class FunctionCallOutputItem(Strict):
         return self.output if isinstance(self.output, str) else "".join(p.text for p in self.output)
 
 
-Item = MessageItem | FunctionCallItem | FunctionCallOutputItem
+class ReasoningText(Strict):
+    type: Literal["reasoning_text", "summary_text"]
+    text: str
+
+
+class ReasoningItem(Strict):
+    """A reasoning output item sent back: its text goes to the next assistant turn's thinking."""
+
+    type: Literal["reasoning"]
+    id: str | None = None
+    summary: list[ReasoningText] = Field(default_factory=list)
+    content: list[ReasoningText] | None = None
+    encrypted_content: str | None = None
+    status: str | None = None
+
+    def text(self) -> str:
+        return "".join(p.text for p in self.content or self.summary)
+
+
+Item = MessageItem | FunctionCallItem | FunctionCallOutputItem | ReasoningItem
 _ITEMS: dict[str | None, type[Item]] = {
     None: MessageItem,
     "message": MessageItem,
     "function_call": FunctionCallItem,
     "function_call_output": FunctionCallOutputItem,
+    "reasoning": ReasoningItem,
 }
 
 
@@ -75,6 +96,14 @@ class TextFormat(Strict):
 
 class TextConfig(Strict):
     format: TextFormat | None = None
+    verbosity: Literal["low", "medium", "high"] | None = None  # accepted; a local model's length is its own
+
+
+class ReasoningConfig(Strict):
+    effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
+    summary: Literal["auto", "concise", "detailed"] | None = None
+    generate_summary: Literal["auto", "concise", "detailed"] | None = None  # its older name
+    context: Any = None  # accepted: the reasoning of earlier turns is what the template keeps of it
 
 
 class ConversationRef(Strict):
@@ -98,6 +127,24 @@ class ResponsesRequest(Strict):
     metadata: dict[str, str] | None = None
     user: str | None = None
     truncation: Literal["auto", "disabled"] | None = None
+    reasoning: ReasoningConfig | None = None
+    # Only the (absent) encrypted reasoning may be asked for: nothing is encrypted, so none is sent.
+    include: list[Literal["reasoning.encrypted_content"]] | None = None
+
+    @property
+    def summary(self) -> str | None:
+        config = self.reasoning
+        return None if config is None else config.summary or config.generate_summary
+
+    def reasoning_ask(self) -> Ask:
+        """`reasoning.effort` as the chat's control: none (or null) asks for no thinking, which every
+        model accepts; absent leaves the model's default."""
+        if self.reasoning is None:
+            return Ask()
+        effort = self.reasoning.effort
+        if effort in (None, "none"):
+            return Ask(effort="none", param="reasoning.effort")
+        return Ask(effort="high" if effort == "xhigh" else effort, param="reasoning.effort", asked=True)
 
     conversation: str | ConversationRef | None = None
 
@@ -112,10 +159,8 @@ class ResponsesRequest(Strict):
 
 
 UNSUPPORTED = {
-    "reasoning": "reasoning settings need a reasoning model; this gateway serves none.",
     "background": "background responses are not available.",
     "prompt": "stored prompt templates are not available.",
-    "include": "no extra output data (logprobs, reasoning, tool results) is available.",
     "top_logprobs": "log probabilities are not available on /v1/responses; use /v1/chat/completions.",
     "max_tool_calls": "a limit on built-in tool calls does not apply here.",
 }
@@ -137,10 +182,10 @@ def _item(index: int, raw: Any, field: str = "input") -> Item:
     if cls is None:
         raise invalid_request(
             f"Input items of type '{kind}' are not supported by this gateway "
-            "(message, function_call and function_call_output are).",
+            "(message, function_call, function_call_output and reasoning are).",
             param=f"{param}.type",
         )
-    content = raw.get("content") if cls is MessageItem else raw.get("output")
+    content = raw.get("content") if cls is MessageItem else raw.get("output") if cls is not ReasoningItem else None
     for j, part in enumerate(content if isinstance(content, list) else []):
         part_type = part.get("type") if isinstance(part, dict) else None
         if part_type not in _CONTENT_PARTS:
@@ -209,7 +254,11 @@ def item_messages(items: list[Item]) -> list[dict[str, Any]]:
     """Input items as chat messages: consecutive function calls become one assistant turn's
     tool_calls, each function_call_output a `tool` message."""
     out: list[dict[str, Any]] = []
+    thinking = ""  # a reasoning item's text, for the assistant turn that follows it
     for item in items:
+        if isinstance(item, ReasoningItem):
+            thinking += item.text()
+            continue
         if isinstance(item, MessageItem):
             out.append({"role": item.role, "content": item.text()})
         elif isinstance(item, FunctionCallItem):
@@ -225,6 +274,8 @@ def item_messages(items: list[Item]) -> list[dict[str, Any]]:
                 out.append({"role": "assistant", "content": None, "tool_calls": [call]})
         else:
             out.append({"role": "tool", "tool_call_id": item.call_id, "content": item.text()})
+        if thinking and out[-1]["role"] == "assistant":
+            out[-1]["reasoning_content"], thinking = thinking, ""
     return out
 
 

@@ -24,6 +24,8 @@ def worker_config(entry: ModelEntry, placement: dict[str, Any] | None = None) ->
         "n_batch": entry.model.n_batch,
         "n_gpu_layers": entry.model.n_gpu_layers,
         "chat_format": entry.model.chat_format,
+        "chat_template": entry.model.chat_template,
+        "reasoning_format": entry.model.reasoning.format,
         "use_mmap": entry.model.use_mmap,
         "flash_attn": entry.flash_attention,
         "n_threads": entry.runtime.thread_count,

@@ -49,8 +49,9 @@ class SamplerSettings:
 
 
 class Sampler(Protocol):
-    def sample(self, row: int) -> int:
-        """Choose (and accept) the next token from the logits of batch row `row` of the last decode."""
+    def sample(self, row: int, free: bool = False) -> int:
+        """Choose (and accept) the next token from the logits of batch row `row` of the last decode;
+        `free`: the grammar does not apply to this token (a reasoning model's thinking)."""
 
     def accept_prompt(self, tokens: Sequence[int]) -> None:
         """Feed the prompt's tail to the repetition penalties."""

@@ -181,7 +181,9 @@ class Batch:
         if job.cancelled:
             return
         try:
-            self._take(job, choice, choice.sampler.sample(row), row)
+            forced = choice.output.forced()
+            token = choice.sampler.sample(row, choice.output.thinking) if forced is None else forced
+            self._take(job, choice, token, row)
         except Exception as exc:
             self._on_error(job.request.request_id, internal_error(f"sampling failed: {exc!r}"))
             job.cancelled = True
@@ -200,7 +202,11 @@ class Batch:
             self._on_event(
                 job.request.request_id,
                 ChoiceFinished(
-                    choice.index, choice.output.finish_reason, choice.output.produced, choice.output.stop_sequence
+                    choice.index,
+                    choice.output.finish_reason,
+                    choice.output.produced,
+                    choice.output.stop_sequence,
+                    choice.output.reasoning_tokens,
                 ),
             )
             if choice is not job.primary:
@@ -264,7 +270,7 @@ class Batch:
                 raise
             output = ChoiceOutput(
                 self._backend, self._emitter(request.request_id, index), request.stops, request.limit,
-                request.delta_interval, request.top_logprobs,
+                request.delta_interval, request.top_logprobs, request.thinking,
             )  # fmt: skip
             job.choices.append(ChoiceSequence(index, seq, sampler, output))
         if source is not None and reused > 0:
@@ -389,7 +395,8 @@ class Batch:
             reason, stop_sequence = job.primary.output.finish_reason, job.primary.output.stop_sequence
         else:
             reason = "stop"
-        self._on_event(request.request_id, Finished(reason, len(request.prompt), produced, stop_sequence))
+        thought = sum(c.output.reasoning_tokens for c in job.choices)
+        self._on_event(request.request_id, Finished(reason, len(request.prompt), produced, stop_sequence, thought))
         self._free_job(job)
 
     def _free_job(self, job: Job) -> None:

@@ -68,6 +68,7 @@ class LlamaCpp:
         self._batch = _internals.LlamaBatch(n_tokens=self.n_batch, embd=0, n_seq_max=1, verbose=False)
         self._constraints = Constraints(self._vocab)  # grammars compiled once per schema
         self._pieces: dict[int, bytes] = {}
+        self.special_pieces = False  # pieces of control tokens as text (set at load for gpt-oss)
         self._eog: dict[int, bool] = {}
 
     # -- the model's text side ------------------------------------------------------------------
@@ -90,7 +91,7 @@ class LlamaCpp:
         piece = self._pieces.get(token)
         if piece is None:
             buffer = ctypes.create_string_buffer(256)
-            n = self._lib.llama_token_to_piece(self._vocab, token, buffer, 256, 0, False)
+            n = self._lib.llama_token_to_piece(self._vocab, token, buffer, 256, 0, self.special_pieces)
             piece = self._pieces[token] = bytes(buffer.raw[: max(n, 0)])
         return piece
 
@@ -178,9 +179,9 @@ class ChainSampler:
             for token in tokens[-self._last_n if self._last_n > 0 else 0 :]:
                 self._lib.llama_sampler_accept(self._chain, token)
 
-    def sample(self, row: int) -> int:
+    def sample(self, row: int, free: bool = False) -> int:
         matcher = self.matcher
-        if matcher is None:
+        if matcher is None or free:
             return int(self._lib.llama_sampler_sample(self._chain, self._ctx, row))
         logits = self._backend.logits(row)
         token = self._pick(logits)

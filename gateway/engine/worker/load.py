@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.engine.reasoning import format_for
 from gateway.engine.sizing import sequence_ids
 from gateway.engine.worker.backend import Backend
 from gateway.engine.worker.guard import Tokenizer, nonempty_prompt
@@ -25,7 +26,10 @@ def load(config: dict[str, Any]) -> tuple[Backend, Render]:
         tokens = tokenizer.tokens(text, add_bos=add_bos, special=True, limit=backend.n_ctx, param=param)
         return nonempty_prompt(view, tokens, param)
 
-    return backend, renderer(formatter(backend.model, config["chat_format"]), tokenize)
+    template = config.get("chat_template") or backend.model.metadata().get("tokenizer.chat_template")
+    if format_for(config.get("reasoning_format", "auto"), template) == "harmony":
+        backend.special_pieces = True  # gpt-oss's channels are control tokens: their text tells thinking apart
+    return backend, renderer(formatter(backend.model, config["chat_format"], config.get("chat_template")), tokenize)
 
 
 class _ModelView:

@@ -18,6 +18,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from gateway.engine.base import BatchState, ChoiceFinished, Delta, Finished, GenerationParams, Started
+from gateway.engine.reasoning import FORMATS, opens_block
 from gateway.engine.wire import (
     Call,
     Cancel,
@@ -41,7 +42,7 @@ from gateway.engine.worker.load import load
 from gateway.engine.worker.logcapture import LogCapture, failure_message
 from gateway.engine.worker.prompt import Render
 from gateway.engine.worker.sampling import logit_bias
-from gateway.engine.worker.sequences import Request
+from gateway.engine.worker.sequences import Request, Thinking
 from gateway.errors import GatewayError, context_length_exceeded, internal_error, invalid_request
 
 
@@ -217,7 +218,18 @@ class Worker:
             stops=[*params.stop, *template_stops],
             delta_interval=params.delta_interval,
             top_logprobs=params.top_logprobs if params.logprobs else None,
+            thinking=self._thinking(params, prompt),
         )
+
+    def _thinking(self, params: GenerationParams, prompt: list[int]) -> Thinking | None:
+        """What the worker follows of a reasoning model's thinking (a chat only: a raw prompt is the caller's)."""
+        spec = params.reasoning
+        if spec is None or params.prompt is not None:
+            return None
+        fmt = FORMATS[spec["format"]]
+        opened = opens_block(fmt, self._backend.detokenize(prompt[-16:]))
+        close = tuple(self._backend.tokenize(fmt.close, False))
+        return Thinking(fmt.name, spec.get("budget"), opened, close)
 
     def _event(self, request_id: int, event: Started | Delta | ChoiceFinished | Finished) -> None:
         self._send(Event(request_id, event))

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import codecs
+from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from gateway.engine.reasoning import splitter
 from gateway.engine.worker.backend import Backend
 from gateway.engine.worker.deltas import DeltaBatcher
 from gateway.engine.worker.sampling import LogprobScorer
 from gateway.engine.worker.stops import StopMatcher
+
+if TYPE_CHECKING:
+    from gateway.engine.worker.sequences import Thinking
 
 Emit = Callable[[str, list[dict[str, Any]] | None], None]
 
@@ -26,6 +31,7 @@ class ChoiceOutput:
         limit: int,
         delta_interval: float,
         top_logprobs: int | None,
+        thinking: Thinking | None = None,
     ) -> None:
         self._backend = backend
         self._matcher = StopMatcher(stops)
@@ -36,6 +42,32 @@ class ChoiceOutput:
         self.produced = 0
         self.finish_reason = "length"
         self.stop_sequence: str | None = None  # the stop string that ended this choice, if one did
+        # A reasoning model's thinking, followed to count its tokens and close it when its budget is spent.
+        self._thinking = thinking
+        self._splitter = splitter(thinking.format) if thinking is not None else None
+        self._forced: deque[int] = deque()
+        self._closed = False
+        self.reasoning_tokens = 0
+        if thinking is not None and thinking.opened and self._splitter is not None:
+            # The prompt opened the block: the text says so too, for the gateway's own splitter.
+            self._splitter.feed(self._splitter.fmt.start)
+            self._batcher.add(self._splitter.fmt.start)
+
+    @property
+    def thinking(self) -> bool:
+        """Before the answer of a reasoning model (its thinking; gpt-oss's headers): a constraint
+        applies to the answer only."""
+        return self._splitter is not None and self._splitter.free
+
+    def forced(self) -> int | None:
+        """The next token the gateway writes itself instead of sampling: the end of the thinking,
+        once its budget is spent."""
+        thinking, split = self._thinking, self._splitter
+        spent = thinking is not None and thinking.budget is not None and self.reasoning_tokens >= thinking.budget
+        if spent and not self._forced and not self._closed and split is not None and split.thinking:
+            self._closed = True
+            self._forced.extend(thinking.close)  # type: ignore[union-attr]
+        return self._forced.popleft() if self._forced else None
 
     def token(self, token: int, row: int) -> bool:
         """Take one sampled token (its logits at batch row `row`); True when this choice is finished."""
@@ -44,8 +76,17 @@ class ChoiceOutput:
             return True
         self.produced += 1
         piece = self._backend.piece(token)
-        text, hit_stop = self._matcher.feed(self._decoder.decode(piece))
-        self._batcher.add(text, [self._scorer.entry(token, piece, row)] if self._scorer else None)
+        decoded = self._decoder.decode(piece)
+        thought = False
+        if self._splitter is not None:
+            before = self._splitter.thinking
+            self._splitter.feed(decoded)
+            thought = before or self._splitter.thinking or self._splitter.overhead
+            self.reasoning_tokens += thought
+        text, hit_stop = self._matcher.feed(decoded)
+        # Log probabilities describe the answer's tokens (OpenAI's `logprobs.content`), not the thinking's.
+        scored = self._scorer is not None and not thought
+        self._batcher.add(text, [self._scorer.entry(token, piece, row)] if scored and self._scorer else None)
         if hit_stop:
             self.finish_reason, self.stop_sequence = "stop", self._matcher.matched
             return True

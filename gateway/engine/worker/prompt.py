@@ -15,8 +15,9 @@ Tokenize = Callable[[str, bool, str], list[int]]  # text, add_bos, the request f
 Render = Callable[[GenerationParams], tuple[list[int], list[str]]]
 
 
-def formatter(model: Any, chat_format: str | None) -> Formatter | None:
-    """`model`: llama-cpp-python's LlamaModel (metadata and special tokens)."""
+def formatter(model: Any, chat_format: str | None, chat_template: str | None = None) -> Formatter | None:
+    """`model`: llama-cpp-python's LlamaModel (metadata and special tokens); `chat_template`, when
+    set, replaces the GGUF's own."""
     from llama_cpp import llama_chat_format
 
     if chat_format:
@@ -25,7 +26,7 @@ def formatter(model: Any, chat_format: str | None) -> Formatter | None:
             if callable(candidate):
                 return candidate  # type: ignore[no-any-return]
         raise ValueError(f"unknown chat_format '{chat_format}'")
-    template = model.metadata().get("tokenizer.chat_template")
+    template = chat_template or model.metadata().get("tokenizer.chat_template")
     if not template:
         return None  # the gateway refuses chat requests for this model before they get here
 
@@ -49,7 +50,7 @@ def renderer(format_chat: Formatter | None, tokenize: Tokenize) -> Render:
         if format_chat is None:
             raise invalid_request("This model has no chat template; set model.chat_format in models.yaml.")
         try:
-            rendered = format_chat(messages=params.messages, tools=params.tools)
+            rendered = format_chat(messages=params.messages, tools=params.tools, **(params.template_kwargs or {}))
         except Exception as exc:  # templates raise for message orders they do not support
             raise invalid_request(f"The model's chat template rejected the messages: {exc}", "messages") from None
         stop = rendered.stop

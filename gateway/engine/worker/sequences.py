@@ -9,6 +9,17 @@ from gateway.engine.worker.output import ChoiceOutput
 
 
 @dataclass(frozen=True)
+class Thinking:
+    """A reasoning model's request: its format, the thinking budget, whether the prompt left the
+    model inside the block, and the tokens that close it when the budget is spent."""
+
+    format: str
+    budget: int | None
+    opened: bool
+    close: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class Request:
     """A validated request: tokens that fit, and how to sample and end each choice."""
 
@@ -21,6 +32,7 @@ class Request:
     stops: list[str]
     delta_interval: float
     top_logprobs: int | None  # None: no log probabilities
+    thinking: Thinking | None = None
 
 
 @dataclass
