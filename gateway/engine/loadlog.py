@@ -34,6 +34,8 @@ _OOM_PATTERNS = (
     re.compile(r"unable to allocate (?P<buf>\w+) buffer"),
     # ggml-vulkan: "Device memory allocation of size 1073741824 failed."
     re.compile(r"memory allocation of size (?P<bytes>\d+) failed"),
+    # ggml-cuda's cuBLAS calls: "CUDA error: CUBLAS_STATUS_ALLOC_FAILED" / "resource allocation failed"
+    re.compile(r"CUBLAS_STATUS_ALLOC_FAILED|resource allocation failed"),
     re.compile(r"out of memory|ErrorOutOfDeviceMemory|OutOfDeviceMemory", re.IGNORECASE),
 )
 

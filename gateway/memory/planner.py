@@ -281,8 +281,3 @@ def after_oom(
         evicted.append(resident.model_id)
         freed += resident.vector[device]
     return tuple(evicted)
-
-
-def should_retry_after_oom(attempt: int, evicted: Sequence[str]) -> bool:
-    """One retry, and only when something was unloaded on that device (else nothing changed)."""
-    return attempt == 0 and bool(evicted)

@@ -50,8 +50,9 @@ class PoolFigures:
     budget: int
     total: int | None  # device memory; None for the host
     free: int | None  # what the device reports free; None for the host
-    used: int  # what our models hold there
+    used: int  # what loaded models hold there (and unloading ones, until their workers exit)
     uuid: str = ""
+    loading: int = 0  # what models being loaded have claimed there
 
 
 class PoolCollector(Collector):
@@ -62,7 +63,10 @@ class PoolCollector(Collector):
         labels = ["pool", "uuid"]
         total = GaugeMetricFamily("gateway_pool_total_bytes", "memory of the device (GPU pools)", labels=labels)
         budget = GaugeMetricFamily("gateway_pool_budget_bytes", "what our models may hold in the pool", labels=labels)
-        used = GaugeMetricFamily("gateway_pool_used_bytes", "what our models hold in the pool", labels=labels)
+        used = GaugeMetricFamily("gateway_pool_used_bytes", "what loaded models hold in the pool", labels=labels)
+        loading = GaugeMetricFamily(
+            "gateway_pool_loading_bytes", "what models being loaded have claimed in the pool", labels=labels
+        )
         free = GaugeMetricFamily(
             "gateway_pool_free_bytes",
             "free memory the device reports (GPU pools: other processes count)",
@@ -71,11 +75,12 @@ class PoolCollector(Collector):
         for p in self._pools():
             budget.add_metric([p.pool, p.uuid], p.budget)
             used.add_metric([p.pool, p.uuid], p.used)
+            loading.add_metric([p.pool, p.uuid], p.loading)
             if p.total is not None:
                 total.add_metric([p.pool, p.uuid], p.total)
             if p.free is not None:
                 free.add_metric([p.pool, p.uuid], p.free)
-        yield from (total, budget, used, free)
+        yield from (total, budget, used, loading, free)
 
 
 class StateCollector(Collector):
@@ -106,8 +111,12 @@ class StateCollector(Collector):
         yield from (loaded, in_flight, queued, estimated, measured, per_pool)
         yield from _batch_gauges(models)
         yield GaugeMetricFamily("gateway_memory_budget_bytes", "gateway.memory_budget", value=budget)
-        used = sum((m.measured_bytes or m.estimated_bytes) for m in models if m.state in ("loaded", "loading"))
-        yield GaugeMetricFamily("gateway_memory_used_bytes", "memory held by resident models", value=used)
+        # The host pool as the scheduler counts it (the larger of measured and estimated); a load's
+        # claim apart, since the models it evicts hold theirs until their workers exit.
+        used = sum(m.pools.get("host", 0) for m in models if m.state == "loaded")
+        loading = sum(m.pools.get("host", 0) for m in models if m.state == "loading")
+        yield GaugeMetricFamily("gateway_memory_used_bytes", "host memory held by loaded models", value=used)
+        yield GaugeMetricFamily("gateway_memory_loading_bytes", "host memory claimed by loading models", value=loading)
 
 
 class CircuitCollector(Collector):

@@ -151,6 +151,8 @@ class Scheduler(Loading):
         if hold.generate:
             self.cpu.leave(slot.model_id)
             self._end_turn(hold, slot)
+            if not slot.decoded and slot.placement.on_gpu:
+                self._in_background(self._measure_after_decode(slot))
         else:
             slot.quick -= 1
         self._touch(slot)
@@ -254,6 +256,7 @@ class Scheduler(Loading):
             await asyncio.sleep(interval)
             try:
                 await self.devices.refresh(max_age=2.0)  # what /metrics and /admin show of the GPUs stays current
+                self._remeasure_devices()  # what serving allocates on a GPU counts as it grows
                 await self.reap()
             except Exception:
                 log.exception("TTL reaper failed")

@@ -36,5 +36,8 @@ def model_states(scheduler: Scheduler) -> tuple[list[ModelState], int]:
 def pool_states(scheduler: Scheduler) -> list[PoolFigures]:
     snapshot = scheduler.snapshot()
     return [
-        PoolFigures(p.name, p.budget, p.total, p.free, snapshot.pool_used(p.name), p.uuid or "") for p in snapshot.pools
+        PoolFigures(
+            p.name, p.budget, p.total, p.free, snapshot.pool_used(p.name), p.uuid or "", snapshot.pool_loading(p.name)
+        )
+        for p in snapshot.pools
     ]

@@ -143,6 +143,7 @@ class Loading(Lifecycle):
                 # Claimed in the same step as planned: victims take no new holds from here on.
                 slot.state = State.LOADING
                 slot.placement, slot.need, slot.device_measured = plan.option.placement, plan.option.need, None
+                slot.decoded = False
                 await self._evict([self._slots[m] for m in plan.evict], "lru")
                 return
             remaining = deadline - loop.time()
@@ -191,9 +192,29 @@ class Loading(Lifecycle):
                 await self.devices.refresh()
                 if slot.engine is not engine:
                     return  # unloaded meanwhile
-                slot.device_measured = self.devices.measure(engine, slot.estimate)
+                slot.measured_on_devices(self.devices.measure(engine, slot.estimate))
         for model_id in overcommitted(self.snapshot(), keep=slot.model_id):
             self._start_unload(self._slots[model_id], "lru")
+
+    async def _measure_after_decode(self, slot: Slot) -> None:
+        """Once, after a GPU model's first generation: what the first decode allocated on the device."""
+        if slot.decoded or not slot.placement.on_gpu or slot.state is not State.LOADED:
+            return
+        slot.decoded = True
+        await self.devices.refresh()
+        self._remeasure_devices([slot])
+
+    def _remeasure_devices(self, slots: list[Slot] | None = None) -> None:
+        """Measure loaded GPU models again from the devices' last reading (after the first decode, and
+        on the reaper's timer while they serve); a pool the larger figures put over its limit is
+        rebalanced by unloading idle models there."""
+        for slot in slots if slots is not None else list(self._slots.values()):
+            engine = slot.engine
+            if slot.state is not State.LOADED or engine is None or not engine.alive or not slot.placement.on_gpu:
+                continue
+            slot.measured_on_devices(self.devices.measure(engine, slot.estimate))
+            for model_id in overcommitted(self.snapshot(), keep=slot.model_id):
+                self._start_unload(self._slots[model_id], "lru")
 
     def _cannot_offload(self, slot: Slot) -> None:
         """Placed on a GPU, llama.cpp put every buffer in host memory: this llama.cpp build cannot

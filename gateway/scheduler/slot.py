@@ -40,7 +40,8 @@ class Slot:
     placement: Placement = field(default_factory=Placement)  # where the last load put it (host: no GPU)
     need: Vector | None = None  # the estimate per pool for that placement
     default_need: Vector | None = None  # the estimate where it would go now (before its first load)
-    device_measured: dict[str, int] | None = None  # per GPU pool, measured after the load
+    device_measured: dict[str, int] | None = None  # per GPU pool, the most measured since the load
+    decoded: bool = False  # measured again after its first generation (cuBLAS, workspaces, CUDA graphs)
 
     @property
     def holds(self) -> int:
@@ -72,12 +73,23 @@ class Slot:
 
     @property
     def vector(self) -> Vector:
-        """Bytes per pool: the host as above; a GPU what was measured there after load (llama.cpp's
-        buffers and the worker's context, or NVML's per-process figure), else the estimate."""
+        """Bytes per pool: the host as above; a GPU, like the host, the larger of the estimate and
+        the most measured there (NVML's per-process figure, else llama.cpp's buffers and a context):
+        a measurement right after load misses what the first decode allocates (cuBLAS's handle and
+        workspace, lazily loaded kernels, CUDA graphs), and a later one may come too late."""
         devices = dict(self.estimate.entries)
-        devices.update(self.device_measured or {})
+        for pool, measured in (self.device_measured or {}).items():
+            devices[pool] = max(devices.get(pool, 0), measured)
         devices[HOST_POOL] = self.host_bytes
         return Vector.of(devices)
+
+    def measured_on_devices(self, measured: dict[str, int] | None) -> None:
+        """A new device measurement: the most seen per pool is kept (memory a worker allocated once,
+        llama.cpp's pools and caches, it keeps)."""
+        if measured is None:
+            return
+        before = self.device_measured or {}
+        self.device_measured = {p: max(n, before.get(p, 0)) for p, n in {**before, **measured}.items()}
 
     def view(self, now: float) -> SlotView:
         return SlotView(

@@ -102,5 +102,20 @@ class Snapshot:
         """Host memory our models hold (the `memory_budget` pool)."""
         return self.pool_used(HOST_POOL)
 
+    @property
+    def memory_loading(self) -> int:
+        """Host memory claimed by models being loaded (see `pool_loading`)."""
+        return self.pool_loading(HOST_POOL)
+
     def pool_used(self, pool: str) -> int:
-        return sum(v.pools.get(pool, 0) for v in (*self.models, *self.retiring) if v.state.resident)
+        """What loaded models (and those being unloaded, until their workers exit) hold in the pool:
+        never above its budget, as a load claims its room only once its victims are gone."""
+        return sum(v.pools.get(pool, 0) for v in self._all() if v.state in (State.LOADED, State.UNLOADING))
+
+    def pool_loading(self, pool: str) -> int:
+        """What models being loaded have claimed in the pool. Counted apart: a load claims its room
+        while the models it evicts still hold theirs, so the sum reads over the budget during a swap."""
+        return sum(v.pools.get(pool, 0) for v in self._all() if v.state is State.LOADING)
+
+    def _all(self) -> tuple[SlotView, ...]:
+        return (*self.models, *self.retiring)

@@ -44,6 +44,9 @@ class FakeScript:
     load_log: tuple[str, ...] = ()
     gpus: Any = None  # a fakenvml.FakeGpus: the load allocates there what load_log says, or runs out
     oom_after_steps: int | None = None  # a CUDA error at run time: logged, then the worker dies
+    # Device memory the first decode takes on the worker's first GPU (cuBLAS's handle and workspace,
+    # lazily loaded kernels, CUDA graphs): not in any load log line.
+    decode_bytes: int = 0
     # A chat template's generation prompt, after the messages (a thinking template's ends with <think>).
     generation_prompt: str = ""
     # After tokens the gateway wrote itself (words, following reply pieces), the reply goes on at this piece.
@@ -76,6 +79,7 @@ class FakeLlama:
         self._replied: set[int] = set()  # sequences that have decoded reply tokens
         self.decodes: list[list[Row]] = []  # every batch, for assertions
         self.log: Callable[[int, str], None] | None = None  # llama.cpp's log callback, as the worker set it
+        self.on_first_decode: Callable[[], None] | None = None  # the fake worker takes `decode_bytes` there
 
     # -- text ------------------------------------------------------------------------------------
 
@@ -129,6 +133,9 @@ class FakeLlama:
             if self.log is not None:
                 self.log(4, "CUDA error: out of memory\n")  # what ggml-cuda logs before it aborts
             raise SystemExit("fake CUDA error")
+        if self.on_first_decode is not None:
+            first, self.on_first_decode = self.on_first_decode, None
+            first()
         if script.step_delay:
             time.sleep(script.step_delay)
         free = [i for i, cell in enumerate(self._cells) if not cell]

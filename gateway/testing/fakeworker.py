@@ -130,6 +130,15 @@ class FakeWorker:
         backend = FakeLlama(n_ctx=config["n_ctx"], slots=slots, n_batch=min(config["n_batch"], 64), script=script)
         self.backends.append(backend)
         backend.log = capture.feed
+        if script.gpus is not None and script.decode_bytes:
+            gpus, first = script.gpus, _visible(script.gpus, self.env)[0]
+
+            def first_decode() -> None:
+                if gpus.allocate(self.pid, first, script.decode_bytes) is not None:
+                    capture.feed(4, "CUDA error: the resource allocation failed\n")  # cuBLAS's, then abort
+                    raise SystemExit("fake CUDA error")
+
+            backend.on_first_decode = first_decode
         capture.on_oom = lambda oom: channel.send(wire.DeviceError(oom.device, oom.need, oom.line))
         channel.send(
             wire.Loaded(n_ctx=backend.n_ctx, pid=self.pid, slots=slots, kv_cells=backend.kv_cells, memory=memory)
@@ -144,8 +153,7 @@ def _allocate(
 ) -> str | None:
     """Take on the fake GPUs what the load's log lines say, per device the worker sees; a device
     without room fails the load as llama.cpp does (its log lines, then llama-cpp-python's ValueError)."""
-    visible = (env or {}).get("CUDA_VISIBLE_DEVICES")
-    uuids = [d.uuid for d in gpus.devices] if visible is None else [u for u in visible.split(",") if u]
+    uuids = _visible(gpus, env)
     for device, size in parse_lines(list(lines)).by_device().items():
         match = re.match(r"^cuda(\d+)$", device)
         if match is None:
@@ -163,6 +171,12 @@ def _allocate(
             error = ValueError("wire.Failed to load model from file")
             return failure_message(error, capture.report(), list(capture.errors))
     return None
+
+
+def _visible(gpus: FakeGpus, env: dict[str, str] | None) -> list[str]:
+    """The UUIDs of the fake GPUs a worker sees, in its own order (CUDA0 first)."""
+    visible = (env or {}).get("CUDA_VISIBLE_DEVICES")
+    return [d.uuid for d in gpus.devices] if visible is None else [u for u in visible.split(",") if u]
 
 
 async def until(condition: Callable[[], bool], failure: str, timeout: float = 10.0) -> None:

@@ -22,6 +22,7 @@ async def list_running(request: Request) -> Response:
         {
             "memory_budget": snapshot.budget,
             "memory_used": snapshot.memory_used,
+            "memory_loading": snapshot.memory_loading,
             "pools": [
                 {
                     "name": p.name,
@@ -29,6 +30,7 @@ async def list_running(request: Request) -> Response:
                     "description": p.description,
                     "budget": p.budget,
                     "used": snapshot.pool_used(p.name),
+                    "loading": snapshot.pool_loading(p.name),
                     "total": p.total,
                     "free": p.free,
                     "reserve": p.reserve,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import os
@@ -77,6 +78,7 @@ def test_a_run_where_everything_holds() -> None:
         (lambda s: s.returned_after_unload[0].update(visible=False), "not seen free again"),
         (lambda s: setattr(s, "free_at_end", 99_000 * MiB), "after unloading all"),
         (lambda s: setattr(s.loads[0], "nvml", None), "no per-process figure"),
+        (lambda s: setattr(s.loads[1], "scheduler", 1000 * MiB), "below NVML"),
     ],
 )
 def test_each_check_can_fail(change: object, failure: str) -> None:
@@ -108,7 +110,8 @@ def test_dry_run_goes_through_the_scheduler_on_fake_gpus(capsys: pytest.CaptureF
     assert summary["dry_run"] and summary["failures"] == []
     assert [load["evicted"] for load in summary["loads"]] == [[], [], ["small"], ["medium"]]
     assert all(load["ours_total"] <= summary["budget"] for load in summary["loads"])
-    assert all(load["scheduler"] == load["nvml"] for load in summary["loads"])
+    # The larger of the estimate and what was measured counts (as on the host).
+    assert all(load["scheduler"] == max(load["need"], load["nvml"]) for load in summary["loads"])
     assert [entry["visible"] for entry in summary["returned_after_unload"]] == [True, True]
 
 
@@ -122,3 +125,41 @@ def test_the_shell_script_runs_the_dry_run(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads((tmp_path / "gpu-check.json").read_text())["failures"] == []
+
+
+def test_dry_run_all_runs_the_whole_course(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--dry-run --all`: the course a lent GPU would run, on the fake NVML and fake workers, in one
+    JSON file and a short table."""
+    assert gpu_check.main(["--dry-run", "--all", "--out", str(tmp_path)]) == 0
+    document = json.loads((tmp_path / "gpu-check.json").read_text())
+    checks = {c["name"]: c for c in document["checks"]}
+    assert list(checks) == [
+        "preflight",
+        "decode",
+        "cuda_context",
+        "cpu_worker_off_the_gpu",
+        "oom_at_run_time",
+        "oom_at_load",
+        "no_per_process_figures",
+    ]
+    assert all(c["ok"] for c in checks.values()) and document["failures"] == []
+    decode = checks["decode"]["detail"]
+    assert decode["after_decode"] > decode["after_load"]  # the first decode allocated on the device
+    assert decode["counted"] >= decode["after_decode"]
+    assert "cuda0" in checks["oom_at_run_time"]["detail"]["message"]
+    assert checks["oom_at_load"]["detail"]["spawns"] == ["idle", "big", "big"]
+    assert document["eviction_course"]["failures"] == []
+    table = capsys.readouterr().err
+    assert "ok   oom_at_load" in table and "ok   eviction_course" in table
+
+
+def test_the_course_fails_when_what_it_provokes_does_not_happen(tmp_path: Path) -> None:
+    """A helper that never fills the device: neither OOM happens, and both checks say so."""
+    import asyncio
+
+    course = importlib.import_module("gpu_check_all")
+    kit = course.dry_kit(tmp_path)
+    kit.fill = lambda keep: None
+    checks = asyncio.run(course.course(kit))
+    assert {c.name for c in checks if not c.ok} == {"oom_at_run_time", "oom_at_load"}
+    assert "FAIL oom_at_load" in course.table(checks)

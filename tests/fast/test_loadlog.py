@@ -165,6 +165,21 @@ def test_capture_tells_of_each_allocation_failure_as_it_is_logged() -> None:
     ]
 
 
+def test_cublas_allocation_failures_read_as_out_of_memory() -> None:
+    """cuBLAS's handle and workspace are allocated at the first decode; when the device is full
+    ggml-cuda aborts with cuBLAS's status string (or its name on older toolkits)."""
+    capture = LogCapture()
+    seen: list[OutOfMemory] = []
+    capture.on_oom = seen.append
+    capture.feed(4, "CUDA error: the resource allocation failed\n")
+    capture.feed(4, "CUDA error: CUBLAS_STATUS_ALLOC_FAILED\n")
+    capture.feed(4, "CUDA error: CUBLAS_STATUS_NOT_SUPPORTED\n")
+    assert [oom.line for oom in seen] == [
+        "CUDA error: the resource allocation failed",
+        "CUDA error: CUBLAS_STATUS_ALLOC_FAILED",
+    ]
+
+
 def test_capture_parses_a_last_line_without_newline() -> None:
     capture = LogCapture()
     capture.feed(1, "load_tensors:        CUDA0 model buffer size =    10.00 MiB")

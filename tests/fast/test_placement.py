@@ -18,7 +18,6 @@ from gateway.memory.planner import (
     placement_options,
     plan_load,
     rebalance,
-    should_retry_after_oom,
 )
 from gateway.memory.pools import HOST, PoolState, Vector
 from gateway.scheduler.devices import llama_arguments, worker_environment
@@ -253,7 +252,7 @@ def test_rebalance_when_the_device_runs_below_its_reserve() -> None:
     assert rebalance(pools, residents) == ("a",)
 
 
-def test_oom_evicts_on_that_device_then_retries_once() -> None:
+def test_oom_evicts_on_that_device() -> None:
     pool = gpu("cuda0", 40, total=24, free=2)
     residents = [
         resident("other-device", 0, cuda1=8),
@@ -265,9 +264,6 @@ def test_oom_evicts_on_that_device_then_retries_once() -> None:
     assert evicted == ("a", "b")  # 2 free + 3 - 1 reserve < 5; + 3 more >= 5
     assert after_oom("cuda0", 4 * GiB, pool, residents, frozenset()) == ("a",)
     assert after_oom("cuda0", None, pool, residents, frozenset()) == ("a", "b")
-    assert should_retry_after_oom(0, evicted)
-    assert not should_retry_after_oom(1, evicted)
-    assert not should_retry_after_oom(0, ())
 
 
 def test_worker_sees_only_its_devices() -> None:
@@ -301,9 +297,7 @@ def test_oom_scenario_from_the_log_to_the_503() -> None:
     readings = iter([2, 20, 62])  # GiB free as the driver catches up after the workers exit
     wanted = {"cuda0": int((2 + 60) * GiB * 0.9)}
     assert asyncio.run(wait_until_free(lambda: {"cuda0": next(readings) * GiB}, wanted, timeout=60, interval=0))
-    assert should_retry_after_oom(0, evicted)
-    # The retry fails too (someone else took the memory): no second retry, a 503 that explains.
-    assert not should_retry_after_oom(1, evicted)
+    # The retry fails too (someone else took the memory): a 503 that explains.
     error = device_out_of_memory("target", "cuda0", report.oom.need, 3 * GiB, retry_after=5)
     assert error.status == 503
     assert error.code == "device_out_of_memory"

@@ -38,13 +38,15 @@ def test_models_admin_and_metrics_show_bytes_per_device(make_config: Any, tmp_pa
         assert client.post("/admin/models/gpu/load").status_code == 200
         after = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
         measured = 170 * MiB + fake.context_bytes
+        held = max(estimate, measured)  # as on the host: the first decode allocates more than the load
         assert after["gpu"]["status"] == {"value": "loaded"}
-        assert after["gpu"]["memory_pools"]["cuda0"] == measured
+        assert after["gpu"]["memory_pools"]["cuda0"] == held
 
         admin = client.get("/admin/models").json()
         pools = {p["name"]: p for p in admin["pools"]}
         assert pools["cuda0"]["budget"] == 2 * GiB
-        assert pools["cuda0"]["used"] == measured
+        assert pools["cuda0"]["used"] == held
+        assert pools["cuda0"]["loading"] == 0
         assert pools["cuda0"]["total"] == 8 * GiB and pools["cuda0"]["uuid"] == "GPU-0"
         gpu = next(m for m in admin["models"] if m["id"] == "gpu")
         assert gpu["measured_pools"]["cuda0"] == measured
@@ -56,12 +58,17 @@ def test_models_admin_and_metrics_show_bytes_per_device(make_config: Any, tmp_pa
             assert match, (name, labels)
             return float(match.group(1))
 
-        assert gauge("gateway_model_memory_bytes", 'model="gpu",pool="cuda0"') == measured
+        assert gauge("gateway_model_memory_bytes", 'model="gpu",pool="cuda0"') == held
         assert gauge("gateway_pool_budget_bytes", 'pool="cuda0",uuid="GPU-0"') == 2 * GiB
-        assert gauge("gateway_pool_used_bytes", 'pool="cuda0",uuid="GPU-0"') == measured
+        assert gauge("gateway_pool_used_bytes", 'pool="cuda0",uuid="GPU-0"') == held
+        assert gauge("gateway_pool_loading_bytes", 'pool="cuda0",uuid="GPU-0"') == 0
         assert gauge("gateway_pool_total_bytes", 'pool="cuda0",uuid="GPU-0"') == 8 * GiB
         assert gauge("gateway_pool_free_bytes", 'pool="cuda0",uuid="GPU-0"') <= 8 * GiB - measured
         assert gauge("gateway_pool_budget_bytes", 'pool="host",uuid=""') > 0
+        # The host pool as the scheduler counts it, both loaded models' (not a measured-or-estimated sum).
+        host_used = re.search(r"^gateway_memory_used_bytes (\S+)$", text, re.M)
+        assert host_used and float(host_used.group(1)) == admin["memory_used"] == pools["host"]["used"] > 0
+        assert re.search(r"^gateway_memory_loading_bytes 0\.0$", text, re.M)
 
 
 def test_a_device_out_of_memory_is_an_openai_shaped_503(make_config: Any, tmp_path: Path) -> None:

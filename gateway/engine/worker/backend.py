@@ -20,10 +20,18 @@ def without_amx(llama_cpp: Any) -> bool:
     return b"AMX_INT8 = 1" in llama_cpp.llama_print_system_info()
 
 
+ALL_LAYERS = 0x7FFFFFFF  # what llama-cpp-python's own Llama() passes for -1
+
+
 def device_arguments(config: dict[str, Any]) -> dict[str, Any]:
     """llama.cpp's device arguments for a load: the scheduler's placement for the GPUs the worker sees
-    (n_gpu_layers, main_gpu, tensor_split), else the configured n_gpu_layers."""
-    return {"n_gpu_layers": config["n_gpu_layers"], **(config.get("placement") or {})}
+    (n_gpu_layers, main_gpu, tensor_split), else the configured n_gpu_layers. A negative layer count
+    ("all") becomes INT32_MAX: current llama.h reads any negative value as all layers, but older
+    builds computed the first offloaded layer as `n_layer + 1 - n_gpu_layers` and so offloaded none."""
+    arguments = {"n_gpu_layers": config["n_gpu_layers"], **(config.get("placement") or {})}
+    if arguments["n_gpu_layers"] < 0:
+        arguments["n_gpu_layers"] = ALL_LAYERS
+    return arguments
 
 
 @dataclass(frozen=True)

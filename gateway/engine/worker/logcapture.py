@@ -20,6 +20,9 @@ _KEEP_ERRORS = 20
 _LEVEL_ERROR = 4
 
 
+_RELEVANT = ("buffer", "device", "memory", "alloc")
+
+
 class LogCapture:
     """Receives llama.cpp's log text (in pieces that need not end lines) and keeps what matters:
     the lines `parse_lines` understands, and the last error lines for a failure message."""
@@ -42,7 +45,8 @@ class LogCapture:
         if "\n" not in self._partial:
             return
         *complete, self._partial = self._partial.split("\n")
-        relevant = [line for line in complete if "buffer" in line or "device" in line or "memory" in line.lower()]
+        # "alloc": cuBLAS's failures ("the resource allocation failed", CUBLAS_STATUS_ALLOC_FAILED) are OOMs too.
+        relevant = [line for line in complete if any(w in line.lower() for w in _RELEVANT)]
         relevant += [line for line in complete if "offloaded" in line]
         if relevant:
             self._report = parse_lines(relevant, self._report)
