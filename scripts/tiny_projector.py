@@ -34,7 +34,7 @@ def image_tokens(image_size: int, patch_size: int) -> int:
 
 
 def write_tiny_projector(
-    out: Path, embedding: int, *, image_size: int = 32, patch_size: int = 8, seed: int = 0
+    out: Path, embedding: int, *, image_size: int = 32, patch_size: int = 8, seed: int = 0, projector_type: str = "mlp"
 ) -> Path:
     """Writes the projector; `embedding` is the text model's n_embd (the projection width)."""
     if image_size % patch_size:
@@ -56,7 +56,7 @@ def write_tiny_projector(
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
     writer.add_bool("clip.has_vision_encoder", True)
     writer.add_bool("clip.use_gelu", True)
-    writer.add_string("clip.projector_type", "mlp")
+    writer.add_string("clip.projector_type", projector_type)  # the tensors below are mlp's
     # clip.cpp asserts on the exact key type: integers must be uint32, or the process aborts.
     for key, value in {
         "image_size": image_size,

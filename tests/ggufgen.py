@@ -63,7 +63,7 @@ def chat_and_embedding_doc(folder: Path, chat: str, embed: str, n_ctx: int = 64)
     }
 
 
-def write_tiny_projector(path: Path, embedding: int = 64) -> Path:
+def write_tiny_projector(path: Path, embedding: int = 64, projector_type: str = "mlp") -> Path:
     """A vision projector for a model of width `embedding`, as scripts/tiny-projector writes it."""
     import importlib.util
 
@@ -72,5 +72,5 @@ def write_tiny_projector(path: Path, embedding: int = 64) -> Path:
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    written: Path = module.write_tiny_projector(path, embedding)
+    written: Path = module.write_tiny_projector(path, embedding, projector_type=projector_type)
     return written
