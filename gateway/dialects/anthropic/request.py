@@ -174,7 +174,7 @@ def _check_blocks(data: dict[str, Any]) -> None:
         content = message.get("content") if isinstance(message, dict) else None
         for j, block in enumerate(content if isinstance(content, list) else []):
             kind = block.get("type") if isinstance(block, dict) else None
-            if kind in _UNSUPPORTED_BLOCKS or (isinstance(kind, str) and kind.endswith("_tool_result")):
+            if isinstance(kind, str) and (kind in _UNSUPPORTED_BLOCKS or kind.endswith("_tool_result")):
                 raise invalid_request(
                     f"'{kind}' content blocks are not supported by this gateway "
                     "(text, image, tool_use and tool_result are).",

@@ -199,7 +199,7 @@ def _item(index: int, raw: Any, field: str = "input") -> Item:
     if not isinstance(raw, dict):
         raise invalid_request(f"Invalid value for '{param}': should be an object.", param=param)
     kind = raw.get("type")
-    cls = _ITEMS.get(kind)
+    cls = _ITEMS.get(kind) if isinstance(kind, str) or kind is None else None
     if cls is None:
         raise invalid_request(
             f"Input items of type '{kind}' are not supported by this gateway "
@@ -209,7 +209,7 @@ def _item(index: int, raw: Any, field: str = "input") -> Item:
     content = raw.get("content") if cls is MessageItem else raw.get("output") if cls is not ReasoningItem else None
     for j, part in enumerate(content if isinstance(content, list) else []):
         part_type = part.get("type") if isinstance(part, dict) else None
-        if part_type not in _CONTENT_PARTS:
+        if not isinstance(part_type, str) or part_type not in _CONTENT_PARTS:
             raise invalid_request(
                 f"Content of type '{part_type}' is not supported by this gateway (text and input_image are).",
                 param=f"{param}.content[{j}].type",
