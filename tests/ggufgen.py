@@ -61,3 +61,16 @@ def chat_and_embedding_doc(folder: Path, chat: str, embed: str, n_ctx: int = 64)
             },
         }
     }
+
+
+def write_tiny_projector(path: Path, embedding: int = 64, projector_type: str = "mlp") -> Path:
+    """A vision projector for a model of width `embedding`, as scripts/tiny-projector writes it."""
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "tiny_projector.py"
+    spec = importlib.util.spec_from_file_location("tiny_projector", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    written: Path = module.write_tiny_projector(path, embedding, projector_type=projector_type)
+    return written

@@ -16,13 +16,14 @@ from gateway.config.model import (
     SamplingSection,
 )
 from gateway.config.remote import CircuitBreakerSection, UpstreamEntry, UpstreamServer
-from gateway.config.settings import ApiKey, GatewaySection, Settings
+from gateway.config.settings import ApiKey, GatewaySection, ImageFetch, Settings
 
 __all__ = [
     "DEFAULT_CONFIG_NAME",
     "ApiKey",
     "CircuitBreakerSection",
     "GatewaySection",
+    "ImageFetch",
     "ModelEntry",
     "ModelSection",
     "OutputSection",

@@ -75,6 +75,10 @@ def parse_settings(
         if check_files and not path.is_file():
             problems.append(f"models.{model_id}.model.path: file not found: {path}")
         update: dict[str, Any] = {"path": path}
+        if entry.model.mmproj is not None:
+            update["mmproj"] = projector = (base_dir / entry.model.mmproj.expanduser()).resolve()
+            if check_files and not projector.is_file():
+                problems.append(f"models.{model_id}.model.mmproj: file not found: {projector}")
         if entry.model.chat_template_file is not None:
             template = (base_dir / entry.model.chat_template_file.expanduser()).resolve()
             update["chat_template_file"] = template

@@ -77,6 +77,11 @@ class ModelSection(Section):
         None, description="a file holding the Jinja chat template, relative to the configuration file"
     )
     reasoning: ReasoningSection = ReasoningSection()
+    mmproj: Path | None = Field(
+        None,
+        description="a vision projector GGUF for this model (libmtmd's mmproj), relative to the configuration "
+        "file: the model then reads images",
+    )
     use_mmap: bool = True
     flash_attn: Literal["auto", "on", "off"] = Field(
         "auto",

@@ -50,6 +50,18 @@ class ApiKey(Section):
         return self
 
 
+class ImageFetch(Section):
+    """Remote image URLs the gateway may fetch (none unless set: a server-side request forgery hole)."""
+
+    allow: list[str] = Field(
+        min_length=1,
+        description="host patterns (images.example.com, *.example.com); a private or loopback address is "
+        "fetched only when named exactly, never through a wildcard",
+    )
+    max_bytes: ByteSize = Field(10 * 2**20, description="larger downloads are a 400")
+    timeout: Duration = Field(10.0, description="the whole download, connection included")
+
+
 class GatewaySection(Section):
     memory_budget: Budget = Field(
         None,
@@ -95,6 +107,9 @@ class GatewaySection(Section):
     admin_key_sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
     cors_origins: list[str] = Field(default_factory=list, description="origins allowed by CORS; default none")
     max_body_bytes: ByteSize = Field(8 * 2**20, description="larger request bodies get 413")
+    image_fetch: ImageFetch | None = Field(
+        None, description="remote image URLs the gateway may fetch; null: only inline (base64 data URL) images"
+    )
     access_log: str | None = Field("stderr", description="'stderr', a file path, or null for none")
     log_content: bool = Field(False, description="include prompts and outputs in access logs")
     console: bool = Field(True, description="serve the browser console at /ui/ (and redirect / there)")

@@ -4,13 +4,14 @@ configuration error."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from gateway.config import ModelEntry, Settings
 from gateway.engine import chatformats
 from gateway.errors import ConfigError
 from gateway.gguf.header import GGUFFormatError, read_gguf_info
 from gateway.gguf.info import GGUFInfo
+from gateway.gguf.projector import projector_problem
 from gateway.memory.estimate import Estimate, after_load_bytes, estimate, output_rows
 
 
@@ -20,16 +21,32 @@ class ModelFacts:
 
     info: GGUFInfo
     estimate: Estimate
+    projector: GGUFInfo | None = None  # model.mmproj's header: the model reads images
 
     @property
     def has_chat_template(self) -> bool:
         return self.info.has_chat_template
 
 
+class ProjectorError(ValueError):
+    """model.mmproj names a file that cannot serve this model's images."""
+
+
 def inspect_model(entry: ModelEntry) -> ModelFacts:
     info = read_gguf_info(entry.model.path)
     need = estimate(info, entry.model.n_ctx, entry.runtime.parallel, output_rows(entry), after_load_bytes(info, entry))
-    return ModelFacts(info=info, estimate=need)
+    projector = None
+    if entry.model.mmproj is not None:
+        try:
+            projector = read_gguf_info(entry.model.mmproj)
+        except (OSError, GGUFFormatError) as exc:
+            raise ProjectorError(f"cannot read GGUF {entry.model.mmproj}: {exc}") from None
+        problem = projector_problem(info, projector)
+        if problem is not None:
+            raise ProjectorError(f"{entry.model.mmproj}: {problem}")
+        # The worker holds the projector's weights beside the model's (on its GPU where it offloads).
+        need = replace(need, weights=need.weights + projector.tensor_bytes)
+    return ModelFacts(info=info, estimate=need, projector=projector)
 
 
 def inspect_models(settings: Settings) -> dict[str, ModelFacts]:
@@ -42,6 +59,11 @@ def inspect_models(settings: Settings) -> dict[str, ModelFacts]:
         except (OSError, GGUFFormatError) as exc:
             problems.append(f"models.{model_id}.model.path: cannot read GGUF {entry.model.path}: {exc}")
             continue
+        except ProjectorError as exc:
+            problems.append(f"models.{model_id}.model.mmproj: {exc}")
+            continue
+        if entry.embedding and entry.model.mmproj is not None:
+            problems.append(f"models.{model_id}.model.mmproj: an embedding model reads no images; remove mmproj")
         chat_format = entry.model.chat_format
         if chat_format is not None and chatformats.unknown(chat_format):
             names = ", ".join(sorted(chatformats.known() or ()))

@@ -10,6 +10,7 @@ from pydantic import Field, field_validator
 from gateway import structured
 from gateway.errors import invalid_request
 from gateway.protocol import limits
+from gateway.protocol.imageparts import check_image_parts
 from gateway.protocol.parts import Message, NamedToolChoice, ResponseFormat, StreamOptions, Tool
 from gateway.protocol.validation import Strict, load_json, refuse, validate
 
@@ -162,6 +163,7 @@ def parse_chat_request(body: bytes) -> ChatCompletionRequest:
         raise invalid_request("'top_logprobs' needs 'logprobs': true.", param="top_logprobs")
     chat = validate(ChatCompletionRequest, data)
     _refuse_unkept(chat)
+    check_image_parts(chat.messages)
     if chat.tool_choice is not None and not chat.tools:
         raise invalid_request("'tool_choice' needs 'tools'.", param="tool_choice")
     names: set[str] = set()

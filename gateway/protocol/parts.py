@@ -18,6 +18,19 @@ class TextPart(Strict):
     text: str
 
 
+class ImageUrl(Strict):
+    url: str  # a base64 data URL, or an http(s) URL the operator lets the gateway fetch
+    detail: Literal["auto", "low", "high"] | None = None  # accepted; the projector sees the image one way
+
+
+class ImagePart(Strict):
+    type: Literal["image_url"]
+    image_url: ImageUrl
+
+
+ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+
+
 class FunctionCall(Strict):
     name: Annotated[str, Field(max_length=limits.MAX_TOOL_NAME_CHARS)]
     arguments: str
@@ -31,7 +44,7 @@ class ToolCall(Strict):
 
 class Message(Strict):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
+    content: str | list[ContentPart] | None = None
     name: Name | None = None
     tool_calls: Annotated[list[ToolCall], Field(max_length=limits.MAX_TOOLS)] | None = None  # assistant turns
     tool_call_id: Name | None = None  # tool turns: the call they answer
@@ -73,7 +86,13 @@ class Message(Strict):
             return ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(part.text for part in self.content)
+        return "".join(part.text for part in self.content if isinstance(part, TextPart))
+
+    def image_parts(self) -> list[tuple[int, ImagePart]]:
+        """The image parts with their index in `content`."""
+        if not isinstance(self.content, list):
+            return []
+        return [(j, part) for j, part in enumerate(self.content) if isinstance(part, ImagePart)]
 
 
 class StreamOptions(Strict):

@@ -51,6 +51,8 @@ def validate(cls: type[Model], data: dict[str, Any], prefix: str = "") -> Model:
         # then the deepest error (content: str | parts) is the one that explains the problem.
         first = max(exc.errors(), key=lambda e: (not e["type"].endswith("_type"), len(e["loc"])))
         param = _param_name(first["loc"], data, first["type"] == "missing")
+        if first["type"] == "union_tag_invalid":  # a content part of an unknown type: name its `type`
+            param = f"{param}.{str(first.get('ctx', {}).get('discriminator', 'type')).strip(chr(39))}"
         param = ".".join(p for p in (prefix, param) if p).replace(".[", "[")
         message = f"Invalid value for '{param}': {_describe(dict(first))}." if param else str(first["msg"])
         raise invalid_request(message, param=param or None) from None

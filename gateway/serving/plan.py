@@ -28,6 +28,7 @@ from gateway.protocol import (
 from gateway.protocol.reasoning import Ask
 from gateway.scheduler.views import SlotView
 from gateway.serving.call import Call
+from gateway.serving.images import plan_images
 from gateway.serving.reasoning import ReasoningPlan, plan_reasoning
 from gateway.serving.resolve import resolve_local
 from gateway.serving.tools.calls import Shaper
@@ -86,6 +87,7 @@ def plan_chat(chat: ChatCompletionRequest, view: SlotView, gateway: GatewaySecti
             param="model",
             code="chat_template_missing",
         )
+    plan_images(chat, view, gateway)
     tools = plan_tools(chat, view)
     entry = view.entry
     messages = tools.messages([m.for_template() for m in chat.messages])

@@ -26,9 +26,10 @@ def _abilities(view: SlotView) -> dict[str, Any]:
     if view.entry.embedding:
         return {"capabilities": ["embeddings"]}
     thinking = describe(view.entry, view.facts.info.metadata.get("tokenizer.chat_template"))
+    vision = ["vision"] if view.entry.model.mmproj is not None else []
     if thinking is None:
-        return {"capabilities": ["chat", "tools"]}
-    return {"capabilities": ["chat", "tools", "reasoning"], "reasoning": thinking}
+        return {"capabilities": ["chat", "tools", *vision]}
+    return {"capabilities": ["chat", "tools", "reasoning", *vision], "reasoning": thinking}
 
 
 def card(view: SlotView) -> dict[str, Any]:

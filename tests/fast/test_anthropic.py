@@ -180,11 +180,11 @@ def test_count_tokens_matches_the_prompt_of_a_generation(client: TestClient) -> 
             {
                 "model": "m",
                 "max_tokens": 5,
-                "messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}],
+                "messages": [{"role": "user", "content": [{"type": "document", "source": {}}]}],
             },
             400,
             "invalid_request_error",
-            "image",
+            "document",
         ),
         (
             {"model": "m", "max_tokens": 5, "messages": USER, "thinking": {"type": "enabled", "budget_tokens": 1024}},

@@ -41,6 +41,26 @@ VALID: dict[str, dict[str, Any]] = {
     "/v1/messages": {"model": "smollm2", "max_tokens": 3, "messages": MSG, "stop_sequences": ["x"]},
     "/v1/responses": {"model": "smollm2", "input": "one two", "max_output_tokens": 3},
 }
+# A 1x1 PNG: image parts in each dialect (the fuzzed model reads no images; a mutated part must still
+# never be a 5xx). `#image` marks a variant body for the same endpoint.
+PNG_B64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"
+IMAGE_URL = {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG_B64}", "detail": "low"}}
+IMAGE_BLOCK = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG_B64}}
+INPUT_IMAGE = {"type": "input_image", "image_url": f"data:image/png;base64,{PNG_B64}"}
+VALID["/v1/chat/completions#image"] = {
+    "model": "smollm2",
+    "max_tokens": 3,
+    "messages": [{"role": "user", "content": [{"type": "text", "text": "what?"}, IMAGE_URL]}],
+}
+VALID["/v1/messages#image"] = {
+    "model": "smollm2",
+    "max_tokens": 3,
+    "messages": [{"role": "user", "content": [{"type": "text", "text": "what?"}, IMAGE_BLOCK]}],
+}
+VALID["/v1/responses#image"] = {
+    "model": "smollm2",
+    "input": [{"role": "user", "content": [{"type": "input_text", "text": "what?"}, INPUT_IMAGE]}],
+}
 # Fields to mutate per endpoint: top-level ones and some nested paths.
 PATHS: dict[str, list[tuple[str | int, ...]]] = {endpoint: [(key,) for key in body] for endpoint, body in VALID.items()}
 PATHS["/v1/chat/completions"] += [
@@ -60,6 +80,17 @@ PATHS["/v1/completions"] += [("prompt", 0), ("stream",), ("logprobs",), ("suffix
 PATHS["/v1/embeddings"] += [("input", 0), ("dimensions",)]
 PATHS["/v1/messages"] += [("messages", 0, "content"), ("messages", 0, "role"), ("system",), ("stream",), ("tools",)]
 PATHS["/v1/responses"] += [("instructions",), ("stream",), ("tools",), ("text",)]
+PATHS["/v1/chat/completions#image"] += [
+    ("messages", 0, "content", 1, field, *rest)
+    for field, *rest in [("type",), ("image_url",), ("image_url", "url"), ("image_url", "detail")]
+]
+PATHS["/v1/messages#image"] += [
+    ("messages", 0, "content", 1, *path)
+    for path in [("type",), ("source",), ("source", "type"), ("source", "media_type"), ("source", "data")]
+]
+PATHS["/v1/responses#image"] += [
+    ("input", 0, "content", 1, *path) for path in [("type",), ("image_url",), ("file_id",), ("detail",)]
+]
 
 ODD_TEXT = st.sampled_from(
     ["", " ", "\ud800", "a\udfffb", "\x00", "\u202e", "\ufeff", "é" * 300, "<|im_start|>", "x" * 5000, "²", "-1"]
@@ -178,7 +209,7 @@ def test_hostile_bodies_on_every_endpoint(client: TestClient) -> None:
     @given(requests())
     def run(request: tuple[str, bytes]) -> None:
         endpoint, raw = request
-        statuses[endpoint][send(client, endpoint, raw)] += 1
+        statuses[endpoint][send(client, endpoint.partition("#")[0], raw)] += 1
 
     run()
     assert_idle_and_serving(client)

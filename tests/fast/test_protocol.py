@@ -93,7 +93,7 @@ def test_malformed_json() -> None:
             "response_format.json_schema.schema",
         ),
         (
-            body(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]),
+            body(messages=[{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "x"}}]}]),
             "messages[0].content[0].type",
         ),
     ],

@@ -153,7 +153,7 @@ def test_stored_responses_belong_to_their_key(make_config: Any, tmp_path: Path) 
         ({"tools": [{"type": "file_search", "vector_store_ids": ["vs_1"]}]}, "tools[0].type"),
         ({"tool_choice": {"type": "web_search_preview"}}, "tool_choice"),
         (
-            {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]},
+            {"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "x"}]}]},
             "input[0].content[0].type",
         ),
         ({"input": [{"type": "item_reference", "id": "r"}]}, "input[0].id"),  # an item_reference to nothing stored

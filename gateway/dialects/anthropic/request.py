@@ -9,6 +9,8 @@ from pydantic import Field
 
 from gateway.dialects.common import Strict, load_json, refuse, validate
 from gateway.errors import invalid_request
+from gateway.images.decode import check_media_type, decode_base64, decode_image
+from gateway.images.source import check_count, check_source, data_url
 from gateway.protocol import ChatCompletionRequest
 from gateway.protocol.reasoning import Ask
 
@@ -16,6 +18,27 @@ from gateway.protocol.reasoning import Ask
 class TextBlock(Strict):
     type: Literal["text"]
     text: str
+
+
+class Base64Source(Strict):
+    type: Literal["base64"]
+    media_type: str
+    data: str
+
+
+class UrlSource(Strict):
+    type: Literal["url"]
+    url: str
+
+
+class ImageBlock(Strict):
+    type: Literal["image"]
+    source: Annotated[Base64Source | UrlSource, Field(discriminator="type")]
+
+    def url(self) -> str:
+        """The image as the chat form carries it: a data URL, or the remote URL."""
+        source = self.source
+        return data_url(source.media_type, source.data) if isinstance(source, Base64Source) else source.url
 
 
 class ToolUseBlock(Strict):
@@ -52,7 +75,8 @@ class RedactedThinkingBlock(Strict):
 
 
 Block = Annotated[
-    TextBlock | ToolUseBlock | ToolResultBlock | ThinkingBlock | RedactedThinkingBlock, Field(discriminator="type")
+    TextBlock | ImageBlock | ToolUseBlock | ToolResultBlock | ThinkingBlock | RedactedThinkingBlock,
+    Field(discriminator="type"),
 ]
 
 
@@ -137,7 +161,7 @@ class CountTokensRequest(Strict):
     thinking: ThinkingConfig | None = None  # accepted; the count is that of the template without it
 
 
-_UNSUPPORTED_BLOCKS = {"image", "document", "server_tool_use", "search_result"}
+_UNSUPPORTED_BLOCKS = {"document", "server_tool_use", "search_result"}
 UNSUPPORTED = {
     "mcp_servers": "remote MCP servers are not available.",
     "container": "code execution containers are not available.",
@@ -150,9 +174,10 @@ def _check_blocks(data: dict[str, Any]) -> None:
         content = message.get("content") if isinstance(message, dict) else None
         for j, block in enumerate(content if isinstance(content, list) else []):
             kind = block.get("type") if isinstance(block, dict) else None
-            if kind in _UNSUPPORTED_BLOCKS or (isinstance(kind, str) and kind.endswith("_tool_result")):
+            if isinstance(kind, str) and (kind in _UNSUPPORTED_BLOCKS or kind.endswith("_tool_result")):
                 raise invalid_request(
-                    f"'{kind}' content blocks are not supported by this gateway (text, tool_use and tool_result are).",
+                    f"'{kind}' content blocks are not supported by this gateway "
+                    "(text, image, tool_use and tool_result are).",
                     param=f"messages[{i}].content[{j}].type",
                 )
     for i, tool in enumerate(data.get("tools") or []):
@@ -180,7 +205,27 @@ def parse_count_tokens_request(body: bytes) -> CountTokensRequest:
 Checked = TypeVar("Checked", MessagesRequest, CountTokensRequest)
 
 
+def _check_images(request: MessagesRequest | CountTokensRequest) -> None:
+    """Each image block before the 200: a user turn's, within the count, its data decoding."""
+    count = 0
+    for i, message in enumerate(request.messages):
+        for j, block in enumerate(message.content if isinstance(message.content, list) else []):
+            if not isinstance(block, ImageBlock):
+                continue
+            where = f"messages[{i}].content[{j}]"
+            if message.role != "user":
+                raise invalid_request(f"'{where}': images can be sent in user turns only.", param=where)
+            count += 1
+            check_count(count, where)
+            if isinstance(block.source, Base64Source):
+                check_media_type(block.source.media_type, f"{where}.source.media_type")
+                decode_image(decode_base64(block.source.data, where), where)
+            else:
+                check_source(block.source.url, where)
+
+
 def _checked(request: Checked) -> Checked:
+    _check_images(request)
     choice: ToolChoice | None = request.tool_choice
     if choice is not None and choice.type == "tool":
         names = {t.name for t in request.tools or []}
@@ -225,7 +270,16 @@ def chat_messages(request: MessagesRequest | CountTokensRequest) -> list[dict[st
         for block in message.content:
             if isinstance(block, ToolResultBlock):
                 out.append({"role": "tool", "tool_call_id": block.tool_use_id, "content": block.text()})
-        if text or not any(isinstance(b, ToolResultBlock) for b in message.content):
+        if any(isinstance(b, ImageBlock) for b in message.content):  # text and images, in their order
+            parts = [
+                {"type": "text", "text": b.text}
+                if isinstance(b, TextBlock)
+                else {"type": "image_url", "image_url": {"url": b.url()}}
+                for b in message.content
+                if isinstance(b, TextBlock | ImageBlock)
+            ]
+            out.append({"role": "user", "content": parts})
+        elif text or not any(isinstance(b, ToolResultBlock) for b in message.content):
             out.append({"role": "user", "content": text})
     return out
 

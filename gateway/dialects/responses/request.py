@@ -8,6 +8,7 @@ from pydantic import Field
 
 from gateway.dialects.common import Strict, load_json, refuse, validate
 from gateway.errors import invalid_request
+from gateway.images.source import check_count, check_source
 from gateway.protocol import ChatCompletionRequest
 from gateway.protocol.reasoning import Ask
 
@@ -19,13 +20,33 @@ class TextPart(Strict):
     text: str
 
 
+class InputImagePart(Strict):
+    type: Literal["input_image"]
+    image_url: str | None = None  # a base64 data URL, or an http(s) URL the operator allows
+    file_id: str | None = None  # refused: this gateway has no Files API
+    detail: Literal["auto", "low", "high"] | None = None
+
+
 class MessageItem(Strict):
     type: Literal["message"] | None = None
     role: MessageRole
-    content: str | list[TextPart]
+    content: str | list[Annotated[TextPart | InputImagePart, Field(discriminator="type")]]
 
     def text(self) -> str:
-        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text for p in self.content if isinstance(p, TextPart))
+
+    def chat_content(self) -> str | list[dict[str, Any]]:
+        """The content as a chat message's: text, or text and image parts in their order."""
+        if isinstance(self.content, str) or not any(isinstance(p, InputImagePart) for p in self.content):
+            return self.text()
+        return [
+            {"type": "text", "text": p.text}
+            if isinstance(p, TextPart)
+            else {"type": "image_url", "image_url": {"url": p.image_url or ""}}
+            for p in self.content
+        ]
 
 
 class FunctionCallItem(Strict):
@@ -164,7 +185,7 @@ UNSUPPORTED = {
     "top_logprobs": "log probabilities are not available on /v1/responses; use /v1/chat/completions.",
     "max_tool_calls": "a limit on built-in tool calls does not apply here.",
 }
-_CONTENT_PARTS = {"input_text", "output_text"}
+_CONTENT_PARTS = {"input_text", "output_text", "input_image"}
 
 
 def check_items(raw: list[Any], param: str = "input") -> None:
@@ -178,7 +199,7 @@ def _item(index: int, raw: Any, field: str = "input") -> Item:
     if not isinstance(raw, dict):
         raise invalid_request(f"Invalid value for '{param}': should be an object.", param=param)
     kind = raw.get("type")
-    cls = _ITEMS.get(kind)
+    cls = _ITEMS.get(kind) if isinstance(kind, str) or kind is None else None
     if cls is None:
         raise invalid_request(
             f"Input items of type '{kind}' are not supported by this gateway "
@@ -188,9 +209,9 @@ def _item(index: int, raw: Any, field: str = "input") -> Item:
     content = raw.get("content") if cls is MessageItem else raw.get("output") if cls is not ReasoningItem else None
     for j, part in enumerate(content if isinstance(content, list) else []):
         part_type = part.get("type") if isinstance(part, dict) else None
-        if part_type not in _CONTENT_PARTS:
+        if not isinstance(part_type, str) or part_type not in _CONTENT_PARTS:
             raise invalid_request(
-                f"Content of type '{part_type}' is not supported by this gateway (text only).",
+                f"Content of type '{part_type}' is not supported by this gateway (text and input_image are).",
                 param=f"{param}.content[{j}].type",
             )
     return validate(cls, raw, prefix=param)
@@ -225,7 +246,7 @@ def parse_responses_data(data: dict[str, Any], counting: bool = False) -> Respon
     refuse(data, UNSUPPORTED)
     _check_tools(data)
     request = validate(ResponsesRequest, data)
-    request.items()  # every input item is checked before the 200
+    _check_images(request.items())  # every input item is checked before the 200
     if request.conversation is not None and request.previous_response_id:
         raise invalid_request(
             "'conversation' and 'previous_response_id' cannot both be given.", param="previous_response_id"
@@ -239,6 +260,32 @@ def parse_responses_data(data: dict[str, Any], counting: bool = False) -> Respon
     if fmt is not None and fmt.type == "json_schema" and (not fmt.name or fmt.schema_ is None):
         raise invalid_request("text.format of type 'json_schema' needs 'name' and 'schema'.", "text.format")
     return request
+
+
+def _check_images(items: list[Item]) -> None:
+    """Each input_image before the 200: a user turn's, within the count, an image_url that decodes."""
+    count = 0
+    for i, item in enumerate(items):
+        if not isinstance(item, MessageItem) or isinstance(item.content, str):
+            continue
+        for j, part in enumerate(item.content):
+            if not isinstance(part, InputImagePart):
+                continue
+            where = f"input[{i}].content[{j}]"
+            if part.file_id is not None:
+                raise invalid_request(
+                    f"'{where}.file_id': this gateway has no Files API; send the image in 'image_url' "
+                    "as a base64 data URL (data:image/png;base64,...).",
+                    param=f"{where}.file_id",
+                    code="unsupported_file_id",
+                )
+            if part.image_url is None:
+                raise invalid_request(f"'{where}' needs 'image_url'.", param=f"{where}.image_url")
+            if item.role != "user":
+                raise invalid_request(f"'{where}': images can be sent in user messages only.", param=where)
+            count += 1
+            check_count(count, where)
+            check_source(part.image_url, where)
 
 
 def input_messages(request: ResponsesRequest) -> list[dict[str, Any]]:
@@ -260,7 +307,7 @@ def item_messages(items: list[Item]) -> list[dict[str, Any]]:
             thinking += item.text()
             continue
         if isinstance(item, MessageItem):
-            out.append({"role": item.role, "content": item.text()})
+            out.append({"role": item.role, "content": item.chat_content()})
         elif isinstance(item, FunctionCallItem):
             call = {
                 "id": item.call_id,

@@ -69,6 +69,7 @@ class LlamaCpp:
         self._constraints = Constraints(self._vocab)  # grammars compiled once per schema
         self._pieces: dict[int, bytes] = {}
         self.special_pieces = False  # pieces of control tokens as text (set at load for gpt-oss)
+        self.projector: Any = None  # model.mmproj's libmtmd context (vision.py), set at load
         self._eog: dict[int, bool] = {}
 
     # -- the model's text side ------------------------------------------------------------------

@@ -10,6 +10,7 @@ from gateway.engine.sizing import sequence_ids
 from gateway.engine.worker.backend import Backend
 from gateway.engine.worker.guard import Tokenizer, nonempty_prompt
 from gateway.engine.worker.prompt import Render, formatter, renderer
+from gateway.engine.worker.vision import load_projector
 
 
 def load(config: dict[str, Any]) -> tuple[Backend, Render]:
@@ -18,6 +19,7 @@ def load(config: dict[str, Any]) -> tuple[Backend, Render]:
     slots = config.get("parallel", 1)
     # Each slot may run n choices; a finished request's sequence stays cached for prefix reuse.
     backend = LlamaCpp(config, slots, max_sequences=sequence_ids(slots, config["n_ctx"] * slots))
+    backend.projector = load_projector(config, backend.model.model)
     view = _ModelView(backend.model)
     tokenizer = Tokenizer(view)
 
