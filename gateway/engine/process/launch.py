@@ -26,6 +26,8 @@ def worker_config(entry: ModelEntry, placement: dict[str, Any] | None = None) ->
         "chat_format": entry.model.chat_format,
         "use_mmap": entry.model.use_mmap,
         "flash_attn": entry.flash_attention,
+        "cache_type_k": entry.model.cache_type_k,
+        "cache_type_v": entry.model.cache_type_v,
         "n_threads": entry.runtime.thread_count,
         "verbose": entry.runtime.verbose,
         "repeat_last_n": entry.sampling.repeat_last_n,
