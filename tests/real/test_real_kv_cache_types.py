@@ -106,3 +106,25 @@ def test_answers_stay_valid_with_each_cache_type(server: GatewayServer, cache_ty
     answer = json.loads(structured.choices[0].message.content or "")
     assert set(answer) == {"city", "population"}
     assert isinstance(answer["city"], str) and 0 <= answer["population"] <= 99999999
+
+
+def test_an_embedding_model_runs_a_quantized_cache() -> None:
+    """llama-cpp-python's `Llama` takes the types; with a quantized V the worker runs flash attention
+    (ModelEntry.flash_attention), which llama.cpp requires, and the vectors stay unit-length."""
+    from gateway.engine.process.handle import ProcessEngine
+
+    entry = ModelEntry.model_validate({**cached("q8_0", n_ctx=256, pooling="mean"), "embedding": True})
+    assert entry.flash_attention == "on"
+
+    async def embed() -> tuple[list[list[float]], int]:
+        engine = ProcessEngine("embed", entry, spares=None)
+        await engine.start()
+        try:
+            return await engine.embed(["The capital of France is Paris.", "Bonjour"])
+        finally:
+            await engine.stop()
+
+    vectors, tokens = asyncio.run(embed())
+    assert len(vectors) == 2 and tokens > 0
+    assert all(abs(sum(x * x for x in v) - 1) < 1e-3 for v in vectors)
+    assert vectors[0] != vectors[1]
