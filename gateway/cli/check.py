@@ -87,6 +87,7 @@ def _describe(model_id: str, settings: Settings, fact: ModelFacts) -> str:
         f"n_ctx {entry.model.n_ctx}, parallel {entry.runtime.parallel}, chat template: {template}, "
         f"estimate {format_bytes(est.total)} "
         f"(weights {format_bytes(est.weights)} + KV {format_bytes(est.kv_cache)} for n_ctx x parallel "
+        f"(cache K {entry.model.cache_type_k}, V {entry.model.cache_type_v}) "
         f"+ overhead {format_bytes(est.overhead)})"
     )
 

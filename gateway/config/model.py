@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from gateway import structured
-from gateway.config.values import POOL_NAME, Duration, Placement, Section
+from gateway.config.values import POOL_NAME, CacheType, Duration, Placement, Section
 from gateway.errors import GatewayError
 
 
@@ -87,6 +87,12 @@ class ModelSection(Section):
         "auto",
         description="flash attention: auto lets llama.cpp decide per device (on where supported); on; off",
     )
+    cache_type_k: CacheType = Field(
+        "f16", description="KV cache type of the keys: f16; q8_0 about half the memory; q4_0 about a quarter"
+    )
+    cache_type_v: CacheType = Field(
+        "f16", description="KV cache type of the values: f16, q8_0, q4_0; quantized needs flash attention (not off)"
+    )
     pooling: Literal["mean", "cls", "last"] | None = Field(
         None, description="embedding models: how token vectors become one; default: the GGUF's own"
     )
@@ -113,6 +119,16 @@ class ModelSection(Section):
     @classmethod
     def _template_parses(cls, value: str | None) -> str | None:
         return None if value is None else check_template(value)
+
+    @model_validator(mode="after")
+    def _quantized_v_has_flash_attention(self) -> ModelSection:
+        if self.cache_type_v != "f16" and self.flash_attn == "off":
+            # llama.cpp refuses such a context ("quantized V cache requires flash_attn to be enabled").
+            raise ValueError(
+                f"cache_type_v {self.cache_type_v} needs flash attention, but flash_attn is off: "
+                "set flash_attn to auto (llama.cpp then turns it on) or on, or cache_type_v to f16"
+            )
+        return self
 
     @model_validator(mode="after")
     def _placement_is_consistent(self) -> ModelSection:
@@ -189,7 +205,8 @@ class ModelEntry(Section):
     @property
     def flash_attention(self) -> Literal["auto", "on", "off"]:
         """What the worker runs: an embedding worker (llama-cpp-python's `Llama`, which has no "auto")
-        runs without flash attention unless it is `on`."""
-        if self.embedding and self.model.flash_attn != "on":
-            return "off"
+        runs without flash attention unless it is `on`, or "auto" with a quantized V cache, which
+        llama.cpp's auto turns flash attention on for (it refuses such a cache without it)."""
+        if self.embedding and self.model.flash_attn == "auto":
+            return "on" if self.model.cache_type_v != "f16" else "off"
         return self.model.flash_attn

@@ -62,6 +62,8 @@ PoolBudget = Annotated[
     ),
 ]
 Placement = Literal["pack", "spread"]
+# llama.cpp's KV cache types the gateway offers (its type_k / type_v); engine/sizing.py has their sizes.
+CacheType = Literal["f16", "q8_0", "q4_0"]
 Duration = Annotated[
     float,
     BeforeValidator(parse_duration),

@@ -18,3 +18,19 @@ def batch_size(n_batch: int, cells: int, sequences: int) -> int:
     than the sequence ids, because llama.cpp reserves an output row per id at load and aborts
     (GGML_ASSERT n_outputs_max) when the batch holds fewer (n_batch 8 once killed every load)."""
     return max(sequences, min(n_batch, cells))
+
+
+# Bytes per block of values and values per block of llama.cpp's KV cache types (ggml's type traits):
+# f16 2 bytes a value; q8_0 32 int8 and an f16 scale; q4_0 32 nibbles and an f16 scale.
+CACHE_TYPE_BLOCKS: dict[str, tuple[int, int]] = {"f16": (2, 1), "q8_0": (34, 32), "q4_0": (18, 32)}
+
+
+def cache_block(cache_type: str) -> int:
+    """Values per block: a quantized cache needs each head's size to be a multiple (llama.cpp refuses it otherwise)."""
+    return CACHE_TYPE_BLOCKS[cache_type][1]
+
+
+def cache_row_bytes(cache_type: str, values: int) -> int:
+    """Bytes one token's `values` of K (or V) take in one layer, as ggml_row_size counts them."""
+    size, block = CACHE_TYPE_BLOCKS[cache_type]
+    return -(-values // block) * size

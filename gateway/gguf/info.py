@@ -85,19 +85,32 @@ class GGUFInfo:
         return self.head_count * int(key_length)
 
     def kv_bytes_per_token(self, cache_type_bytes: int = 2) -> int:
-        """Bytes of K and V cache one token of context costs across all layers."""
+        """Bytes of K and V cache one token of context costs across all layers (f16: 2 bytes a value)."""
         return sum(self.kv_bytes_per_layer(cache_type_bytes))
 
     def kv_bytes_per_layer(self, cache_type_bytes: int = 2) -> list[int]:
-        """Bytes of K and V cache one token of context costs in each layer."""
+        """Bytes of K and V cache one token of context costs in each layer (`memory.estimate` counts
+        the quantized cache types)."""
+        return [(k + v) * cache_type_bytes for k, v in self.kv_values_per_layer()]
+
+    @property
+    def head_dims(self) -> tuple[int, int]:
+        """Values per attention head of a key and of a value."""
         arch = self.architecture
-        layers = self.block_count
         heads = self.metadata.get(f"{arch}.attention.head_count", 0)
-        heads_kv = self.metadata.get(f"{arch}.attention.head_count_kv", heads)
         embedding = int(self.metadata.get(f"{arch}.embedding_length", 0))
         first_heads = heads[0] if isinstance(heads, list) and heads else heads
         head_dim = embedding // int(first_heads) if first_heads else 0
         key_length = int(self.metadata.get(f"{arch}.attention.key_length", head_dim))
         value_length = int(self.metadata.get(f"{arch}.attention.value_length", head_dim))
+        return key_length, value_length
+
+    def kv_values_per_layer(self) -> list[tuple[int, int]]:
+        """Values of K and of V one token of context holds in each layer."""
+        arch = self.architecture
+        layers = self.block_count
+        heads = self.metadata.get(f"{arch}.attention.head_count", 0)
+        heads_kv = self.metadata.get(f"{arch}.attention.head_count_kv", heads)
+        key_length, value_length = self.head_dims
         per_layer_kv = heads_kv if isinstance(heads_kv, list) else [heads_kv] * layers
-        return [int(n) * (key_length + value_length) * cache_type_bytes for n in per_layer_kv[:layers]]
+        return [(int(n) * key_length, int(n) * value_length) for n in per_layer_kv[:layers]]

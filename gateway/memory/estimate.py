@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway.config import ModelEntry
-from gateway.engine.sizing import batch_size, sequence_ids
+from gateway.config.values import CacheType
+from gateway.engine.sizing import batch_size, cache_row_bytes, sequence_ids
 from gateway.gguf.info import GGUFInfo
 
 # Resident memory of a worker with llama_cpp imported and no model loaded (measured: 57 MiB).
@@ -20,10 +21,13 @@ WORKER_BASELINE_BYTES = 57 * 2**20
 # `gateway check --measure` reads (SmolLM2, 49k vocab; Gemma-3, 262k vocab; several n_ctx).
 VOCAB_BASE_BYTES = 4 * 2**20
 BYTES_PER_VOCAB_TOKEN = 275
-KV_CACHE_TYPE_BYTES = 2  # f16, llama.cpp's default cache type
 F32 = 4
 CONSTRAINT_BYTES_PER_VOCAB_TOKEN = 560
 ALLOCATOR_MARGIN = 1.05  # ggml's allocator rounds and aligns the largest tensors of a batch
+
+
+CacheTypes = tuple[CacheType, CacheType]  # K's, V's
+F16_CACHE: CacheTypes = ("f16", "f16")  # llama.cpp's default
 
 
 @dataclass(frozen=True)
@@ -37,20 +41,38 @@ class Estimate:
         return self.weights + self.kv_cache + self.overhead
 
 
-def estimate(info: GGUFInfo, n_ctx: int, parallel: int = 1, output_rows: int = 0, batch: int = 0) -> Estimate:
+def estimate(
+    info: GGUFInfo,
+    n_ctx: int,
+    parallel: int = 1,
+    output_rows: int = 0,
+    batch: int = 0,
+    cache: CacheTypes = F16_CACHE,
+) -> Estimate:
     """`parallel` requests decode together, each with up to `n_ctx` tokens: the KV pool holds them all.
     `output_rows`: tokens of one batch whose outputs llama.cpp keeps (an embedding model: every token
     of an input, see `output_rows`), each a row of logits and one of the embedding, in f32. `batch`:
-    what the worker adds after its load (`after_load_bytes`)."""
+    what the worker adds after its load (`after_load_bytes`). `cache`: the K and V cache types."""
     return Estimate(
         weights=info.tensor_bytes,
-        kv_cache=n_ctx * parallel * info.kv_bytes_per_token(KV_CACHE_TYPE_BYTES),
+        kv_cache=n_ctx * parallel * sum(kv_bytes_per_layer(info, cache)),
         overhead=WORKER_BASELINE_BYTES
         + VOCAB_BASE_BYTES
         + BYTES_PER_VOCAB_TOKEN * info.vocab_size
         + output_rows * (info.vocab_size + info.embedding_length) * F32
         + batch,
     )
+
+
+def kv_bytes_per_layer(info: GGUFInfo, cache: CacheTypes = F16_CACHE) -> list[int]:
+    """Bytes of K and V cache one token of context costs in each layer, in these cache types (a
+    quantized type stores blocks of 32 values: q8_0 34 bytes, q4_0 18, against f16's 64)."""
+    k_type, v_type = cache
+    return [cache_row_bytes(k_type, k) + cache_row_bytes(v_type, v) for k, v in info.kv_values_per_layer()]
+
+
+def cache_types(entry: ModelEntry) -> CacheTypes:
+    return entry.model.cache_type_k, entry.model.cache_type_v
 
 
 def batch_bytes(info: GGUFInfo, n_ubatch: int, cells: int, plain_attention: bool, all_outputs: bool) -> int:

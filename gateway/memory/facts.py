@@ -8,11 +8,12 @@ from dataclasses import dataclass, replace
 
 from gateway.config import ModelEntry, Settings
 from gateway.engine import chatformats
+from gateway.engine.sizing import cache_block
 from gateway.errors import ConfigError
 from gateway.gguf.header import GGUFFormatError, read_gguf_info
 from gateway.gguf.info import GGUFInfo
 from gateway.gguf.projector import projector_problem
-from gateway.memory.estimate import Estimate, after_load_bytes, estimate, output_rows
+from gateway.memory.estimate import Estimate, after_load_bytes, cache_types, estimate, output_rows
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,8 @@ class ProjectorError(ValueError):
 
 def inspect_model(entry: ModelEntry) -> ModelFacts:
     info = read_gguf_info(entry.model.path)
-    need = estimate(info, entry.model.n_ctx, entry.runtime.parallel, output_rows(entry), after_load_bytes(info, entry))
+    batch = after_load_bytes(info, entry)
+    need = estimate(info, entry.model.n_ctx, entry.runtime.parallel, output_rows(entry), batch, cache_types(entry))
     projector = None
     if entry.model.mmproj is not None:
         try:
@@ -68,6 +70,7 @@ def inspect_models(settings: Settings) -> dict[str, ModelFacts]:
         if chat_format is not None and chatformats.unknown(chat_format):
             names = ", ".join(sorted(chatformats.known() or ()))
             problems.append(f"models.{model_id}.model.chat_format: unknown format '{chat_format}' (known: {names})")
+        problems.extend(_cache_type_problems(model_id, entry, facts[model_id].info))
         if entry.embedding and entry.model.pooling is None and not facts[model_id].info.pools_embeddings:
             problems.append(
                 f"models.{model_id}: embedding is true, but {entry.model.path.name} names no pooling type "
@@ -77,3 +80,16 @@ def inspect_models(settings: Settings) -> dict[str, ModelFacts]:
     if problems:
         raise ConfigError("\n".join(problems))
     return facts
+
+
+def _cache_type_problems(model_id: str, entry: ModelEntry, info: GGUFInfo) -> list[str]:
+    """A quantized cache stores blocks of 32 values: llama.cpp refuses one whose blocks do not divide
+    the model's head size."""
+    problems = []
+    for name, cache_type, head in zip(("k", "v"), cache_types(entry), info.head_dims, strict=True):
+        if head % cache_block(cache_type):
+            problems.append(
+                f"models.{model_id}.model.cache_type_{name}: {cache_type} stores blocks of {cache_block(cache_type)} "
+                f"values, which do not divide {entry.model.path.name}'s head size {head}: use f16"
+            )
+    return problems

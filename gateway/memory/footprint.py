@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from gateway.gguf.info import GGUFInfo
-from gateway.memory.estimate import F32, KV_CACHE_TYPE_BYTES, estimate
+from gateway.memory.estimate import F16_CACHE, F32, CacheTypes, estimate, kv_bytes_per_layer
 from gateway.memory.planner import Placement
 from gateway.memory.pools import HOST, Vector
 
@@ -70,11 +70,17 @@ def _compute_bytes(info: GGUFInfo, n_ctx: int, n_ubatch: int, has_layers: bool, 
 
 
 def footprint(
-    info: GGUFInfo, n_ctx: int, placement: Placement, n_ubatch: int = 512, output_rows: int = 0, batch: int = 0
+    info: GGUFInfo,
+    n_ctx: int,
+    placement: Placement,
+    n_ubatch: int = 512,
+    output_rows: int = 0,
+    batch: int = 0,
+    cache: CacheTypes = F16_CACHE,
 ) -> Footprint:
-    """Bytes per pool the model needs placed like this, with `n_ctx` KV cells (`output_rows`, `batch`:
-    see memory.estimate; llama.cpp keeps outputs in host memory)."""
-    host_only = estimate(info, n_ctx, output_rows=output_rows, batch=batch)
+    """Bytes per pool the model needs placed like this, with `n_ctx` KV cells (`output_rows`, `batch`,
+    `cache`: see memory.estimate; llama.cpp keeps outputs in host memory)."""
+    host_only = estimate(info, n_ctx, output_rows=output_rows, batch=batch, cache=cache)
     if not placement.on_gpu:
         return Footprint(
             vector=Vector.of({HOST: host_only.total}),
@@ -86,7 +92,7 @@ def footprint(
     n_layer = info.block_count
     shares = placement.split or tuple(1.0 for _ in placement.devices)
     where = layer_devices(n_layer, placement.n_gpu_layers, shares)
-    kv_layers = info.kv_bytes_per_layer(KV_CACHE_TYPE_BYTES)
+    kv_layers = kv_bytes_per_layer(info, cache)
     weights: dict[str, int] = {HOST: info.input_bytes}
     kv: dict[str, int] = {}
     for il in range(n_layer):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from gateway.config import ModelEntry, Settings
-from gateway.memory.estimate import after_load_bytes, kv_cells, output_rows, ubatch
+from gateway.memory.estimate import after_load_bytes, cache_types, kv_cells, output_rows, ubatch
 from gateway.memory.facts import ModelFacts
 from gateway.memory.footprint import footprint
 from gateway.memory.hostmem import host_memory_total
@@ -42,6 +42,7 @@ def model_options(
     batch = after_load_bytes(facts.info, entry)
 
     def need_of(placement: Placement) -> Vector:
-        return footprint(facts.info, kv_cells(entry), placement, ubatch(entry), output_rows(entry), batch).vector
+        cells, rows = kv_cells(entry), output_rows(entry)
+        return footprint(facts.info, cells, placement, ubatch(entry), rows, batch, cache_types(entry)).vector
 
     return placement_options(placement_config(entry, settings), pools, held, need_of)

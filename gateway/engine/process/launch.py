@@ -29,6 +29,8 @@ def worker_config(entry: ModelEntry, placement: dict[str, Any] | None = None) ->
         "reasoning_format": entry.model.reasoning.format,
         "use_mmap": entry.model.use_mmap,
         "flash_attn": entry.flash_attention,
+        "cache_type_k": entry.model.cache_type_k,
+        "cache_type_v": entry.model.cache_type_v,
         "n_threads": entry.runtime.thread_count,
         "verbose": entry.runtime.verbose,
         "repeat_last_n": entry.sampling.repeat_last_n,

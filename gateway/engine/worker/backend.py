@@ -34,6 +34,12 @@ def device_arguments(config: dict[str, Any]) -> dict[str, Any]:
     return arguments
 
 
+def cache_type_arguments(llama_cpp: Any, config: dict[str, Any]) -> dict[str, int]:
+    """llama.cpp's KV cache types for a load (its context params `type_k`, `type_v`): ggml types."""
+    ggml = {"f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0, "q4_0": llama_cpp.GGML_TYPE_Q4_0}
+    return {"type_k": ggml[config.get("cache_type_k", "f16")], "type_v": ggml[config.get("cache_type_v", "f16")]}
+
+
 @dataclass(frozen=True)
 class SamplerSettings:
     temperature: float

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from gateway.engine.wire import Call, Channel, Embed, Failed, Result, Shutdown
-from gateway.engine.worker.backend import device_arguments, without_amx
+from gateway.engine.worker.backend import cache_type_arguments, device_arguments, without_amx
 from gateway.engine.worker.guard import Tokenizer
 from gateway.errors import GatewayError, context_length_exceeded, internal_error, invalid_request
 
@@ -99,6 +99,7 @@ def _llama(llama_cpp: Any, config: dict[str, Any]) -> Any:
         n_threads=config["n_threads"],
         use_mmap=config["use_mmap"],
         flash_attn=config.get("flash_attn") == "on",  # ModelEntry.flash_attention: no "auto" here
+        **cache_type_arguments(llama_cpp, config),  # type_k, type_v
         verbose=config["verbose"],
         embedding=True,
         n_batch=config["n_ctx"],

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from gateway.engine.sizing import batch_size
-from gateway.engine.worker.backend import Row, SamplerSettings, device_arguments, without_amx
+from gateway.engine.worker.backend import Row, SamplerSettings, cache_type_arguments, device_arguments, without_amx
 from gateway.engine.worker.constraint import Constraints, Grammar, Matcher
 
 
@@ -57,6 +57,8 @@ class LlamaCpp:
             "on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
             "off": llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
         }[config.get("flash_attn", "auto")]
+        for name, ggml_type in cache_type_arguments(llama_cpp, config).items():
+            setattr(params, name, ggml_type)  # a quantized V turns "auto" flash attention on
         if config["n_threads"]:
             params.n_threads = params.n_threads_batch = config["n_threads"]
         self._context = _internals.LlamaContext(model=self._model, params=params, verbose=bool(config["verbose"]))
