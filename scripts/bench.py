@@ -42,6 +42,8 @@ from benchlib import (
 )
 from sse_timing import Timing
 
+from gateway.engine.worker.backend import plain_weight_buffers
+
 
 def peer_server(tmp: Path, python: Path) -> Server:
     models = [
@@ -51,7 +53,27 @@ def peer_server(tmp: Path, python: Path) -> Server:
     port = free_port()
     config = tmp / "peer.json"
     config.write_text(json.dumps({"host": "127.0.0.1", "port": port, "models": models}))
-    return Server([str(python), "-m", "llama_cpp.server", "--config_file", str(config)], port, tmp / "peer.log")
+    argv = [str(python), "-c", PEER_MAIN, "--config_file", str(config)]
+    return Server(argv, port, tmp / "peer.log")
+
+
+# `python -m llama_cpp.server`, its weights in plain buffers where the CPU backend has AMX, as the
+# gateway's workers load them (llama.cpp's AMX kernels crash on this project's machines; see
+# gateway/engine/worker/backend.py): the peer runs in a venv of its own, so the patch is inline.
+PEER_MAIN = """
+import sys
+import llama_cpp.llama_cpp as low
+if b"AMX_INT8 = 1" in low.llama_print_system_info():
+    default = low.llama_model_default_params
+    def plain():
+        params = default()
+        params.use_extra_bufts = False
+        return params
+    low.llama_model_default_params = plain
+from llama_cpp.server.__main__ import main
+sys.argv[0] = "llama_cpp.server"
+main()
+"""
 
 
 def raw_timing(llm: Any, max_tokens: int) -> Timing:
@@ -71,7 +93,8 @@ def raw_cold_start(path: Path) -> float:
     import llama_cpp
 
     started = time.perf_counter()
-    llm = llama_cpp.Llama(str(path), n_ctx=N_CTX, n_threads=THREADS, verbose=False)
+    with plain_weight_buffers(llama_cpp):  # as the worker loads it
+        llm = llama_cpp.Llama(str(path), n_ctx=N_CTX, n_threads=THREADS, verbose=False)
     for _ in llm.create_chat_completion(PROMPT, max_tokens=1, stream=True, **SAMPLING):
         pass
     elapsed = time.perf_counter() - started
@@ -204,7 +227,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     peer = peer_server(tmp, Path(args.peer_python)) if args.peer_python else None
     before = models_cards(gw.url)
     estimates = {m: c["memory_bytes"] for m, c in before.items()}
-    llm = llama_cpp.Llama(str(SMOLLM), n_ctx=N_CTX, n_threads=THREADS, verbose=False)
+    with plain_weight_buffers(llama_cpp):  # as the worker loads it
+        llm = llama_cpp.Llama(str(SMOLLM), n_ctx=N_CTX, n_threads=THREADS, verbose=False)
     timings: dict[str, list[Timing]] = {"raw": [], "gateway": [], "peer": []}
     with httpx.Client() as client:
         # Warm-up: load the model everywhere and fill the prompt cache.

@@ -7,7 +7,8 @@ the real batch loop runs in the fast test tier.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -21,6 +22,28 @@ def without_amx(llama_cpp: Any) -> bool:
 
 
 ALL_LAYERS = 0x7FFFFFFF  # what llama-cpp-python's own Llama() passes for -1
+
+
+@contextlib.contextmanager
+def plain_weight_buffers(llama_cpp: Any) -> Iterator[None]:
+    """For `llama_cpp.Llama`, which takes no `use_extra_bufts`: while it loads, the model defaults it
+    starts from keep the weights in plain buffers where `without_amx` says so."""
+    low = llama_cpp.llama_cpp
+    original = low.llama_model_default_params
+    if not without_amx(llama_cpp):
+        yield
+        return
+
+    def plain() -> Any:
+        params = original()
+        params.use_extra_bufts = False
+        return params
+
+    low.llama_model_default_params = plain
+    try:
+        yield
+    finally:
+        low.llama_model_default_params = original
 
 
 def device_arguments(config: dict[str, Any]) -> dict[str, Any]:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from gateway.engine.wire import Call, Channel, Embed, Failed, Result, Shutdown
-from gateway.engine.worker.backend import cache_type_arguments, device_arguments, without_amx
+from gateway.engine.worker.backend import cache_type_arguments, device_arguments, plain_weight_buffers
 from gateway.engine.worker.guard import Tokenizer
 from gateway.errors import GatewayError, context_length_exceeded, internal_error, invalid_request
 
@@ -61,33 +60,11 @@ def embed(llm: Any, inputs: list[str | list[int]], tokenizer: Tokenizer) -> tupl
 def load_embedding(config: dict[str, Any]) -> Any:
     import llama_cpp
 
-    with _default_model_params(llama_cpp):
+    with plain_weight_buffers(llama_cpp):
         llm = _llama(llama_cpp, config)
     if int(llm.pooling_type()) == llama_cpp.LLAMA_POOLING_TYPE_NONE:
         raise ValueError("this model pools no embedding; set model.pooling (mean, cls or last) in models.yaml")
     return llm
-
-
-@contextlib.contextmanager
-def _default_model_params(llama_cpp: Any) -> Iterator[None]:
-    """`Llama` takes no `use_extra_bufts`: the defaults it starts from are adjusted while it loads
-    (see `without_amx`)."""
-    low = llama_cpp.llama_cpp
-    original = low.llama_model_default_params
-    if not without_amx(llama_cpp):
-        yield
-        return
-
-    def plain() -> Any:
-        params = original()
-        params.use_extra_bufts = False
-        return params
-
-    low.llama_model_default_params = plain
-    try:
-        yield
-    finally:
-        low.llama_model_default_params = original
 
 
 def _llama(llama_cpp: Any, config: dict[str, Any]) -> Any:
