@@ -111,12 +111,6 @@ class TurnQueue:
         ahead of younger batch requests)."""
         return sum(1 for t in self._waiting if t.tenant.priority is Priority.INTERACTIVE and keys.may_run(t.tenant))
 
-    def by_key(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for turn in self._waiting:
-            counts[turn.tenant.key] = counts.get(turn.tenant.key, 0) + 1
-        return counts
-
 
 def preemption_victim(running: Iterable[Turn]) -> Turn | None:
     """The newest batch turn whose generation can be paused, if any."""

@@ -63,11 +63,6 @@ class Hold:
         if self.turn is not None and self.turn.running:
             self.turn.pause, self.turn.resume = pause, resume
 
-    def unpausable(self) -> None:
-        """Its generation ended (the next one, if any, says so again)."""
-        if self.turn is not None:
-            self.turn.pause = None
-
     @property
     def engine(self) -> Engine:
         assert self._engine is not None, "the hold was not entered"

@@ -28,6 +28,12 @@ class Call:
         priority = Priority.BATCH if flex or p.priority == Priority.BATCH.value else Priority.INTERACTIVE
         return Tenant(p.key_id, priority, p.max_concurrent)
 
+    def service_tier(self, flex: bool, asked: str | None) -> str | None:
+        """The tier to echo, as OpenAI does when a request names one: the one it runs at."""
+        if asked is None:
+            return None
+        return "flex" if self.tenant(flex).priority is Priority.BATCH else "default"
+
     def note_chat(self, chat: ChatCompletionRequest) -> None:
         """The chat's messages, in the record when the access log logs content (`log_content`)."""
         if self.record is not None and self.record.output is not None:

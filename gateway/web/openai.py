@@ -15,7 +15,6 @@ from gateway.protocol import (
     parse_tokenize_request,
 )
 from gateway.protocol.replies import ChatResponder, CompletionResponder, StreamEvents, embeddings_list
-from gateway.scheduler.fairness import Priority
 from gateway.serving import run
 from gateway.serving.call import Call
 from gateway.serving.plan import Plan, check_embedding, plan_chat, plan_completion
@@ -43,13 +42,6 @@ async def _pass_through(request: Request, call: Call, remote: Remote, path: str,
     return respond_remote(request, reply)
 
 
-def _tier(call: Call, plan: Plan, asked: str | None) -> str | None:
-    """The service tier to echo, as OpenAI does when a request names one: the one it runs at."""
-    if asked is None:
-        return None
-    return "flex" if call.tenant(plan.flex).priority is Priority.BATCH else "default"
-
-
 async def chat_completions(request: Request) -> Response:
     raw = await request.body()
     chat = parse_chat_request(raw)
@@ -59,7 +51,7 @@ async def chat_completions(request: Request) -> Response:
         return await _pass_through(request, call, target, "chat/completions", raw, bool(chat.stream))
     call.note_chat(chat)
     plan = plan_chat(chat, target, call.scheduler.settings.gateway)
-    tier = _tier(call, plan, chat.service_tier)
+    tier = call.service_tier(plan.flex, chat.service_tier)
     responder = ChatResponder(plan.model_id, call.scheduler.settings.gateway.reasoning_field, service_tier=tier)
     return await _answer(request, call, plan, responder)
 
@@ -72,7 +64,7 @@ async def completions(request: Request) -> Response:
     if isinstance(target, Remote):
         return await _pass_through(request, call, target, "completions", raw, bool(body.stream))
     plan = plan_completion(body, target, call.scheduler.settings.gateway)
-    tier = _tier(call, plan, body.service_tier)
+    tier = call.service_tier(plan.flex, body.service_tier)
     return await _answer(request, call, plan, CompletionResponder(plan.model_id, echo=plan.echo, service_tier=tier))
 
 
