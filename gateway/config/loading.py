@@ -100,6 +100,9 @@ def parse_settings(
     if gateway.usage_spill_file is not None:
         spill = (base_dir / gateway.usage_spill_file.expanduser()).resolve()
         gateway = gateway.model_copy(update={"usage_spill_file": spill})
+    if gateway.prefix_store is not None:
+        directory = (base_dir / gateway.prefix_store.path.expanduser()).resolve()
+        gateway = gateway.model_copy(update={"prefix_store": gateway.prefix_store.model_copy(update={"path": directory})})
     if gateway.store is not None and not gateway.store.startswith(DATABASE_SCHEMES):
         gateway = gateway.model_copy(update={"store": str((base_dir / Path(gateway.store).expanduser()).resolve())})
     return settings.model_copy(update={"models": resolved, "gateway": gateway})

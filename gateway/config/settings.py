@@ -62,6 +62,23 @@ class ImageFetch(Section):
     timeout: Duration = Field(10.0, description="the whole download, connection included")
 
 
+class PrefixStore(Section):
+    """Where models keep the KV cells of their most used prompt prefixes when they unload, to restore
+    them on a later load instead of evaluating those tokens again."""
+
+    path: Path = Field(description="a directory (relative to this file) shared by every model and worker")
+    max_bytes: ByteSize = Field(
+        4 * 2**30, description="the directory's bound: the least recently used prefixes go first"
+    )
+    save_max_bytes: ByteSize = Field(
+        512 * 2**20, description="at most this much written per unload (the most valuable prefixes first)"
+    )
+    save_time: Duration = Field(
+        2.0, le=30, description="a worker stops saving after this long and exits (its unload waits this much more)"
+    )
+    min_tokens: int = Field(64, ge=1, description="shorter prefixes are neither saved nor restored")
+
+
 class GatewaySection(Section):
     memory_budget: Budget = Field(
         None,
@@ -141,6 +158,11 @@ class GatewaySection(Section):
         None,
         description="deprecated: a sqlite file (relative to this file) of its own for stored /v1/responses; "
         "null: they live in `store`",
+    )
+    prefix_store: PrefixStore | None = Field(
+        None,
+        description="keep models' most used prompt prefixes (their KV cells) on disk across unloads and restarts; "
+        "null: they are recomputed",
     )
     responses_store_max: int = Field(
         1000, ge=1, description="stored /v1/responses kept for previous_response_id; the oldest go first"

@@ -10,6 +10,7 @@ decode return 1), so the batch loop's bookkeeping is checked against an independ
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -28,6 +29,7 @@ JSON_BASE = 4000
 BOS = 4099  # what an empty prompt starts from, as with llama.cpp (guard.nonempty_prompt)
 WORD_BASE = 4100
 BEST_LOGIT, ALTERNATIVE_LOGIT = 10.0, 8.0  # every other token's logit is 0
+STATE_MAGIC = b"FAKEKV1 "
 
 
 @dataclass
@@ -77,7 +79,9 @@ class FakeLlama:
         self._words: dict[str, int] = {}
         self._lock = threading.Lock()
         self._replied: set[int] = set()  # sequences that have decoded reply tokens
+        self._cell_tokens: dict[int, int] = {}  # cell -> the token written there (for sequence states)
         self.decodes: list[list[Row]] = []  # every batch, for assertions
+        self.restores: list[tuple[int, int]] = []  # (sequence, tokens) of every state loaded
         self.log: Callable[[int, str], None] | None = None  # llama.cpp's log callback, as the worker set it
         self.on_first_decode: Callable[[], None] | None = None  # the fake worker takes `decode_bytes` there
 
@@ -148,6 +152,7 @@ class FakeLlama:
                 raise AssertionError(f"sequence {row.seq} writes position {row.pos}, expected {expected}")
             positions[row.pos] = cell
             self._cells[cell].add(row.seq)
+            self._cell_tokens[cell] = row.token
         for row in rows:
             if REPLY_BASE <= row.token < JSON_BASE:
                 self._replied.add(row.seq)
@@ -184,6 +189,38 @@ class FakeLlama:
             if pos >= p0 and (p1 < 0 or pos < p1):
                 target[pos] = cell
                 self._cells[cell].add(dst)
+
+    def tokens_in(self, seq: int) -> list[int]:
+        """The tokens a sequence's cells hold, by position."""
+        positions = self._positions.get(seq, {})
+        return [self._cell_tokens[positions[pos]] for pos in sorted(positions)]
+
+    def seq_state(self, seq: int) -> bytes:
+        """llama.cpp's state of one sequence, faked: its tokens by position (the "KV" of this model)."""
+        return STATE_MAGIC + json.dumps(self.tokens_in(seq)).encode()
+
+    def set_seq_state(self, seq: int, state: bytes) -> bool:
+        """As llama_state_seq_set_data: the sequence must be empty, the bytes sound, and free cells there."""
+        if not state.startswith(STATE_MAGIC) or self._positions.get(seq):
+            return False
+        try:
+            tokens = json.loads(state[len(STATE_MAGIC) :])
+        except ValueError:
+            return False
+        if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
+            return False
+        free = [i for i, cell in enumerate(self._cells) if not cell]
+        if len(free) < len(tokens):
+            return False
+        positions = self._positions.setdefault(seq, {})
+        for pos, (token, cell) in enumerate(zip(tokens, free, strict=False)):
+            positions[pos] = cell
+            self._cells[cell].add(seq)
+            self._cell_tokens[cell] = token
+            if REPLY_BASE <= token < JSON_BASE:
+                self._replied.add(seq)
+        self.restores.append((seq, len(tokens)))
+        return True
 
     def sampler(self, settings: SamplerSettings, seed: int) -> FakeSampler:
         return FakeSampler(self, settings, seed)

@@ -126,4 +126,14 @@ class Backend(Protocol):
 
     def seq_cp(self, src: int, dst: int, p0: int, p1: int) -> None: ...
 
+    def seq_length(self, seq: int) -> int:
+        """Cells `seq` holds: positions 0..n-1 (a sequence's cells always start at 0 here)."""
+
+    def seq_state(self, seq: int) -> bytes:
+        """The sequence's KV cells as llama.cpp serialises them (llama_state_seq_get_data)."""
+
+    def set_seq_state(self, seq: int, state: bytes) -> bool:
+        """Load `seq_state` bytes into the empty sequence `seq`; False (and `seq` left empty) when
+        llama.cpp refuses them or finds no room."""
+
     def sampler(self, settings: SamplerSettings, seed: int) -> Sampler: ...

@@ -128,6 +128,23 @@ class LlamaCpp:
     def seq_cp(self, src: int, dst: int, p0: int, p1: int) -> None:
         self._lib.llama_memory_seq_cp(self._memory, src, dst, p0, p1)
 
+    def seq_length(self, seq: int) -> int:
+        return int(self._lib.llama_memory_seq_pos_max(self._memory, seq)) + 1
+
+    def seq_state(self, seq: int) -> bytes:
+        lib = self._lib
+        size = int(lib.llama_state_seq_get_size(self._ctx, seq))
+        buffer = (ctypes.c_uint8 * size)()
+        written = int(lib.llama_state_seq_get_data(self._ctx, buffer, size, seq))
+        return ctypes.string_at(buffer, written)
+
+    def set_seq_state(self, seq: int, state: bytes) -> bool:
+        buffer = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        if int(self._lib.llama_state_seq_set_data(self._ctx, buffer, len(state), seq)) > 0:
+            return True
+        self.seq_rm(seq, 0, -1)  # llama.cpp clears it on a failed read; said again, in case
+        return False
+
     def sampler(self, settings: SamplerSettings, seed: int) -> ChainSampler:
         return ChainSampler(self, settings, seed)
 
