@@ -102,7 +102,9 @@ def parse_settings(
         gateway = gateway.model_copy(update={"usage_spill_file": spill})
     if gateway.prefix_store is not None:
         directory = (base_dir / gateway.prefix_store.path.expanduser()).resolve()
-        gateway = gateway.model_copy(update={"prefix_store": gateway.prefix_store.model_copy(update={"path": directory})})
+        gateway = gateway.model_copy(
+            update={"prefix_store": gateway.prefix_store.model_copy(update={"path": directory})}
+        )
     if gateway.store is not None and not gateway.store.startswith(DATABASE_SCHEMES):
         gateway = gateway.model_copy(update={"store": str((base_dir / Path(gateway.store).expanduser()).resolve())})
     return settings.model_copy(update={"models": resolved, "gateway": gateway})

@@ -202,4 +202,3 @@ def usage(directory: Path) -> tuple[int, int]:
                     size += path.stat().st_size
                     files += 1
     return files, size
-
