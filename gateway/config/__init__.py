@@ -16,7 +16,7 @@ from gateway.config.model import (
     SamplingSection,
 )
 from gateway.config.remote import CircuitBreakerSection, UpstreamEntry, UpstreamServer
-from gateway.config.settings import ApiKey, GatewaySection, ImageFetch, Settings
+from gateway.config.settings import ApiKey, GatewaySection, ImageFetch, PrefixStore, Settings
 
 __all__ = [
     "DEFAULT_CONFIG_NAME",
@@ -27,6 +27,7 @@ __all__ = [
     "ModelEntry",
     "ModelSection",
     "OutputSection",
+    "PrefixStore",
     "ReasoningSection",
     "RuntimeSection",
     "SamplingSection",

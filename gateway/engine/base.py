@@ -112,6 +112,8 @@ class BatchState:
     reused_tokens: int = 0  # prompt tokens taken from cached or running sequences' cells, since load
     paused: int = 0  # requests set aside for more urgent ones
     replayed_tokens: int = 0  # tokens recomputed for paused requests whose cells were given away, since load
+    restored: int = 0  # prefixes loaded from the prefix store, since load
+    restored_tokens: int = 0  # their tokens
 
     @property
     def kv_usage(self) -> float:

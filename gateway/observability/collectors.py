@@ -40,6 +40,8 @@ class ModelState:
     keys: tuple[KeyLoad, ...] = ()
     preemptions: int = 0  # batch requests paused for interactive ones, since start
     replayed_tokens: int = 0  # recomputed for paused requests whose cells were given away (since the worker loaded)
+    restored: int = 0  # prefixes loaded from the prefix store (since the worker loaded)
+    restored_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -155,14 +157,26 @@ def _batch_gauges(models: list[ModelState]) -> Iterator[Metric]:
         "prompt tokens whose KV cells were reused from an earlier or running request (since the worker loaded)",
         labels=["model"],
     )
+    restored = CounterMetricFamily(
+        "gateway_prefix_store_restored",
+        "prompt prefixes whose KV cells were loaded from the prefix store (since the worker loaded)",
+        labels=["model"],
+    )
+    restored_tokens = CounterMetricFamily(
+        "gateway_prefix_store_restored_tokens",
+        "tokens of the prefixes loaded from the prefix store (since the worker loaded)",
+        labels=["model"],
+    )
     yield from _priority_gauges(models)
     for m in models:
         reused.add_metric([m.model], m.reused_tokens)
+        restored.add_metric([m.model], m.restored)
+        restored_tokens.add_metric([m.model], m.restored_tokens)
         running.add_metric([m.model], m.batch_running)
         waiting.add_metric([m.model], m.queued + m.batch_waiting)
         slots.add_metric([m.model], m.slots)
         kv.add_metric([m.model], m.kv_usage)
-    yield from (running, waiting, slots, kv, reused)
+    yield from (running, waiting, slots, kv, reused, restored, restored_tokens)
 
 
 @dataclass(frozen=True)
@@ -173,6 +187,7 @@ class StoreFigures:
     up: Mapping[str, bool]  # "store", "shared_limits" → reachable
     usage_pending: int
     usage_dropped: int
+    prefix_store: tuple[int, int] | None = None  # files and bytes in gateway.prefix_store, when one is set
 
 
 class StoreCollector(Collector):
@@ -197,6 +212,12 @@ class StoreCollector(Collector):
         yield CounterMetricFamily(
             "gateway_usage_rows_dropped", "usage rows lost because the spill was full", value=figures.usage_dropped
         )
+        if figures.prefix_store is not None:
+            files, size = figures.prefix_store
+            yield GaugeMetricFamily(
+                "gateway_prefix_store_files", "prompt prefixes kept in the prefix store", value=files
+            )
+            yield GaugeMetricFamily("gateway_prefix_store_bytes", "bytes the prefix store holds on disk", value=size)
 
 
 def _priority_gauges(models: list[ModelState]) -> Iterator[Metric]:

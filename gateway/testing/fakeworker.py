@@ -28,6 +28,7 @@ from gateway.engine.process.spares import Spawned
 from gateway.engine.worker.embedding import serve_embeddings
 from gateway.engine.worker.logcapture import LogCapture, failure_message
 from gateway.engine.worker.main import Worker
+from gateway.engine.worker.saved import open_saved
 from gateway.testing.fakellama import FakeEmbedder, FakeLlama, FakeScript
 from gateway.testing.fakeprocess import RecordingChannel, ThreadProcess, hang_up
 
@@ -143,7 +144,10 @@ class FakeWorker:
         channel.send(
             wire.Loaded(n_ctx=backend.n_ctx, pid=self.pid, slots=slots, kv_cells=backend.kv_cells, memory=memory)
         )
-        worker = Worker(channel, backend, backend.render, slots, config["repeat_last_n"], on_exit=lambda: None)
+        saved = open_saved(config, backend, "fake llama.cpp")
+        worker = Worker(
+            channel, backend, backend.render, slots, config["repeat_last_n"], on_exit=lambda: None, saved=saved
+        )
         threading.Thread(target=worker.read, daemon=True, name="fake-worker-reader").start()
         worker.run()
 

@@ -182,7 +182,7 @@ class Services:
         up = {"store": self.ledger.healthy}
         if self.shared is not None:
             up["shared_limits"] = self.shared.healthy
-        return StoreFigures(up, self.ledger.pending, self.ledger.dropped)
+        return StoreFigures(up, self.ledger.pending, self.ledger.dropped, self.processes.prefix_usage())
 
     async def reload(self) -> dict[str, Any]:
         """Apply the configuration file again; an invalid one changes nothing and says why."""
@@ -201,6 +201,7 @@ class Services:
             for key, names in self.upstreams.apply(new).items():
                 summary[key] = [*summary[key], *names]
             self.gate.keyring = KeyRing(new)
+            self.processes.prefix_store = new.gateway.prefix_store  # for the next loads
             self.gate.max_body_bytes = new.gateway.max_body_bytes
             self.shutdown_grace = new.gateway.shutdown_grace
             log.info("configuration reloaded: %s", summary)

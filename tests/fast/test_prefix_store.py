@@ -198,6 +198,8 @@ def test_what_is_saved_a_shared_prefix_once_a_lone_prompt_whole() -> None:
     lone = Cached(2, list(range(5000, 5080)))
     short = Cached(3, [9] * 10)
     assert choose([a, b, lone, short], min_tokens=64) == [(0, system), (2, lone.tokens)]
+    # A part shared with a prefix stored already is that part (the store refreshes it, writes nothing).
+    assert choose([Cached(0, [*system, 7, 8])], 64, stored=[[*system, 1]]) == [(0, system)]
     # One prefix another chosen one begins with is left out: restoring the longer covers it.
     assert choose([Cached(0, system), Cached(1, [*system, *range(50)], hits=3, shared=150)], 64) == [
         (1, [*system, *range(50)])

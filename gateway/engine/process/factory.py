@@ -23,14 +23,24 @@ class ProcessEngines:
         from gateway.engine.process.spares import SparePool
 
         self._timeout = settings.gateway.load_timeout
+        self.prefix_store = settings.gateway.prefix_store  # a reload sets the next loads' (web/services.py)
         self._spawn = spawn
         self.spares = SparePool(0 if spawn else settings.gateway.spare_workers)
+
+    def prefix_usage(self) -> tuple[int, int] | None:
+        """Files and bytes in the prefix store, when one is set."""
+        from gateway.engine.prefixstore.store import usage
+
+        return None if self.prefix_store is None else usage(self.prefix_store.path)
 
     def __call__(self, model_id: str, entry: ModelEntry) -> Engine:
         from gateway.engine.process.handle import ProcessEngine
 
         spawn = self._spawn
+        store = self.prefix_store
         if spawn is None:
-            return ProcessEngine(model_id, entry, self._timeout, self.spares)
-        engine = ProcessEngine(model_id, entry, self._timeout, spawn=lambda: spawn(model_id, engine.worker_env))
+            return ProcessEngine(model_id, entry, self._timeout, self.spares, prefix_store=store)
+        engine = ProcessEngine(
+            model_id, entry, self._timeout, spawn=lambda: spawn(model_id, engine.worker_env), prefix_store=store
+        )
         return engine

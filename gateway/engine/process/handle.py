@@ -18,7 +18,7 @@ import multiprocessing
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from gateway.config import ModelEntry
+from gateway.config import ModelEntry, PrefixStore
 from gateway.engine.base import BatchState, DevicePlacement, Engine, Finished, Generation, GenerationParams
 from gateway.engine.loadlog import LoadReport, OutOfMemory, pool_of
 from gateway.engine.process.launch import end_process, exit_description, process_rss, worker_config
@@ -58,16 +58,19 @@ class ProcessEngine(Engine):
         *,
         env: dict[str, str] | None = None,
         placement: dict[str, Any] | None = None,
+        prefix_store: PrefixStore | None = None,
     ) -> None:
         """`env` (CUDA_VISIBLE_DEVICES...) and `placement` (llama.cpp's n_gpu_layers, tensor_split,
         main_gpu: see placement.worker_environment and llama_arguments) put the model on its devices;
         a worker given an environment is started for it, since a spare's GPU runtime is set up already.
-        `spawn`: how a worker starts (tests start the real worker loop over a fake llama.cpp in a thread)."""
+        `spawn`: how a worker starts (tests start the real worker loop over a fake llama.cpp in a thread).
+        `prefix_store`: where the worker keeps its most used prefixes when it unloads."""
         super().__init__()
         self.model_id = model_id
         self._entry = entry
         self._env = env
         self._placement = placement
+        self._prefix_store = prefix_store
         self._load_timeout = load_timeout
         self._spares = spares
         self._spawn = spawn or (lambda: spawn_worker(self._env))
@@ -133,7 +136,7 @@ class ProcessEngine(Engine):
         process, conn = await (self._spares.take() if self._spares and use_spare else self._spawn())
         self._process = process
         self._pipe = LoopPipe(conn, self._dispatch, lambda: self._on_dead(exit_description(self._process)))
-        self._send(Load(worker_config(self._entry, self._placement)))
+        self._send(Load(worker_config(self._entry, self._placement, self._prefix_store)))
         try:
             info = await asyncio.wait_for(asyncio.shield(self._loaded), self._load_timeout)
         except TimeoutError:
@@ -299,5 +302,6 @@ class ProcessEngine(Engine):
             return
         self._send(Shutdown())
         self._on_dead("stopped", reason)
-        await end_process(process, self.model_id)
+        saving = self._prefix_store.save_time if self._prefix_store is not None else 0.0
+        await end_process(process, self.model_id, saving)
         self._process = None

@@ -10,13 +10,16 @@ from typing import Any
 
 import psutil
 
-from gateway.config import ModelEntry
+from gateway.config import ModelEntry, PrefixStore
 
 log = logging.getLogger(__name__)
 _STOP_WAIT = 5.0
 
 
-def worker_config(entry: ModelEntry, placement: dict[str, Any] | None = None) -> dict[str, Any]:
+def worker_config(
+    entry: ModelEntry, placement: dict[str, Any] | None = None, prefix_store: PrefixStore | None = None
+) -> dict[str, Any]:
+    """What a worker is told to load; `prefix_store`: where it keeps its prefixes across unloads."""
     return {
         "placement": placement,
         "path": str(entry.model.path),
@@ -37,6 +40,7 @@ def worker_config(entry: ModelEntry, placement: dict[str, Any] | None = None) ->
         "parallel": entry.runtime.parallel,
         "embedding": entry.embedding,
         "pooling": entry.model.pooling,
+        "prefix_store": None if prefix_store is None or entry.embedding else prefix_store.model_dump(mode="json"),
     }
 
 
@@ -52,9 +56,10 @@ def exit_description(process: multiprocessing.process.BaseProcess | None) -> str
     return f"exit code {code}"
 
 
-async def end_process(process: multiprocessing.process.BaseProcess, model_id: str) -> None:
-    """Wait for a worker told to shut down to exit; one that does not is killed."""
-    if not await asyncio.to_thread(_join, process, _STOP_WAIT):
+async def end_process(process: multiprocessing.process.BaseProcess, model_id: str, saving: float = 0.0) -> None:
+    """Wait for a worker told to shut down to exit (`saving`: seconds it may spend writing its prefixes
+    first); one that does not is killed."""
+    if not await asyncio.to_thread(_join, process, _STOP_WAIT + saving):
         log.warning("worker %s for model %s did not exit; killing it", process.pid, model_id)
         process.kill()
         await asyncio.to_thread(_join, process, _STOP_WAIT)

@@ -5,11 +5,14 @@ worker imports llama_cpp as soon as it starts and then waits for its model, so a
 started ahead of need. A reader thread takes commands (a cancel reaches the batch between two steps;
 tokenizer calls are answered at once); the batch thread validates each request (its prompt fits:
 `Started`, which the gateway waits for before its HTTP 200) and runs the continuous batch of
-`batch.py`. The worker exits when its parent goes away (the pipe reaches EOF).
+`batch.py`. The worker exits when its parent goes away (the pipe reaches EOF), or when told to
+(`Shutdown`): then, with a prefix store, the batch thread first writes the most valuable cached
+prefixes to it (`saved.py`, bounded by `save_max_bytes` and `save_time`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import threading
@@ -42,8 +45,11 @@ from gateway.engine.worker.load import load
 from gateway.engine.worker.logcapture import LogCapture, failure_message
 from gateway.engine.worker.prompt import Render
 from gateway.engine.worker.sampling import logit_bias
+from gateway.engine.worker.saved import SavedPrefixes, open_saved
 from gateway.engine.worker.sequences import Request, Thinking
 from gateway.errors import GatewayError, context_length_exceeded, internal_error, invalid_request
+
+log = logging.getLogger(__name__)
 
 
 def main(conn: Connection, env: dict[str, str] | None = None) -> None:
@@ -77,10 +83,16 @@ def main(conn: Connection, env: dict[str, str] | None = None) -> None:
         channel.send(Loaded(n_ctx=llm.n_ctx(), pid=os.getpid(), memory=capture.report().to_wire()))
         serve_embeddings(channel, LlamaEmbedder(llm))
     else:
+        from gateway.engine.prefixstore.key import llama_build
+
         slots = config.get("parallel", 1)
+        saved = open_saved(config, backend, llama_build())
         memory = capture.report().to_wire()
         channel.send(Loaded(backend.n_ctx, os.getpid(), slots=slots, kv_cells=backend.kv_cells, memory=memory))
-        Worker(channel, backend, render, slots, config["repeat_last_n"]).serve()
+        Worker(channel, backend, render, slots, config["repeat_last_n"], saved=saved).serve()
+
+
+_SAVE_AND_EXIT = "save and exit"  # the reader's last word to the batch thread on a Shutdown
 
 
 class Worker:
@@ -95,14 +107,17 @@ class Worker:
         slots: int,
         repeat_last_n: int = 64,
         on_exit: Callable[[], None] = lambda: os._exit(0),
+        saved: SavedPrefixes | None = None,
     ) -> None:
         self._channel = channel
+        self._saved = saved
+        self._closing = False  # told to shut down: what the batch still sends goes nowhere
         self._repeat_last_n = repeat_last_n
         self._on_exit = on_exit
         self._backend = backend
         self._render = render
-        self._inbox: queue.SimpleQueue[Generate | Cancel | Pause | Resume | None] = queue.SimpleQueue()
-        self.batch = Batch(backend, slots, self._event, self._error)
+        self._inbox: queue.SimpleQueue[Generate | Cancel | Pause | Resume | str | None] = queue.SimpleQueue()
+        self.batch = Batch(backend, slots, self._event, self._error, saved)
         self._usage: BatchState | None = None
 
     def serve(self) -> None:
@@ -116,6 +131,10 @@ class Worker:
                 message = self._inbox.get(block=self.batch.idle)
                 while True:
                     if message is None:
+                        return
+                    if isinstance(message, str):  # _SAVE_AND_EXIT
+                        self._save()
+                        self._on_exit()
                         return
                     self._handle(message)
                     message = self._inbox.get_nowait()
@@ -140,8 +159,25 @@ class Worker:
             elif isinstance(message, Call):
                 self._answer(message)
             elif isinstance(message, Shutdown):
-                self._exit()  # unloading means returning the memory now; the OS reclaims it at exit
+                if self._saved is None:
+                    self._exit()  # unloading means returning the memory now; the OS reclaims it at exit
+                else:
+                    self._closing = True  # the batch thread saves the prefixes between two steps, then exits
+                    self._inbox.put(_SAVE_AND_EXIT)
                 return
+
+    def _save(self) -> None:
+        """Keep the most valuable cached prefixes on disk (bounded in bytes and time): the last thing a
+        worker told to unload does."""
+        if self._saved is None:
+            return
+        try:
+            files, written = self._saved.save(self.batch.cached())
+        except Exception:  # the unload goes on whatever the disk says
+            log.exception("prefix store: saving failed")
+            return
+        if files:
+            log.info("prefix store: %d prefixes saved (%d bytes)", files, written)
 
     def _exit(self) -> None:
         """The gateway is gone or asked us to go: nobody will read what we produce."""
@@ -238,6 +274,8 @@ class Worker:
         self._send(Failed(request_id, error.to_wire()))
 
     def _send(self, message: Event | Failed | BatchState) -> None:
+        if self._closing:
+            return
         try:
             self._channel.send(message)
         except (BrokenPipeError, EOFError, OSError):
@@ -253,6 +291,8 @@ class Worker:
             batch.reused_tokens,
             len(batch.paused),
             batch.replayed_tokens,
+            self._saved.restored if self._saved is not None else 0,
+            self._saved.restored_tokens if self._saved is not None else 0,
         )
         if usage != self._usage:
             self._usage = usage

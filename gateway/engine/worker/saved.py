@@ -5,7 +5,8 @@ loaded into a sequence of its own (llama_state_seq_set_data), which the batch th
 reuses any cached prefix: only the rest of the prompt is evaluated.
 
 What is worth saving: a prefix several requests shared (the part they shared: a system prompt, a tool
-catalogue), or else a whole cached prompt and answer (a conversation's next turn begins with it);
+catalogue; a part shared with a prefix stored before is that one, refreshed rather than written
+again), or else a whole cached prompt and answer (a conversation's next turn begins with it);
 valued by its length times the requests that used it, the most recent first among equals, and never
 one that another chosen prefix begins with (restoring that one covers it). The save stops at
 `save_max_bytes` written or `save_time` spent, so an unload stays bounded.
@@ -17,7 +18,10 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+from gateway.engine.prefixstore.key import model_key
 from gateway.engine.prefixstore.store import PrefixStore, Stored, common_prefix
 from gateway.engine.worker.backend import Backend
 
@@ -34,11 +38,15 @@ class Cached:
     shared: int = 0  # the longest prefix one of them took
 
 
-def choose(cached: Sequence[Cached], min_tokens: int) -> list[tuple[int, list[int]]]:
-    """(sequence, the tokens of its cells to save), most valuable first; `cached` oldest first."""
+def choose(
+    cached: Sequence[Cached], min_tokens: int, stored: Sequence[Sequence[int]] = ()
+) -> list[tuple[int, list[int]]]:
+    """(sequence, the tokens of its cells to save), most valuable first; `cached` oldest first;
+    `stored`: the prefixes on disk already (a part shared with one of them is what is kept)."""
     chosen: dict[tuple[int, ...], list[int]] = {}  # prefix -> [sequence, uses, recency]
     for recency, entry in enumerate(cached):
-        shared = max([entry.shared, *(common_prefix(entry.tokens, o.tokens) for o in cached if o is not entry)])
+        others = [*(o.tokens for o in cached if o is not entry), *stored]
+        shared = max([entry.shared, *(common_prefix(entry.tokens, other) for other in others)])
         length = shared if shared >= min_tokens else len(entry.tokens)
         prefix = tuple(entry.tokens[:length])
         if len(prefix) < min_tokens:
@@ -100,7 +108,8 @@ class SavedPrefixes:
         deadline = time.monotonic() + self._save_time
         lengths = {entry.seq: len(entry.tokens) for entry in cached}
         files = written = 0
-        for seq, tokens in choose(cached, self.min_tokens):
+        stored = [entry.tokens for entry in self.store.entries()]
+        for seq, tokens in choose(cached, self.min_tokens, stored):
             if time.monotonic() > deadline:
                 break
             if self.store.covering(tokens) is not None:
@@ -119,3 +128,26 @@ class SavedPrefixes:
             files += size > 0
             written += size
         return files, written
+
+
+def open_saved(config: dict[str, Any], backend: Backend, build: str) -> SavedPrefixes | None:
+    """The worker's prefixes on disk, as `config["prefix_store"]` says (None: not kept); `build`
+    names the llama.cpp build, part of the key."""
+    settings = config.get("prefix_store")
+    if not settings:
+        return None
+    key = model_key(config, build)
+    if key is None:
+        return None
+    try:
+        store = PrefixStore(Path(settings["path"]), key, int(settings["max_bytes"]))
+    except OSError as exc:
+        log.warning("prefix store %s unavailable: %s", settings["path"], exc)
+        return None
+    return SavedPrefixes(
+        store,
+        backend,
+        min_tokens=int(settings["min_tokens"]),
+        save_max_bytes=int(settings["save_max_bytes"]),
+        save_time=float(settings["save_time"]),
+    )

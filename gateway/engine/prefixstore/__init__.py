@@ -1,0 +1,1 @@
+"""The prefix store: KV cells of prompt prefixes kept on disk across unloads (store.py)."""
