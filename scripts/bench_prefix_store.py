@@ -42,7 +42,7 @@ WARM = [{"role": "user", "content": "Say hello."}]
 MAX_TOKENS = 24
 
 
-def system_prompt(tools: int = 56) -> str:
+def system_prompt(tools: int = 42) -> str:
     """An agent's tool catalogue: about 2,000 SmolLM2 tokens with the default count."""
     verbs = ["read", "write", "list", "move", "rename", "delete", "search", "count", "copy", "watch"]
     things = ["file", "folder", "archive", "log", "image", "table", "note", "message"]

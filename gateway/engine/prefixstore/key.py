@@ -45,13 +45,6 @@ def model_key(config: dict[str, Any], llama_build: str) -> bytes | None:
     return json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
 
 
-def llama_build() -> str:
-    """This llama.cpp build, for the key: llama-cpp-python's version and its sequence-state format."""
-    import llama_cpp
-
-    return f"llama-cpp-python {llama_cpp.__version__}, state seq v{llama_cpp.LLAMA_STATE_SEQ_VERSION}"
-
-
 def key_digest(key: bytes) -> str:
     """The first part of a stored file's name: a model's files are found without reading the others."""
     return hashlib.sha256(key).hexdigest()[:16]

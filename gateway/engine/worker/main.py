@@ -45,7 +45,7 @@ from gateway.engine.worker.load import load
 from gateway.engine.worker.logcapture import LogCapture, failure_message
 from gateway.engine.worker.prompt import Render
 from gateway.engine.worker.sampling import logit_bias
-from gateway.engine.worker.saved import SavedPrefixes, open_saved
+from gateway.engine.worker.saved import SavedPrefixes, llama_build, open_saved
 from gateway.engine.worker.sequences import Request, Thinking
 from gateway.errors import GatewayError, context_length_exceeded, internal_error, invalid_request
 
@@ -83,8 +83,6 @@ def main(conn: Connection, env: dict[str, str] | None = None) -> None:
         channel.send(Loaded(n_ctx=llm.n_ctx(), pid=os.getpid(), memory=capture.report().to_wire()))
         serve_embeddings(channel, LlamaEmbedder(llm))
     else:
-        from gateway.engine.prefixstore.key import llama_build
-
         slots = config.get("parallel", 1)
         saved = open_saved(config, backend, llama_build())
         memory = capture.report().to_wire()

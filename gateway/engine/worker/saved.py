@@ -130,6 +130,13 @@ class SavedPrefixes:
         return files, written
 
 
+def llama_build() -> str:
+    """This llama.cpp build, for the key: llama-cpp-python's version and its sequence-state format."""
+    import llama_cpp
+
+    return f"llama-cpp-python {llama_cpp.__version__}, state seq v{llama_cpp.LLAMA_STATE_SEQ_VERSION}"
+
+
 def open_saved(config: dict[str, Any], backend: Backend, build: str) -> SavedPrefixes | None:
     """The worker's prefixes on disk, as `config["prefix_store"]` says (None: not kept); `build`
     names the llama.cpp build, part of the key."""
