@@ -8,8 +8,8 @@ Each round, on the model loaded and warmed by a short unrelated request:
 - restored: question A answered, the model unloaded (it saves its prefixes) and loaded again, then
   question B: the system prompt's cells come from the store, only B is evaluated. Its answer must be
   the cold one's, token for token.
-Then once across a restart: A answered, the gateway stopped (SIGTERM) and started again on the same
-store, B timed. llama-server has no automatic equivalent: it saves and restores a slot only when asked
+Then once across a restart: the store emptied, A answered, the gateway stopped (SIGTERM: the worker
+saves) and started again on the same store, B timed. llama-server has no automatic equivalent: it saves and restores a slot only when asked
 (`POST /slots/{id}?action=save|restore`, with `--slot-save-path`), so it has no figure here.
 
 Run through `scripts/bench --prefix-store`; writes prefix_store.json and prefix_store.md into the
@@ -122,8 +122,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             restored_tokens = metric(url, "gateway_prefix_store_restored_tokens_total") - before
             restored.append(ttft)
             same.append(answer == reference)
-        ask(url, system, QUESTION_A)
         store_bytes = metric(url, "gateway_prefix_store_bytes")
+        for path in store.iterdir():  # what the restart finds is what SIGTERM saved
+            path.unlink()
+        ask(url, system, QUESTION_A)
     finally:
         server.stop()  # SIGTERM: the worker saves its prefixes
     server = start(tmp, store)

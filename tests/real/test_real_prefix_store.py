@@ -1,6 +1,7 @@
 """A prefix kept across unloads and restarts (`gateway.prefix_store`), on real llama.cpp: the KV cells
-of a ~2,000-token system prompt are written when SmolLM2 unloads (admin unload, then SIGTERM), and a
-later request that shares it gets them back from disk, with the greedy answer it got cold."""
+of a ~2,000-token system prompt are written when SmolLM2 unloads (admin unload; SIGTERM, the store
+emptied first), and a later request that shares it gets them back from disk, with the greedy answer
+it got cold."""
 
 from __future__ import annotations
 
@@ -72,7 +73,9 @@ def test_a_shared_prefix_outlives_an_unload_and_a_restart(fresh_server: Any, tmp
     count, tokens = restored(server)
     assert count == 1 and tokens > 1500
     assert answer == cold
-    server.stop()  # SIGTERM: B's prompt shares the stored prefix, which is refreshed, not written again
+    for path in store.glob("*.kv"):
+        path.unlink()
+    server.stop()  # SIGTERM: the worker saves what it holds (B's prompt and answer) before it exits
     assert len(list(store.glob("*.kv"))) == 1
     again = fresh_server(config(store))
     answer, _ = ask(again, QUESTION_B)
