@@ -149,6 +149,7 @@ class ResponsesRequest(Strict):
     user: str | None = None
     truncation: Literal["auto", "disabled"] | None = None
     reasoning: ReasoningConfig | None = None
+    service_tier: Literal["auto", "default", "flex", "priority"] | None = None
     # Only the (absent) encrypted reasoning may be asked for: nothing is encrypted, so none is sent.
     include: list[Literal["reasoning.encrypted_content"]] | None = None
 
@@ -359,4 +360,6 @@ def to_chat(request: ResponsesRequest, history: list[dict[str, Any]]) -> ChatCom
         chat["response_format"] = response_format
     if request.user:
         chat["user"] = request.user
+    if request.service_tier:
+        chat["service_tier"] = request.service_tier
     return validate(ChatCompletionRequest, chat)
