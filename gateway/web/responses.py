@@ -14,14 +14,9 @@ from starlette.responses import JSONResponse, Response
 from gateway.dialects.common import load_json
 from gateway.dialects.responses import reply
 from gateway.dialects.responses.events import ResponseEvents
+from gateway.dialects.responses.input import kept_messages
 from gateway.dialects.responses.items import kept_items, page
-from gateway.dialects.responses.request import (
-    ResponsesRequest,
-    input_messages,
-    kept_messages,
-    parse_responses_data,
-    to_chat,
-)
+from gateway.dialects.responses.request import ResponsesRequest, input_messages, parse_responses_data, to_chat
 from gateway.errors import GatewayError, invalid_request
 from gateway.serving import run
 from gateway.serving.plan import plan_local_chat
