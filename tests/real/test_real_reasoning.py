@@ -176,7 +176,7 @@ def test_with_no_budget_the_answers_reserve_closes_the_block(client: OpenAI, cla
     answer = claude.messages.create(
         model="unbudgeted", max_tokens=40, messages=STORY, thinking=adaptive, extra_body=GREEDY
     )
-    assert [block.type for block in answer.content] == ["thinking", "text"] and answer.stop_reason == "max_tokens"
+    assert [block.type for block in answer.content] == ["thinking", "text"]
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
