@@ -7,7 +7,9 @@ and the unused part is given back. Limits are read from the key on every admissi
 changes them applies at once, while requests already admitted keep their reservation.
 
 `Counters` is where the windows live: in this process (`LocalCounters`), or in Redis
-(`access.shared.SharedCounters`) so that replicas enforce one limit."""
+(`access.shared.SharedCounters`) so that replicas enforce one limit. With Redis the quota is counted
+there too (`access.quotas`), reservations included, so replicas cannot pass it together; the ledger
+seeds that counter and is the fallback while Redis is away."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from gateway.access.keys import Principal
+from gateway.access.quotas import SharedQuotas
 from gateway.errors import RATE_LIMIT, GatewayError
 
 log = logging.getLogger(__name__)
@@ -164,6 +167,7 @@ class Ticket:
     reserved: int
     counter_ticket: str | None
     headers: list[tuple[str, str]]
+    quota_counter: str | None = None  # the shared quota counter holding the reservation
 
 
 @dataclass
@@ -171,6 +175,18 @@ class Admission:
     ticket: Ticket | None
     error: GatewayError | None
     headers: list[tuple[str, str]]
+
+
+def _quota_error(principal: Principal, used: int, tokens: int, end: float) -> GatewayError:
+    assert principal.quota is not None
+    reset = datetime.datetime.fromtimestamp(end, datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return GatewayError(
+        429,
+        f"You exceeded your current quota: key '{principal.key_id}' may use {principal.quota.tokens} tokens per "
+        f"{principal.quota.per} ({used} used or reserved, this request may take {tokens}); it resets at {reset}.",
+        type="insufficient_quota",
+        code="insufficient_quota",
+    )
 
 
 def duration(seconds: float) -> str:
@@ -209,8 +225,10 @@ class Limiter:
         used_since: UsedSince | None = None,
         wall: Callable[[], float] = time.time,
         clock: Callable[[], float] = time.monotonic,
+        quotas: SharedQuotas | None = None,
     ) -> None:
         self.counters: Counters = counters or LocalCounters(clock)
+        self.quotas = quotas
         self._used_since = used_since
         self._wall = wall
         self._clock = clock
@@ -236,25 +254,34 @@ class Limiter:
     async def admit(self, principal: Principal, tokens: int) -> Admission:
         """Admit a request that may cost `tokens`, or say which limit it is over."""
         key = principal.key_id
-        if principal.quota is not None:
-            used, end = await self._quota_used(key, principal.quota.per)
-            if used + tokens > principal.quota.tokens:
-                reset = datetime.datetime.fromtimestamp(end, datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-                error = GatewayError(
-                    429,
-                    f"You exceeded your current quota: key '{key}' may use {principal.quota.tokens} tokens per "
-                    f"{principal.quota.per} ({used} used or reserved, this request may take {tokens}); "
-                    f"it resets at {reset}.",
-                    type="insufficient_quota",
-                    code="insufficient_quota",
+        counter = None
+        if (quota := principal.quota) is not None:
+            start, end = period_bounds(quota.per, self._wall())
+            shared = None
+            if self.quotas is not None:
+                shared = await self.quotas.reserve(
+                    key, start, end, quota.tokens, tokens, lambda: self._seed(key, quota.per)
                 )
-                return Admission(None, error, [])
+            if shared is not None:
+                used, fits, counter = shared.used, shared.ok, shared.counter if shared.ok else None
+            else:  # no Redis (or it is away): the ledger's total and this process's reservations
+                used, end = await self._quota_used(key, quota.per)
+                fits = used + tokens <= quota.tokens
+            if not fits:
+                return Admission(None, _quota_error(principal, used, tokens, end), [])
         taken = await self.counters.take(key, principal.rpm, principal.tpm, tokens)
         headers = _headers(principal, taken)
         if taken.ticket is None:
+            if counter is not None and self.quotas is not None:
+                self.quotas.settle(counter, -tokens)  # not admitted after all
             return Admission(None, self._rate_error(principal, tokens, taken.wait), headers)
         self._reserved[key] += tokens
-        return Admission(Ticket(key, tokens, taken.ticket, headers), None, headers)
+        return Admission(Ticket(key, tokens, taken.ticket, headers, counter), None, headers)
+
+    async def _seed(self, key_id: str, per: str) -> int:
+        """A new shared quota counter starts from the ledger's total (with this process's use since
+        and its reservations under way, which settle into that counter)."""
+        return (await self._quota_used(key_id, per))[0]
 
     def _rate_error(self, principal: Principal, tokens: int, wait: float) -> GatewayError:
         if math.isinf(wait):
@@ -273,6 +300,8 @@ class Limiter:
     def settle(self, ticket: Ticket, tokens: int) -> None:
         """The request has ended having used `tokens`: the reservation becomes that."""
         self._reserved[ticket.key_id] -= ticket.reserved
+        if ticket.quota_counter is not None and self.quotas is not None:
+            self.quotas.settle(ticket.quota_counter, tokens - ticket.reserved)
         if ticket.counter_ticket is not None:
             self.counters.settle(ticket.key_id, ticket.counter_ticket, tokens)
         self.spent(ticket.key_id, tokens)

@@ -1,0 +1,79 @@
+"""Quota counters in Redis, so that replicas admitting at the same moment cannot pass a key's quota
+together (`gateway.shared_limits`).
+
+One counter per key and period (`<prefix>:<key>:quota:<period start>`): the tokens used and reserved
+in that period over every replica. A request reserves its estimate atomically (only when it fits) and
+settles to what it used when it ends. An absent counter (a new period, Redis restarted or flushed) is
+seeded from the usage ledger, which stays the truth; it expires at the end of its period. While
+Redis cannot be reached, `reserve` answers None and the limiter counts as without Redis."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from gateway.access.link import RedisLink
+
+# KEYS: the counter. ARGV: limit, tokens, seed (-1: none given), expiry (epoch ms).
+# Returns {1 (reserved) | 0 (over the limit) | -1 (absent: seed it), used and reserved after}.
+_RESERVE = """
+local used = redis.call('GET', KEYS[1])
+if not used then
+  if tonumber(ARGV[3]) < 0 then return {-1, 0} end
+  redis.call('SET', KEYS[1], ARGV[3], 'NX')
+  redis.call('PEXPIREAT', KEYS[1], ARGV[4])
+  used = redis.call('GET', KEYS[1])
+end
+used = tonumber(used)
+local tokens = tonumber(ARGV[2])
+if used + tokens > tonumber(ARGV[1]) then return {0, used} end
+return {1, redis.call('INCRBY', KEYS[1], tokens)}
+"""
+
+# A counter that expired (its period ended) or was flushed is not brought back by a late settle.
+_SETTLE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('INCRBY', KEYS[1], ARGV[1]) end
+return 0
+"""
+
+
+@dataclass(frozen=True)
+class Reserved:
+    """What `reserve` said: `ok` (the tokens are reserved in `counter`) and the period's tokens used
+    and reserved (after this request when ok)."""
+
+    ok: bool
+    used: int
+    counter: str
+
+
+class SharedQuotas:
+    def __init__(self, link: RedisLink) -> None:
+        self._link = link
+        self._reserve = link.redis.register_script(_RESERVE)
+        self._settle = link.redis.register_script(_SETTLE)
+
+    async def reserve(
+        self, key_id: str, start: float, end: float, limit: int, tokens: int, seed: Callable[[], Awaitable[int]]
+    ) -> Reserved | None:
+        """Reserve `tokens` of the key's quota for the period [start, end) if they fit; `seed` reads
+        the ledger's total for an absent counter. None: Redis cannot be reached."""
+        if not self._link.available:
+            return None
+        counter = self._link.key(key_id, f"quota:{int(start)}")
+        args = [limit, tokens, -1, int(end * 1000)]
+        try:
+            verdict, used = await self._reserve(keys=[counter], args=args)
+            if verdict == -1:
+                args[2] = max(0, await seed())  # (seed answers from memory when the ledger is away)
+                verdict, used = await self._reserve(keys=[counter], args=args)
+        except Exception as exc:
+            self._link.failed(exc)
+            return None
+        self._link.answered()
+        return Reserved(verdict == 1, int(used), counter)
+
+    def settle(self, counter: str, delta: int) -> None:
+        """Correct a reservation by `delta` tokens (what was used less what was reserved)."""
+        if delta:
+            self._link.in_background(self._settle(keys=[counter], args=[delta]))
