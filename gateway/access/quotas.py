@@ -5,10 +5,13 @@ One counter per key and period (`<prefix>:<key>:quota:<period start>`): the toke
 in that period over every replica. A request reserves its estimate atomically (only when it fits) and
 settles to what it used when it ends. An absent counter (a new period, Redis restarted or flushed) is
 seeded from the usage ledger, which stays the truth; it expires at the end of its period. While
-Redis cannot be reached, `reserve` answers None and the limiter counts as without Redis."""
+Redis cannot be reached, `reserve` answers None and the limiter counts as without Redis; the settles
+Redis missed meanwhile are applied when it answers again, before the next reservation (to counters
+that still exist: one that Redis lost is seeded afresh from the ledger, which has those requests)."""
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -37,6 +40,9 @@ return 0
 """
 
 
+MISSED_MAX = 100_000  # settles kept while Redis is away (the oldest go beyond)
+
+
 @dataclass(frozen=True)
 class Reserved:
     """What `reserve` said: `ok` (the tokens are reserved in `counter`) and the period's tokens used
@@ -52,6 +58,7 @@ class SharedQuotas:
         self._link = link
         self._reserve = link.redis.register_script(_RESERVE)
         self._settle = link.redis.register_script(_SETTLE)
+        self._missed: collections.deque[tuple[str, int]] = collections.deque(maxlen=MISSED_MAX)
 
     async def reserve(
         self, key_id: str, start: float, end: float, limit: int, tokens: int, seed: Callable[[], Awaitable[int]]
@@ -63,6 +70,9 @@ class SharedQuotas:
         counter = self._link.key(key_id, f"quota:{int(start)}")
         args = [limit, tokens, -1, int(end * 1000)]
         try:
+            while self._missed:
+                await self._settle(keys=[self._missed[0][0]], args=[self._missed[0][1]])
+                self._missed.popleft()
             verdict, used = await self._reserve(keys=[counter], args=args)
             if verdict == -1:
                 args[2] = max(0, await seed())  # (seed answers from memory when the ledger is away)
@@ -76,4 +86,11 @@ class SharedQuotas:
     def settle(self, counter: str, delta: int) -> None:
         """Correct a reservation by `delta` tokens (what was used less what was reserved)."""
         if delta:
-            self._link.in_background(self._settle(keys=[counter], args=[delta]))
+            self._link.in_background(self._apply(counter, delta))
+
+    async def _apply(self, counter: str, delta: int) -> None:
+        try:
+            await self._settle(keys=[counter], args=[delta])
+        except Exception:
+            self._missed.append((counter, delta))  # applied when Redis answers again
+            raise

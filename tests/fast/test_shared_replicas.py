@@ -9,6 +9,7 @@ import asyncio
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,13 @@ import psycopg
 import pytest
 from starlette.testclient import TestClient
 
+from gateway.access.keys import Principal
 from gateway.access.leases import SharedLeases
+from gateway.access.limits import Limiter, period_bounds
 from gateway.access.link import RedisLink
+from gateway.access.quotas import SharedQuotas
+from gateway.access.shared import SharedCounters
+from gateway.config.settings import Quota
 from gateway.testing.fakellama import FakeScript
 from tests.fast.test_shared_state import (
     ADMIN_AUTH,
@@ -105,10 +111,57 @@ def test_quota_reservations_are_shared_so_replicas_cannot_overshoot(
         assert eventually(lambda: requests_in_ledger(a) == 2)
 
 
+def test_quota_counter_gives_back_what_a_refused_or_settled_request_reserved(redis_key_prefix: str) -> None:
+    """Against the shared counter: a request the rate limit refuses keeps no reservation; a settle that
+    Redis missed (away) is applied when it answers again, before the next reservation."""
+    proxy = TcpProxy(("127.0.0.1", 6379))
+
+    async def run() -> None:
+        link = RedisLink(f"redis://127.0.0.1:{proxy.port}/0", prefix=redis_key_prefix, retry=0.1)
+        quotas = SharedQuotas(link)
+
+        async def ledger_total(key_id: str = "q", since: float = 0.0) -> int:
+            return 5  # what the usage ledger has of the key this period
+
+        limiter = Limiter(SharedCounters(link), used_since=ledger_total, quotas=quotas)
+        key = Principal("q", None, rpm=1, quota=Quota(tokens=100, per="day"))
+
+        start, end = period_bounds("day", time.time())
+        counter = link.key("q", f"quota:{int(start)}")
+        admitted = await limiter.admit(key, 40)
+        assert admitted.ticket is not None and await link.redis.get(counter) == b"45"  # seeded: 5 + 40
+        refused = await limiter.admit(key, 40)
+        assert refused.error is not None and refused.error.code == "rate_limit_exceeded"
+        for _ in range(100):  # its 40 given back (in the background)
+            if await link.redis.get(counter) == b"45":
+                break
+            await asyncio.sleep(0.05)
+        assert await link.redis.get(counter) == b"45"
+        proxy.cut()
+        limiter.settle(admitted.ticket, 10)  # used 10 of the 40: Redis misses it
+        while link.healthy:
+            await asyncio.sleep(0.05)
+        proxy.restore()
+        await asyncio.sleep(0.2)  # past the retry delay
+        again = await quotas.reserve("q", start, end, 100, 1, ledger_total)
+        assert again is not None and again.ok and again.used == 5 + 10 + 1
+        await link.close()
+
+    try:
+        asyncio.run(run())
+    finally:
+        proxy.close()
+
+
 HOLDER = """
 import asyncio, sys
+from gateway.access.keys import Principal
 from gateway.access.leases import SharedLeases
+from gateway.access.limits import Limiter, period_bounds
 from gateway.access.link import RedisLink
+from gateway.access.quotas import SharedQuotas
+from gateway.access.shared import SharedCounters
+from gateway.config.settings import Quota
 
 async def main():
     leases = SharedLeases(RedisLink(sys.argv[1], prefix=sys.argv[2]), ttl=1.0)
