@@ -164,7 +164,7 @@ from gateway.access.shared import SharedCounters
 from gateway.config.settings import Quota
 
 async def main():
-    leases = SharedLeases(RedisLink(sys.argv[1], prefix=sys.argv[2]), ttl=1.0)
+    leases = SharedLeases(RedisLink(sys.argv[1], prefix=sys.argv[2]), ttl=2.0)
     assert await leases.acquire("k", 1)
     print("held", flush=True)
     await asyncio.sleep(3600)
@@ -174,7 +174,7 @@ asyncio.run(main())
 
 
 def test_leases_of_a_killed_replica_expire(redis_key_prefix: str) -> None:
-    """A process holds the key's one lease, kept alive by its heartbeat past the lease's 1 s; SIGKILLed,
+    """A process holds the key's one lease, kept alive by its heartbeat past the lease's 2 s; SIGKILLed,
     its lease expires and another replica's request runs."""
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLDER, REDIS, redis_key_prefix], stdout=subprocess.PIPE, text=True
@@ -184,9 +184,9 @@ def test_leases_of_a_killed_replica_expire(redis_key_prefix: str) -> None:
 
         async def other_replica() -> None:
             link = RedisLink(REDIS, prefix=redis_key_prefix)
-            leases = SharedLeases(link, ttl=1.0, poll=0.1)
-            with pytest.raises(TimeoutError):  # still held after two of its lifetimes: the heartbeat renews it
-                await asyncio.wait_for(leases.acquire("k", 1), 2.0)
+            leases = SharedLeases(link, ttl=2.0, poll=0.1)
+            with pytest.raises(TimeoutError):  # still held past its lifetime: the heartbeat renews it
+                await asyncio.wait_for(leases.acquire("k", 1), 3.0)
             holder.kill()
             holder.wait()
             lease = await asyncio.wait_for(leases.acquire("k", 1), 10)
