@@ -14,7 +14,6 @@ seeds that counter and is the fallback while Redis is away."""
 from __future__ import annotations
 
 import collections
-import datetime
 import logging
 import math
 import time
@@ -23,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from gateway.access.keys import Principal
-from gateway.access.quotas import SharedQuotas
+from gateway.access.quotas import SharedQuotas, period_bounds, quota_error
 from gateway.errors import RATE_LIMIT, GatewayError
 
 log = logging.getLogger(__name__)
@@ -131,20 +130,6 @@ class LocalCounters:
             entry[1] = float(tokens)
 
 
-def period_bounds(per: str, now: float) -> tuple[float, float]:
-    """The UTC calendar period (day, week from Monday, month) around `now`, as epoch seconds."""
-    today = datetime.datetime.fromtimestamp(now, datetime.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    if per == "day":
-        start, end = today, today + datetime.timedelta(days=1)
-    elif per == "week":
-        start = today - datetime.timedelta(days=today.weekday())
-        end = start + datetime.timedelta(days=7)
-    else:
-        start = today.replace(day=1)
-        end = (start + datetime.timedelta(days=32)).replace(day=1)
-    return start.timestamp(), end.timestamp()
-
-
 @dataclass
 class _Book:
     """A key's quota in the current period: the ledger's total when last read, plus what this process
@@ -175,18 +160,6 @@ class Admission:
     ticket: Ticket | None
     error: GatewayError | None
     headers: list[tuple[str, str]]
-
-
-def _quota_error(principal: Principal, used: int, tokens: int, end: float) -> GatewayError:
-    assert principal.quota is not None
-    reset = datetime.datetime.fromtimestamp(end, datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    return GatewayError(
-        429,
-        f"You exceeded your current quota: key '{principal.key_id}' may use {principal.quota.tokens} tokens per "
-        f"{principal.quota.per} ({used} used or reserved, this request may take {tokens}); it resets at {reset}.",
-        type="insufficient_quota",
-        code="insufficient_quota",
-    )
 
 
 def duration(seconds: float) -> str:
@@ -268,7 +241,7 @@ class Limiter:
                 used, end = await self._quota_used(key, quota.per)
                 fits = used + tokens <= quota.tokens
             if not fits:
-                return Admission(None, _quota_error(principal, used, tokens, end), [])
+                return Admission(None, quota_error(principal, used, tokens, end), [])
         taken = await self.counters.take(key, principal.rpm, principal.tpm, tokens)
         headers = _headers(principal, taken)
         if taken.ticket is None:

@@ -7,15 +7,20 @@ settles to what it used when it ends. An absent counter (a new period, Redis res
 seeded from the usage ledger, which stays the truth; it expires at the end of its period. While
 Redis cannot be reached, `reserve` answers None and the limiter counts as without Redis; the settles
 Redis missed meanwhile are applied when it answers again, before the next reservation (to counters
-that still exist: one that Redis lost is seeded afresh from the ledger, which has those requests)."""
+that still exist: one that Redis lost is seeded afresh from the ledger, which has those requests).
+
+The periods (`period_bounds`) and the refusal (`quota_error`) are the limiter's too, with or without Redis."""
 
 from __future__ import annotations
 
 import collections
+import datetime
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from gateway.access.keys import Principal
 from gateway.access.link import RedisLink
+from gateway.errors import GatewayError
 
 # KEYS: the counter. ARGV: limit, tokens, seed (-1: none given), expiry (epoch ms).
 # Returns {1 (reserved) | 0 (over the limit) | -1 (absent: seed it), used and reserved after}.
@@ -38,6 +43,33 @@ _SETTLE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('INCRBY', KEYS[1], ARGV[1]) end
 return 0
 """
+
+
+def period_bounds(per: str, now: float) -> tuple[float, float]:
+    """The UTC calendar period (day, week from Monday, month) around `now`, as epoch seconds."""
+    today = datetime.datetime.fromtimestamp(now, datetime.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    if per == "day":
+        start, end = today, today + datetime.timedelta(days=1)
+    elif per == "week":
+        start = today - datetime.timedelta(days=today.weekday())
+        end = start + datetime.timedelta(days=7)
+    else:
+        start = today.replace(day=1)
+        end = (start + datetime.timedelta(days=32)).replace(day=1)
+    return start.timestamp(), end.timestamp()
+
+
+def quota_error(principal: Principal, used: int, tokens: int, end: float) -> GatewayError:
+    """429 insufficient_quota: what the key may use, what is used or reserved, when it resets."""
+    assert principal.quota is not None
+    reset = datetime.datetime.fromtimestamp(end, datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return GatewayError(
+        429,
+        f"You exceeded your current quota: key '{principal.key_id}' may use {principal.quota.tokens} tokens per "
+        f"{principal.quota.per} ({used} used or reserved, this request may take {tokens}); it resets at {reset}.",
+        type="insufficient_quota",
+        code="insufficient_quota",
+    )
 
 
 MISSED_MAX = 100_000  # settles kept while Redis is away (the oldest go beyond)
