@@ -68,6 +68,9 @@ def test_two_gateways_share_state_and_survive_its_outage(tmp_path: Path, pg_sche
     a = GatewayServer(config, tmp_path / "a")
     b = GatewayServer(config, tmp_path / "b")
     try:
+        for server in (a, b):  # loaded first: the key's requests below fall within one minute on a busy machine
+            load = f"{server.base_url}/admin/models/smollm2/load"
+            assert httpx.post(load, headers={"authorization": f"Bearer {ADMIN}"}, timeout=CLIENT_TIMEOUT).is_success
         ca, cb = (
             OpenAI(base_url=f"{s.base_url}/v1", api_key=KEY, max_retries=0, timeout=CLIENT_TIMEOUT) for s in (a, b)
         )
