@@ -69,7 +69,8 @@ class SharedLeases:
 
     async def acquire(self, key_id: str, limit: int) -> str | None:
         """Wait until the key holds fewer than `limit` leases over all replicas and take one: its id,
-        or None while Redis cannot be reached (the replica counts on its own). Cancelled, it takes none."""
+        or None while Redis cannot be reached (the replica counts on its own). Cancelled, it keeps none
+        (a lease Redis gave just as the wait was cancelled is not renewed: it expires after `ttl`)."""
         lease = uuid.uuid4().hex
         while self._link.available:
             ended = self._ended.setdefault(key_id, asyncio.Event())
