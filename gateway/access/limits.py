@@ -139,6 +139,7 @@ class _Book:
     ledger: int = 0
     local: int = 0
     read_at: float = -math.inf
+    read: bool = False  # the ledger's total was read at least once this period
 
 
 UsedSince = Callable[[str, float], Awaitable[int]]
@@ -221,7 +222,7 @@ class Limiter:
                 log.warning("quota of key %s: cannot read the usage ledger (%s); counting locally", key_id, exc)
                 book.read_at = now
             else:
-                book = self._books[key_id] = _Book(start, total, 0, now)
+                book = self._books[key_id] = _Book(start, total, 0, now, True)
         return book.ledger + book.local + self._reserved[key_id], end
 
     async def admit(self, principal: Principal, tokens: int) -> Admission:
@@ -251,10 +252,14 @@ class Limiter:
         self._reserved[key] += tokens
         return Admission(Ticket(key, tokens, taken.ticket, headers, counter), None, headers)
 
-    async def _seed(self, key_id: str, per: str) -> int:
+    async def _seed(self, key_id: str, per: str) -> int | None:
         """A new shared quota counter starts from the ledger's total (with this process's use since
-        and its reservations under way, which settle into that counter)."""
-        return (await self._quota_used(key_id, per))[0]
+        and its reservations under way, which settle into that counter); None while that total is
+        unknown (the ledger unreachable since the period began here): no counter is better than a
+        counter that forgot the period's use."""
+        used, _ = await self._quota_used(key_id, per)
+        book = self._books[key_id]
+        return used if book.read or self._used_since is None else None
 
     def _rate_error(self, principal: Principal, tokens: int, wait: float) -> GatewayError:
         if math.isinf(wait):

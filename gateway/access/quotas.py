@@ -93,10 +93,11 @@ class SharedQuotas:
         self._missed: collections.deque[tuple[str, int]] = collections.deque(maxlen=MISSED_MAX)
 
     async def reserve(
-        self, key_id: str, start: float, end: float, limit: int, tokens: int, seed: Callable[[], Awaitable[int]]
+        self, key_id: str, start: float, end: float, limit: int, tokens: int, seed: Callable[[], Awaitable[int | None]]
     ) -> Reserved | None:
         """Reserve `tokens` of the key's quota for the period [start, end) if they fit; `seed` reads
-        the ledger's total for an absent counter. None: Redis cannot be reached."""
+        the ledger's total for an absent counter (None: unknown). None: Redis cannot be reached, or
+        the counter is absent and cannot be seeded."""
         if not self._link.available:
             return None
         counter = self._link.key(key_id, f"quota:{int(start)}")
@@ -106,12 +107,19 @@ class SharedQuotas:
                 await self._settle(keys=[self._missed[0][0]], args=[self._missed[0][1]])
                 self._missed.popleft()
             verdict, used = await self._reserve(keys=[counter], args=args)
-            if verdict == -1:
-                args[2] = max(0, await seed())  # (seed answers from memory when the ledger is away)
-                verdict, used = await self._reserve(keys=[counter], args=args)
         except Exception as exc:
             self._link.failed(exc)
             return None
+        if verdict == -1:
+            total = await seed()
+            if total is None:  # the ledger cannot say what the period used: count as without Redis
+                return None
+            args[2] = max(0, total)
+            try:
+                verdict, used = await self._reserve(keys=[counter], args=args)
+            except Exception as exc:
+                self._link.failed(exc)
+                return None
         self._link.answered()
         return Reserved(verdict == 1, int(used), counter)
 

@@ -153,6 +153,26 @@ def test_quota_counter_gives_back_what_a_refused_or_settled_request_reserved(red
         proxy.close()
 
 
+def test_quota_counter_is_not_seeded_while_the_ledger_cannot_be_read(redis_key_prefix: str) -> None:
+    """A counter seeded without the period's use would hand the key a fresh quota until the period
+    ends: while the ledger is away, the replica counts as without Redis and leaves the counter absent."""
+
+    async def run() -> None:
+        link = RedisLink(REDIS, prefix=redis_key_prefix)
+
+        async def ledger_away(key_id: str, since: float) -> int:
+            raise ConnectionError("the store is unreachable")
+
+        limiter = Limiter(SharedCounters(link), used_since=ledger_away, quotas=SharedQuotas(link))
+        key = Principal("u", None, rpm=None, quota=Quota(tokens=100, per="day"))
+        admitted = await limiter.admit(key, 40)
+        assert admitted.ticket is not None and admitted.ticket.quota_counter is None
+        assert await link.redis.keys(f"{redis_key_prefix}:u:quota:*") == [] and link.healthy
+        await link.close()
+
+    asyncio.run(run())
+
+
 HOLDER = """
 import asyncio, sys
 from gateway.access.keys import Principal
