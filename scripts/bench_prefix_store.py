@@ -9,8 +9,9 @@ Each round, on the model loaded and warmed by a short unrelated request:
   question B: the system prompt's cells come from the store, only B is evaluated. Its answer must be
   the cold one's, token for token.
 Then once across a restart: the store emptied, A answered, the gateway stopped (SIGTERM: the worker
-saves) and started again on the same store, B timed. llama-server has no automatic equivalent: it saves and restores a slot only when asked
-(`POST /slots/{id}?action=save|restore`, with `--slot-save-path`), so it has no figure here.
+saves) and started again on the same store, B timed. llama-server has no automatic equivalent: it
+saves and restores a slot only when asked (`POST /slots/{id}?action=save|restore`, with
+`--slot-save-path`), so it has no figure here.
 
 Run through `scripts/bench --prefix-store`; writes prefix_store.json and prefix_store.md into the
 output folder.

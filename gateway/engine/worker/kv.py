@@ -53,6 +53,10 @@ class KvLedger:
         self._segments.pop(seq, None)
         self._own.pop(seq, None)
 
+    def seqs(self) -> list[int]:
+        """Sequences holding cells."""
+        return list(self._segments)
+
     def used(self, seqs: set[int] | None = None) -> int:
         """Cells held by every sequence, or by those in `seqs`."""
         held: dict[int, int] = {}
@@ -76,10 +80,12 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 class PrefixCache:
     """Finished sequences kept in the pool, least recently used first: a new prompt that begins with
     one's tokens copies those cells instead of recomputing them. Cached cells are reclaimable: the
-    loop evicts entries whenever a request needs room or a sequence id."""
+    loop evicts entries whenever a request needs room or a sequence id. Each entry counts the requests
+    that took cells from it and the longest prefix one took (what is worth keeping on disk: saved.py)."""
 
     def __init__(self) -> None:
         self._entries: OrderedDict[int, list[int]] = OrderedDict()  # seq -> tokens in its cells
+        self._uses: dict[int, tuple[int, int]] = {}  # seq -> (requests that took cells, the longest prefix taken)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -90,9 +96,12 @@ class PrefixCache:
     def add(self, seq: int, tokens: list[int]) -> list[int]:
         """Cache `seq`; returns the entries made redundant (their tokens are a prefix of these)."""
         redundant = [s for s, cached in self._entries.items() if common_prefix(cached, tokens) == len(cached)]
+        hits = 0
         for s in redundant:
             del self._entries[s]
+            hits += self._uses.pop(s, (0, 0))[0]  # their uses are this one's: it covers them
         self._entries[seq] = tokens
+        self._uses[seq] = (hits, 0)
         return redundant
 
     def best(self, prompt: Sequence[int]) -> tuple[int | None, int]:
@@ -107,8 +116,19 @@ class PrefixCache:
     def touch(self, seq: int) -> None:
         self._entries.move_to_end(seq)
 
+    def used(self, seq: int, n: int) -> None:
+        """A request took the entry's first `n` cells."""
+        hits, shared = self._uses.get(seq, (0, 0))
+        self._uses[seq] = (hits + 1, max(shared, n))
+        self._entries.move_to_end(seq)
+
+    def entries(self) -> list[tuple[int, list[int], int, int]]:
+        """(sequence, tokens, requests that took cells, the longest prefix taken), oldest first."""
+        return [(seq, tokens, *self._uses.get(seq, (0, 0))) for seq, tokens in self._entries.items()]
+
     def oldest(self, keep: int | None = None) -> int | None:
         return next((s for s in self._entries if s != keep), None)
 
     def remove(self, seq: int) -> None:
         self._entries.pop(seq, None)
+        self._uses.pop(seq, None)
