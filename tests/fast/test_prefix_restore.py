@@ -107,6 +107,21 @@ def test_no_restore_without_room_for_it(tmp_path: Path) -> None:
     assert saved.restored == 0 and rec.finished(1) is not None
 
 
+def test_cached_prompts_make_room_for_a_restore(tmp_path: Path) -> None:
+    _, batch, _ = answered(tmp_path, f"{SYSTEM} first question")
+    saved_of(batch).save(batch.cached())
+    backend, batch, rec, saved = make(tmp_path, slots=1, n_ctx=96)
+    unrelated = " ".join(f"u{i}" for i in range(50))  # numbered after the system prompt's words
+    tokens = backend.tokenize(f"{SYSTEM} {unrelated}", True)[40:]
+    batch.submit(request(backend, 1, "", prompt=tokens, seed=None, limit=5))
+    run(batch, backend)
+    assert len(batch.pool.cache) == 1 and backend.used_cells() == 54
+    batch.submit(request(backend, 2, f"{SYSTEM} w0 w1", seed=None, limit=5))
+    run(batch, backend)  # 47 restored cells + 7 to evaluate and write, beside 54 cached: those go
+    assert saved.restored == 1 and batch.reused_tokens == 40
+    assert rec.text(2) == "tok0 tok1 tok2 tok3 tok4 "
+
+
 def test_what_is_saved_is_shared_once_and_bounded(tmp_path: Path) -> None:
     _, batch, _ = answered(tmp_path, f"{SYSTEM} one", f"{SYSTEM} two")
     cached = batch.cached()

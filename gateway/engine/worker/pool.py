@@ -97,13 +97,16 @@ class SequencePool:
         need = len(stored.tokens) + prompt - min(shared, prompt - 1) + request.n * request.limit
         if not self.fits_uncached(need, request.n + 1, running):
             return source, reused
-        cached_source = source in self.cache
+        evictable = source in self.cache
+        seq = None
         while self.committed(running) + need > self.cells or self.free_ids < request.n + 1:
-            self.evict_oldest()
-        seq = self._restore(stored)
+            if not self.evict_oldest():  # fits_uncached said it would fit: never, but never a loop either
+                break
+        else:
+            seq = self._restore(stored)
         if seq is not None:
             return seq, shared
-        return (None, 0) if cached_source and source not in self.cache else (source, reused)
+        return (None, 0) if evictable and source not in self.cache else (source, reused)
 
     def saveable(self, running: Iterable[Job]) -> list[Cached]:
         """What an unload may keep on disk: the cached prefixes, oldest first, then what running
