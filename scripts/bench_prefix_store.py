@@ -7,9 +7,10 @@ Each round, on the model loaded and warmed by a short unrelated request:
 - cold: the store emptied, the model unloaded and loaded again, then the system prompt with question B;
 - in memory: A answered, then B (the system prompt's cells from A's cached prompt), then A again;
 - restored: the model unloaded (it saves A's prompt and answer) and loaded again, then B: the system
-  prompt's cells come from the store, only B is evaluated. Its answer must be the in-memory one's,
-  token for token (same cells, the rest evaluated in the same batches); the cold answer may differ
-  where llama.cpp's arithmetic depends on the batch a token was evaluated in, as with any prefix reuse.
+  prompt's cells come from the store, only B is evaluated. Its answer is compared with the in-memory
+  one's and the cold one's: the cells are the saved ones bit for bit (tests/real/test_real_prefix_state.py),
+  but llama.cpp's CPU arithmetic depends on the batch a token was evaluated in and on where its cell
+  lies among the sequence's others, so answers may part after some tokens, as with any prefix reuse.
 Then once across a restart: the store emptied, the gateway stopped (SIGTERM: the worker saves B's
 prompt and answer) and started again on the same store, A timed (and its answer held to A's in
 memory). llama-server has no automatic equivalent: it saves and restores a slot only when asked
@@ -155,7 +156,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "restart_ttft": after_restart,
         "cold_all": cold,
         "restored_all": restored,
-        "same_answers": all(same),
+        "same_as_in_memory": sum(same),  # the rounds and the restart
         "same_as_cold": sum(same_as_cold),
     }
 
@@ -178,9 +179,9 @@ def markdown(r: dict[str, Any]) -> str:
             f"| {'yes' if ratio <= 0.2 else 'no'} |",
             f"| the same after a gateway restart (SIGTERM) / cold | {restart:.3f} "
             f"({r['restart_ttft'] * 1000:.0f} ms) | - | ≤ 0.2x | {'yes' if restart <= 0.2 else 'no'} |",
-            f"| greedy answers from the store equal to the same prefix kept in memory | "
-            f"{'yes' if r['same_answers'] else 'no'} | | all | {'yes' if r['same_answers'] else 'no'} |",
-            f"| ... and to the cold answer (whole prompt evaluated) | {r['same_as_cold']} of {rounds} | | | |",
+            f"| greedy answers (24 tokens) from the store equal to the prefix kept in memory | "
+            f"{r['same_as_in_memory']} of {rounds + 1} | | | |",
+            f"| ... equal to the cold answer (whole prompt evaluated) | {r['same_as_cold']} of {rounds} | | | |",
             "",
         ]
     )
