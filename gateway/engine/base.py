@@ -44,6 +44,9 @@ class GenerationParams:
     # A reasoning model's thinking: {"format": engine.reasoning name, "budget": tokens or None}.
     reasoning: dict[str, Any] | None = None
     template_kwargs: dict[str, Any] | None = None  # extra variables for the Jinja chat template
+    # The chat's images in order, one per media marker in its messages' text (gateway.images):
+    # {"digest": sha256 of the pixels, "width", "height", "rgb": width x height x 3 bytes}.
+    images: list[dict[str, Any]] | None = None
 
     def to_wire(self) -> dict[str, Any]:
         return asdict(self)

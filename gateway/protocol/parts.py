@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, model_validator
 
 from gateway import structured
+from gateway.images import MEDIA_MARKER
 from gateway.protocol import limits
 from gateway.protocol.validation import Strict
 
@@ -82,11 +83,12 @@ class Message(Strict):
         return message
 
     def text(self) -> str:
+        """The text parts; an image part is the media marker the worker's projector puts it in at."""
         if self.content is None:
             return ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(part.text for part in self.content if isinstance(part, TextPart))
+        return "".join(part.text if isinstance(part, TextPart) else MEDIA_MARKER for part in self.content)
 
     def image_parts(self) -> list[tuple[int, ImagePart]]:
         """The image parts with their index in `content`."""

@@ -40,6 +40,7 @@ from gateway.engine.worker.batch import Batch
 from gateway.engine.worker.embedding import LlamaEmbedder, load_embedding, serve_embeddings
 from gateway.engine.worker.load import load
 from gateway.engine.worker.logcapture import LogCapture, failure_message
+from gateway.engine.worker.media import check_images, text_tokens
 from gateway.engine.worker.prompt import Render
 from gateway.engine.worker.sampling import logit_bias
 from gateway.engine.worker.sequences import Request, Thinking
@@ -192,10 +193,11 @@ class Worker:
     def _validate(self, request_id: int, params: GenerationParams) -> Request:
         """Everything that can be the client's fault, decided before `Started` (and the HTTP 200)."""
         backend = self._backend
-        prompt, template_stops = self._render(params)
+        prompt, template_stops, images = self._render(params)
         room = (backend.n_ctx - len(prompt)) // params.n
         if room <= 0:
             raise context_length_exceeded(len(prompt), backend.n_ctx, "messages" if params.prompt is None else "prompt")
+        check_images(images, len(prompt), backend.n_batch)
         settings = SamplerSettings(
             temperature=params.temperature,
             top_p=params.top_p,
@@ -219,6 +221,7 @@ class Worker:
             delta_interval=params.delta_interval,
             top_logprobs=params.top_logprobs if params.logprobs else None,
             thinking=self._thinking(params, prompt),
+            images=images,
         )
 
     def _thinking(self, params: GenerationParams, prompt: list[int]) -> Thinking | None:
@@ -227,7 +230,7 @@ class Worker:
         if spec is None or params.prompt is not None:
             return None
         fmt = FORMATS[spec["format"]]
-        opened = opens_block(fmt, self._backend.detokenize(prompt[-16:]))
+        opened = opens_block(fmt, self._backend.detokenize(text_tokens(prompt[-16:])))
         close = tuple(self._backend.tokenize(fmt.close, False))
         return Thinking(fmt.name, spec.get("budget"), opened, close)
 
