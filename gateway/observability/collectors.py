@@ -40,6 +40,8 @@ class ModelState:
     keys: tuple[KeyLoad, ...] = ()
     preemptions: int = 0  # batch requests paused for interactive ones, since start
     replayed_tokens: int = 0  # recomputed for paused requests whose cells were given away (since the worker loaded)
+    image_encodes: int = 0  # images run through the vision projector (since the worker loaded)
+    image_cache_hits: int = 0  # images whose encoding came from the worker's cache instead
 
 
 @dataclass(frozen=True)
@@ -156,6 +158,7 @@ def _batch_gauges(models: list[ModelState]) -> Iterator[Metric]:
         labels=["model"],
     )
     yield from _priority_gauges(models)
+    yield from _image_counters(models)
     for m in models:
         reused.add_metric([m.model], m.reused_tokens)
         running.add_metric([m.model], m.batch_running)
@@ -197,6 +200,24 @@ class StoreCollector(Collector):
         yield CounterMetricFamily(
             "gateway_usage_rows_dropped", "usage rows lost because the spill was full", value=figures.usage_dropped
         )
+
+
+def _image_counters(models: list[ModelState]) -> Iterator[Metric]:
+    """The vision projector's work: images encoded, and those the worker's encode cache spared it."""
+    encodes = CounterMetricFamily(
+        "gateway_image_encodes",
+        "images run through a model's vision projector (since the worker loaded)",
+        labels=["model"],
+    )
+    hits = CounterMetricFamily(
+        "gateway_image_cache_hits",
+        "images whose encoding the worker had kept from an earlier request (model.image_cache), since it loaded",
+        labels=["model"],
+    )
+    for m in models:
+        encodes.add_metric([m.model], m.image_encodes)
+        hits.add_metric([m.model], m.image_cache_hits)
+    yield from (encodes, hits)
 
 
 def _priority_gauges(models: list[ModelState]) -> Iterator[Metric]:

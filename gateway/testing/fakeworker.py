@@ -143,7 +143,8 @@ class FakeWorker:
         channel.send(
             wire.Loaded(n_ctx=backend.n_ctx, pid=self.pid, slots=slots, kv_cells=backend.kv_cells, memory=memory)
         )
-        worker = Worker(channel, backend, backend.render, slots, config["repeat_last_n"], on_exit=lambda: None)
+        cache = config.get("image_cache", 0)
+        worker = Worker(channel, backend, backend.render, slots, config["repeat_last_n"], lambda: None, cache)
         threading.Thread(target=worker.read, daemon=True, name="fake-worker-reader").start()
         worker.run()
 

@@ -40,7 +40,7 @@ from gateway.engine.worker.batch import Batch
 from gateway.engine.worker.embedding import LlamaEmbedder, load_embedding, serve_embeddings
 from gateway.engine.worker.load import load
 from gateway.engine.worker.logcapture import LogCapture, failure_message
-from gateway.engine.worker.media import check_images, text_tokens
+from gateway.engine.worker.media import EncodeCache, ImageFeeder, check_images, text_tokens
 from gateway.engine.worker.prompt import Render
 from gateway.engine.worker.sampling import logit_bias
 from gateway.engine.worker.sequences import Request, Thinking
@@ -81,7 +81,9 @@ def main(conn: Connection, env: dict[str, str] | None = None) -> None:
         slots = config.get("parallel", 1)
         memory = capture.report().to_wire()
         channel.send(Loaded(backend.n_ctx, os.getpid(), slots=slots, kv_cells=backend.kv_cells, memory=memory))
-        Worker(channel, backend, render, slots, config["repeat_last_n"]).serve()
+        Worker(
+            channel, backend, render, slots, config["repeat_last_n"], image_cache=config.get("image_cache", 0)
+        ).serve()
 
 
 class Worker:
@@ -96,6 +98,7 @@ class Worker:
         slots: int,
         repeat_last_n: int = 64,
         on_exit: Callable[[], None] = lambda: os._exit(0),
+        image_cache: int = 64 * 2**20,
     ) -> None:
         self._channel = channel
         self._repeat_last_n = repeat_last_n
@@ -103,6 +106,7 @@ class Worker:
         self._backend = backend
         self._render = render
         self._inbox: queue.SimpleQueue[Generate | Cancel | Pause | Resume | None] = queue.SimpleQueue()
+        self.images = ImageFeeder(backend, EncodeCache(image_cache))  # evaluates prompts' images in the batch
         self.batch = Batch(backend, slots, self._event, self._error)
         self._usage: BatchState | None = None
 
@@ -256,6 +260,8 @@ class Worker:
             batch.reused_tokens,
             len(batch.paused),
             batch.replayed_tokens,
+            self.images.cache.encodes,
+            self.images.cache.hits,
         )
         if usage != self._usage:
             self._usage = usage

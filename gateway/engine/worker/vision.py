@@ -9,6 +9,7 @@ import ctypes
 from collections.abc import Sequence
 from typing import Any
 
+from gateway.engine.worker.backend import device_arguments
 from gateway.engine.worker.media import ImageChunk, unsupported
 from gateway.errors import invalid_request
 from gateway.images import MEDIA_MARKER
@@ -127,4 +128,5 @@ def load_projector(config: dict[str, Any], text_model: Any) -> Projector | None:
     path = config.get("mmproj")
     if not path:
         return None
-    return Projector(path, text_model, int(config.get("n_threads") or 0), int(config.get("n_gpu_layers", 0)) != 0)
+    on_gpu = device_arguments(config)["n_gpu_layers"] != 0  # the scheduler's placement, else the configured layers
+    return Projector(path, text_model, int(config.get("n_threads") or 0), on_gpu)
