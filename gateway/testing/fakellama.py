@@ -120,7 +120,7 @@ class FakeLlama:
         text = " ".join(str(m.get("content") or "") for m in params.messages or [])
         text = f"{text} {self.script.generation_prompt}"
         if params.images:  # the projector's way: text between the markers, IMAGE_TOKENS per image
-            parts = text.split(MEDIA_MARKER)
+            parts = f"{text} ASSISTANT:".split(MEDIA_MARKER)  # a chat template's turn after the last image
             pieces: list[list[int] | ImageChunk] = [self.tokenize(parts[0], True)]
             for image, part in zip(params.images, parts[1:], strict=True):
                 pieces += [
