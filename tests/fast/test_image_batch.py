@@ -35,7 +35,9 @@ def make(
     return backend, Batch(backend, slots, recorder, recorder, images=feeder), recorder
 
 
-def chat(backend: FakeLlama, request_id: int, text: str, images: Sequence[dict[str, Any]] = (), **fields: Any) -> Request:
+def chat(
+    backend: FakeLlama, request_id: int, text: str, images: Sequence[dict[str, Any]] = (), **fields: Any
+) -> Request:
     """`text` with a media marker where each image goes, rendered as the worker renders a chat."""
     params = GenerationParams(
         messages=[{"role": "user", "content": text}], max_tokens=None, temperature=0, top_p=1, top_k=0,

@@ -244,7 +244,9 @@ def test_an_image_in_an_earlier_turn_counts(client: TestClient) -> None:
 
 
 def test_a_vision_models_valid_image_is_answered_and_its_tokens_count(client: TestClient) -> None:
-    text = client.post("/v1/chat/completions", json={"model": "seer", "messages": [{"role": "user", "content": "What is this?"}]})
+    text = client.post(
+        "/v1/chat/completions", json={"model": "seer", "messages": [{"role": "user", "content": "What is this?"}]}
+    )
     answer = openai(client, "seer", image_url(PNG))
     assert answer.status_code == 200, answer.text
     assert answer.json()["usage"]["prompt_tokens"] == text.json()["usage"]["prompt_tokens"] + 1 + IMAGE_TOKENS

@@ -72,7 +72,11 @@ def ask(client: OpenAI, colour: tuple[int, int, int] | None, system: str | None 
     if system is not None:
         messages.insert(0, {"role": "system", "content": system})
     return client.chat.completions.create(
-        model="seer", messages=messages, max_tokens=8, temperature=0, **extra  # type: ignore[arg-type]
+        model="seer",
+        messages=messages,
+        max_tokens=8,
+        temperature=0,
+        **extra,  # type: ignore[arg-type]
     )
 
 
@@ -175,12 +179,18 @@ def test_images_through_the_sdks_streamed_and_not(client: OpenAI, server: Gatewa
     block = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": png(BLUE)}}
     content = [{"type": "text", "text": "What colour?"}, block]
     message = sdk.messages.create(
-        model="seer", max_tokens=8, temperature=0, messages=[{"role": "user", "content": content}]  # type: ignore[list-item]
+        model="seer",
+        max_tokens=8,
+        temperature=0,
+        messages=[{"role": "user", "content": content}],  # type: ignore[list-item]
     )
     text = message.content[0].text  # type: ignore[union-attr]
     assert text == expected and message.usage.input_tokens > IMAGE_TOKENS
     with sdk.messages.stream(
-        model="seer", max_tokens=8, temperature=0, messages=[{"role": "user", "content": content}]  # type: ignore[list-item]
+        model="seer",
+        max_tokens=8,
+        temperature=0,
+        messages=[{"role": "user", "content": content}],  # type: ignore[list-item]
     ) as stream:
         assert "".join(stream.text_stream) == expected
     part = {"type": "input_image", "image_url": f"data:image/png;base64,{png(BLUE)}"}
