@@ -9,11 +9,22 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
+import pytest
+
 from gateway.engine.base import Finished, GenerationParams
 from gateway.engine.worker.backend import SamplerSettings
 from gateway.engine.worker.batch import Batch
-from gateway.engine.worker.media import EncodeCache, ImageFeeder
+from gateway.engine.worker.media import (
+    EncodeCache,
+    ImageChunk,
+    ImageFeeder,
+    ImageSpan,
+    check_images,
+    placeholders,
+    text_tokens,
+)
 from gateway.engine.worker.sequences import Request
+from gateway.errors import GatewayError
 from gateway.images import MEDIA_MARKER
 from gateway.testing.fakellama import IMAGE_TOKENS, FakeLlama, FakeSampler, FakeScript
 from tests.fast.test_batching import GREEDY, Recorder, run
@@ -170,3 +181,23 @@ def test_a_paused_image_request_whose_cells_were_dropped_replays_its_image() -> 
     alone_batch.submit(chat(alone, 1, f"a {MEDIA_MARKER} b", [image("red")], limit=10, settings=SAMPLED, seed=1))
     run(alone_batch, alone)
     assert rec.text(1) == alone_rec.text(1) and not rec.errors()
+
+
+def test_what_the_batch_cannot_evaluate_is_refused_before_the_start() -> None:
+    def span(start: int, n_tokens: int, non_causal: bool = False) -> ImageSpan:
+        return ImageSpan(start, "ab" * 32, ImageChunk(n_tokens, non_causal, lambda: None))
+
+    check_images([span(2, 4)], prompt_tokens=8, n_batch=16)  # text after it, causal: fine
+    with pytest.raises(GatewayError) as last:
+        check_images([span(4, 4)], prompt_tokens=8, n_batch=16)
+    assert last.value.status == 400 and "cannot end with an image" in last.value.message
+    with pytest.raises(GatewayError) as wide:
+        check_images([span(1, 32, non_causal=True)], prompt_tokens=40, n_batch=16)
+    assert wide.value.status == 501 and wide.value.code == "images_not_supported" and "n_batch" in wide.value.message
+
+
+def test_placeholders_are_negative_and_key_on_the_digest() -> None:
+    red, blue = image("red")["digest"], image("blue")["digest"]
+    assert placeholders(red, 3) == placeholders(red, 3) and all(t < 0 for t in placeholders(red, 3))
+    assert not set(placeholders(red, 64)) & set(placeholders(blue, 64))
+    assert text_tokens([5, *placeholders(red, 2), 7]) == [5, 7]
