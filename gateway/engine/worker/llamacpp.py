@@ -16,7 +16,6 @@ from typing import Any
 from gateway.engine.sizing import batch_size
 from gateway.engine.worker.backend import Row, SamplerSettings, cache_type_arguments, device_arguments, without_amx
 from gateway.engine.worker.constraint import Constraints, Grammar, Matcher
-from gateway.engine.worker.media import text_tokens
 
 
 def _internals_batch(n_tokens: int, n_embd: int) -> Any:
@@ -218,7 +217,6 @@ class ChainSampler:
 
     def accept_prompt(self, tokens: Sequence[int]) -> None:
         if self._penalised:
-            tokens = text_tokens(tokens)  # an image's placeholders are no tokens to penalise
             for token in tokens[-self._last_n if self._last_n > 0 else 0 :]:
                 self._lib.llama_sampler_accept(self._chain, token)
 
