@@ -15,6 +15,11 @@ if TYPE_CHECKING:  # the worker process imports this module: keep pydantic out o
     from gateway.config import ModelEntry
 
 
+# Where an image part was, the text a chat template renders holds this marker (libmtmd's default):
+# the worker's projector splits the prompt there and puts the image's tokens in its place.
+MEDIA_MARKER = "<__media__>"
+
+
 @dataclass(frozen=True)
 class GenerationParams:
     """One generation, in plain values that cross a process boundary."""

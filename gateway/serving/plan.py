@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.config import GatewaySection, ModelEntry
-from gateway.engine.base import GenerationParams
+from gateway.engine.base import MEDIA_MARKER, GenerationParams
 from gateway.errors import invalid_request
 from gateway.protocol import (
     ChatCompletionRequest,
@@ -91,7 +91,7 @@ def plan_chat(chat: ChatCompletionRequest, view: SlotView, gateway: GatewaySecti
     images = plan_images(chat, view, gateway)
     tools = plan_tools(chat, view)
     entry = view.entry
-    messages = tools.messages([m.for_template() for m in chat.messages])
+    messages = tools.messages([m.for_template(MEDIA_MARKER) for m in chat.messages])
     constraint = _constraint(chat, tools, entry)
     gguf_template = view.facts.info.metadata.get("tokenizer.chat_template")
     thinking = plan_reasoning(ask or chat_ask(chat), entry, view.model_id, gguf_template)

@@ -18,12 +18,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.engine.base import GenerationParams
+from gateway.engine.base import MEDIA_MARKER, GenerationParams
 from gateway.engine.worker.backend import Row, SamplerSettings
 from gateway.engine.worker.guard import nonempty_prompt
 from gateway.engine.worker.media import ImageChunk, image_prompt
 from gateway.engine.worker.prompt import Rendered
-from gateway.images import MEDIA_MARKER
 
 EOS = 0
 REPLY_BASE = 1  # token 1 + k is the reply's k-th piece: "tok{k} " or `reply[k]`

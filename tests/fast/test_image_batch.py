@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from gateway.engine.base import Finished, GenerationParams
+from gateway.engine.base import MEDIA_MARKER, Finished, GenerationParams
 from gateway.engine.worker.backend import SamplerSettings
 from gateway.engine.worker.batch import Batch
 from gateway.engine.worker.media import (
@@ -25,7 +25,6 @@ from gateway.engine.worker.media import (
 )
 from gateway.engine.worker.sequences import Request
 from gateway.errors import GatewayError
-from gateway.images import MEDIA_MARKER
 from gateway.testing.fakellama import IMAGE_TOKENS, FakeLlama, FakeSampler, FakeScript
 from tests.fast.test_batching import GREEDY, Recorder, run
 

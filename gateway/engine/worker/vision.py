@@ -9,10 +9,10 @@ import ctypes
 from collections.abc import Sequence
 from typing import Any
 
+from gateway.engine.base import MEDIA_MARKER
 from gateway.engine.worker.backend import device_arguments
 from gateway.engine.worker.media import ImageChunk, unsupported
 from gateway.errors import invalid_request
-from gateway.images import MEDIA_MARKER
 
 
 class _Chunks:
