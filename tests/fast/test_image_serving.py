@@ -133,3 +133,24 @@ def test_the_projector_counts_in_the_pool_it_sits_in(make_config: Any, tmp_path:
     assert projector_need(entry, replace(facts, projector=None), Placement()).as_dict() == {}
     assert projector.stat().st_size >= weights
     assert IMAGE_TOKENS == 4
+
+
+def test_a_fetch_goes_to_the_address_that_was_checked(monkeypatch: pytest.MonkeyPatch, image_server: str) -> None:  # noqa: F811
+    """The name is resolved once, checked, and the connection made to that address: a second lookup
+    (which DNS rebinding would answer differently) never happens. `images.test` resolves nowhere else."""
+    import anyio
+
+    from gateway.config import ImageFetch
+    from gateway.images import remote
+
+    port = image_server.rsplit(":", 1)[1]
+    lookups: list[str] = []
+
+    async def resolve(host: str, _port: int) -> list[str]:
+        lookups.append(host)
+        return ["127.0.0.1"]
+
+    monkeypatch.setattr(remote, "resolve", resolve)
+    policy = ImageFetch(allow=["images.test"])  # a loopback address: allowed by name
+    image = anyio.run(remote.fetch_image, f"http://images.test:{port}/cat.png", policy, "messages[0].content[0]")
+    assert (image.width, image.height) == (5, 5) and lookups == ["images.test"]
