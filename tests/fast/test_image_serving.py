@@ -154,3 +154,21 @@ def test_a_fetch_goes_to_the_address_that_was_checked(monkeypatch: pytest.Monkey
     policy = ImageFetch(allow=["images.test"])  # a loopback address: allowed by name
     image = anyio.run(remote.fetch_image, f"http://images.test:{port}/cat.png", policy, "messages[0].content[0]")
     assert (image.width, image.height) == (5, 5) and lookups == ["images.test"]
+
+
+def test_a_gpu_placement_needs_the_projector_on_its_first_device(make_config: Any, tmp_path: Path) -> None:
+    from gateway.memory.facts import inspect_model
+    from gateway.memory.options import model_options, pools_for
+    from gateway.memory.pools import HOST, Device, Vector
+
+    write_tiny_projector(tmp_path / "p.gguf", 64)
+    models = {"seer": {"model": {"mmproj": "p.gguf", "n_gpu_layers": -1}}, "text": {"model": {"n_gpu_layers": -1}}}
+    settings = parse_settings(make_config(models), tmp_path)
+    gpu = Device("cuda0", "GPU-0", 0, "a GPU", 80 * 2**30, 80 * 2**30, 0)
+    pools = pools_for(settings, (gpu,), 64 * 2**30)
+    facts = {m: inspect_model(settings.models[m]) for m in models}
+    need = {m: model_options(settings.models[m], facts[m], settings, pools, Vector())[0].need for m in models}
+    projector = facts["seer"].projector
+    assert projector is not None
+    assert need["seer"]["cuda0"] - need["text"]["cuda0"] == projector.tensor_bytes
+    assert need["seer"][HOST] - need["text"][HOST] == settings.models["seer"].model.image_cache
