@@ -252,6 +252,11 @@ def test_a_vision_models_valid_image_is_answered_and_its_tokens_count(client: Te
     assert answer.json()["usage"]["prompt_tokens"] == text.json()["usage"]["prompt_tokens"] + 1 + IMAGE_TOKENS
 
 
+def test_images_past_the_context_are_a_400_before_the_answer(client: TestClient) -> None:
+    error = error_of(openai(client, "seer", *[image_url(PNG)] * 16))  # 16 x 4 image tokens, n_ctx 64
+    assert error["code"] == "context_length_exceeded" and error["param"] == "messages"
+
+
 def anthropic(client: TestClient, model: str, block: dict[str, Any]) -> Any:
     content = [{"type": "text", "text": "What is this?"}, block]
     body = {"model": model, "max_tokens": 5, "messages": [{"role": "user", "content": content}]}
