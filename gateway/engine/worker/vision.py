@@ -60,6 +60,8 @@ class Projector:
         try:
             for i, image in enumerate(images):
                 pixels = image["rgb"]
+                if len(pixels) != image["width"] * image["height"] * 3 or not pixels:  # libmtmd reads w x h x 3
+                    raise invalid_request("An image's pixels do not match its size.", "messages")
                 data = (ctypes.c_uint8 * len(pixels)).from_buffer_copy(pixels)
                 bitmap = mtmd.mtmd_bitmap_init(image["width"], image["height"], data)
                 if not bitmap:
