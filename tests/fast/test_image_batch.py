@@ -6,9 +6,12 @@ n > 1 choices, recomputed after a pause, and a failing encoder ends only its own
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
+import numpy as np
 import pytest
 
 from gateway.engine.base import MEDIA_MARKER, Finished, GenerationParams
@@ -200,3 +203,30 @@ def test_placeholders_are_negative_and_key_on_the_digest() -> None:
     assert placeholders(red, 3) == placeholders(red, 3) and all(t < 0 for t in placeholders(red, 3))
     assert not set(placeholders(red, 64)) & set(placeholders(blue, 64))
     assert text_tokens([5, *placeholders(red, 2), 7]) == [5, 7]
+
+
+def test_a_background_encode_holds_up_only_its_own_request() -> None:
+    backend = FakeLlama(n_ctx=96, slots=2, n_batch=16, script=FakeScript(reply_tokens=30))
+    rec = Recorder()
+    images = ImageFeeder(backend, EncodeCache(2**20), background=True)
+    batch = Batch(backend, 2, rec, rec, images=images)
+    batch.submit(chat(backend, 1, "a running stream", limit=25))
+    batch.step()
+    gate = threading.Event()
+
+    def slow_encoder() -> Any:
+        gate.wait(30)
+        return np.full((IMAGE_TOKENS, 8), 1.0, dtype=np.float32)
+
+    req = chat(backend, 2, f"{MEDIA_MARKER} what", [image("red")])
+    span = req.images[0]
+    batch.submit(
+        replace(req, images=(ImageSpan(span.start, span.digest, ImageChunk(IMAGE_TOKENS, False, slow_encoder)),))
+    )
+    for _ in range(10):
+        batch.step()
+    assert rec.text(1).count("tok") >= 10 and not backend.image_decodes  # the stream went on; the image waits
+    gate.set()
+    run(batch, backend)
+    assert len(backend.image_decodes) == 1 and rec.text(2) and not rec.errors()
+    assert (images.cache.encodes, images.cache.hits) == (1, 0)

@@ -136,6 +136,8 @@ class Batch:
             prefilling.append((job, take, len(rows) - 1))
             budget -= take
         if not rows:
+            if self.images is not None:
+                self.images.wait(0.05)  # only images being encoded: wait for one rather than spin
             return
         status = self._backend.decode(rows)
         self.steps += 1

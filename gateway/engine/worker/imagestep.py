@@ -10,7 +10,7 @@ cells after they were given away (`replay`: the prompt, then what it had decoded
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 from gateway.engine.worker.media import ImageFeeder, ImageSpan, span_at, text_until
@@ -22,25 +22,25 @@ class Cells(Protocol):
     def wrote(self, seq: int, n: int) -> None: ...
 
 
-def next_image(running: Sequence[Job]) -> tuple[Job, ChoiceSequence, ImageSpan] | None:
-    """The first image a running sequence has reached, oldest request first: the job, the choice
-    whose cells take it, the image."""
+def due_images(running: Sequence[Job]) -> Iterator[tuple[Job, ChoiceSequence, ImageSpan]]:
+    """The images running sequences have reached, oldest request first: the job, the choice whose
+    cells take it, the image."""
     for job in running:
         images = job.request.images
         if not images or job.cancelled or not job.choices:
             continue
         for choice in job.choices:
             if choice.replay is not None and (span := span_at(images, choice.pos)) is not None:
-                return job, choice, span
+                yield job, choice, span
         if job.prefilled < len(job.request.prompt) and (span := span_at(images, job.prefilled)) is not None:
-            return job, job.primary, span
-    return None
+            yield job, job.primary, span
 
 
 def advance_image(images: ImageFeeder, running: Sequence[Job], cells: Cells) -> tuple[Job, GatewayError] | None:
-    """Evaluate the next image due and account for its cells; a request whose image failed (its
-    encoder refused it, or llama.cpp had no room) comes back with its error, for the batch to end."""
-    due = next_image(running)
+    """Evaluate the first image due whose embeddings are ready (others may be encoding meanwhile) and
+    account for its cells; a request whose image failed (its encoder refused it, or llama.cpp had no
+    room) comes back with its error, for the batch to end."""
+    due = next(((job, choice, span) for job, choice, span in due_images(running) if images.ready(span)), None)
     if due is None:
         return None
     job, choice, span = due

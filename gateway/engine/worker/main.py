@@ -106,7 +106,8 @@ class Worker:
         self._backend = backend
         self._render = render
         self._inbox: queue.SimpleQueue[Generate | Cancel | Pause | Resume | None] = queue.SimpleQueue()
-        self.images = ImageFeeder(backend, EncodeCache(image_cache))  # evaluates prompts' images in the batch
+        # Evaluates the images prompts reach, encoding them on a thread beside the batch.
+        self.images = ImageFeeder(backend, EncodeCache(image_cache), background=True)
         self.batch = Batch(backend, slots, self._event, self._error, self.images)
         self._usage: BatchState | None = None
 

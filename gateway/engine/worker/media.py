@@ -13,11 +13,13 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from gateway.errors import GatewayError, invalid_request
 
+_FRESH_KEPT = 8  # background encodes held for their requests (ImageFeeder)
 _STRIDE = 2**24  # placeholder ids per image digest: more positions than any context holds
 
 
@@ -102,16 +104,26 @@ class EncodeCache:
         self.hits = 0  # images taken from here instead
 
     def embeddings(self, digest: str, chunk: ImageChunk) -> Any:
-        cached = self._entries.get(digest)
-        if cached is not None and len(cached) == chunk.n_tokens:
-            self._entries.move_to_end(digest)
+        """The image's embeddings: kept ones (a hit), else encoded now and kept."""
+        cached = self.get(digest, chunk.n_tokens)
+        if cached is not None:
             self.hits += 1
             return cached
-        embd = chunk.encode()
+        return self.put(digest, chunk.encode())
+
+    def get(self, digest: str, n_tokens: int) -> Any:
+        cached = self._entries.get(digest)
+        if cached is None or len(cached) != n_tokens:
+            return None
+        self._entries.move_to_end(digest)
+        return cached
+
+    def put(self, digest: str, embd: Any) -> Any:
+        """Keep what the projector just encoded (counted), making room least recently used first."""
         self.encodes += 1
         size = int(embd.nbytes)
         if size <= self.max_bytes:
-            if cached is not None:
+            if digest in self._entries:
                 self.bytes -= int(self._entries.pop(digest).nbytes)
             while self._entries and self.bytes + size > self.max_bytes:
                 self.bytes -= int(self._entries.popitem(last=False)[1].nbytes)
@@ -129,17 +141,64 @@ class EmbeddingBackend(Protocol):
 
 
 class ImageFeeder:
-    """The batch step's hook: evaluate the image a sequence's prompt has reached into its cells."""
+    """The batch step's hook: evaluate the image a sequence's prompt has reached into its cells.
 
-    def __init__(self, backend: EmbeddingBackend, cache: EncodeCache) -> None:
+    With `background`, an image not in the cache is encoded on a thread of its own while the batch
+    goes on stepping the other sequences (a real projector's encoder can take seconds on a CPU; the
+    llama.cpp calls release the GIL); the request waits at the image until `ready` says so. libmtmd
+    lets one context tokenize on one thread while it encodes on another (llama-server does)."""
+
+    def __init__(self, backend: EmbeddingBackend, cache: EncodeCache, background: bool = False) -> None:
         self._backend = backend
         self.cache = cache
+        self._encoder = ThreadPoolExecutor(1, thread_name_prefix="image-encoder") if background else None
+        self._pending: dict[str, Future[Any]] = {}
+        self._failed: dict[str, BaseException] = {}
+        # Encoded in the background for a request that waits (not a cache hit; kept even where the
+        # cache has no room). A few: one whose request was cancelled meanwhile is dropped in time.
+        self._fresh: OrderedDict[str, Any] = OrderedDict()
+
+    def ready(self, span: ImageSpan) -> bool:
+        """Whether the image can be evaluated now; in the background, its encode is started if not."""
+        if self._encoder is None:
+            return True
+        self._collect()
+        if span.digest in self._failed or span.digest in self._fresh:
+            return True
+        if self.cache.get(span.digest, span.n_tokens) is not None:
+            return True
+        if span.digest not in self._pending:
+            self._pending[span.digest] = self._encoder.submit(span.chunk.encode)
+        return False
+
+    def wait(self, timeout: float) -> None:
+        """Nothing else to step: sleep until an encode ends (or `timeout`), rather than spin."""
+        if self._pending:
+            wait(list(self._pending.values()), timeout, return_when=FIRST_COMPLETED)
 
     def evaluate(self, span: ImageSpan, seq: int) -> int:
         """Encode (or reuse) and decode the image into `seq` at its positions; llama_decode's status,
         or raises what the projector raised."""
-        embd = self.cache.embeddings(span.digest, span.chunk)
+        failed = self._failed.pop(span.digest, None)
+        if failed is not None:
+            raise failed
+        embd = self._fresh.pop(span.digest, None)
+        if embd is None:
+            embd = self.cache.embeddings(span.digest, span.chunk)
         return self._backend.decode_embeddings(embd, span.start, seq, span.chunk.non_causal)
+
+    def _collect(self) -> None:
+        """Finished encodes into the cache (counted), failures kept for the request that waits."""
+        for digest, future in list(self._pending.items()):
+            if future.done():
+                del self._pending[digest]
+                error = future.exception()
+                if error is not None:
+                    self._failed[digest] = error
+                else:
+                    self._fresh[digest] = self.cache.put(digest, future.result())
+                    while len(self._fresh) > _FRESH_KEPT:
+                        self._fresh.popitem(last=False)
 
 
 def check_images(images: Sequence[ImageSpan], prompt_tokens: int, n_batch: int) -> None:
