@@ -3,7 +3,8 @@ cells, and where each sequence's text stops for it.
 
 A prompt's images are evaluated one per step, each in a decode of its own before the step's text
 rows (llama.cpp keeps only the last decode's logits, and the rows after an image must see it): the
-other sequences' rows go on every step, and no step waits for more than one image's encoder. The
+other sequences' rows go on every step, and no step waits for an encoder (the worker's `ImageFeeder`
+encodes in the background; an image is evaluated once `ready`). The
 sequence is the request's first one while its prompt is prefilled, or any choice recomputing its
 cells after they were given away (`replay`: the prompt, then what it had decoded).
 """
