@@ -11,7 +11,7 @@ from gateway.memory.facts import ModelFacts
 from gateway.memory.footprint import footprint
 from gateway.memory.hostmem import host_memory_total
 from gateway.memory.planner import ModelPlacementConfig, Option, Placement, placement_options
-from gateway.memory.pools import Device, PoolState, Vector, resolve_pools
+from gateway.memory.pools import HOST, Device, PoolState, Vector, resolve_pools
 
 
 def pools_for(settings: Settings, devices: Sequence[Device], host_total: int) -> tuple[PoolState, ...]:
@@ -36,6 +36,15 @@ def placement_config(entry: ModelEntry, settings: Settings) -> ModelPlacementCon
     )
 
 
+def projector_need(entry: ModelEntry, facts: ModelFacts, placement: Placement) -> Vector:
+    """model.mmproj's weights where libmtmd puts them (the first GPU the worker sees, when the model
+    offloads; else the host), and the encoded-image cache in the worker's own memory."""
+    if facts.projector is None:
+        return Vector()
+    pool = placement.devices[0] if placement.on_gpu else HOST
+    return Vector.of({pool: facts.projector.tensor_bytes}) + Vector.of({HOST: entry.model.image_cache})
+
+
 def model_options(
     entry: ModelEntry, facts: ModelFacts, settings: Settings, pools: Sequence[PoolState], held: Vector
 ) -> list[Option]:
@@ -43,6 +52,7 @@ def model_options(
 
     def need_of(placement: Placement) -> Vector:
         cells, rows = kv_cells(entry), output_rows(entry)
-        return footprint(facts.info, cells, placement, ubatch(entry), rows, batch, cache_types(entry)).vector
+        need = footprint(facts.info, cells, placement, ubatch(entry), rows, batch, cache_types(entry)).vector
+        return need + projector_need(entry, facts, placement)
 
     return placement_options(placement_config(entry, settings), pools, held, need_of)

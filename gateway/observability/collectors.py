@@ -42,6 +42,8 @@ class ModelState:
     replayed_tokens: int = 0  # recomputed for paused requests whose cells were given away (since the worker loaded)
     restored: int = 0  # prefixes loaded from the prefix store (since the worker loaded)
     restored_tokens: int = 0
+    image_encodes: int = 0  # images run through the vision projector (since the worker loaded)
+    image_cache_hits: int = 0  # images whose encoding came from the worker's cache instead
 
 
 @dataclass(frozen=True)
@@ -168,6 +170,7 @@ def _batch_gauges(models: list[ModelState]) -> Iterator[Metric]:
         labels=["model"],
     )
     yield from _priority_gauges(models)
+    yield from _image_counters(models)
     for m in models:
         reused.add_metric([m.model], m.reused_tokens)
         restored.add_metric([m.model], m.restored)
@@ -218,6 +221,24 @@ class StoreCollector(Collector):
                 "gateway_prefix_store_files", "prompt prefixes kept in the prefix store", value=files
             )
             yield GaugeMetricFamily("gateway_prefix_store_bytes", "bytes the prefix store holds on disk", value=size)
+
+
+def _image_counters(models: list[ModelState]) -> Iterator[Metric]:
+    """The vision projector's work: images encoded, and those the worker's encode cache spared it."""
+    encodes = CounterMetricFamily(
+        "gateway_image_encodes",
+        "images run through a model's vision projector (since the worker loaded)",
+        labels=["model"],
+    )
+    hits = CounterMetricFamily(
+        "gateway_image_cache_hits",
+        "images whose encoding the worker had kept from an earlier request (model.image_cache), since it loaded",
+        labels=["model"],
+    )
+    for m in models:
+        encodes.add_metric([m.model], m.image_encodes)
+        hits.add_metric([m.model], m.image_cache_hits)
+    yield from (encodes, hits)
 
 
 def _priority_gauges(models: list[ModelState]) -> Iterator[Metric]:

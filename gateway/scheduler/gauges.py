@@ -30,6 +30,8 @@ def model_states(scheduler: Scheduler) -> tuple[list[ModelState], int]:
                 replayed_tokens=batch.replayed_tokens if batch else 0,
                 restored=batch.restored if batch else 0,
                 restored_tokens=batch.restored_tokens if batch else 0,
+                image_encodes=batch.image_encodes if batch else 0,
+                image_cache_hits=batch.image_cache_hits if batch else 0,
             )
         )
     return states, snapshot.budget

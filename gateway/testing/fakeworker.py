@@ -145,8 +145,9 @@ class FakeWorker:
             wire.Loaded(n_ctx=backend.n_ctx, pid=self.pid, slots=slots, kv_cells=backend.kv_cells, memory=memory)
         )
         saved = open_saved(config, backend, "fake llama.cpp")
+        cache = config.get("image_cache", 0)
         worker = Worker(
-            channel, backend, backend.render, slots, config["repeat_last_n"], on_exit=lambda: None, saved=saved
+            channel, backend, backend.render, slots, config["repeat_last_n"], lambda: None, cache, saved=saved
         )
         threading.Thread(target=worker.read, daemon=True, name="fake-worker-reader").start()
         worker.run()

@@ -29,7 +29,7 @@ def make(store: Path, slots: int = 2, n_ctx: int = 96) -> tuple[FakeLlama, Batch
         Store(store, b'{"model":"fake"}', 10**9), backend, min_tokens=8, save_max_bytes=10**9, save_time=5.0
     )
     recorder = Recorder()
-    return backend, Batch(backend, slots, recorder, recorder, saved), recorder, saved
+    return backend, Batch(backend, slots, recorder, recorder, saved=saved), recorder, saved
 
 
 def run(batch: Batch, backend: FakeLlama) -> None:
@@ -91,7 +91,7 @@ def test_a_state_llama_cpp_refuses_is_not_used_and_costs_nothing(tmp_path: Path)
     backend, _, _, saved = make(tmp_path)
     tokens = backend.tokenize(f"{SYSTEM} first question", True)
     saved.store.save(tokens, b"not a state llama.cpp wrote")  # a sound file around a state it refuses
-    batch = Batch(backend, 2, Recorder(), Recorder(), saved)
+    batch = Batch(backend, 2, Recorder(), Recorder(), saved=saved)
     batch.submit(request(backend, 1, f"{SYSTEM} first other", seed=None))
     run(batch, backend)
     assert saved.restored == 0 and backend.decodes[0][0].pos == 0

@@ -64,6 +64,7 @@ def test_a_saved_prefix_is_found_and_read_back_by_another_worker(tmp_path: Path)
         {"build": "llama 2"},
         {"model": "touched"},
         {"model": "rewritten"},
+        {"model": "projector"},
     ],
 )
 def test_a_file_under_any_other_key_is_never_used_and_is_discarded(tmp_path: Path, change: dict[str, Any]) -> None:
@@ -78,6 +79,9 @@ def test_a_file_under_any_other_key_is_never_used_and_is_discarded(tmp_path: Pat
         path.write_bytes(b"GGUF" + b"\x02" * 5000)  # same size
         os.utime(path, ns=(os.stat(path).st_atime_ns, 5))
         change = {}
+    elif change.get("model") == "projector":  # a vision projector makes an image's cells
+        (tmp_path / "mmproj.gguf").write_bytes(b"GGUF projector")
+        change = {"mmproj": str(tmp_path / "mmproj.gguf")}
     build = change.pop("build", "llama 1")
     new = key_of(path, build, **change)
     assert new != old
@@ -93,6 +97,19 @@ def test_a_file_under_any_other_key_is_never_used_and_is_discarded(tmp_path: Pat
 
 def test_a_missing_model_file_has_no_key(tmp_path: Path) -> None:
     assert model_key(config(tmp_path / "absent.gguf"), "llama 1") is None
+    assert model_key(config(model_file(tmp_path), mmproj=str(tmp_path / "absent")), "llama 1") is None
+
+
+def test_an_image_s_placeholder_ids_are_kept_exactly(tmp_path: Path) -> None:
+    """An image's positions hold ids from its digest, far beyond 64 bits (engine/worker/media.py)."""
+    tokens = [*TOKENS[:80], *(-(1 + 0xFEDCBA987654321 * 2**24 + i) for i in range(16)), *TOKENS[80:]]
+    key = key_of(model_file(tmp_path))
+    PrefixStore(tmp_path / "store", key, 10**9).save(tokens, STATE)
+    reader = PrefixStore(tmp_path / "store", key, 10**9)
+    stored, shared = reader.best(tokens, 1000)
+    assert stored is not None and shared == len(tokens) and reader.load(stored) == STATE
+    other_image = [*tokens[:80], -5, *tokens[81:]]
+    assert reader.best(other_image, 1000)[1] == 80
 
 
 @pytest.mark.parametrize("damage", ["truncate", "payload", "header", "magic", "empty"])

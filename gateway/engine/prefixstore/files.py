@@ -1,17 +1,20 @@
 """One stored prefix as a file: a header holding the full key and the exact tokens, then llama.cpp's
 state of the sequence that holds them (llama_state_seq_get_data), each part under its own sha256.
 
-    magic (8) | key length u32 | key | token count u32 | tokens int32 * count
-    | payload length u64 | payload sha256 (32) | header sha256 (32, of all the bytes before it) | payload
+    magic (8) | key length u32 | key | tokens length u32 | tokens | payload length u64
+    | payload sha256 (32) | header sha256 (32, of all the bytes before it) | payload
 
-Little-endian. A file is used only when its header digest holds, its key equals the loader's byte for
-byte, its length is the header's plus the payload's and the payload's digest holds; anything else is
-`Corrupt` (the caller deletes it) or `Mismatch` (another key: never read further).
+Little-endian; the tokens as a JSON array of integers (an image's positions hold placeholder ids far
+beyond 64 bits: engine/worker/media.py). A file is used only when its header digest holds, its key
+equals the loader's byte for byte, its length is the header's plus the payload's and the payload's
+digest holds; anything else is `Corrupt` (the caller deletes it) or `Mismatch` (another key: never
+read further).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,7 +22,7 @@ from typing import BinaryIO
 
 MAGIC = b"GWKVPFX\x01"
 MAX_KEY = 1 << 16
-MAX_TOKENS = 1 << 24  # far beyond any context: a larger count is a damaged header, not an allocation
+MAX_TOKENS = 1 << 28  # bytes of tokens, far beyond any context: more is a damaged header, not an allocation
 
 
 class Corrupt(Exception):
@@ -42,15 +45,20 @@ class Header:
         return self.offset + self.payload_length
 
 
+def token_bytes(tokens: Sequence[int]) -> bytes:
+    return json.dumps(list(tokens), separators=(",", ":")).encode()
+
+
 def encode(key: bytes, tokens: Sequence[int], payload: bytes) -> bytes:
     """The header of a file holding `payload` for `tokens` under `key` (the payload follows it)."""
+    encoded = token_bytes(tokens)
     head = b"".join(
         (
             MAGIC,
             struct.pack("<I", len(key)),
             key,
-            struct.pack("<I", len(tokens)),
-            struct.pack(f"<{len(tokens)}i", *tokens),
+            struct.pack("<I", len(encoded)),
+            encoded,
             struct.pack("<Q", len(payload)),
             hashlib.sha256(payload).digest(),
         )
@@ -75,16 +83,22 @@ def read_header(file: BinaryIO, key: bytes, file_size: int) -> Header:
     if key_length > MAX_KEY:
         raise Corrupt("damaged key length")
     stored_key = take(key_length)
-    (count,) = struct.unpack("<I", take(4))
-    if count > MAX_TOKENS:
-        raise Corrupt("damaged token count")
-    tokens = struct.unpack(f"<{count}i", take(4 * count))
+    (length,) = struct.unpack("<I", take(4))
+    if length > MAX_TOKENS:
+        raise Corrupt("damaged token length")
+    encoded = take(length)
     (payload_length,) = struct.unpack("<Q", take(8))
     payload_sha = take(32)
     expected = digest.digest()
     stored = file.read(32)
     if stored != expected:
         raise Corrupt("header digest does not match")
+    try:
+        tokens = json.loads(encoded)
+    except ValueError:
+        raise Corrupt("tokens are not JSON") from None
+    if not isinstance(tokens, list) or not all(type(t) is int for t in tokens):
+        raise Corrupt("tokens are not a list of integers")
     offset = file.tell()
     if offset + payload_length != file_size:
         raise Corrupt(f"{file_size} bytes, the header says {offset + payload_length}")

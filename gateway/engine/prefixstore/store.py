@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.engine.prefixstore.files import Corrupt, Mismatch, encode, read_header, read_payload
+from gateway.engine.prefixstore.files import Corrupt, Mismatch, encode, read_header, read_payload, token_bytes
 from gateway.engine.prefixstore.key import key_digest
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ class PrefixStore:
         size = len(header) + len(payload)
         if size > self.max_bytes:
             return 0
-        digest = hashlib.sha256(self._key + struct.pack(f"<{len(tokens)}i", *tokens)).hexdigest()[:24]
+        digest = hashlib.sha256(self._key + token_bytes(tokens)).hexdigest()[:24]
         name = f"{self._prefix}{digest}{SUFFIX}"
         temporary = self.directory / f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
         try:
