@@ -10,6 +10,7 @@ from gateway.engine.sizing import sequence_ids
 from gateway.engine.worker.backend import Backend
 from gateway.engine.worker.guard import Tokenizer, nonempty_prompt
 from gateway.engine.worker.prompt import Render, formatter, renderer
+from gateway.engine.worker.speculation import Speculation
 from gateway.engine.worker.vision import load_projector
 
 
@@ -32,6 +33,18 @@ def load(config: dict[str, Any]) -> tuple[Backend, Render]:
     if format_for(config.get("reasoning_format", "auto"), template) == "harmony":
         backend.special_pieces = True  # gpt-oss's channels are control tokens: their text tells thinking apart
     return backend, renderer(formatter(backend.model, config["chat_format"], config.get("chat_template")), tokenize)
+
+
+def load_speculation(config: dict[str, Any], backend: Backend) -> Speculation:
+    """`model.speculative` for this worker: n-gram settings, and the draft model loaded beside the
+    target (its vocabulary checked token for token: a mismatch fails the load)."""
+    spec = config.get("speculative") or {}
+    drafter = None
+    if spec.get("draft"):
+        from gateway.engine.worker.draft import DraftModel
+
+        drafter = DraftModel(config, spec["draft"], backend)
+    return Speculation(spec, drafter)
 
 
 class _ModelView:

@@ -38,11 +38,12 @@ from gateway.engine.wire import (
 from gateway.engine.worker.backend import Backend, SamplerSettings
 from gateway.engine.worker.batch import Batch
 from gateway.engine.worker.embedding import LlamaEmbedder, load_embedding, serve_embeddings
-from gateway.engine.worker.load import load
+from gateway.engine.worker.load import load, load_speculation
 from gateway.engine.worker.logcapture import LogCapture, failure_message
 from gateway.engine.worker.prompt import Render
 from gateway.engine.worker.sampling import logit_bias
 from gateway.engine.worker.sequences import Request, Thinking
+from gateway.engine.worker.speculation import Speculation
 from gateway.errors import GatewayError, context_length_exceeded, internal_error, invalid_request
 
 
@@ -67,6 +68,7 @@ def main(conn: Connection, env: dict[str, str] | None = None) -> None:
             llm = load_embedding(config)
         else:
             backend, render = load(config)
+            speculation = load_speculation(config, backend)
     except Exception as exc:  # anything llama.cpp raises is a load failure to report, not a crash
         report = capture.report()
         channel.send(LoadFailed(failure_message(exc, report, list(capture.errors)), report.to_wire()))
@@ -80,7 +82,7 @@ def main(conn: Connection, env: dict[str, str] | None = None) -> None:
         slots = config.get("parallel", 1)
         memory = capture.report().to_wire()
         channel.send(Loaded(backend.n_ctx, os.getpid(), slots=slots, kv_cells=backend.kv_cells, memory=memory))
-        Worker(channel, backend, render, slots, config["repeat_last_n"]).serve()
+        Worker(channel, backend, render, slots, config["repeat_last_n"], speculation=speculation).serve()
 
 
 class Worker:
@@ -95,6 +97,7 @@ class Worker:
         slots: int,
         repeat_last_n: int = 64,
         on_exit: Callable[[], None] = lambda: os._exit(0),
+        speculation: Speculation | None = None,
     ) -> None:
         self._channel = channel
         self._repeat_last_n = repeat_last_n
@@ -102,6 +105,7 @@ class Worker:
         self._backend = backend
         self._render = render
         self._inbox: queue.SimpleQueue[Generate | Cancel | Pause | Resume | None] = queue.SimpleQueue()
+        self.speculation = speculation or Speculation(None)
         self.batch = Batch(backend, slots, self._event, self._error)
         self._usage: BatchState | None = None
 
@@ -253,6 +257,8 @@ class Worker:
             batch.reused_tokens,
             len(batch.paused),
             batch.replayed_tokens,
+            self.speculation.drafted,
+            self.speculation.accepted,
         )
         if usage != self._usage:
             self._usage = usage

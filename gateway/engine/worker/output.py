@@ -59,6 +59,11 @@ class ChoiceOutput:
         applies to the answer only."""
         return self._splitter is not None and self._splitter.free
 
+    @property
+    def remaining(self) -> int:
+        """Tokens this choice may still produce before its length limit."""
+        return self._limit - self.produced
+
     def forced(self) -> int | None:
         """The next token the gateway writes itself instead of sampling: the end of the thinking,
         once its budget is spent."""

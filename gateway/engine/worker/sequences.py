@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from gateway.engine.worker.backend import Sampler, SamplerSettings
 from gateway.engine.worker.output import ChoiceOutput
@@ -47,6 +48,7 @@ class ChoiceSequence:
     released: bool = False  # its sequence id went back to the pool
     history: list[int] = field(default_factory=list)  # tokens it decoded after the prompt (replayed after a drop)
     replay: list[int] | None = None  # after a drop: the tokens its cells must hold again before it goes on
+    drafting: Any = None  # speculation.py's state for this choice, when its model speculates
 
 
 @dataclass
