@@ -14,14 +14,9 @@ from starlette.responses import JSONResponse, Response
 from gateway.dialects.common import load_json
 from gateway.dialects.responses import reply
 from gateway.dialects.responses.events import ResponseEvents
+from gateway.dialects.responses.input import kept_messages
 from gateway.dialects.responses.items import kept_items, page
-from gateway.dialects.responses.request import (
-    ResponsesRequest,
-    input_messages,
-    kept_messages,
-    parse_responses_data,
-    to_chat,
-)
+from gateway.dialects.responses.request import ResponsesRequest, input_messages, parse_responses_data, to_chat
 from gateway.errors import GatewayError, invalid_request
 from gateway.serving import run
 from gateway.serving.plan import plan_local_chat
@@ -63,10 +58,12 @@ async def _history(request: Request, body: ResponsesRequest) -> list[dict[str, A
     return []
 
 
-def _skeleton(body: ResponsesRequest, model: str) -> dict[str, Any]:
+def _skeleton(body: ResponsesRequest, model: str, tier: str | None) -> dict[str, Any]:
     base = reply.skeleton(body, model)
     if body.conversation_id:
         base["conversation"] = {"id": body.conversation_id}
+    if tier is not None:
+        base["service_tier"] = tier
     return base
 
 
@@ -100,14 +97,15 @@ async def create(request: Request) -> Response:
     outcome = await run_plan(request, call, plan)
     if outcome is None:
         return client_gone()
+    tier = call.service_tier(plan.flex, body.service_tier)
     if isinstance(outcome, ChatStream):
-        events = ResponseEvents(_skeleton(body, outcome.model))
+        events = ResponseEvents(_skeleton(body, outcome.model, tier))
 
         async def keep() -> None:  # stored before the last event, so a client may continue at once
             await _keep(request, body, history, events.response)
 
         return stream_response(request, outcome, events, before_end=keep)
-    answer = reply.response(_skeleton(body, outcome.model), outcome)
+    answer = reply.response(_skeleton(body, outcome.model, tier), outcome)
     await _keep(request, body, history, answer)
     return JSONResponse(answer)
 

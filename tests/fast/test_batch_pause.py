@@ -19,7 +19,7 @@ SAMPLED = SamplerSettings(0.9, 1.0, 0, 0.0, 1.0, 64, 0.0, 0.0)
 def steps(batch: Batch, backend: FakeLlama, n: int) -> None:
     for _ in range(n):
         batch.step()
-        assert backend.used_cells() == batch.ledger.used()
+        assert backend.used_cells() == batch.pool.ledger.used()
 
 
 def twin(words: str, n: int = 1, limit: int = 12) -> Recorder:
@@ -55,7 +55,7 @@ def test_paused_cells_are_dropped_for_room_and_recomputed_on_resume() -> None:
     batch.submit(request(backend, 2, "p q r s t u v w", limit=20))  # needs 28 of 32 cells: not beside it
     batch.step()
     assert batch.running[0].request.request_id == 2 and batch.paused[1].dropped
-    assert backend.used_cells() == batch.ledger.used() == 8  # request 2 alone: its prompt
+    assert backend.used_cells() == batch.pool.ledger.used() == 8  # request 2 alone: its prompt
     batch.resume(1)
     run(batch, backend)
     assert rec.finished(2) == Finished("length", 8, 20)

@@ -63,7 +63,7 @@ def run(batch: Batch, backend: FakeLlama, limit: int = 200) -> None:
         if batch.idle:
             break
         batch.step()
-        assert backend.used_cells() == batch.ledger.used()
+        assert backend.used_cells() == batch.pool.ledger.used()
     assert batch.idle
 
 
@@ -128,7 +128,7 @@ def test_admission_evicts_cached_prefixes_for_room() -> None:
     backend, batch, rec = make(slots=1, n_ctx=32)
     batch.submit(request(backend, 1, " ".join(f"a{i}" for i in range(20)), limit=5))
     run(batch, backend)
-    assert len(batch.cache) == 1 and backend.used_cells() > 0  # the finished sequence stays cached
+    assert len(batch.pool.cache) == 1 and backend.used_cells() > 0  # the finished sequence stays cached
     batch.submit(request(backend, 2, " ".join(f"b{i}" for i in range(20)), limit=10))
     run(batch, backend)
     assert rec.finished(2) == Finished("stop", 20, 5)
@@ -163,12 +163,12 @@ def test_a_seeded_request_on_an_idle_worker_starts_from_an_empty_pool() -> None:
     run(batch, backend)
     batch.submit(request(backend, 2, "e f g", seed=None))
     run(batch, backend)
-    assert len(batch.cache) == 2 and backend.used_cells() > 0
+    assert len(batch.pool.cache) == 2 and backend.used_cells() > 0
     seeded = request(backend, 3, "a b c d", seed=7)
     batch.submit(seeded)
     batch.step()
-    assert len(batch.cache) == 0 and batch.running[0].primary.seq == 0
-    assert backend.used_cells() == batch.ledger.used() == len(seeded.prompt)  # its own prompt only
+    assert len(batch.pool.cache) == 0 and batch.running[0].primary.seq == 0
+    assert backend.used_cells() == batch.pool.ledger.used() == len(seeded.prompt)  # its own prompt only
     assert batch.reused_tokens == 0
     run(batch, backend)
     assert rec.text(3) == rec.text(1)

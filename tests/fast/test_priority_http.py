@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from openai.types.chat import ChatCompletion
+from openai.types.responses import Response
 from starlette.testclient import TestClient
 
 from gateway.config import parse_settings
@@ -94,6 +95,22 @@ def test_flex_lowers_a_request_to_batch_and_is_echoed(served: TestClient) -> Non
     assert chat(served, CHAT_KEY, {**body, "service_tier": "auto"})["service_tier"] == "default"
     assert chat(served, BATCH_KEY, {**body, "service_tier": "priority"})["service_tier"] == "flex"  # never raised
     assert "service_tier" not in chat(served, CHAT_KEY, body)
+
+
+def test_responses_take_the_service_tier_too(served: TestClient) -> None:
+    body = {"model": "m", "input": "hi", "max_output_tokens": 2, "store": False}
+
+    def respond(key: str, extra: dict[str, Any]) -> Response:
+        reply = served.post("/v1/responses", json={**body, **extra}, headers={"Authorization": f"Bearer {key}"})
+        assert reply.status_code == 200, reply.text
+        return Response.model_validate(reply.json())
+
+    assert respond(CHAT_KEY, {"service_tier": "flex"}).service_tier == "flex"
+    assert respond(BATCH_KEY, {"service_tier": "priority"}).service_tier == "flex"  # never raised
+    assert respond(CHAT_KEY, {}).service_tier is None
+    streamed = {**body, "service_tier": "flex", "stream": True}
+    with served.stream("POST", "/v1/responses", json=streamed, headers={"Authorization": f"Bearer {CHAT_KEY}"}) as r:
+        assert '"service_tier":"flex"' in "".join(r.iter_lines())
 
 
 def test_admin_models_shows_who_holds_the_turns(served: TestClient) -> None:

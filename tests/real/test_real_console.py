@@ -206,6 +206,30 @@ def test_overview_follows_a_load_and_shows_the_requests(page: Any, gateway: Gate
     shot(page, "console-overview.png", tmp_path)
 
 
+def test_a_model_still_loading_shows_apart_in_its_pool(page: Any, gateway: GatewayServer) -> None:
+    """A load in flight lasts well under a second here, too short to catch: the gateway's own
+    /admin/models answer is rewritten in flight to one taken mid-load (the model `loading`, its claim
+    in the pool's `loading`, not in `used`)."""
+    expect = sync_api.expect
+    admin(gateway, "/admin/models/smollm2/load")
+
+    def mid_load(route: Any) -> None:
+        state = route.fetch().json()
+        row = next(m for m in state["models"] if m["id"] == "smollm2")
+        row["state"] = "loading"
+        claim = row["memory_pools"]["host"]
+        host = next(p for p in state["pools"] if p["name"] == "host")
+        host["used"], host["loading"] = host["used"] - claim, claim
+        route.fulfill(json=state)
+
+    page.route("**/admin/models", mid_load)
+    sign_in(page, ADMIN_KEY)
+    host = page.locator(".pool").first
+    expect(host.get_by_role("img")).to_have_attribute("aria-label", re.compile(r"loading \(smollm2 \(loading\) "))
+    expect(host.locator(".fill.loading")).to_have_count(1)
+    expect(host.locator(".pool-loading")).to_contain_text("loading")
+
+
 def test_phone_width(page: Any) -> None:
     expect = sync_api.expect
     page.set_viewport_size({"width": 390, "height": 844})

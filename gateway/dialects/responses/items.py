@@ -7,8 +7,8 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any
 
+from gateway.dialects.responses.input import check_items
 from gateway.dialects.responses.reply import new_id
-from gateway.dialects.responses.request import check_items
 from gateway.errors import invalid_request
 
 _ID_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output": "fco"}

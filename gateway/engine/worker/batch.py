@@ -11,19 +11,15 @@ Each step (`Batch.step`):
 4. retire what finished, was stopped or cancelled at once: its cells are released (a request's first
    sequence stays cached for prefix reuse, reclaimable whenever room is needed).
 
-A request can be paused (preempted for a more urgent one, `pause`/`resume`): it is set aside with its
-samplers, grammar and output as they are, and its cells stay while room allows; when an admission
-needs them they are dropped, and on resume each choice's cells are recomputed from the prompt and
-the tokens it had decoded (`replay` rows, no logits) before it decodes its pending token, so its
-answer is the one it would have been.
+A request can be paused (preempted for a more urgent one): `preemption.py` sets it aside and
+readmits it, recomputing its cells (`replay` rows, no logits) where they were given away.
 
 n > 1 choices are n sequences: the prompt is evaluated once, then copied (llama_memory_seq_cp, no
 cells) to the other choices, which sample from the same logits with seed + i.
 
-`Batch` is one state machine over one set of sequence ids, one KV ledger and one prefix cache:
-admission, the step and retirement each read and write all of them (admitting evicts cached
-prefixes, retiring caches them, a failed decode frees a request mid-step). The parts with state of
-their own are `kv.py`, `sequences.py` and `output.py`.
+`Batch` is the requests' state machine: admission, the step and retirement. The sequence ids, cells
+and cached prefixes they share are `pool.py`'s; each choice's own state is `sequences.py`'s and
+`output.py`'s.
 """
 
 from __future__ import annotations
@@ -35,8 +31,9 @@ from collections.abc import Callable
 from gateway.engine.base import ChoiceFinished, Delta, Finished
 from gateway.engine.worker.backend import Backend, Row
 from gateway.engine.worker.guard import sampler_seed
-from gateway.engine.worker.kv import KvLedger, PrefixCache
 from gateway.engine.worker.output import ChoiceOutput
+from gateway.engine.worker.pool import SequencePool
+from gateway.engine.worker.preemption import Preemption
 from gateway.engine.worker.sequences import ChoiceSequence, Job, Request
 from gateway.errors import GatewayError, internal_error
 
@@ -50,16 +47,12 @@ class Batch:
         self.slots = slots
         self._on_event = on_event
         self._on_error = on_error
-        self.ledger = KvLedger(backend.kv_cells)
-        self.cache = PrefixCache()
-        self._free = list(range(backend.max_sequences))
+        self.pool = SequencePool(backend, cached_max=slots)
         self.waiting: deque[Job] = deque()
         self.running: list[Job] = []
-        self.paused: dict[int, Job] = {}  # set aside until resumed, in pause order
-        self._resumed: deque[Job] = deque()  # resumed, to be readmitted before any waiting request
+        self.preemption = Preemption(self.pool, self.running, self.waiting, slots, self._finish)
         self.steps = 0
         self.reused_tokens = 0  # prompt tokens whose cells came from another sequence
-        self.replayed_tokens = 0  # tokens evaluated again for paused requests whose cells were dropped
 
     # -- the outside world ----------------------------------------------------------------------
 
@@ -67,39 +60,37 @@ class Batch:
         self.waiting.append(Job(request))
 
     def cancel(self, request_id: int) -> None:
-        paused = self.paused.pop(request_id, None)
-        if paused is not None:
-            self._resumed.append(paused)  # ended by the next step, as a waiting request is
-        for job in [*self.waiting, *self.running, *self._resumed]:
+        self.preemption.cancel(request_id)
+        for job in [*self.waiting, *self.running, *self.preemption.resumed]:
             if job.request.request_id == request_id:
                 job.cancelled = True
 
     def pause(self, request_id: int) -> None:
-        """Set a request aside: it takes no step until resumed (unknown or finished: nothing)."""
-        for queue in (self.waiting, self.running, self._resumed):
-            for job in queue:
-                if job.request.request_id == request_id and not job.finished:
-                    queue.remove(job)
-                    self.paused[request_id] = job
-                    return
+        self.preemption.pause(request_id)
 
     def resume(self, request_id: int) -> None:
-        job = self.paused.pop(request_id, None)
-        if job is not None:
-            self._resumed.append(job)
+        self.preemption.resume(request_id)
+
+    @property
+    def paused(self) -> dict[int, Job]:
+        return self.preemption.paused
+
+    @property
+    def replayed_tokens(self) -> int:
+        return self.preemption.replayed_tokens
 
     @property
     def idle(self) -> bool:
-        return not self.waiting and not self.running and not self._resumed
+        return not self.waiting and not self.running and not self.preemption.resumed
 
     def committed(self) -> int:
         """Cells in use (cached prefixes included) plus what running requests may still write."""
-        return self.ledger.used() + sum(job.reserve for job in self.running)
+        return self.pool.committed(self.running)
 
     def kv_committed(self) -> int:
         """Cells running requests hold or may still write: cached prefixes are reclaimable."""
         seqs = {choice.seq for job in self.running for choice in job.choices}
-        return self.ledger.used(seqs) + sum(job.reserve for job in self.running)
+        return self.pool.ledger.used(seqs) + sum(job.reserve for job in self.running)
 
     # -- one step -------------------------------------------------------------------------------
 
@@ -142,7 +133,7 @@ class Batch:
             self._decode_failed(status)
             return
         for job, choice, row in decoding:
-            self.ledger.extend(choice.seq, 1)
+            self.pool.wrote(choice.seq, 1)
             job.reserve -= 1
             if choice is job.primary:
                 job.tokens.append(choice.pending)  # type: ignore[arg-type]
@@ -150,13 +141,13 @@ class Batch:
             choice.pos += 1
             self._sample(job, choice, row)
         for job, choice, take in replaying:
-            self.ledger.extend(choice.seq, take)
+            self.pool.wrote(choice.seq, take)
             job.reserve -= take
             choice.pos += take
             if choice.replay is not None and choice.pos == len(choice.replay):
                 choice.replay = None  # its cells are back: it decodes its pending token next
         for job, take, last_row in prefilling:
-            self.ledger.extend(job.primary.seq, take)
+            self.pool.wrote(job.primary.seq, take)
             job.tokens.extend(job.request.prompt[job.prefilled : job.prefilled + take])
             job.prefilled += take
             job.reserve -= take
@@ -169,8 +160,7 @@ class Batch:
         length = len(job.request.prompt)
         for choice in job.choices:
             if choice is not job.primary:
-                self._backend.seq_cp(job.primary.seq, choice.seq, 0, length)
-                self.ledger.share(job.primary.seq, choice.seq, length)
+                self.pool.copy_prefix(job.primary.seq, choice.seq, length)
             choice.pos = length
         for choice in job.choices:
             self._sample(job, choice, row)
@@ -211,12 +201,12 @@ class Batch:
             )
             if choice is not job.primary:
                 choice.released = True
-                self._release(choice.seq)  # its own cells are free at once; the prompt stays shared
+                self.pool.release(choice.seq)  # its own cells are free at once; the prompt stays shared
 
     # -- admission and retirement ---------------------------------------------------------------
 
     def _admit(self) -> None:
-        if not self._readmit():
+        if not self.preemption.readmit():
             return  # resumed requests go first; later ones wait behind them
         while self.waiting and len(self.running) < self.slots:
             job = self.waiting[0]
@@ -243,30 +233,29 @@ class Batch:
         if request.seed is not None and not self.running:
             # On an idle worker it also starts from an empty pool, as a freshly loaded worker does: its
             # cells, and llama.cpp's float sums over them, then do not depend on what ran before.
-            while (cached := self.cache.oldest()) is not None:
-                self._evict(cached)
+            self.pool.clear_cache()
+        cache = self.pool.cache
         while True:
             reused = min(reused, len(request.prompt) - 1)
             need = len(request.prompt) - reused + request.n * request.limit
-            if self.committed() + need <= self.ledger.cells and len(self._free) >= request.n:
+            if self.committed() + need <= self.pool.cells and self.pool.free_ids >= request.n:
                 break
-            victim = self.cache.oldest(keep=source)
-            if victim is None and source is not None and source in self.cache:
-                victim, source, reused = source, None, 0
-            if victim is None:
-                if self._drop_paused(keep=None):  # room held by a paused request: it recomputes it later
-                    continue
+            if self.pool.evict_oldest(keep=source):
+                continue
+            if source is not None and source in cache:
+                self.pool.evict(source)  # the prefix it would reuse is the last room there is
+                source, reused = None, 0
+                continue
+            if not self.preemption.drop_latest(keep=None):  # a paused request's room: recomputed later
                 return False
-            self._evict(victim)
-        self._free.sort()  # dense ids: llama.cpp splits a batch whose sequence ids are scattered
-        seqs = [self._free.pop(0) for _ in range(request.n)]
+        seqs = [self.pool.take() for _ in range(request.n)]
         seed = sampler_seed(request.seed) if request.seed is not None else random.randrange(2**31)
         for index, seq in enumerate(seqs):
             try:
                 sampler = self._backend.sampler(request.settings, sampler_seed(seed + index))
                 sampler.accept_prompt(request.prompt)
             except Exception:
-                self._free.extend(seqs[index:])  # the choices made so far free theirs with the job
+                self.pool.give_back(seqs[index:])  # the choices made so far free theirs with the job
                 raise
             output = ChoiceOutput(
                 self._backend, self._emitter(request.request_id, index), request.stops, request.limit,
@@ -274,86 +263,16 @@ class Batch:
             )  # fmt: skip
             job.choices.append(ChoiceSequence(index, seq, sampler, output))
         if source is not None and reused > 0:
-            self._backend.seq_cp(source, seqs[0], 0, reused)
-            self.ledger.share(source, seqs[0], reused)
-            if source in self.cache:
-                self.cache.touch(source)
+            self.pool.copy_prefix(source, seqs[0], reused)
         job.prefilled = reused
         self.reused_tokens += reused
         job.tokens = list(request.prompt[:reused])
         job.reserve = need
         return True
 
-    # -- paused requests ------------------------------------------------------------------------
-
-    def _readmit(self) -> bool:
-        """Resumed requests back into the batch, in order; False while one waits for a slot or room."""
-        while self._resumed:
-            job = self._resumed[0]
-            if job.finished:
-                self._resumed.popleft()
-                self._finish(job)
-                continue
-            if not job.choices:  # paused before it was placed: it is placed as a new request
-                self._resumed.popleft()
-                self.waiting.appendleft(job)
-                continue
-            if len(self.running) >= self.slots:
-                return False
-            if job.dropped and job.prefilled < len(job.request.prompt):
-                self._resumed.popleft()  # nothing was sampled yet: start it over, as if new
-                job.choices, job.prefilled, job.reserve, job.tokens, job.dropped = [], 0, 0, [], False
-                self.waiting.appendleft(job)
-                continue
-            replays = self._replays(job) if job.dropped else {}
-            need = job.reserve + sum(len(tokens) for tokens in replays.values())
-            if not self._room(need, len(replays), job):
-                return False
-            self._resumed.popleft()
-            for choice in job.choices:
-                if choice.index in replays:
-                    self._free.sort()
-                    choice.seq, choice.released = self._free.pop(0), False
-                    choice.replay, choice.pos = replays[choice.index], 0
-            if job.dropped:
-                self.replayed_tokens += sum(len(tokens) for tokens in replays.values())
-                job.tokens = list(replays[0])
-                job.reserve, job.dropped = need, False
-            self.running.append(job)
-        return True
-
-    def _replays(self, job: Job) -> dict[int, list[int]]:
-        """Per choice whose cells were dropped and that still needs them (the first always: it keeps
-        the prompt for reuse), the tokens to evaluate again."""
-        prompt = job.request.prompt
-        return {c.index: [*prompt, *c.history] for c in job.choices if c is job.primary or not c.done}
-
-    def _room(self, need: int, sequences: int, job: Job) -> bool:
-        """Cached prefixes evicted, then other paused requests' cells dropped, until `need` more cells
-        and `sequences` ids fit."""
-        while self.committed() + need > self.ledger.cells or len(self._free) < sequences:
-            victim = self.cache.oldest()
-            if victim is not None:
-                self._evict(victim)
-            elif not self._drop_paused(keep=job):
-                return False
-        return True
-
-    def _drop_paused(self, keep: Job | None) -> bool:
-        """Free the cells of the latest paused request that still holds some; False if none does."""
-        for job in reversed([*self.paused.values(), *self._resumed]):
-            if job is not keep and job.choices and not job.dropped:
-                for choice in job.choices:
-                    if not choice.released:
-                        choice.released = True
-                        self._release(choice.seq)
-                job.dropped = True
-                return True
-        return False
-
     def _best_prefix(self, prompt: list[int]) -> tuple[int | None, int]:
         """The cached or running sequence sharing the longest prefix with `prompt`."""
-        source, reused = self.cache.best(prompt)
+        source, reused = self.pool.cache.best(prompt)
         for job in self.running:
             n = 0
             for a, b in zip(job.tokens, prompt, strict=False):
@@ -363,15 +282,6 @@ class Batch:
             if n > reused:
                 source, reused = job.primary.seq, n
         return source, reused
-
-    def _evict(self, seq: int) -> None:
-        self.cache.remove(seq)
-        self._release(seq)
-
-    def _release(self, seq: int) -> None:
-        self._backend.seq_rm(seq, 0, -1)
-        self.ledger.drop(seq)
-        self._free.append(seq)
 
     def _retire(self) -> None:
         for job in [j for j in self.running if j.finished]:
@@ -403,17 +313,14 @@ class Batch:
         for choice in job.choices:
             if choice is not job.primary and not choice.released:
                 choice.released = True
-                self._release(choice.seq)
+                self.pool.release(choice.seq)
         if job.choices and not job.dropped:
             primary = job.primary.seq
-            length = self.ledger.length(primary)
+            length = self.pool.ledger.length(primary)
             if length > 0 and not job.cancelled:
-                for redundant in self.cache.add(primary, job.tokens[:length]):
-                    self._release(redundant)
-                while len(self.cache) > self.slots:  # as many cached prompts as slots keeps ids dense
-                    self._evict(self.cache.oldest())  # type: ignore[arg-type]
+                self.pool.keep(primary, job.tokens[:length])
             else:
-                self._release(primary)
+                self.pool.release(primary)
 
     def _decode_failed(self, status: int) -> None:
         """llama.cpp refused the step (no KV room, or an error): the newest request fails in-band,

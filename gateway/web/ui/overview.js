@@ -91,21 +91,26 @@ export class Overview {
   }
 
   // A bar per pool against its budget, made of one segment per resident model (hover: which, how much).
+  // A model still loading has its claim reserved but is not yet counted as used: its segment is hatched
+  // and its bytes are shown apart, as /admin/models reports them (`used` and `loading`).
   renderPools(pools, rows) {
     const list = $("#pools");
     const resident = rows.filter((r) => ["loading", "loaded", "unloading"].includes(r.state));
     list.replaceChildren(
       ...pools.map((p) => {
-        const share = p.budget ? Math.min(1, p.used / p.budget) : 0;
+        const share = p.budget ? Math.min(1, (p.used + (p.loading || 0)) / p.budget) : 0;
         const users = resident.filter((r) => (r.claimed || {})[p.name] > 0);
+        const name = (r) => (r.state === "loading" ? `${r.id} (loading)` : r.id);
         const segments = users.map((r) => {
           const n = r.claimed[p.name];
-          const fill = h("span", { class: `fill${share > 0.9 ? " high" : ""}`, title: `${r.id}: ${bytes(n)}` });
+          const kind = `fill${r.state === "loading" ? " loading" : ""}${share > 0.9 ? " high" : ""}`;
+          const fill = h("span", { class: kind, title: `${name(r)}: ${bytes(n)}` });
           fill.style.width = `${p.budget ? Math.min(100, (n / p.budget) * 100).toFixed(1) : 0}%`;
           return fill;
         });
-        const who = users.map((r) => `${r.id} ${bytes(r.claimed[p.name])}`).join(", ");
-        const label = `${p.name}: ${bytes(p.used)} of ${bytes(p.budget)} budget${who ? ` (${who})` : ""}`;
+        const who = users.map((r) => `${name(r)} ${bytes(r.claimed[p.name])}`).join(", ");
+        const loading = p.loading ? `, ${bytes(p.loading)} loading` : "";
+        const label = `${p.name}: ${bytes(p.used)} of ${bytes(p.budget)} budget${loading}${who ? ` (${who})` : ""}`;
         return h(
           "li",
           { class: "pool" },
@@ -115,6 +120,7 @@ export class Overview {
             "span",
             { class: "pool-figures" },
             `${bytes(p.used)} / ${bytes(p.budget)}`,
+            p.loading ? h("small", { class: "pool-loading" }, ` +${bytes(p.loading)} loading`) : null,
             p.total ? h("small", {}, ` of ${bytes(p.total)}${p.free !== null ? `, ${bytes(p.free)} free` : ""}`) : null,
           ),
         );
