@@ -7,12 +7,13 @@ and the unused part is given back. Limits are read from the key on every admissi
 changes them applies at once, while requests already admitted keep their reservation.
 
 `Counters` is where the windows live: in this process (`LocalCounters`), or in Redis
-(`access.shared.SharedCounters`) so that replicas enforce one limit."""
+(`access.shared.SharedCounters`) so that replicas enforce one limit. With Redis the quota is counted
+there too (`access.quotas`), reservations included, so replicas cannot pass it together; the ledger
+seeds that counter and is the fallback while Redis is away."""
 
 from __future__ import annotations
 
 import collections
-import datetime
 import logging
 import math
 import time
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from gateway.access.keys import Principal
+from gateway.access.quotas import SharedQuotas, period_bounds, quota_error
 from gateway.errors import RATE_LIMIT, GatewayError
 
 log = logging.getLogger(__name__)
@@ -128,20 +130,6 @@ class LocalCounters:
             entry[1] = float(tokens)
 
 
-def period_bounds(per: str, now: float) -> tuple[float, float]:
-    """The UTC calendar period (day, week from Monday, month) around `now`, as epoch seconds."""
-    today = datetime.datetime.fromtimestamp(now, datetime.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    if per == "day":
-        start, end = today, today + datetime.timedelta(days=1)
-    elif per == "week":
-        start = today - datetime.timedelta(days=today.weekday())
-        end = start + datetime.timedelta(days=7)
-    else:
-        start = today.replace(day=1)
-        end = (start + datetime.timedelta(days=32)).replace(day=1)
-    return start.timestamp(), end.timestamp()
-
-
 @dataclass
 class _Book:
     """A key's quota in the current period: the ledger's total when last read, plus what this process
@@ -151,6 +139,7 @@ class _Book:
     ledger: int = 0
     local: int = 0
     read_at: float = -math.inf
+    read: bool = False  # the ledger's total was read at least once this period
 
 
 UsedSince = Callable[[str, float], Awaitable[int]]
@@ -164,6 +153,7 @@ class Ticket:
     reserved: int
     counter_ticket: str | None
     headers: list[tuple[str, str]]
+    quota_counter: str | None = None  # the shared quota counter holding the reservation
 
 
 @dataclass
@@ -209,8 +199,10 @@ class Limiter:
         used_since: UsedSince | None = None,
         wall: Callable[[], float] = time.time,
         clock: Callable[[], float] = time.monotonic,
+        quotas: SharedQuotas | None = None,
     ) -> None:
         self.counters: Counters = counters or LocalCounters(clock)
+        self.quotas = quotas
         self._used_since = used_since
         self._wall = wall
         self._clock = clock
@@ -230,31 +222,44 @@ class Limiter:
                 log.warning("quota of key %s: cannot read the usage ledger (%s); counting locally", key_id, exc)
                 book.read_at = now
             else:
-                book = self._books[key_id] = _Book(start, total, 0, now)
+                book = self._books[key_id] = _Book(start, total, 0, now, True)
         return book.ledger + book.local + self._reserved[key_id], end
 
     async def admit(self, principal: Principal, tokens: int) -> Admission:
         """Admit a request that may cost `tokens`, or say which limit it is over."""
         key = principal.key_id
-        if principal.quota is not None:
-            used, end = await self._quota_used(key, principal.quota.per)
-            if used + tokens > principal.quota.tokens:
-                reset = datetime.datetime.fromtimestamp(end, datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-                error = GatewayError(
-                    429,
-                    f"You exceeded your current quota: key '{key}' may use {principal.quota.tokens} tokens per "
-                    f"{principal.quota.per} ({used} used or reserved, this request may take {tokens}); "
-                    f"it resets at {reset}.",
-                    type="insufficient_quota",
-                    code="insufficient_quota",
+        counter = None
+        if (quota := principal.quota) is not None:
+            start, end = period_bounds(quota.per, self._wall())
+            shared = None
+            if self.quotas is not None:
+                shared = await self.quotas.reserve(
+                    key, start, end, quota.tokens, tokens, lambda: self._seed(key, quota.per)
                 )
-                return Admission(None, error, [])
+            if shared is not None:
+                used, fits, counter = shared.used, shared.ok, shared.counter if shared.ok else None
+            else:  # no Redis (or it is away): the ledger's total and this process's reservations
+                used, end = await self._quota_used(key, quota.per)
+                fits = used + tokens <= quota.tokens
+            if not fits:
+                return Admission(None, quota_error(principal, used, tokens, end), [])
         taken = await self.counters.take(key, principal.rpm, principal.tpm, tokens)
         headers = _headers(principal, taken)
         if taken.ticket is None:
+            if counter is not None and self.quotas is not None:
+                self.quotas.settle(counter, -tokens)  # not admitted after all
             return Admission(None, self._rate_error(principal, tokens, taken.wait), headers)
         self._reserved[key] += tokens
-        return Admission(Ticket(key, tokens, taken.ticket, headers), None, headers)
+        return Admission(Ticket(key, tokens, taken.ticket, headers, counter), None, headers)
+
+    async def _seed(self, key_id: str, per: str) -> int | None:
+        """A new shared quota counter starts from the ledger's total (with this process's use since
+        and its reservations under way, which settle into that counter); None while that total is
+        unknown (the ledger unreachable since the period began here): no counter is better than a
+        counter that forgot the period's use."""
+        used, _ = await self._quota_used(key_id, per)
+        book = self._books[key_id]
+        return used if book.read or self._used_since is None else None
 
     def _rate_error(self, principal: Principal, tokens: int, wait: float) -> GatewayError:
         if math.isinf(wait):
@@ -273,6 +278,8 @@ class Limiter:
     def settle(self, ticket: Ticket, tokens: int) -> None:
         """The request has ended having used `tokens`: the reservation becomes that."""
         self._reserved[ticket.key_id] -= ticket.reserved
+        if ticket.quota_counter is not None and self.quotas is not None:
+            self.quotas.settle(ticket.quota_counter, tokens - ticket.reserved)
         if ticket.counter_ticket is not None:
             self.counters.settle(ticket.key_id, ticket.counter_ticket, tokens)
         self.spent(ticket.key_id, tokens)

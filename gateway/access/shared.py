@@ -3,19 +3,14 @@
 One Lua script does a whole admission atomically on Redis's own clock: expire the minute's old
 entries, see whether the request (1 request, its reserved tokens) fits, and if it does record it.
 While Redis cannot be reached the replica counts on its own (`LocalCounters`) and tries Redis again
-after `retry` seconds; `healthy` says which is in use (for /health and /metrics)."""
+later (`access.link`)."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import time
 import uuid
-from typing import Any
 
 from gateway.access.limits import WINDOW_SECONDS, LocalCounters, Taken
-
-log = logging.getLogger(__name__)
+from gateway.access.link import RedisLink
 
 # KEYS: requests zset, tokens zset, amounts hash. ARGV: rpm (0: none), tpm (0: none), tokens, ticket, window.
 # Returns {wait ms (-1: never fits), requests used, requests reset ms, tokens used, tokens reset ms}.
@@ -76,32 +71,23 @@ return 0
 
 
 class SharedCounters:
-    """`url`: redis://...; `prefix` keeps the keys of one deployment (or one test run) apart."""
+    """The rate windows of every key in Redis (through `link`); its local windows while Redis is away."""
 
-    def __init__(self, url: str, *, prefix: str = "gateway", timeout: float = 1.0, retry: float = 5.0) -> None:
-        import redis.asyncio as redis  # imported only when shared limits are configured
-
-        self._redis: Any = redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
-        self._take_script = self._redis.register_script(_TAKE)
-        self._settle_script = self._redis.register_script(_SETTLE)
-        self._prefix = prefix
-        self._retry = retry
+    def __init__(self, link: RedisLink) -> None:
+        self._link = link
+        self._take_script = link.redis.register_script(_TAKE)
+        self._settle_script = link.redis.register_script(_SETTLE)
         self._local = LocalCounters()
-        self._down_until = 0.0
-        self.healthy = True
-        self._settling: set[asyncio.Task[None]] = set()
+
+    @property
+    def healthy(self) -> bool:
+        return self._link.healthy
 
     def _keys(self, key_id: str) -> list[str]:
-        return [f"{self._prefix}:{key_id}:{part}" for part in ("requests", "tokens", "amounts")]
-
-    def _failed(self, exc: Exception) -> None:
-        if self.healthy:
-            log.warning("shared limits: Redis unreachable (%s); counting per replica", exc)
-        self.healthy = False
-        self._down_until = time.monotonic() + self._retry
+        return [self._link.key(key_id, part) for part in ("requests", "tokens", "amounts")]
 
     async def take(self, key_id: str, rpm: int | None, tpm: int | None, tokens: int) -> Taken:
-        if time.monotonic() >= self._down_until:
+        if self._link.available:
             ticket = f"r:{uuid.uuid4().hex}"
             try:
                 args: list[str | int | float] = [rpm or 0, tpm or 0, tokens, ticket, WINDOW_SECONDS]
@@ -109,11 +95,9 @@ class SharedCounters:
                     keys=self._keys(key_id), args=args
                 )
             except Exception as exc:  # any Redis or connection error: count locally meanwhile
-                self._failed(exc)
+                self._link.failed(exc)
             else:
-                if not self.healthy:
-                    log.warning("shared limits: Redis answers again")
-                self.healthy = True
+                self._link.answered()
                 seconds = float("inf") if wait < 0 else wait / 1000
                 return Taken(
                     seconds,
@@ -140,18 +124,4 @@ class SharedCounters:
         if where == "l":
             self._local.settle(key_id, name, tokens)
             return
-
-        async def settle() -> None:
-            try:
-                await self._settle_script(keys=[self._keys(key_id)[2]], args=[ticket, tokens])
-            except Exception as exc:
-                self._failed(exc)
-
-        task = asyncio.ensure_future(settle())
-        self._settling.add(task)
-        task.add_done_callback(self._settling.discard)
-
-    async def close(self) -> None:
-        if self._settling:
-            await asyncio.wait(self._settling, timeout=2)
-        await self._redis.aclose()
+        self._link.in_background(self._settle_script(keys=[self._keys(key_id)[2]], args=[ticket, tokens]))

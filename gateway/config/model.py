@@ -22,7 +22,10 @@ class ReasoningSection(Section):
         "none: not a reasoning model",
     )
     budget: int | None = Field(
-        None, ge=0, description="thinking tokens before the gateway closes the block; default: no limit"
+        None,
+        ge=0,
+        description="thinking tokens before the gateway closes the block; default: what leaves the answer a "
+        "quarter of max_tokens (at least 16, at most half)",
     )
 
 

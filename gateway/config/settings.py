@@ -124,7 +124,14 @@ class GatewaySection(Section):
     shared_limits: str | None = Field(
         None,
         pattern=r"^rediss?://",
-        description="redis://... holding rate and quota counters, so replicas enforce one limit; null: per replica",
+        description="redis://... holding rate, quota and concurrency counters, so replicas enforce one limit; "
+        "null: per replica",
+    )
+    shared_limits_lease: float = Field(
+        15.0,
+        gt=0,
+        description="seconds a replica's count of a running request (max_concurrent) outlives its last heartbeat "
+        "in shared_limits: how soon the requests of a replica that died stop counting",
     )
     shared_limits_prefix: str = Field(
         "gateway", min_length=1, description="prefix of the Redis keys, so deployments can share one Redis"

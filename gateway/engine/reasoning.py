@@ -146,6 +146,16 @@ class Splitter:
         """Text held as the start of the opening marker: counted with the thinking it opens."""
         return self.state == "start" and bool(self._held.strip())
 
+    def opening(self, piece: str) -> str | None:
+        """Before the answer has begun (nothing but whitespace so far): the rest of the start
+        marker when `piece` would open the block ("" when it holds the whole marker), else None."""
+        if self.state != "start" or self._held.strip():
+            return None
+        text, start = (self._held + piece).lstrip(), self.fmt.start
+        if text.startswith(start):
+            return ""
+        return start[len(text) :] if text and start.startswith(text) else None
+
     def feed(self, text: str) -> list[Piece]:
         out: list[Piece] = []
         buf = self._held + text

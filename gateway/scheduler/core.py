@@ -16,7 +16,7 @@ from gateway.memory.inventory import Inventory
 from gateway.scheduler.cpu import CpuBudget, default_threads
 from gateway.scheduler.devices import FREE_WAIT, Devices
 from gateway.scheduler.eviction import expired
-from gateway.scheduler.fairness import OPEN, KeyTurns, Tenant
+from gateway.scheduler.fairness import OPEN, KeyLeases, KeyTurns, Tenant
 from gateway.scheduler.hold import Hold
 from gateway.scheduler.loading import Loading
 from gateway.scheduler.observer import Observer
@@ -51,6 +51,7 @@ class Scheduler(Loading):
         super().__init__(settings, facts, engine_factory, budget, clock, observer, devices)
         self.cpu = CpuBudget(settings.gateway.cpu_threads, settings.gateway.cpu_wait_max)
         self.keys = KeyTurns()  # turns each key holds over every model (max_concurrent)
+        self.leases: KeyLeases | None = None  # max_concurrent over every replica (gateway.shared_limits)
         self._closing = False
         self._reaper: asyncio.Task[None] | None = None
 
@@ -124,6 +125,9 @@ class Scheduler(Loading):
         try:
             engine = await self._loaded_engine(slot)
             if hold.generate:
+                if self.leases is not None and hold.tenant.max_concurrent is not None:
+                    hold.lease = await self.leases.acquire(hold.tenant.key, hold.tenant.max_concurrent)
+                    hold.leased = True
                 phase = "turn"
                 hold.turn = await slot.take_turn(hold.tenant, self.keys, self._clock(), self._aging)
                 phase = "running"
@@ -136,6 +140,9 @@ class Scheduler(Loading):
                 slot.quick -= 1
             elif phase == "queued":
                 slot.waiting -= 1
+                self._end_lease(hold)
+            elif phase == "turn":  # take_turn left no trace of its own
+                self._end_lease(hold)
             elif phase == "running":
                 self._end_turn(hold, slot)
             elif phase == "granted":
@@ -157,8 +164,14 @@ class Scheduler(Loading):
             slot.quick -= 1
         self._touch(slot)
 
+    def _end_lease(self, hold: Hold) -> None:
+        if hold.leased and self.leases is not None:
+            hold.leased = False
+            self.leases.release(hold.tenant.key, hold.lease)
+
     def _end_turn(self, hold: Hold, slot: Slot) -> None:
         assert hold.turn is not None
+        self._end_lease(hold)
         slot.end_turn(hold.turn, self.keys, self._clock(), self._aging)
         if hold.tenant.max_concurrent is not None:  # the key may run another of its requests elsewhere
             for other in (*self._slots.values(), *self._retiring):

@@ -7,7 +7,8 @@ Order of the waiting holds of one model (`TurnQueue.pick`):
 2. fair share: the key holding the fewest of this model's turns (one key's 30 streams do not
    starve another key's 3; two flooding keys converge to even shares);
 3. arrival: the oldest first (a preempted hold keeps its place, so it resumes before later ones).
-A key at its `max_concurrent` (counted over all models) waits until one of its requests ends.
+A key at its `max_concurrent` (counted over all models) waits until one of its requests ends; with
+`KeyLeases` (shared limits) its requests on other replicas count too.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Protocol
 
 
 class Priority(str, Enum):
@@ -74,6 +76,17 @@ class KeyTurns:
         self.running[tenant.key] = self.running.get(tenant.key, 0) + n
         if not self.running[tenant.key]:
             del self.running[tenant.key]
+
+
+class KeyLeases(Protocol):
+    """A key's running requests counted over every replica (`access.leases`)."""
+
+    async def acquire(self, key_id: str, limit: int) -> str | None:
+        """Wait until the key may run one more request and count it: a lease to release, or None when
+        only this replica's count applies (the shared store is away)."""
+        ...
+
+    def release(self, key_id: str, lease: str | None) -> None: ...
 
 
 class TurnQueue:

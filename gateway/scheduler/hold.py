@@ -36,6 +36,8 @@ class Hold:
         self.generate = generate
         self.tenant = tenant
         self.turn: Turn | None = None  # a generating hold's turn, once it waits for one
+        self.leased = False  # counted in the key's leases over every replica (until released)
+        self.lease: str | None = None  # that lease (None: counted on this replica only)
         self._slot: Slot | None = None
         self._engine: Engine | None = None
         self.running = False  # has a turn and CPU (generating holds)

@@ -10,6 +10,7 @@ Another kind of stored document (conversations, ...) needs no migration: `docume
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 from collections.abc import Sequence
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 Row = tuple[Any, ...]
+log = logging.getLogger(__name__)
 
 # version → (SQLite DDL, PostgreSQL DDL); applied in order, each once, recorded in schema_version.
 MIGRATIONS: list[tuple[int, str, str]] = [
@@ -53,6 +55,15 @@ MIGRATIONS: list[tuple[int, str, str]] = [
 class Database(Protocol):
     kind: str  # "sqlite" | "postgresql"
 
+    @property
+    def ready(self) -> bool:
+        """Connected and migrated once (a PostgreSQL unreachable at start-up is not, until it answers)."""
+        ...
+
+    def ping(self) -> None:
+        """Raise unless the database answers now (connecting and migrating first if it never has)."""
+        ...
+
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Run one statement; the number of rows it changed."""
         ...
@@ -73,6 +84,7 @@ class SqliteDatabase:
     """One connection (WAL, so a reader never waits for the writer), serialised by a lock."""
 
     kind = "sqlite"
+    ready = True
 
     def __init__(self, path: Path | None) -> None:
         if path is not None:
@@ -116,6 +128,9 @@ class SqliteDatabase:
         with self._lock:
             return list(self._db.execute(sql, params).fetchall())
 
+    def ping(self) -> None:
+        pass
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
@@ -126,13 +141,19 @@ _MIGRATION_LOCK = 7_240_024  # pg_advisory_xact_lock id: replicas starting toget
 
 class PostgresDatabase:
     """A small psycopg connection pool. The URL may choose a schema with
-    `?options=-csearch_path%3Dname` (tests use a schema per run)."""
+    `?options=-csearch_path%3Dname` (tests use a schema per run).
+
+    A PostgreSQL that cannot be reached at start-up does not stop the gateway: every call (the
+    ledger's writer tries each second) connects and migrates first, and fails fast until that works;
+    then the pool opens. Callers treat those failures as they treat an outage mid-run."""
 
     kind = "postgresql"
 
     def __init__(self, url: str, *, timeout: float = 5.0) -> None:
         from psycopg_pool import ConnectionPool  # imported only when PostgreSQL is configured
 
+        self._url = url
+        self._timeout = timeout
         self._pool = ConnectionPool(
             url,
             min_size=1,
@@ -142,9 +163,27 @@ class PostgresDatabase:
             kwargs={"connect_timeout": int(timeout)},
             check=ConnectionPool.check_connection,  # a connection cut while idle is replaced, not handed out
         )
-        self._pool.open(wait=True, timeout=timeout)
+        self._lock = threading.Lock()
+        self._ready = False
         try:
-            with self._pool.connection() as conn, conn.transaction():
+            self._connect()
+        except Exception as exc:
+            log.warning("store: PostgreSQL unreachable at start-up (%s); serving without it until it answers", exc)
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    def _connect(self) -> None:
+        """Migrate on a connection of its own, then open the pool (once)."""
+        if self._ready:
+            return
+        import psycopg
+
+        with self._lock:
+            if self._ready:
+                return
+            with psycopg.connect(self._url, connect_timeout=int(self._timeout)) as conn, conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
                 conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
                 row = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()
@@ -154,28 +193,35 @@ class PostgresDatabase:
                         for statement in _statements(ddl):
                             conn.execute(statement.encode())
                         conn.execute("INSERT INTO schema_version VALUES (%s)", (version,))
-        except BaseException:
-            self._pool.close()
-            raise
+            self._pool.open(wait=False)
+            self._ready = True
+        log.info("store: PostgreSQL connected and migrated")
 
     @staticmethod
     def _sql(sql: str) -> bytes:
         return sql.replace("?", "%s").encode()
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        self._connect()
         with self._pool.connection() as conn:
             return conn.execute(self._sql(sql), params).rowcount
 
     def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self._connect()
         with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cursor:
             cursor.executemany(self._sql(sql), rows)
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        self._connect()
         with self._pool.connection() as conn:
             return list(conn.execute(self._sql(sql), params).fetchall())
 
+    def ping(self) -> None:
+        self.query("SELECT 1")
+
     def close(self) -> None:
-        self._pool.close()
+        if self._ready:
+            self._pool.close()
 
 
 def open_database(where: str | None) -> Database:

@@ -1,7 +1,8 @@
 """The usage ledger: one row per finished request, written off the request path.
 
 `add` only appends to a bounded in-memory queue; a thread writes the queue in batches every
-`interval`. While the database cannot be written the rows stay queued (the spill, at most
+`interval` (and, while the database is away with nothing to write, probes it). While the database
+cannot be written the rows stay queued (the spill, at most
 `spill_max`; beyond it the oldest are dropped and counted) and are written when it answers again.
 Each row has its own id and is inserted with ON CONFLICT DO NOTHING, so a batch retried after a
 failure that did commit is not counted twice. `close` writes what is left (SIGTERM); what the
@@ -85,7 +86,7 @@ class Ledger:
         self._wake = threading.Event()
         self._stop = False
         self.dropped = 0  # rows lost because the spill was full
-        self.healthy = True  # the last write (or query) reached the database
+        self.healthy = db.ready  # the last write (or probe) reached the database
         self._thread = threading.Thread(target=self._run, name="usage-ledger", daemon=True)
         if spill_file is not None and spill_file.exists():
             lines = spill_file.read_text(encoding="utf-8").splitlines()
@@ -111,9 +112,18 @@ class Ledger:
 
     def _run(self) -> None:
         while not self._stop:
+            if self.flush() and not self.healthy:
+                self._probe()  # nothing to write, but /health should see the database come back
             self._wake.wait(self._interval)
             self._wake.clear()
-            self.flush()
+
+    def _probe(self) -> None:
+        try:
+            self.db.ping()  # (a PostgreSQL unreachable at start-up is migrated now)
+        except Exception:
+            return
+        log.warning("usage ledger: the database answers again")
+        self.healthy = True
 
     def flush(self) -> bool:
         """Write every queued row now; False when the database did not take them (they stay queued)."""

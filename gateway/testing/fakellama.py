@@ -3,7 +3,8 @@
 Prompt words become tokens; the "model" answers `tok0 tok1 ...` (`reply_tokens` of them, or the
 pieces of `reply`, then the end-of-generation token), each token predicted from the one before it, so
 every sequence in a batch has its own answer. A grammar makes a sequence spell `{"ok": true}` (a
-scripted `reply` is taken to follow it). The KV pool is simulated cell
+scripted `reply` is taken to follow it, unless `grammar_holds`: the model's pick where the grammar
+allows it, else the grammar's piece). The KV pool is simulated cell
 by cell with llama.cpp's rules (positions must follow on, `seq_cp` shares cells, a full pool makes
 decode return 1), so the batch loop's bookkeeping is checked against an independent model of it.
 """
@@ -51,6 +52,9 @@ class FakeScript:
     generation_prompt: str = ""
     # After tokens the gateway wrote itself (words, following reply pieces), the reply goes on at this piece.
     resume_at: int = 0
+    # A grammar holds a scripted reply too: a piece it refuses becomes its own next JSON piece (else
+    # a scripted reply is taken to follow the grammar).
+    grammar_holds: bool = False
 
     @property
     def reply_length(self) -> int:
@@ -195,14 +199,25 @@ class FakeSampler:
         self._settings = settings
         self._random = random.Random(seed)
         self._json = 0
+        self.taken: list[int] = []  # every token it chose (what llama.cpp's penalties accept)
+        self.consumed: list[int] = []  # what its grammar consumed
 
     def accept_prompt(self, tokens: Sequence[int]) -> None:
         pass
 
-    def sample(self, row: int, free: bool = False) -> int:
-        if self._settings.grammar is not None and self._backend.script.reply is None and not free:
-            self._json += 1
-            return JSON_BASE + self._json - 1 if self._json <= len(JSON_PIECES) else EOS
+    def sample(self, row: int, free: bool = False, opens: Callable[[int], bool] | None = None) -> int:
+        script = self._backend.script
+        token = self._pick(row)
+        if self._settings.grammar is not None and not free and (script.reply is None or script.grammar_holds):
+            allowed = JSON_BASE + self._json if self._json < len(JSON_PIECES) else EOS
+            if token == allowed or opens is None or not opens(token):
+                token = allowed  # the model's pick if the grammar allows it, else the grammar's mask
+                self._json += 1
+                self.consumed.append(token)
+        self.taken.append(token)
+        return token
+
+    def _pick(self, row: int) -> int:
         logits = self._backend.logits(row).copy()
         for token, bias in (self._settings.logit_bias or {}).items():
             logits[token] += bias

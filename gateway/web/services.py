@@ -8,13 +8,17 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from gateway.access.keys import KeyRing
+from gateway.access.leases import SharedLeases
 from gateway.access.limits import Limiter, Ticket
+from gateway.access.link import RedisLink
+from gateway.access.quotas import SharedQuotas
 from gateway.access.shared import SharedCounters
 from gateway.config import Settings, load_settings
 from gateway.engine.process.factory import ProcessEngines, WorkerSpawn
@@ -42,10 +46,13 @@ log = logging.getLogger(__name__)
 
 class Answerable:
     """A document store whose failures (the database unreachable) are answered as a 503
-    `store_unavailable` in the API's shape, not as a bug."""
+    `store_unavailable` in the API's shape, not as a bug. `up`: whether the database answered last
+    (the usage ledger's writer keeps trying it): while it does not, calls are answered at once
+    instead of each waiting for a connection that will not come."""
 
-    def __init__(self, store: ResponseStore) -> None:
+    def __init__(self, store: ResponseStore, up: Callable[[], bool] = lambda: True) -> None:
         self._store = store
+        self._up = up
 
     def _unavailable(self, exc: Exception) -> GatewayError:
         log.warning("store unreachable: %s", exc)
@@ -53,18 +60,24 @@ class Answerable:
         return GatewayError(503, message, type="server_error", code="store_unavailable", retry_after=5)
 
     def get(self, response_id: str) -> Stored | None:
+        if not self._up():
+            raise self._unavailable(ConnectionError("the store is unreachable"))
         try:
             return self._store.get(response_id)
         except Exception as exc:
             raise self._unavailable(exc) from None
 
     def put(self, response_id: str, stored: Stored) -> None:
+        if not self._up():
+            raise self._unavailable(ConnectionError("the store is unreachable"))
         try:
             self._store.put(response_id, stored)
         except Exception as exc:
             raise self._unavailable(exc) from None
 
     def delete(self, response_id: str) -> bool:
+        if not self._up():
+            raise self._unavailable(ConnectionError("the store is unreachable"))
         try:
             return self._store.delete(response_id)
         except Exception as exc:
@@ -116,18 +129,30 @@ class Services:
         self.db = open_database(gateway.store)
         self.ledger = Ledger(self.db, spill_max=gateway.usage_spill_max, spill_file=gateway.usage_spill_file)
         self.metrics.watch_store(self.store_figures)
-        self.shared = None
+        # Redis, when configured, counts rate windows, quotas and running requests over every replica.
+        self.link: RedisLink | None = None
+        self.shared: SharedCounters | None = None
+        self.leases: SharedLeases | None = None
+        quotas: SharedQuotas | None = None
         if gateway.shared_limits is not None:
-            self.shared = SharedCounters(gateway.shared_limits, prefix=gateway.shared_limits_prefix)
-        limiter = Limiter(self.shared, used_since=self._used_since)
+            self.link = RedisLink(gateway.shared_limits, prefix=gateway.shared_limits_prefix)
+            self.shared, quotas = SharedCounters(self.link), SharedQuotas(self.link)
+            self.leases = self.scheduler.leases = SharedLeases(self.link, ttl=gateway.shared_limits_lease)
+        limiter = Limiter(self.shared, used_since=self._used_since, quotas=quotas)
         self.gate = Gate(KeyRing(settings), limiter, gateway.max_body_bytes, gateway.log_content)
-        self.responses: ResponseStore = Answerable(
-            SqliteStore(gateway.responses_store, gateway.responses_store_max)
+
+        def store_up() -> bool:
+            return self.ledger.healthy
+
+        self.responses: ResponseStore = (
+            Answerable(SqliteStore(gateway.responses_store, gateway.responses_store_max))
             if gateway.responses_store is not None
-            else DocumentStore(self.db, "response", gateway.responses_store_max)
+            else Answerable(DocumentStore(self.db, "response", gateway.responses_store_max), store_up)
         )
         # Beside the stored Responses, in the same store: a conversation outlives a restart and is shared by replicas.
-        self.conversations: ConversationStore = DocumentStore(self.db, "conversation", gateway.responses_store_max)
+        self.conversations: ConversationStore = Answerable(
+            DocumentStore(self.db, "conversation", gateway.responses_store_max), store_up
+        )
         self.shutdown_grace = gateway.shutdown_grace
         self._reload_lock = asyncio.Lock()
         self._reloads: set[asyncio.Task[None]] = set()
@@ -180,8 +205,8 @@ class Services:
 
     def store_figures(self) -> StoreFigures:
         up = {"store": self.ledger.healthy}
-        if self.shared is not None:
-            up["shared_limits"] = self.shared.healthy
+        if self.link is not None:
+            up["shared_limits"] = self.link.healthy
         return StoreFigures(up, self.ledger.pending, self.ledger.dropped)
 
     async def reload(self) -> dict[str, Any]:
@@ -231,7 +256,9 @@ class Services:
         self.access_log.close()
         self.responses.close()
         self.conversations.close()
-        if self.shared is not None:
-            await self.shared.close()
+        if self.leases is not None:
+            await self.leases.close()
+        if self.link is not None:
+            await self.link.close()
         await asyncio.to_thread(self.ledger.close)  # SIGTERM: the rows of every finished request are written
         self.db.close()

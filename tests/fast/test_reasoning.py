@@ -244,7 +244,9 @@ def test_log_probabilities_describe_the_answer(client: TestClient) -> None:
 
 
 def test_cut_off_mid_thought_answers_content_null(client: TestClient) -> None:
-    whole = chat(client, model="endless", max_tokens=2)
+    # A caller's budget as large as max_tokens lets max_tokens end the thinking (else the answer's
+    # reserve would close the block: test_reasoning_answer.py).
+    whole = chat(client, model="endless", max_tokens=2, max_reasoning_tokens=2)
     choice = whole["choices"][0]
     assert choice["finish_reason"] == "length"
     assert choice["message"]["content"] is None and choice["message"]["reasoning_content"] == "Hmm still"

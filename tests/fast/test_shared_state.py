@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis as redis_lib
 from starlette.testclient import TestClient
 
 from gateway.config import parse_settings
@@ -25,7 +26,17 @@ AUTH = {"authorization": f"Bearer {KEY}"}
 ADMIN_AUTH = {"authorization": f"Bearer {ADMIN}"}
 
 
-def replica(make_config: Any, tmp_path: Path, store: str, redis: str, prefix: str, **limits: Any) -> TestClient:
+def replica(
+    make_config: Any,
+    tmp_path: Path,
+    store: str,
+    redis: str | None,
+    prefix: str,
+    *,
+    script: FakeScript | None = None,
+    **limits: Any,
+) -> TestClient:
+    """A gateway over one fake model `a` (answering `script`) whose key `KEY` has `limits`."""
     gateway = {
         "api_keys": [{"id": "shared", "key": KEY, **limits}],
         "admin_key": ADMIN,
@@ -35,13 +46,13 @@ def replica(make_config: Any, tmp_path: Path, store: str, redis: str, prefix: st
         "shared_limits_prefix": prefix,
     }
     settings = parse_settings(make_config({"a": {"model": {"n_ctx": 512}}}, gateway=gateway), tmp_path)
-    return TestClient(create_app(settings, spawn=FakeWorkers({"a": FakeScript(reply_tokens=3)}).spawn))
+    workers = FakeWorkers({"a": script or FakeScript(reply_tokens=3)})
+    return TestClient(create_app(settings, spawn=workers.spawn))
 
 
-def chat(client: TestClient) -> Any:
-    return client.post(
-        "/v1/chat/completions", json={"model": "a", "messages": [{"role": "user", "content": "hi"}]}, headers=AUTH
-    )
+def chat(client: TestClient, **extra: Any) -> Any:
+    body = {"model": "a", "messages": [{"role": "user", "content": "hi"}], **extra}
+    return client.post("/v1/chat/completions", json=body, headers=AUTH)
 
 
 def eventually(check: Callable[[], bool], timeout: float = 30.0) -> bool:
@@ -99,6 +110,10 @@ def test_quota_spans_replicas_through_the_ledger(
     with replica(make_config, tmp_path, store, REDIS, redis_key_prefix, quota=quota) as a:
         used = sum(chat(a).json()["usage"]["total_tokens"] for _ in range(3))
         assert eventually(lambda: requests_in_ledger(a) == 3)
+    # Redis forgets the counter (flushed, restarted): it is seeded from the ledger, the truth.
+    flushed = redis_lib.Redis.from_url(REDIS)
+    assert flushed.delete(*flushed.keys(f"{redis_key_prefix}:shared:quota:*")) == 1
+    flushed.close()
     quota = {"tokens": used + 3, "per": "month"}  # the next request's estimate (prompt 1) plus one more
     with replica(make_config, tmp_path, store, REDIS, redis_key_prefix, quota=quota) as b:
         assert chat(b).status_code == 200  # its own 3 replies go over the quota

@@ -160,11 +160,11 @@ class FailsOnThirdToken:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    def sample(self, row: int, free: bool = False) -> int:
+    def sample(self, row: int, *args: Any) -> int:
         self.calls += 1
         if self.calls == 3:
             raise RuntimeError("llama_sampler_sample failed")
-        return int(self.inner.sample(row, free))
+        return int(self.inner.sample(row, *args))
 
 
 def refused(real: Any, settings: Any, seed: int) -> Any:

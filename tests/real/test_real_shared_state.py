@@ -5,6 +5,7 @@ under CI=true)."""
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import signal
@@ -16,12 +17,13 @@ from typing import Any
 
 import httpx
 import openai
+import psutil
 import pytest
 from openai import OpenAI
 
 from tests.real.conftest import model
 from tests.real.server import CLIENT_TIMEOUT, SMOLLM, GatewayServer
-from tests.servers import TcpProxy, with_schema
+from tests.servers import REDIS, TcpProxy, with_schema
 
 pytestmark = pytest.mark.real
 
@@ -66,6 +68,9 @@ def test_two_gateways_share_state_and_survive_its_outage(tmp_path: Path, pg_sche
     a = GatewayServer(config, tmp_path / "a")
     b = GatewayServer(config, tmp_path / "b")
     try:
+        for server in (a, b):  # loaded first: the key's requests below fall within one minute on a busy machine
+            load = f"{server.base_url}/admin/models/smollm2/load"
+            assert httpx.post(load, headers={"authorization": f"Bearer {ADMIN}"}, timeout=CLIENT_TIMEOUT).is_success
         ca, cb = (
             OpenAI(base_url=f"{s.base_url}/v1", api_key=KEY, max_retries=0, timeout=CLIENT_TIMEOUT) for s in (a, b)
         )
@@ -247,3 +252,61 @@ def test_two_gateway_processes_share_limits_and_ledger_of_a_remote_model(
         pg.close()
         redis.close()
         upstream.stop()
+
+
+def test_a_killed_replica_stops_counting_against_max_concurrent(tmp_path: Path, redis_key_prefix: str) -> None:
+    """A key may run one request over both replicas: b's waits while a streams one; a is SIGKILLed
+    mid-stream (no release, no more heartbeats) and its lease expires, so b's request runs."""
+    config = {
+        "gateway": {
+            "memory_budget": "1GiB",
+            "api_keys": [{"id": "solo", "key": KEY, "max_concurrent": 1}],
+            "admin_key": ADMIN,
+            "shared_limits": REDIS,
+            "shared_limits_prefix": redis_key_prefix,
+            "shared_limits_lease": 3,  # (heartbeats every second: room for a busy CI machine)
+        },
+        "models": {"smollm2": model(SMOLLM)},
+    }
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    a = GatewayServer(config, tmp_path / "a")
+    b = GatewayServer(config, tmp_path / "b")
+    admin = {"authorization": f"Bearer {ADMIN}"}
+    workers = []
+    try:
+        assert httpx.post(f"{b.base_url}/admin/models/smollm2/load", headers=admin, timeout=CLIENT_TIMEOUT).is_success
+        ca, cb = (
+            OpenAI(base_url=f"{s.base_url}/v1", api_key=KEY, max_retries=0, timeout=CLIENT_TIMEOUT) for s in (a, b)
+        )
+        long = [{"role": "user", "content": "Count from 1 to 300, one number per line."}]
+        stream = ca.chat.completions.create(model="smollm2", messages=long, max_tokens=400, stream=True, temperature=0)
+        chunks = iter(stream)
+        next(chunks)
+        workers = a.worker_pids()
+        answer: dict[str, Any] = {}
+
+        def ask_b() -> None:
+            hi = [{"role": "user", "content": "Hi"}]
+            answer["b"] = cb.chat.completions.create(model="smollm2", messages=hi, max_tokens=4)
+
+        asker = threading.Thread(target=ask_b, daemon=True)
+        asker.start()
+
+        def queued_on_b() -> bool:
+            models = httpx.get(f"{b.base_url}/admin/models", headers=admin, timeout=CLIENT_TIMEOUT).json()["models"]
+            return [(m["in_flight"], m["queued"]) for m in models] == [(0, 1)]
+
+        assert eventually(queued_on_b)  # the key's one request runs on a
+        assert next(chunks).choices[0].finish_reason is None  # and still does
+        a.stop(signal.SIGKILL)
+        with pytest.raises((openai.APIConnectionError, httpx.HTTPError)):  # a's stream was cut, not finished
+            list(chunks)
+        asker.join(60)  # (a lease that never expired would keep it waiting)
+        assert answer["b"].choices[0].message.content is not None
+    finally:
+        a.stop()
+        b.stop()
+        for pid in workers:  # a SIGKILLed gateway's worker exits once its pipe closes; make sure
+            with contextlib.suppress(psutil.NoSuchProcess):
+                psutil.Process(pid).kill()

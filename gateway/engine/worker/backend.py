@@ -8,7 +8,7 @@ the real batch loop runs in the fast test tier.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -78,9 +78,12 @@ class SamplerSettings:
 
 
 class Sampler(Protocol):
-    def sample(self, row: int, free: bool = False) -> int:
+    def sample(self, row: int, free: bool = False, opens: Callable[[int], bool] | None = None) -> int:
         """Choose (and accept) the next token from the logits of batch row `row` of the last decode;
-        `free`: the grammar does not apply to this token (a reasoning model's thinking)."""
+        `free`: the grammar does not apply to this token (a reasoning model's thinking); `opens`:
+        where the model may open its own thinking before a constrained answer, a first pick the
+        grammar refuses is taken freely (the grammar consumes nothing) when `opens` says it begins
+        the block, else the pick is discarded (accepted by nothing) and the grammar's mask decides."""
 
     def accept_prompt(self, tokens: Sequence[int]) -> None:
         """Feed the prompt's tail to the repetition penalties."""

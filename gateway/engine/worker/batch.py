@@ -171,8 +171,9 @@ class Batch:
         if job.cancelled:
             return
         try:
-            forced = choice.output.forced()
-            token = choice.sampler.sample(row, choice.output.thinking) if forced is None else forced
+            output = choice.output
+            forced = output.forced()
+            token = choice.sampler.sample(row, output.thinking, output.opens()) if forced is None else forced
             self._take(job, choice, token, row)
         except Exception as exc:
             self._on_error(job.request.request_id, internal_error(f"sampling failed: {exc!r}"))

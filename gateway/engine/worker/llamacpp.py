@@ -10,7 +10,7 @@ order). Computing the full mask at every step would slow every stream in the bat
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from gateway.engine.sizing import batch_size
@@ -182,13 +182,16 @@ class ChainSampler:
             for token in tokens[-self._last_n if self._last_n > 0 else 0 :]:
                 self._lib.llama_sampler_accept(self._chain, token)
 
-    def sample(self, row: int, free: bool = False) -> int:
+    def sample(self, row: int, free: bool = False, opens: Callable[[int], bool] | None = None) -> int:
         matcher = self.matcher
         if matcher is None or free:
             return int(self._lib.llama_sampler_sample(self._chain, self._ctx, row))
         logits = self._backend.logits(row)
-        token = self._pick(logits)
+        token = self._pick(logits)  # picked, not accepted: only the token kept is
         if not matcher.try_consume(token):
+            if opens is not None and opens(token):  # it begins the thinking: no part of the answer
+                self._lib.llama_sampler_accept(self._chain, token)
+                return token
             self.masked += 1
             allowed = logits.copy()  # llama.cpp's buffer stays as it is, for log probabilities
             matcher.apply(allowed)

@@ -42,7 +42,7 @@ from gateway.engine.worker.load import load, load_speculation
 from gateway.engine.worker.logcapture import LogCapture, failure_message
 from gateway.engine.worker.prompt import Render
 from gateway.engine.worker.sampling import logit_bias
-from gateway.engine.worker.sequences import Request, Thinking
+from gateway.engine.worker.sequences import Request, Thinking, answer_reserve
 from gateway.engine.worker.speculation import Speculation
 from gateway.errors import GatewayError, context_length_exceeded, internal_error, invalid_request
 
@@ -212,28 +212,31 @@ class Worker:
             logit_bias=logit_bias(params.logit_bias, backend.n_vocab),
             grammar=backend.grammar(params.constraint),
         )
+        limit = min(params.max_tokens, room) if params.max_tokens else room
         return Request(
             request_id=request_id,
             prompt=prompt,
             n=params.n,
-            limit=min(params.max_tokens, room) if params.max_tokens else room,
+            limit=limit,
             settings=settings,
             seed=params.seed,
             stops=[*params.stop, *template_stops],
             delta_interval=params.delta_interval,
             top_logprobs=params.top_logprobs if params.logprobs else None,
-            thinking=self._thinking(params, prompt),
+            thinking=self._thinking(params, prompt, limit),
         )
 
-    def _thinking(self, params: GenerationParams, prompt: list[int]) -> Thinking | None:
-        """What the worker follows of a reasoning model's thinking (a chat only: a raw prompt is the caller's)."""
+    def _thinking(self, params: GenerationParams, prompt: list[int], limit: int) -> Thinking | None:
+        """What the worker follows of a reasoning model's thinking (a chat only: a raw prompt is the
+        caller's). With no budget set, the thinking leaves the answer its reserve of `limit`."""
         spec = params.reasoning
         if spec is None or params.prompt is not None:
             return None
         fmt = FORMATS[spec["format"]]
         opened = opens_block(fmt, self._backend.detokenize(prompt[-16:]))
         close = tuple(self._backend.tokenize(fmt.close, False))
-        return Thinking(fmt.name, spec.get("budget"), opened, close)
+        budget = spec.get("budget")
+        return Thinking(fmt.name, limit - answer_reserve(limit) if budget is None else budget, opened, close)
 
     def _event(self, request_id: int, event: Started | Delta | ChoiceFinished | Finished) -> None:
         self._send(Event(request_id, event))

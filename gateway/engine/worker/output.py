@@ -7,7 +7,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from gateway.engine.reasoning import splitter
+from gateway.engine.reasoning import Splitter, splitter
 from gateway.engine.worker.backend import Backend
 from gateway.engine.worker.deltas import DeltaBatcher
 from gateway.engine.worker.sampling import LogprobScorer
@@ -47,6 +47,7 @@ class ChoiceOutput:
         self._splitter = splitter(thinking.format) if thinking is not None else None
         self._forced: deque[int] = deque()
         self._closed = False
+        self._opened_itself = False  # the model began its block under a constraint (see `opens`)
         self.reasoning_tokens = 0
         if thinking is not None and thinking.opened and self._splitter is not None:
             # The prompt opened the block: the text says so too, for the gateway's own splitter.
@@ -64,9 +65,32 @@ class ChoiceOutput:
         """Tokens this choice may still produce before its length limit."""
         return self._limit - self.produced
 
+    def opens(self) -> Callable[[int], bool] | None:
+        """Before a constrained answer, where the prompt left the model outside its thinking: what
+        tells the sampler that a token the grammar refuses begins the block (the sampler then takes
+        it freely, and the grammar waits for the answer after the end marker), else None."""
+        split = self._splitter
+        if not isinstance(split, Splitter) or split.state != "start" or self._opened_itself:
+            return None
+        return self._begins_block
+
+    def _begins_block(self, token: int) -> bool:
+        """Asked only of a token the sampler takes if True. A token holding part of the marker
+        commits the choice to the block: the gateway writes the rest of the marker itself."""
+        split = self._splitter
+        assert isinstance(split, Splitter)
+        rest = split.opening(self._backend.piece(token).decode("utf-8", errors="replace"))
+        if rest is None:
+            return False
+        self._opened_itself = True
+        if rest:
+            marker = self._backend.tokenize(split.fmt.start, False)
+            self._forced.extend(marker[1:] if marker[0] == token else self._backend.tokenize(rest, False))
+        return True
+
     def forced(self) -> int | None:
-        """The next token the gateway writes itself instead of sampling: the end of the thinking,
-        once its budget is spent."""
+        """The next token the gateway writes itself instead of sampling: the rest of a start marker
+        the model began under a constraint, or the end of the thinking once its budget is spent."""
         thinking, split = self._thinking, self._splitter
         spent = thinking is not None and thinking.budget is not None and self.reasoning_tokens >= thinking.budget
         if spent and not self._forced and not self._closed and split is not None and split.thinking:

@@ -20,6 +20,14 @@ class Thinking:
     close: tuple[int, ...]
 
 
+def answer_reserve(limit: int) -> int:
+    """Of a choice's `limit` tokens, what thinking with no budget of its own (none asked, none in
+    models.yaml) leaves to the answer: a quarter, at least 16, at most half. When the rest is spent
+    the block is closed (its end marker is written from the reserve), so that `max_tokens` does not
+    end a request that has said nothing."""
+    return min(max(16, limit // 4), limit // 2)
+
+
 @dataclass(frozen=True)
 class Request:
     """A validated request: tokens that fit, and how to sample and end each choice."""
