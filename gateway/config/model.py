@@ -34,7 +34,12 @@ class NgramSection(Section):
     n tokens in its own prompt and output (edits, refactors and quoting answers repeat long spans)."""
 
     min: int = Field(2, ge=1, le=16, description="shortest n-gram (last tokens) looked up")
-    max: int = Field(4, ge=1, le=16, description="longest n-gram looked up; the longest that matches wins")
+    max: int = Field(
+        8,
+        ge=1,
+        le=16,
+        description="longest n-gram looked up; the longest that matches wins (structured text repeats short ones)",
+    )
     lookahead: int = Field(16, ge=1, le=64, description="most tokens drafted per step")
 
     @model_validator(mode="after")

@@ -32,7 +32,7 @@ def test_ngram_defaults_and_bounds(tmp_path: Path) -> None:
     entry = ModelEntry.model_validate({"model": {"path": "x.gguf", "speculative": {"ngram": {}}}})
     spec = entry.model.speculative
     assert spec is not None and spec.ngram is not None and spec.draft is None
-    assert (spec.ngram.min, spec.ngram.max, spec.ngram.lookahead) == (2, 4, 16)
+    assert (spec.ngram.min, spec.ngram.max, spec.ngram.lookahead) == (2, 8, 16)
     assert ModelEntry.model_validate({"model": {"path": "x.gguf"}}).model.speculative is None
     with pytest.raises(ConfigError, match=r"speculative\.ngram: .*min \(5\) must not exceed max \(3\)"):
         parse_settings(doc(tmp_path, {"ngram": {"min": 5, "max": 3}}), tmp_path)
@@ -108,3 +108,36 @@ def test_the_worker_is_told_the_speculative_settings(tmp_path: Path) -> None:
         "draft": {"path": str((tmp_path / "draft.gguf").resolve()), "n_gpu_layers": 0, "max_tokens": 4},
     }
     assert worker_config(parse_settings(doc(tmp_path, None), tmp_path).models["m"])["speculative"] is None
+
+
+def test_check_names_the_speculative_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    from gateway.cli import main as cli
+
+    write_tiny_gguf(tmp_path / "draft.gguf", vocab=32)
+    data = doc(tmp_path, {"ngram": {}, "draft": {"path": "draft.gguf"}})
+    data["gateway"] = {"memory_budget": "1GiB"}
+    config = tmp_path / "models.yaml"
+    config.write_text(yaml.safe_dump(data))
+    assert cli.main(["check", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "speculative: n-gram 2-8, up to 16; draft model draft.gguf (" in out
+
+
+def test_metrics_report_drafted_accepted_and_the_rate_per_model() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from gateway.observability.collectors import ModelState, StateCollector
+
+    states = [
+        ModelState("spec", "loaded", 1, 0, 100, 100, drafted_tokens=40, accepted_tokens=30),
+        ModelState("plain", "loaded", 1, 0, 100, 100),
+    ]
+    registry = CollectorRegistry()
+    registry.register(StateCollector(lambda: (states, 1000)))
+    text = generate_latest(registry).decode()
+    assert 'gateway_speculative_drafted_tokens_total{model="spec"} 40.0' in text
+    assert 'gateway_speculative_accepted_tokens_total{model="spec"} 30.0' in text
+    assert 'gateway_speculative_acceptance_ratio{model="spec"} 0.75' in text
+    assert 'gateway_speculative_acceptance_ratio{model="plain"} 0.0' in text

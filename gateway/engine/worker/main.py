@@ -105,8 +105,7 @@ class Worker:
         self._backend = backend
         self._render = render
         self._inbox: queue.SimpleQueue[Generate | Cancel | Pause | Resume | None] = queue.SimpleQueue()
-        self.speculation = speculation or Speculation(None)
-        self.batch = Batch(backend, slots, self._event, self._error)
+        self.batch = Batch(backend, slots, self._event, self._error, speculation)
         self._usage: BatchState | None = None
 
     def serve(self) -> None:
@@ -260,8 +259,8 @@ class Worker:
             batch.reused_tokens,
             len(batch.paused),
             batch.replayed_tokens,
-            self.speculation.drafted,
-            self.speculation.accepted,
+            batch.speculation.drafted,
+            batch.speculation.accepted,
         )
         if usage != self._usage:
             self._usage = usage

@@ -74,5 +74,10 @@ class Job:
         return self.choices[0]
 
     @property
+    def replaying(self) -> bool:
+        """A choice is recomputing its dropped cells."""
+        return any(choice.replay is not None for choice in self.choices)
+
+    @property
     def finished(self) -> bool:
         return self.cancelled or (bool(self.choices) and all(c.done for c in self.choices))

@@ -83,6 +83,18 @@ class Speculation:
     def enabled(self) -> bool:
         return self.max_tokens > 0
 
+    def decoding(self, running: Sequence[Job], n_batch: int, n_ctx: int) -> list[tuple[Job, ChoiceSequence, list[int]]]:
+        """The choices that decode a token this step, in batch order, each with its draft ([] if none)."""
+        decoding = [
+            (job, choice)
+            for job in running
+            for choice in job.choices
+            if choice.pending is not None and not choice.done and choice.replay is None
+        ]
+        busy = any(job.prefilled < len(job.request.prompt) or job.replaying for job in running)
+        drafts = self.plan(decoding, busy, n_batch - len(decoding), n_ctx)
+        return [(job, choice, draft) for (job, choice), draft in zip(decoding, drafts, strict=True)]
+
     def plan(
         self, candidates: Sequence[tuple[Job, ChoiceSequence]], busy: bool, rows: int, n_ctx: int
     ) -> list[list[int]]:
