@@ -10,7 +10,7 @@ both alike; each figure is a median over rounds, each ratio spec / plain:
 Greedy output must be the same with and without speculation (checked, reported). With
 `--llama-server PATH` the peer's figures for the edit row: llama-server plain, with its n-gram
 drafts (`--spec-type ngram-simple` where its --help lists it) and with a draft model (`--model-draft`,
-the Q8_0 of SmolLM2). Run through `scripts/bench --speculative`; writes speculative.{json,md}.
+the Q8_0 of SmolLM2), up to 16 drafted tokens, `--no-repack` (llama.cpp's AMX kernels crash here). Run through `scripts/bench --speculative`; writes speculative.{json,md}.
 """
 
 from __future__ import annotations
@@ -167,9 +167,11 @@ def llama_server(tmp: Path, binary: str, name: str, extra: list[str]) -> Server:
 def measure_peer(tmp: Path, binary: str, rounds: int, tokens: int) -> dict[str, Any]:
     """llama-server's edit row: plain, its n-gram drafts (if this build has them), a draft model."""
     helptext = subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=60).stdout
-    variants = {"plain": [], "draft": ["--model-draft", str(SMOLLM_Q8), "--draft-max", "16", "-ngld", "0"]}
+    variants = {"plain": []}
     if "ngram-simple" in helptext:
-        variants["ngram"] = ["--spec-type", "ngram-simple", "--draft-max", "16"]
+        variants["ngram"] = ["--spec-type", "ngram-simple", "--spec-draft-n-max", "16"]
+    draft = ["--model-draft", str(SMOLLM_Q8), "--spec-draft-ngl", "0", "--spec-draft-n-max", "16"]
+    variants["draft"] = ["--spec-type", "draft-simple", *draft] if "draft-simple" in helptext else draft
     result: dict[str, Any] = {}
     for name, extra in variants.items():
         try:

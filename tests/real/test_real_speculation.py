@@ -36,12 +36,19 @@ DRAFT = {"draft": {"path": str(SMOLLM_Q8), "max_tokens": 6}}
 MODELS = ("plain", "ngram", "draft")
 
 
+# One thread: with more, llama.cpp's CPU flash attention sums a lone row's attention in another order
+# than a batch of rows once the context passes a few hundred tokens (logits up to ~1 apart), so plain
+# greedy decoding itself depends on how many rows share a step (one stream or eight); with one thread
+# a row's logits are the same in any batch, and speculation's output must then be the plain one exactly.
+ONE_THREAD = {"thread_count": 1}
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayServer]:
     models = {
-        "plain": model(SMOLLM, model={"n_ctx": 1024}),
-        "ngram": model(SMOLLM, model={"n_ctx": 1024, "speculative": NGRAM}),
-        "draft": model(SMOLLM, model={"n_ctx": 1024, "speculative": DRAFT}),
+        "plain": model(SMOLLM, model={"n_ctx": 1024}, runtime=ONE_THREAD),
+        "ngram": model(SMOLLM, model={"n_ctx": 1024, "speculative": NGRAM}, runtime=ONE_THREAD),
+        "draft": model(SMOLLM, model={"n_ctx": 1024, "speculative": DRAFT}, runtime=ONE_THREAD),
     }
     gateway = GatewayServer({"gateway": {"memory_budget": "3GiB"}, "models": models}, tmp_path_factory.mktemp("spec"))
     yield gateway
