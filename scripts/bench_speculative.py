@@ -7,10 +7,13 @@ both alike; each figure is a median over rounds, each ratio spec / plain:
   prompt), decode tokens/s after the first token;
 - chat: one stream of free chat, the same;
 - 8 streams: eight different chat prompts at once, aggregate tokens/s.
-Greedy output must be the same with and without speculation (checked, reported). With
-`--llama-server PATH` the peer's figures for the edit row: llama-server plain, with its n-gram
-drafts (`--spec-type ngram-simple` where its --help lists it) and with a draft model (`--model-draft`,
-the Q8_0 of SmolLM2), up to 16 drafted tokens, `--no-repack` (llama.cpp's AMX kernels crash here). Run through `scripts/bench --speculative`; writes speculative.{json,md}.
+Whether greedy output is the same with and without speculation is checked and reported (with more
+than one thread, llama.cpp's CPU flash attention sums a lone row in another order than a batch of rows
+once the context is long: see docs/performance.md). With `--llama-server PATH` the peer's figures for
+the edit row: llama-server plain, with its n-gram drafts (`--spec-type ngram-simple` where its --help
+lists it) and with a draft model (`--model-draft`, the Q8_0 of SmolLM2), up to 16 drafted tokens,
+`--no-repack` (llama.cpp's AMX kernels crash here). Run through `scripts/bench --speculative`; writes
+speculative.{json,md}.
 """
 
 from __future__ import annotations

@@ -242,3 +242,14 @@ def test_a_choice_that_keeps_missing_stops_drafting_then_probes() -> None:
     assert spec.accepted == 0
     # Every miss shrinks the draft to one token, and under the minimum rate most steps draft nothing.
     assert spec.drafted < 40 // 2
+
+
+def test_with_both_the_draft_model_fills_in_where_the_ngram_lookup_finds_nothing() -> None:
+    drafter = ScriptedDrafter(reply=12, max_tokens=4)
+    both = Speculation({"ngram": {"min": 1, "max": 3, "lookahead": 8}}, drafter)
+    same_as_plain(both, [{"prompt": copying_prompt()}])
+    copying = len(drafter.proposed)
+    drafter.proposed.clear()
+    same_as_plain(Speculation({"ngram": {"min": 1, "max": 3, "lookahead": 8}}, drafter), [{}])
+    assert drafter.proposed and copying < len(drafter.proposed)  # the prompt's copy drafted most tokens
+    assert all(keep <= {0, 1} for keep in drafter.kept)  # it forgets sequences that no longer decode
