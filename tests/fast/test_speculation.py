@@ -253,3 +253,44 @@ def test_with_both_the_draft_model_fills_in_where_the_ngram_lookup_finds_nothing
     same_as_plain(Speculation({"ngram": {"min": 1, "max": 3, "lookahead": 8}}, drafter), [{}])
     assert drafter.proposed and copying < len(drafter.proposed)  # the prompt's copy drafted most tokens
     assert all(keep <= {0, 1} for keep in drafter.kept)  # it forgets sequences that no longer decode
+
+
+def reasoning_run(speculation: Speculation | None, reply: list[str], budget: int | None, **script: Any) -> Any:
+    """A reasoning request (json_schema, thinking budget) on the fake; its text and what its sampler
+    took and its grammar consumed."""
+    from gateway.engine.worker.sequences import Thinking
+
+    backend = FakeLlama(script=FakeScript(reply=reply, grammar_holds=True, **script))
+    recorder = Recorder()
+    batch = Batch(backend, 1, recorder, recorder, speculation)
+    samplers: list[Any] = []
+    make = backend.sampler
+
+    def sampler(settings: SamplerSettings, seed: int) -> Any:
+        samplers.append(make(settings, seed))
+        return samplers[-1]
+
+    backend.sampler = sampler  # type: ignore[method-assign]
+    settings = SamplerSettings(0.0, 1.0, 0, 0.0, 1.0, 64, 0.0, 0.0, grammar="fake-json")
+    thinking = Thinking("think", budget, opened=False, close=tuple(backend.tokenize("</think>", False)))
+    batch.submit(make_request(backend, 1, backend.tokenize("json please", True), settings=settings, thinking=thinking))
+    while not batch.idle:
+        batch.step()
+        assert backend.used_cells() == batch.pool.ledger.used()
+    return recorder.outcome(), samplers[0].taken, samplers[0].consumed
+
+
+def test_reasoning_blocks_budgets_and_grammars_hold_under_speculation() -> None:
+    own_block = ["<think>", "Let", " me", " see", " more", ".", "</think>", "Sure, here it is:"]
+    cases: list[tuple[list[str], int | None, dict[str, Any]]] = [
+        (own_block, None, {}),
+        (own_block, 2, {"resume_at": 7}),  # the budget closes the block: the gateway writes </think>
+        (["<th", "ink>", "Let me see.", "</think>", "Sure"], None, {"resume_at": 2}),
+    ]
+    for reply, budget, script in cases:
+        plain = reasoning_run(None, reply, budget, **script)
+        for wrong_at in (0, 1, 3, None):
+            drafter = ScriptedDrafter(reply=len(reply), wrong_at=wrong_at, max_tokens=4)
+            spec = Speculation(None, drafter)
+            assert reasoning_run(spec, reply, budget, **script) == plain, (reply, budget, wrong_at)
+            assert spec.drafted > 0
