@@ -225,13 +225,13 @@ def test_drafts_fit_the_kv_reservation_of_a_full_pool() -> None:
 
 
 def test_speculation_yields_when_more_sequences_decode() -> None:
-    requests = [{"prompt": copying_prompt()} for _ in range(MAX_SPECULATING + 1)]
+    requests = [{"prompt": copying_prompt(), "limit": 4 + 4 * i} for i in range(MAX_SPECULATING + 1)]
     spec = ngram()
     backend = same_as_plain(spec, requests, slots=MAX_SPECULATING + 1, n_ctx=64)
     # While all of them decode, each step has one row per sequence; drafts come once some finished.
     decoding = [rows for rows in backend.decodes if all(r.logits for r in rows)]
     together = [rows for rows in decoding if len({r.seq for r in rows}) == MAX_SPECULATING + 1]
-    assert len(together) > 5 and all(len(rows) == MAX_SPECULATING + 1 for rows in together)
+    assert len(together) >= 3 and all(len(rows) == MAX_SPECULATING + 1 for rows in together)
     assert any(len(rows) > len({r.seq for r in rows}) for rows in decoding)
 
 

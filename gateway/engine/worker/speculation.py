@@ -29,7 +29,7 @@ from typing import Any, Protocol
 from gateway.engine.worker.ngram import NgramIndex
 from gateway.engine.worker.sequences import ChoiceSequence, Job
 
-MAX_SPECULATING = 2  # sequences decoding in a step above which nothing drafts (8 streams: plain steps)
+MAX_SPECULATING = 1  # sequences decoding in a step above which nothing drafts (2 or more: plain steps)
 FIRST_LENGTH = 4  # a choice's first draft length; then it doubles or shrinks with acceptance
 MIN_RATE = 0.3  # recent acceptance under which a choice stops drafting for a while
 PROBE_AFTER = 8  # steps without drafts before a choice under MIN_RATE tries one token again
