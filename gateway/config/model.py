@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from gateway import structured
-from gateway.config.values import POOL_NAME, CacheType, Duration, Placement, Section
+from gateway.config.values import POOL_NAME, ByteSize, CacheType, Duration, Placement, Section
 from gateway.errors import GatewayError
 
 
@@ -122,6 +122,11 @@ class ModelSection(Section):
         None,
         description="a vision projector GGUF for this model (libmtmd's mmproj), relative to the configuration "
         "file: the model then reads images",
+    )
+    image_cache: ByteSize = Field(
+        64 * 2**20,
+        description="with mmproj: bytes of encoded images the worker keeps, so that a second request with the same "
+        "image skips the encoder (counted in the memory estimate); 0 keeps none",
     )
     use_mmap: bool = True
     flash_attn: Literal["auto", "on", "off"] = Field(

@@ -15,6 +15,11 @@ if TYPE_CHECKING:  # the worker process imports this module: keep pydantic out o
     from gateway.config import ModelEntry
 
 
+# Where an image part was, the text a chat template renders holds this marker (libmtmd's default):
+# the worker's projector splits the prompt there and puts the image's tokens in its place.
+MEDIA_MARKER = "<__media__>"
+
+
 @dataclass(frozen=True)
 class GenerationParams:
     """One generation, in plain values that cross a process boundary."""
@@ -44,6 +49,9 @@ class GenerationParams:
     # A reasoning model's thinking: {"format": engine.reasoning name, "budget": tokens or None}.
     reasoning: dict[str, Any] | None = None
     template_kwargs: dict[str, Any] | None = None  # extra variables for the Jinja chat template
+    # The chat's images in order, one per media marker in its messages' text (gateway.images):
+    # {"digest": sha256 of the pixels, "width", "height", "rgb": width x height x 3 bytes}.
+    images: list[dict[str, Any]] | None = None
 
     def to_wire(self) -> dict[str, Any]:
         return asdict(self)
@@ -114,6 +122,8 @@ class BatchState:
     replayed_tokens: int = 0  # tokens recomputed for paused requests whose cells were given away, since load
     drafted_tokens: int = 0  # speculative decoding: tokens drafted since load
     accepted_tokens: int = 0  # of those, tokens the model sampled too (kept without a step of their own)
+    image_encodes: int = 0  # images run through the vision projector, since load
+    image_cache_hits: int = 0  # images taken from the worker's encode cache instead, since load
 
     @property
     def kv_usage(self) -> float:

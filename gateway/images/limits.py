@@ -10,3 +10,6 @@ MAX_IMAGES_PER_REQUEST = 20  # across every turn of the history; each costs an e
 # What Pillow may decode: the formats the APIs document. A GIF gives its first frame.
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF")
 MEDIA_TYPES = ("image/png", "image/jpeg", "image/jpg", "image/webp", "image/gif")
+# An image is scaled down to this on its longer side before the worker's projector gets it (none of
+# the projectors libmtmd runs reads more: they resize to their own 224-2048 pixel inputs or tiles).
+MAX_PROJECTOR_SIDE = 2048

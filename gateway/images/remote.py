@@ -79,7 +79,7 @@ async def fetch_image(url: str, policy: ImageFetch | None, where: str) -> Image:
         raise _refused(where, f"it took longer than gateway.image_fetch.timeout ({policy.timeout:g} s).") from None
     except (OSError, httpx.HTTPError) as exc:
         raise _refused(where, f"it could not be fetched ({type(exc).__name__}).") from None
-    return decode_image(data, where)
+    return await asyncio.to_thread(decode_image, data, where)  # Pillow, off the event loop
 
 
 async def _download(url: str, host: str, policy: ImageFetch, where: str) -> bytes:
@@ -88,14 +88,21 @@ async def _download(url: str, host: str, policy: ImageFetch, where: str) -> byte
     parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
     addresses = await resolve(host, port)
+    if not addresses:
+        raise _refused(where, f"'{host}' does not resolve.")
     if any(internal(a) for a in addresses) and not _named(host, policy):
         raise _refused(
             where, f"'{host}' is a private or loopback address; allow it by name in gateway.image_fetch.allow."
         )
+    # The connection goes to the address just checked, not to whatever the name resolves to next
+    # (DNS rebinding); the Host header and TLS (SNI, certificate) still name the host.
+    address = addresses[0]
+    pinned = parts._replace(netloc=f"[{address}]:{port}" if ":" in address else f"{address}:{port}").geturl()
+    headers = {"Host": parts.netloc.rpartition("@")[2]}
     data = bytearray()
     async with (
         httpx.AsyncClient(timeout=policy.timeout, follow_redirects=False) as client,
-        client.stream("GET", url) as response,
+        client.stream("GET", pinned, headers=headers, extensions={"sni_hostname": host}) as response,
     ):
         if response.status_code != 200:
             raise _refused(where, f"fetching it gave HTTP {response.status_code}.")

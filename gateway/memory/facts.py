@@ -52,8 +52,11 @@ def inspect_model(entry: ModelEntry) -> ModelFacts:
         problem = projector_problem(info, projector)
         if problem is not None:
             raise ProjectorError(f"{entry.model.mmproj}: {problem}")
-        # The worker holds the projector's weights beside the model's (on its GPU where it offloads).
-        need = replace(need, weights=need.weights + projector.tensor_bytes)
+        # The worker holds the projector's weights beside the model's (on its GPU where it offloads),
+        # and up to `image_cache` bytes of encoded images in its own memory.
+        need = replace(
+            need, weights=need.weights + projector.tensor_bytes, overhead=need.overhead + entry.model.image_cache
+        )
     draft = _draft(entry, info)
     if draft is not None:
         # The worker holds the draft model too: its weights, its own KV pool and its compute.

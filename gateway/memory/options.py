@@ -44,6 +44,15 @@ def placement_config(entry: ModelEntry, settings: Settings) -> ModelPlacementCon
     )
 
 
+def projector_need(entry: ModelEntry, facts: ModelFacts, placement: Placement) -> Vector:
+    """model.mmproj's weights where libmtmd puts them (the first GPU the worker sees, when the model
+    offloads; else the host), and the encoded-image cache in the worker's own memory."""
+    if facts.projector is None:
+        return Vector()
+    pool = placement.devices[0] if placement.on_gpu else HOST
+    return Vector.of({pool: facts.projector.tensor_bytes}) + Vector.of({HOST: entry.model.image_cache})
+
+
 def model_options(
     entry: ModelEntry, facts: ModelFacts, settings: Settings, pools: Sequence[PoolState], held: Vector
 ) -> list[Option]:
@@ -52,7 +61,7 @@ def model_options(
     def need_of(placement: Placement) -> Vector:
         cells, rows = kv_cells(entry), output_rows(entry)
         need = footprint(facts.info, cells, placement, ubatch(entry), rows, batch, cache_types(entry)).vector
-        return need + draft_need(entry, facts, placement)
+        return need + draft_need(entry, facts, placement) + projector_need(entry, facts, placement)
 
     return placement_options(placement_config(entry, settings), pools, held, need_of)
 

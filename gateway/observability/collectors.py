@@ -42,6 +42,8 @@ class ModelState:
     replayed_tokens: int = 0  # recomputed for paused requests whose cells were given away (since the worker loaded)
     drafted_tokens: int = 0  # speculative decoding: tokens drafted (since the worker loaded)
     accepted_tokens: int = 0  # of those, tokens the model sampled too
+    image_encodes: int = 0  # images run through the vision projector (since the worker loaded)
+    image_cache_hits: int = 0  # images whose encoding came from the worker's cache instead
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,7 @@ def _batch_gauges(models: list[ModelState]) -> Iterator[Metric]:
     )
     yield from _priority_gauges(models)
     yield from _speculation_metrics(models)
+    yield from _image_counters(models)
     for m in models:
         reused.add_metric([m.model], m.reused_tokens)
         running.add_metric([m.model], m.batch_running)
@@ -222,6 +225,24 @@ def _speculation_metrics(models: list[ModelState]) -> Iterator[Metric]:
         accepted.add_metric([m.model], m.accepted_tokens)
         rate.add_metric([m.model], m.accepted_tokens / m.drafted_tokens if m.drafted_tokens else 0.0)
     yield from (drafted, accepted, rate)
+
+
+def _image_counters(models: list[ModelState]) -> Iterator[Metric]:
+    """The vision projector's work: images encoded, and those the worker's encode cache spared it."""
+    encodes = CounterMetricFamily(
+        "gateway_image_encodes",
+        "images run through a model's vision projector (since the worker loaded)",
+        labels=["model"],
+    )
+    hits = CounterMetricFamily(
+        "gateway_image_cache_hits",
+        "images whose encoding the worker had kept from an earlier request (model.image_cache), since it loaded",
+        labels=["model"],
+    )
+    for m in models:
+        encodes.add_metric([m.model], m.image_encodes)
+        hits.add_metric([m.model], m.image_cache_hits)
+    yield from (encodes, hits)
 
 
 def _priority_gauges(models: list[ModelState]) -> Iterator[Metric]:

@@ -58,9 +58,11 @@ class Message(Strict):
             raise ValueError("a 'tool' message needs 'tool_call_id'")
         return self
 
-    def for_template(self) -> dict[str, Any]:
-        """The message as chat templates take it ("developer" is "system" to them)."""
-        message: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role, "content": self.text()}
+    def for_template(self, image: str = "") -> dict[str, Any]:
+        """The message as chat templates take it ("developer" is "system" to them); `image`: the text
+        an image part becomes (the engine's media marker)."""
+        role = "system" if self.role == "developer" else self.role
+        message: dict[str, Any] = {"role": role, "content": self.text(image)}
         if self.tool_calls:
             message["tool_calls"] = [
                 {
@@ -81,12 +83,13 @@ class Message(Strict):
             message["reasoning_content"] = message["thinking"] = thinking
         return message
 
-    def text(self) -> str:
+    def text(self, image: str = "") -> str:
+        """The text parts, with `image` where each image part is."""
         if self.content is None:
             return ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(part.text for part in self.content if isinstance(part, TextPart))
+        return "".join(part.text if isinstance(part, TextPart) else image for part in self.content)
 
     def image_parts(self) -> list[tuple[int, ImagePart]]:
         """The image parts with their index in `content`."""

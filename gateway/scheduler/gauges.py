@@ -30,6 +30,8 @@ def model_states(scheduler: Scheduler) -> tuple[list[ModelState], int]:
                 replayed_tokens=batch.replayed_tokens if batch else 0,
                 drafted_tokens=batch.drafted_tokens if batch else 0,
                 accepted_tokens=batch.accepted_tokens if batch else 0,
+                image_encodes=batch.image_encodes if batch else 0,
+                image_cache_hits=batch.image_cache_hits if batch else 0,
             )
         )
     return states, snapshot.budget

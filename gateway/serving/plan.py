@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.config import GatewaySection, ModelEntry
-from gateway.engine.base import GenerationParams
+from gateway.engine.base import MEDIA_MARKER, GenerationParams
 from gateway.errors import invalid_request
 from gateway.protocol import (
     ChatCompletionRequest,
@@ -28,7 +28,7 @@ from gateway.protocol import (
 from gateway.protocol.reasoning import Ask
 from gateway.scheduler.views import SlotView
 from gateway.serving.call import Call
-from gateway.serving.images import plan_images
+from gateway.serving.images import ImageSource, plan_images
 from gateway.serving.reasoning import ReasoningPlan, plan_reasoning
 from gateway.serving.resolve import resolve_local
 from gateway.serving.tools.calls import Shaper
@@ -48,6 +48,7 @@ class Plan:
     echo: tuple[str, ...] | None = None  # per choice, the prompt to send back first
     flex: bool = False  # the request asked to run at batch priority (service_tier "flex")
     reasoning: ReasoningPlan = field(default_factory=ReasoningPlan)
+    images: tuple[ImageSource, ...] = ()  # a chat's images, loaded just before its model is held (run.py)
     # The same request planned again for another version of the model (a reload came in between).
     renew: Callable[[SlotView], Plan] | None = field(default=None, compare=False, repr=False)
 
@@ -87,10 +88,10 @@ def plan_chat(chat: ChatCompletionRequest, view: SlotView, gateway: GatewaySecti
             param="model",
             code="chat_template_missing",
         )
-    plan_images(chat, view, gateway)
+    images = plan_images(chat, view, gateway)
     tools = plan_tools(chat, view)
     entry = view.entry
-    messages = tools.messages([m.for_template() for m in chat.messages])
+    messages = tools.messages([m.for_template(MEDIA_MARKER) for m in chat.messages])
     constraint = _constraint(chat, tools, entry)
     gguf_template = view.facts.info.metadata.get("tokenizer.chat_template")
     thinking = plan_reasoning(ask or chat_ask(chat), entry, view.model_id, gguf_template)
@@ -116,6 +117,7 @@ def plan_chat(chat: ChatCompletionRequest, view: SlotView, gateway: GatewaySecti
         tools=tools,
         flex=chat.flex,
         reasoning=thinking,
+        images=images,
         renew=lambda again: plan_chat(chat, again, gateway, ask),
     )
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 from gateway.engine.base import Engine, Generation, GenerationParams, Started, completion_room
 from gateway.errors import internal_error
@@ -23,6 +24,7 @@ from gateway.protocol.answer import Answer, Chunk
 from gateway.scheduler import Hold, Scheduler, SlotView
 from gateway.scheduler.fairness import Tenant
 from gateway.serving.call import Call
+from gateway.serving.images import load_images
 from gateway.serving.plan import Plan
 from gateway.serving.stream import chunk_stream, fold
 from gateway.upstream.proxy import Reply
@@ -53,7 +55,8 @@ class ChatStream:
 
 async def open_stream(call: Call, plan: Plan) -> ChatStream:
     """Hold the model and begin the answer; raises the errors that have a status of their own."""
-    body = _stream_in_hold(plan, call.scheduler, call.record, call.tenant(plan.flex))
+    images = await load_images(plan.images, call.scheduler.settings.gateway.image_fetch) if plan.images else None
+    body = _stream_in_hold(plan, call.scheduler, call.record, call.tenant(plan.flex), images)
     try:
         begun = await anext(body)
     except BaseException:
@@ -96,9 +99,12 @@ async def start(engine: Engine, params: GenerationParams) -> tuple[Generation, i
     return generation, first.prompt_tokens
 
 
-async def _begin(held: Hold, plan: Plan) -> tuple[Plan, Generation, int]:
-    """The plan for the version held, its later prompts checked, its first generation started."""
+async def _begin(held: Hold, plan: Plan, images: list[dict[str, Any]] | None) -> tuple[Plan, Generation, int]:
+    """The plan for the version held (with the chat's images), its later prompts checked, its first
+    generation started."""
     plan = plan.for_version(held.view())
+    if images:
+        plan = replace(plan, generations=(replace(plan.generations[0], images=images), *plan.generations[1:]))
     n_ctx = held.entry.model.n_ctx
     for params in plan.generations[1:]:  # they start after the answer has begun: check them now
         tokens = len(await held.engine.tokenize(params.prompt or "")) + 1  # + BOS
@@ -124,10 +130,10 @@ async def _generations(held: Hold, plan: Plan, first: Generation) -> AsyncIterat
 
 
 async def _stream_in_hold(
-    plan: Plan, scheduler: Scheduler, record: RequestRecord | None, tenant: Tenant
+    plan: Plan, scheduler: Scheduler, record: RequestRecord | None, tenant: Tenant, images: list[dict[str, Any]] | None
 ) -> AsyncGenerator[_Begun | Chunk, None]:
     async with scheduler.hold(plan.model_id, tenant=tenant) as held:
-        plan, first, prompt_tokens = await _begin(held, plan)
+        plan, first, prompt_tokens = await _begin(held, plan, images)
         read = False
         try:
             yield _Begun(prompt_tokens)

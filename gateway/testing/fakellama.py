@@ -18,9 +18,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.engine.base import GenerationParams
+from gateway.engine.base import MEDIA_MARKER, GenerationParams
 from gateway.engine.worker.backend import Row, SamplerSettings
 from gateway.engine.worker.guard import nonempty_prompt
+from gateway.engine.worker.media import ImageChunk, image_prompt
+from gateway.engine.worker.prompt import Rendered
 
 EOS = 0
 REPLY_BASE = 1  # token 1 + k is the reply's k-th piece: "tok{k} " or `reply[k]`
@@ -29,6 +31,7 @@ JSON_BASE = 4000
 BOS = 4099  # what an empty prompt starts from, as with llama.cpp (guard.nonempty_prompt)
 WORD_BASE = 4100
 BEST_LOGIT, ALTERNATIVE_LOGIT = 10.0, 8.0  # every other token's logit is 0
+IMAGE_TOKENS, IMAGE_EMBD = 4, 8  # what the fake projector makes of any image
 
 
 @dataclass
@@ -55,6 +58,7 @@ class FakeScript:
     # A grammar holds a scripted reply too: a piece it refuses becomes its own next JSON piece (else
     # a scripted reply is taken to follow the grammar).
     grammar_holds: bool = False
+    fail_encode: bool = False  # the projector fails on every image (as libmtmd's encode can)
 
     @property
     def reply_length(self) -> int:
@@ -82,6 +86,8 @@ class FakeLlama:
         self._lock = threading.Lock()
         self._replied: set[int] = set()  # sequences that have decoded reply tokens
         self.decodes: list[list[Row]] = []  # every batch, for assertions
+        self.image_decodes: list[tuple[int, int, int]] = []  # (seq, first position, rows) per image evaluated
+        self.encodes = 0  # images the fake projector encoded
         self.log: Callable[[int, str], None] | None = None  # llama.cpp's log callback, as the worker set it
         self.on_first_decode: Callable[[], None] | None = None  # the fake worker takes `decode_bytes` there
 
@@ -111,12 +117,33 @@ class FakeLlama:
     def grammar(self, constraint: dict[str, Any] | None) -> str | None:
         return "fake-json" if constraint else None
 
-    def render(self, params: GenerationParams) -> tuple[list[int], list[str]]:
+    def render(self, params: GenerationParams) -> Rendered:
         if params.prompt is not None:
-            return nonempty_prompt(self, self.tokenize(params.prompt, True), "prompt"), []
+            return Rendered(nonempty_prompt(self, self.tokenize(params.prompt, True), "prompt"), [])
         text = " ".join(str(m.get("content") or "") for m in params.messages or [])
         text = f"{text} {self.script.generation_prompt}"
-        return nonempty_prompt(self, self.tokenize(text, True), "messages"), []
+        if params.images:  # the projector's way: text between the markers, IMAGE_TOKENS per image
+            parts = f"{text} ASSISTANT:".split(MEDIA_MARKER)  # a chat template's turn after the last image
+            pieces: list[list[int] | ImageChunk] = [self.tokenize(parts[0], True)]
+            for image, part in zip(params.images, parts[1:], strict=True):
+                pieces += [
+                    ImageChunk(IMAGE_TOKENS, False, self._encoder(image["digest"])),
+                    self.tokenize(part, False),
+                ]
+            tokens, spans = image_prompt(pieces, [image["digest"] for image in params.images])
+            return Rendered(tokens, [], spans)
+        return Rendered(nonempty_prompt(self, self.tokenize(text, True), "messages"), [])
+
+    def _encoder(self, digest: str) -> Callable[[], Any]:
+        def encode() -> Any:
+            import numpy as np
+
+            if self.script.fail_encode:
+                raise RuntimeError("mtmd_encode_chunk failed with status 1")
+            self.encodes += 1
+            return np.full((IMAGE_TOKENS, IMAGE_EMBD), int(digest[:4], 16), dtype=np.float32)
+
+        return encode
 
     def token_bos(self) -> int:
         return BOS
@@ -157,6 +184,20 @@ class FakeLlama:
                 self._replied.add(row.seq)
         self._rows = list(rows)
         self.decodes.append(self._rows)
+        return 0
+
+    def decode_embeddings(self, embd: Any, pos: int, seq: int, non_causal: bool) -> int:
+        free = [i for i, cell in enumerate(self._cells) if not cell]
+        if len(free) < len(embd):
+            return 1
+        positions = self._positions.setdefault(seq, {})
+        if pos != max(positions, default=-1) + 1:
+            raise AssertionError(f"sequence {seq} writes an image at {pos}, expected {max(positions, default=-1) + 1}")
+        for i, cell in zip(range(len(embd)), free, strict=False):
+            positions[pos + i] = cell
+            self._cells[cell].add(seq)
+        self.image_decodes.append((seq, pos, len(embd)))
+        self._rows = []  # as llama.cpp: the previous decode's logits are gone
         return 0
 
     def logits(self, row: int) -> Any:

@@ -144,11 +144,11 @@ class FakeWorker:
         channel.send(
             wire.Loaded(n_ctx=backend.n_ctx, pid=self.pid, slots=slots, kv_cells=backend.kv_cells, memory=memory)
         )
+        cache = config.get("image_cache", 0)
         # n-gram drafts run on the fake as on llama.cpp (a draft model needs real weights: real tier).
         ngram = (config.get("speculative") or {}).get("ngram")
         spec = Speculation({"ngram": ngram} if ngram else None)
-        repeat_last_n = config["repeat_last_n"]
-        worker = Worker(channel, backend, backend.render, slots, repeat_last_n, on_exit=lambda: None, speculation=spec)
+        worker = Worker(channel, backend, backend.render, slots, config["repeat_last_n"], lambda: None, cache, spec)
         threading.Thread(target=worker.read, daemon=True, name="fake-worker-reader").start()
         worker.run()
 

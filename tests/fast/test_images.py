@@ -21,6 +21,7 @@ from gateway.errors import GatewayError
 from gateway.images import limits
 from gateway.images.decode import decode_data_url, decode_image
 from gateway.images.remote import check_allowed, fetch_image, internal
+from gateway.testing.fakellama import IMAGE_TOKENS
 from gateway.testing.fakeworker import FakeWorkers
 from gateway.web.app import create_app
 from tests.ggufgen import write_tiny_projector
@@ -242,9 +243,18 @@ def test_an_image_in_an_earlier_turn_counts(client: TestClient) -> None:
     assert error_of(response)["code"] == "model_cannot_read_images"
 
 
-def test_a_vision_models_valid_image_passes_every_check(client: TestClient) -> None:
-    # The worker does not evaluate images yet: a clear 501 after every check, never an answer that ignored it.
-    assert error_of(openai(client, "seer", image_url(PNG)), 501)["code"] == "images_not_served"
+def test_a_vision_models_valid_image_is_answered_and_its_tokens_count(client: TestClient) -> None:
+    text = client.post(
+        "/v1/chat/completions", json={"model": "seer", "messages": [{"role": "user", "content": "What is this?"}]}
+    )
+    answer = openai(client, "seer", image_url(PNG))
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["usage"]["prompt_tokens"] == text.json()["usage"]["prompt_tokens"] + 1 + IMAGE_TOKENS
+
+
+def test_images_past_the_context_are_a_400_before_the_answer(client: TestClient) -> None:
+    error = error_of(openai(client, "seer", *[image_url(PNG)] * 16))  # 16 x 4 image tokens, n_ctx 64
+    assert error["code"] == "context_length_exceeded" and error["param"] == "messages"
 
 
 def anthropic(client: TestClient, model: str, block: dict[str, Any]) -> Any:
@@ -261,7 +271,7 @@ def base64_block(data: bytes, media_type: str = "image/png") -> dict[str, Any]:
 def test_anthropic_image_blocks(client: TestClient) -> None:
     error = error_of(anthropic(client, "text", base64_block(picture("JPEG"), "image/jpeg")))
     assert error["type"] == "invalid_request_error" and "cannot read images" in error["message"]
-    assert error_of(anthropic(client, "seer", base64_block(picture("PNG"))), 501)
+    assert anthropic(client, "seer", base64_block(picture("PNG"))).status_code == 200
     corrupt = error_of(anthropic(client, "seer", base64_block(cut_short())))
     assert "messages[0].content[1]" in corrupt["message"]
     bmp = error_of(anthropic(client, "seer", base64_block(picture("PNG"), "image/bmp")))
@@ -278,7 +288,7 @@ def responses(client: TestClient, model: str, part: dict[str, Any]) -> Any:
 def test_responses_input_images(client: TestClient) -> None:
     image = {"type": "input_image", "image_url": PNG, "detail": "auto"}
     assert error_of(responses(client, "text", image))["code"] == "model_cannot_read_images"
-    assert error_of(responses(client, "seer", image), 501)["code"] == "images_not_served"
+    assert responses(client, "seer", image).json()["status"] == "completed"
     file_id = error_of(responses(client, "seer", {"type": "input_image", "file_id": "file-1"}))
     assert file_id["param"] == "input[0].content[1].file_id" and "Files API" in file_id["message"]
     corrupt = error_of(responses(client, "seer", {"type": "input_image", "image_url": CORRUPT}))

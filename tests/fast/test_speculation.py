@@ -104,7 +104,7 @@ def run(
 ) -> tuple[list[tuple[int, Any]], FakeLlama, Batch]:
     backend = FakeLlama(n_ctx=n_ctx, slots=slots, n_batch=n_batch, script=FakeScript(reply_tokens=reply, sample=True))
     recorder = Recorder()
-    batch = Batch(backend, slots, recorder, recorder, speculation)
+    batch = Batch(backend, slots, recorder, recorder, speculation=speculation)
     for i, fields in enumerate(requests):
         batch.submit(make_request(backend, i, **fields))
     for step in range(300):
@@ -262,7 +262,7 @@ def reasoning_run(speculation: Speculation | None, reply: list[str], budget: int
 
     backend = FakeLlama(script=FakeScript(reply=reply, grammar_holds=True, **script))
     recorder = Recorder()
-    batch = Batch(backend, 1, recorder, recorder, speculation)
+    batch = Batch(backend, 1, recorder, recorder, speculation=speculation)
     samplers: list[Any] = []
     make = backend.sampler
 

@@ -21,6 +21,7 @@ def worker_config(entry: ModelEntry, placement: dict[str, Any] | None = None) ->
         "placement": placement,
         "path": str(entry.model.path),
         "mmproj": str(entry.model.mmproj) if entry.model.mmproj is not None else None,
+        "image_cache": entry.model.image_cache,
         "n_ctx": entry.model.n_ctx,
         "n_batch": entry.model.n_batch,
         "n_gpu_layers": entry.model.n_gpu_layers,

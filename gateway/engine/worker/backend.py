@@ -122,6 +122,10 @@ class Backend(Protocol):
     def decode(self, rows: Sequence[Row]) -> int:
         """Evaluate one batch: 0 on success, 1 when the KV pool had no room, <0 on error."""
 
+    def decode_embeddings(self, embd: Any, pos: int, seq: int, non_causal: bool) -> int:
+        """Evaluate an image's embeddings (n_tokens x n_embd) into `seq` from `pos` (no logits; the
+        last decode's logits are lost): 0 on success, as `decode`."""
+
     def logits(self, row: int) -> Any:
         """The last decode's logits for batch row `row` (a float array of n_vocab)."""
 

@@ -32,6 +32,8 @@ from collections.abc import Callable
 from gateway.engine.base import ChoiceFinished, Delta, Finished
 from gateway.engine.worker.backend import Backend, Row
 from gateway.engine.worker.guard import sampler_seed
+from gateway.engine.worker.imagestep import advance_image, text_take
+from gateway.engine.worker.media import ImageFeeder, text_tokens
 from gateway.engine.worker.output import ChoiceOutput
 from gateway.engine.worker.pool import SequencePool
 from gateway.engine.worker.preemption import Preemption
@@ -50,9 +52,11 @@ class Batch:
         slots: int,
         on_event: EventSink,
         on_error: ErrorSink,
+        images: ImageFeeder | None = None,
         speculation: Speculation | None = None,
     ) -> None:
         self._backend = backend
+        self.images = images  # evaluates the images prompts reach (imagestep.py); None: no projector
         self.speculation = speculation or Speculation(None)  # drafts verified in the step (speculation.py)
         self.slots = slots
         self._on_event = on_event
@@ -107,6 +111,7 @@ class Batch:
     def step(self) -> None:
         self._retire()
         self._admit()
+        self._image()
         rows: list[Row] = []
         decoding: list[tuple[Job, ChoiceSequence, int, list[int]]] = []  # job, choice, its row, its draft
         for job, choice, draft in self.speculation.decoding(self.running, self._backend.n_batch, self._backend.n_ctx):
@@ -119,7 +124,9 @@ class Batch:
             for choice in job.choices:
                 if choice.replay is None or budget <= 0:
                     continue
-                take = min(budget, len(choice.replay) - choice.pos)
+                take = text_take(job, choice.pos, len(choice.replay), budget)
+                if take == 0:
+                    continue  # at an image: the next step's
                 rows.extend(Row(choice.replay[p], p, choice.seq, False) for p in range(choice.pos, choice.pos + take))
                 replaying.append((job, choice, take))
                 budget -= take
@@ -128,13 +135,17 @@ class Batch:
             prompt = job.request.prompt
             if job.prefilled >= len(prompt) or budget <= 0:
                 continue
-            take = min(budget, len(prompt) - job.prefilled)
+            take = text_take(job, job.prefilled, len(prompt), budget)
+            if take == 0:
+                continue
             seq = job.primary.seq
             for pos in range(job.prefilled, job.prefilled + take):
                 rows.append(Row(prompt[pos], pos, seq, pos == len(prompt) - 1))
             prefilling.append((job, take, len(rows) - 1))
             budget -= take
         if not rows:
+            if self.images is not None:
+                self.images.wait(0.05)  # only images being encoded: wait for one rather than spin
             return
         status = self._backend.decode(rows)
         self.steps += 1
@@ -170,6 +181,13 @@ class Batch:
             job.tokens.append(choice.pending)  # type: ignore[arg-type]
         choice.history.append(choice.pending)  # type: ignore[arg-type]
         choice.pos += 1
+
+    def _image(self) -> None:
+        """The next image a prompt has reached, in a decode of its own (imagestep.py)."""
+        failed = advance_image(self.images, self.running, self.pool) if self.images is not None else None
+        if failed is not None:
+            self.running.remove(failed[0])
+            self._fail(*failed)
 
     def _first_tokens(self, job: Job, row: int) -> None:
         """The prompt is in: copy it to the other choices, and every choice samples its first token."""
@@ -270,7 +288,7 @@ class Batch:
         for index, seq in enumerate(seqs):
             try:
                 sampler = self._backend.sampler(request.settings, sampler_seed(seed + index))
-                sampler.accept_prompt(request.prompt)
+                sampler.accept_prompt(text_tokens(request.prompt) if request.images else request.prompt)
             except Exception:
                 self.pool.give_back(seqs[index:])  # the choices made so far free theirs with the job
                 raise

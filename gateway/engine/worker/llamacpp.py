@@ -18,6 +18,12 @@ from gateway.engine.worker.backend import Row, SamplerSettings, cache_type_argum
 from gateway.engine.worker.constraint import Constraints, Grammar, Matcher
 
 
+def _internals_batch(n_tokens: int, n_embd: int) -> Any:
+    from llama_cpp import _internals
+
+    return _internals.LlamaBatch(n_tokens=n_tokens, embd=n_embd, n_seq_max=1, verbose=False)
+
+
 class LlamaCpp:
     def __init__(self, config: dict[str, Any], slots: int, max_sequences: int) -> None:
         import llama_cpp
@@ -68,6 +74,7 @@ class LlamaCpp:
         self._vocab = self._model.vocab
         self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
         self._batch = _internals.LlamaBatch(n_tokens=self.n_batch, embd=0, n_seq_max=1, verbose=False)
+        self._embd_batch: Any = None  # for images' embeddings, made at the first one
         self._constraints = Constraints(self._vocab)  # grammars compiled once per schema
         self._pieces: dict[int, bytes] = {}
         self.special_pieces = False  # pieces of control tokens as text (set at load for gpt-oss)
@@ -116,6 +123,37 @@ class LlamaCpp:
             raw.logits[i] = row.logits
         raw.n_tokens = len(rows)
         return int(self._lib.llama_decode(self._ctx, raw))  # releases the GIL while it computes
+
+    def decode_embeddings(self, embd: Any, pos: int, seq: int, non_causal: bool) -> int:
+        """An image's embeddings (n_tokens x n_embd float32) into `seq`'s cells from `pos`, in decodes of
+        their own (no logits); attended all at once where the projector says so (one decode: the
+        batch checked that it fits)."""
+        import numpy as np
+
+        lib = self._lib
+        if self._embd_batch is None:
+            self._embd_batch = _internals_batch(self.n_batch, int(embd.shape[1]))
+        raw = self._embd_batch.batch
+        rows = np.ascontiguousarray(embd, dtype=np.float32)
+        for start in range(0, len(rows), self.n_batch):
+            part = rows[start : start + self.n_batch]
+            ctypes.memmove(raw.embd, part.ctypes.data, part.nbytes)
+            for i in range(len(part)):
+                raw.pos[i] = pos + start + i
+                raw.n_seq_id[i] = 1
+                raw.seq_id[i][0] = seq
+                raw.logits[i] = False
+            raw.n_tokens = len(part)
+            if non_causal:
+                lib.llama_set_causal_attn(self._ctx, False)
+            try:
+                status = int(lib.llama_decode(self._ctx, raw))
+            finally:
+                if non_causal:
+                    lib.llama_set_causal_attn(self._ctx, True)
+            if status != 0:
+                return status
+        return 0
 
     def logits(self, row: int) -> Any:
         import numpy as np

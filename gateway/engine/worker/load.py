@@ -8,10 +8,12 @@ from typing import Any
 from gateway.engine.reasoning import format_for
 from gateway.engine.sizing import sequence_ids
 from gateway.engine.worker.backend import Backend
-from gateway.engine.worker.guard import Tokenizer, nonempty_prompt
-from gateway.engine.worker.prompt import Render, formatter, renderer
+from gateway.engine.worker.guard import Tokenizer, nonempty_prompt, too_long_to_tokenize
+from gateway.engine.worker.media import ImageSpan, image_prompt
+from gateway.engine.worker.prompt import Render, TokenizeImages, formatter, renderer
 from gateway.engine.worker.speculation import Speculation
-from gateway.engine.worker.vision import load_projector
+from gateway.engine.worker.vision import Projector, load_projector
+from gateway.errors import context_length_exceeded
 
 
 def load(config: dict[str, Any]) -> tuple[Backend, Render]:
@@ -20,7 +22,7 @@ def load(config: dict[str, Any]) -> tuple[Backend, Render]:
     slots = config.get("parallel", 1)
     # Each slot may run n choices; a finished request's sequence stays cached for prefix reuse.
     backend = LlamaCpp(config, slots, max_sequences=sequence_ids(slots, config["n_ctx"] * slots))
-    backend.projector = load_projector(config, backend.model.model)
+    projector = backend.projector = load_projector(config, backend.model.model)
     view = _ModelView(backend.model)
     tokenizer = Tokenizer(view)
 
@@ -32,7 +34,26 @@ def load(config: dict[str, Any]) -> tuple[Backend, Render]:
     template = config.get("chat_template") or backend.model.metadata().get("tokenizer.chat_template")
     if format_for(config.get("reasoning_format", "auto"), template) == "harmony":
         backend.special_pieces = True  # gpt-oss's channels are control tokens: their text tells thinking apart
-    return backend, renderer(formatter(backend.model, config["chat_format"], config.get("chat_template")), tokenize)
+    images = None if projector is None else _image_tokenizer(projector, tokenizer, backend.n_ctx)
+    chat = formatter(backend.model, config["chat_format"], config.get("chat_template"))
+    return backend, renderer(chat, tokenize, images)
+
+
+def _image_tokenizer(projector: Projector, tokenizer: Tokenizer, n_ctx: int) -> TokenizeImages:
+    """The projector's tokenizer, bounded as the text one is (guard.py)."""
+
+    def tokenize_images(
+        text: str, add_bos: bool, images: list[dict[str, Any]]
+    ) -> tuple[list[int], tuple[ImageSpan, ...]]:
+        size = len(text.encode("utf-8"))
+        if size > n_ctx and size > n_ctx * tokenizer.longest_token_bytes():
+            raise too_long_to_tokenize(size, n_ctx, tokenizer.longest_token_bytes(), "messages")
+        tokens, spans = image_prompt(projector.tokenize(text, add_bos, images), [i["digest"] for i in images])
+        if len(tokens) > n_ctx:
+            raise context_length_exceeded(len(tokens), n_ctx, "messages")
+        return tokens, spans
+
+    return tokenize_images
 
 
 def load_speculation(config: dict[str, Any], backend: Backend) -> Speculation:

@@ -70,6 +70,11 @@ class LogCapture:
 
         self._callback = llama_cpp.llama_log_callback(callback)
         llama_cpp.llama_log_set(self._callback, ctypes.c_void_p(0))
+        from llama_cpp import mtmd_cpp
+
+        # libmtmd (the vision projector) logs every prompt's chunks to stderr unless told otherwise.
+        mtmd_cpp.mtmd_log_set(self._callback, ctypes.c_void_p(0))
+        mtmd_cpp.mtmd_helper_log_set(self._callback, ctypes.c_void_p(0))
 
 
 def failure_message(exc: BaseException, report: LoadReport, errors: list[str]) -> str:

@@ -40,6 +40,7 @@ from gateway.engine.worker.batch import Batch
 from gateway.engine.worker.embedding import LlamaEmbedder, load_embedding, serve_embeddings
 from gateway.engine.worker.load import load, load_speculation
 from gateway.engine.worker.logcapture import LogCapture, failure_message
+from gateway.engine.worker.media import EncodeCache, ImageFeeder, check_images, text_tokens
 from gateway.engine.worker.prompt import Render
 from gateway.engine.worker.sampling import logit_bias
 from gateway.engine.worker.sequences import Request, Thinking, answer_reserve
@@ -82,7 +83,15 @@ def main(conn: Connection, env: dict[str, str] | None = None) -> None:
         slots = config.get("parallel", 1)
         memory = capture.report().to_wire()
         channel.send(Loaded(backend.n_ctx, os.getpid(), slots=slots, kv_cells=backend.kv_cells, memory=memory))
-        Worker(channel, backend, render, slots, config["repeat_last_n"], speculation=speculation).serve()
+        Worker(
+            channel,
+            backend,
+            render,
+            slots,
+            config["repeat_last_n"],
+            image_cache=config.get("image_cache", 0),
+            speculation=speculation,
+        ).serve()
 
 
 class Worker:
@@ -97,6 +106,7 @@ class Worker:
         slots: int,
         repeat_last_n: int = 64,
         on_exit: Callable[[], None] = lambda: os._exit(0),
+        image_cache: int = 64 * 2**20,
         speculation: Speculation | None = None,
     ) -> None:
         self._channel = channel
@@ -105,7 +115,9 @@ class Worker:
         self._backend = backend
         self._render = render
         self._inbox: queue.SimpleQueue[Generate | Cancel | Pause | Resume | None] = queue.SimpleQueue()
-        self.batch = Batch(backend, slots, self._event, self._error, speculation)
+        # Evaluates the images prompts reach, encoding them on a thread beside the batch.
+        self.images = ImageFeeder(backend, EncodeCache(image_cache), background=True)
+        self.batch = Batch(backend, slots, self._event, self._error, self.images, speculation)
         self._usage: BatchState | None = None
 
     def serve(self) -> None:
@@ -195,10 +207,11 @@ class Worker:
     def _validate(self, request_id: int, params: GenerationParams) -> Request:
         """Everything that can be the client's fault, decided before `Started` (and the HTTP 200)."""
         backend = self._backend
-        prompt, template_stops = self._render(params)
+        prompt, template_stops, images = self._render(params)
         room = (backend.n_ctx - len(prompt)) // params.n
         if room <= 0:
             raise context_length_exceeded(len(prompt), backend.n_ctx, "messages" if params.prompt is None else "prompt")
+        check_images(images, len(prompt), backend.n_batch)
         settings = SamplerSettings(
             temperature=params.temperature,
             top_p=params.top_p,
@@ -223,6 +236,7 @@ class Worker:
             delta_interval=params.delta_interval,
             top_logprobs=params.top_logprobs if params.logprobs else None,
             thinking=self._thinking(params, prompt, limit),
+            images=images,
         )
 
     def _thinking(self, params: GenerationParams, prompt: list[int], limit: int) -> Thinking | None:
@@ -232,7 +246,7 @@ class Worker:
         if spec is None or params.prompt is not None:
             return None
         fmt = FORMATS[spec["format"]]
-        opened = opens_block(fmt, self._backend.detokenize(prompt[-16:]))
+        opened = opens_block(fmt, self._backend.detokenize(text_tokens(prompt[-16:])))
         close = tuple(self._backend.tokenize(fmt.close, False))
         budget = spec.get("budget")
         return Thinking(fmt.name, limit - answer_reserve(limit) if budget is None else budget, opened, close)
@@ -261,6 +275,8 @@ class Worker:
             batch.replayed_tokens,
             batch.speculation.drafted,
             batch.speculation.accepted,
+            self.images.cache.encodes,
+            self.images.cache.hits,
         )
         if usage != self._usage:
             self._usage = usage

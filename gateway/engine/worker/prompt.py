@@ -4,15 +4,26 @@ then the model's tokens. Runs in the worker process."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from gateway.engine.base import GenerationParams
 from gateway.engine.chatformats import spellings
+from gateway.engine.worker.media import ImageSpan
 from gateway.errors import invalid_request
 
 Formatter = Callable[..., Any]
 Tokenize = Callable[[str, bool, str], list[int]]  # text, add_bos, the request field it came from
-Render = Callable[[GenerationParams], tuple[list[int], list[str]]]
+# A prompt with images (media markers in the text, their pixels in order): tokens with placeholders, spans.
+TokenizeImages = Callable[[str, bool, list[dict[str, Any]]], tuple[list[int], tuple[ImageSpan, ...]]]
+
+
+class Rendered(NamedTuple):
+    tokens: list[int]
+    stops: list[str]  # the template's own stop strings
+    images: tuple[ImageSpan, ...] = ()  # where the prompt's images are (media.py)
+
+
+Render = Callable[[GenerationParams], Rendered]
 
 
 def formatter(model: Any, chat_format: str | None, chat_template: str | None = None) -> Formatter | None:
@@ -41,12 +52,15 @@ def formatter(model: Any, chat_format: str | None, chat_template: str | None = N
     )
 
 
-def renderer(format_chat: Formatter | None, tokenize: Tokenize) -> Render:
-    """The prompt's tokens and the template's own stop strings; errors here are the client's 400s."""
+def renderer(
+    format_chat: Formatter | None, tokenize: Tokenize, tokenize_images: TokenizeImages | None = None
+) -> Render:
+    """The prompt's tokens and the template's own stop strings; errors here are the client's 400s.
+    `tokenize_images`: the projector's tokenizer, where the model has one."""
 
-    def render(params: GenerationParams) -> tuple[list[int], list[str]]:
+    def render(params: GenerationParams) -> Rendered:
         if params.prompt is not None:
-            return tokenize(params.prompt, True, "prompt"), []
+            return Rendered(tokenize(params.prompt, True, "prompt"), [])
         if format_chat is None:
             raise invalid_request("This model has no chat template; set model.chat_format in models.yaml.")
         try:
@@ -58,7 +72,13 @@ def renderer(format_chat: Formatter | None, tokenize: Tokenize) -> Render:
         prompt = rendered.prompt
         if params.continue_final and params.messages:
             prompt = continued(prompt, str(params.messages[-1].get("content") or ""))
-        return tokenize(prompt, not rendered.added_special, "messages"), stops
+        add_bos = not rendered.added_special
+        if params.images:
+            if tokenize_images is None:
+                raise invalid_request("This model cannot read images: it has no vision projector.", "messages")
+            tokens, spans = tokenize_images(prompt, add_bos, params.images)
+            return Rendered(tokens, stops, spans)
+        return Rendered(tokenize(prompt, add_bos, "messages"), stops)
 
     return render
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.engine.worker.backend import Sampler, SamplerSettings
+from gateway.engine.worker.media import ImageSpan
 from gateway.engine.worker.output import ChoiceOutput
 
 
@@ -42,6 +43,7 @@ class Request:
     delta_interval: float
     top_logprobs: int | None  # None: no log probabilities
     thinking: Thinking | None = None
+    images: tuple[ImageSpan, ...] = ()  # where the prompt's images are: placeholders in `prompt` (media.py)
 
 
 @dataclass

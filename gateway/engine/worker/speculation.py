@@ -106,8 +106,11 @@ class Speculation:
             self._drafter.forget({choice.seq for _, choice in candidates})
         share = max(1, self.max_tokens // len(candidates))
         reserve = {id(job): job.reserve - sum(1 for j, _ in candidates if j is job) for job, _ in candidates}
-        drafts = []
+        drafts: list[list[int]] = []
         for job, choice in candidates:
+            if job.request.images:  # its prompt holds image placeholders, not tokens to draft from
+                drafts.append([])
+                continue
             state = self._state(job, choice)
             limit = min(
                 self._length(state),
