@@ -74,6 +74,7 @@ class Speculation:
     def __init__(self, config: dict[str, Any] | None, drafter: Drafter | None = None) -> None:
         ngram = (config or {}).get("ngram")
         self._ngram = (int(ngram["min"]), int(ngram["max"])) if ngram else None
+        self._lookahead = int(ngram["lookahead"]) if ngram else 0
         self._drafter = drafter
         self.max_tokens = max(int(ngram["lookahead"]) if ngram else 0, drafter.max_tokens if drafter else 0)
         self.drafted = 0  # tokens drafted since load
@@ -158,7 +159,7 @@ class Speculation:
         return 1
 
     def _draft(self, state: Drafting, seq: int, limit: int) -> list[int]:
-        draft = state.index.draft(limit) if state.index is not None else []
+        draft = state.index.draft(min(limit, self._lookahead)) if state.index is not None else []
         if not draft and self._drafter is not None:
             draft = self._drafter.propose(seq, state.tokens, min(limit, self._drafter.max_tokens))
         return draft
