@@ -38,6 +38,7 @@ def worker_config(entry: ModelEntry, placement: dict[str, Any] | None = None) ->
         "parallel": entry.runtime.parallel,
         "embedding": entry.embedding,
         "pooling": entry.model.pooling,
+        "speculative": spec.model_dump(mode="json") if (spec := entry.model.speculative) is not None else None,
     }
 
 
