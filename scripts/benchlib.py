@@ -94,9 +94,10 @@ def gateway_server(
     *,
     n_ctx: int = N_CTX,
     parallel: int | None = None,
+    model_extra: dict[str, dict[str, Any]] | None = None,
 ) -> Server:
-    """`python -m gateway serve` with these models (greedy, THREADS threads; `parallel` slots if given),
-    its config and log in `tmp` as `name`.yaml and `name`.log."""
+    """`python -m gateway serve` with these models (greedy, THREADS threads; `parallel` slots if given;
+    `model_extra`: more `model:` keys per model id), its config and log in `tmp` as `name`.yaml and `name`.log."""
     entries: dict[str, Any] = {}
     for model_id, path in models.items():
         runtime: dict[str, Any] = {"thread_count": THREADS}
@@ -105,6 +106,7 @@ def gateway_server(
         entry: dict[str, Any] = {"model": {"path": str(path), "n_ctx": n_ctx}, "runtime": runtime, "sampling": SAMPLING}
         if path == GEMMA:
             entry["model"]["chat_format"] = "gemma"
+        entry["model"].update((model_extra or {}).get(model_id, {}))
         entries[model_id] = entry
     config = tmp / f"{name}.yaml"
     config.write_text(yaml.safe_dump({"gateway": gateway, "models": entries}))

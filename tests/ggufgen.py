@@ -22,8 +22,11 @@ def write_tiny_gguf(
     heads_kv: int = 2,
     chat_template: str | None = "{% for m in messages %}{{ m['content'] }}{% endfor %}",
     pooling: gguf.PoolingType | None = None,
+    vocab: int | None = None,
 ) -> Path:
     writer = gguf.GGUFWriter(str(path), "llama")
+    if vocab is not None:
+        writer.add_vocab_size(vocab)
     writer.add_block_count(layers)
     writer.add_context_length(512)
     writer.add_embedding_length(embedding)

@@ -82,9 +82,16 @@ def _describe(model_id: str, settings: Settings, fact: ModelFacts) -> str:
     thinking = describe(entry, info.metadata.get("tokenizer.chat_template"))
     if thinking is not None:
         template += f" (reasoning: {thinking['format']})"
+    speculative = ""
+    if (spec := entry.model.speculative) is not None:
+        drafts = [f"n-gram {spec.ngram.min}-{spec.ngram.max}, up to {spec.ngram.lookahead}"] if spec.ngram else []
+        if spec.draft is not None and fact.draft is not None:
+            size = format_bytes(fact.draft.file_bytes)
+            drafts.append(f"draft model {spec.draft.path.name} ({size}, in the estimate)")
+        speculative = f", speculative: {'; '.join(drafts)}"
     return (
         f"{model_id}: {info.path} ({format_bytes(info.file_bytes)}, {info.architecture}, {info.quantization}), "
-        f"n_ctx {entry.model.n_ctx}, parallel {entry.runtime.parallel}, chat template: {template}, "
+        f"n_ctx {entry.model.n_ctx}, parallel {entry.runtime.parallel}, chat template: {template}{speculative}, "
         f"estimate {format_bytes(est.total)} "
         f"(weights {format_bytes(est.weights)} + KV {format_bytes(est.kv_cache)} for n_ctx x parallel "
         f"(cache K {entry.model.cache_type_k}, V {entry.model.cache_type_v}) "

@@ -79,6 +79,14 @@ def parse_settings(
             update["mmproj"] = projector = (base_dir / entry.model.mmproj.expanduser()).resolve()
             if check_files and not projector.is_file():
                 problems.append(f"models.{model_id}.model.mmproj: file not found: {projector}")
+        speculative = entry.model.speculative
+        if speculative is not None and speculative.draft is not None:
+            draft = (base_dir / speculative.draft.path.expanduser()).resolve()
+            if check_files and not draft.is_file():
+                problems.append(f"models.{model_id}.model.speculative.draft.path: file not found: {draft}")
+            update["speculative"] = speculative.model_copy(
+                update={"draft": speculative.draft.model_copy(update={"path": draft})}
+            )
         if entry.model.chat_template_file is not None:
             template = (base_dir / entry.model.chat_template_file.expanduser()).resolve()
             update["chat_template_file"] = template

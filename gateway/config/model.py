@@ -29,6 +29,44 @@ class ReasoningSection(Section):
     )
 
 
+class NgramSection(Section):
+    """Prompt lookup: the draft is what followed the latest earlier occurrence of the sequence's last
+    n tokens in its own prompt and output (edits, refactors and quoting answers repeat long spans)."""
+
+    min: int = Field(2, ge=1, le=16, description="shortest n-gram (last tokens) looked up")
+    max: int = Field(
+        8,
+        ge=1,
+        le=16,
+        description="longest n-gram looked up; the longest that matches wins (structured text repeats short ones)",
+    )
+    lookahead: int = Field(16, ge=1, le=64, description="most tokens drafted per step")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> NgramSection:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) must not exceed max ({self.max})")
+        return self
+
+
+class DraftSection(Section):
+    """A smaller model with the target's vocabulary, run greedily in the same worker to draft tokens."""
+
+    path: Path = Field(description="the draft model's GGUF file, relative to the configuration file")
+    n_gpu_layers: int = Field(0, ge=-1, description="-1 offloads all its layers, 0 none, N that many")
+    max_tokens: int = Field(8, ge=1, le=64, description="most tokens drafted per step")
+
+
+class SpeculativeSection(Section):
+    """Speculative decoding: drafted tokens are verified in the batch's decode, and kept while the
+    target samples them. Output is the target's: with greedy sampling token for token the same."""
+
+    ngram: NgramSection | None = Field(None, description="drafts from the sequence's own prompt and output")
+    draft: DraftSection | None = Field(
+        None, description="drafts from a draft model (when the n-gram lookup finds none, if both are set)"
+    )
+
+
 def check_template(text: str) -> str:
     """A Jinja chat template must at least parse (the worker renders it with llama-cpp-python)."""
     import jinja2
@@ -115,6 +153,9 @@ class ModelSection(Section):
     )
     placement: Placement | None = Field(
         None, description="pack: one GPU when it fits; spread: across all GPUs; default gateway.placement"
+    )
+    speculative: SpeculativeSection | None = Field(
+        None, description="speculative decoding: n-gram (prompt lookup) and/or draft-model drafts; default none"
     )
 
     @field_validator("flash_attn", mode="before")

@@ -120,6 +120,8 @@ class BatchState:
     reused_tokens: int = 0  # prompt tokens taken from cached or running sequences' cells, since load
     paused: int = 0  # requests set aside for more urgent ones
     replayed_tokens: int = 0  # tokens recomputed for paused requests whose cells were given away, since load
+    drafted_tokens: int = 0  # speculative decoding: tokens drafted since load
+    accepted_tokens: int = 0  # of those, tokens the model sampled too (kept without a step of their own)
     restored: int = 0  # prefixes loaded from the prefix store, since load
     restored_tokens: int = 0  # their tokens
     image_encodes: int = 0  # images run through the vision projector, since load

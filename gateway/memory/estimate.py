@@ -7,7 +7,7 @@ weights, the KV cache for the configured context, and llama.cpp's compute buffer
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from gateway.config import ModelEntry
 from gateway.config.values import CacheType
@@ -123,3 +123,13 @@ def output_rows(entry: ModelEntry) -> int:
     output buffer grows to that many rows on the first long input (measured: 48.6 MiB at load, 97 MiB
     after a 512-token input, for SmolLM2 at n_ctx 512). A generation worker's is a few rows."""
     return entry.model.n_ctx if entry.embedding else 0
+
+
+def draft_estimate(draft: GGUFInfo, entry: ModelEntry) -> Estimate:
+    """A speculative draft model beside the target, in the same worker: its weights, a KV pool of as
+    many cells as the target's (f16), its vocabulary tables and a full batch of compute (it catches up
+    on prompts in batches of the target's size). The worker's baseline is counted once, with the target."""
+    cells = kv_cells(entry)
+    compute = batch_bytes(draft, ubatch(entry), cells, entry.flash_attention == "off", False)
+    full = estimate(draft, cells, batch=compute)
+    return replace(full, overhead=full.overhead - WORKER_BASELINE_BYTES)

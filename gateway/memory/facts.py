@@ -10,10 +10,11 @@ from gateway.config import ModelEntry, Settings
 from gateway.engine import chatformats
 from gateway.engine.sizing import cache_block
 from gateway.errors import ConfigError
+from gateway.gguf.draft import draft_problem
 from gateway.gguf.header import GGUFFormatError, read_gguf_info
 from gateway.gguf.info import GGUFInfo
 from gateway.gguf.projector import projector_problem
-from gateway.memory.estimate import Estimate, after_load_bytes, cache_types, estimate, output_rows
+from gateway.memory.estimate import Estimate, after_load_bytes, cache_types, draft_estimate, estimate, output_rows
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,7 @@ class ModelFacts:
     info: GGUFInfo
     estimate: Estimate
     projector: GGUFInfo | None = None  # model.mmproj's header: the model reads images
+    draft: GGUFInfo | None = None  # model.speculative.draft's header
 
     @property
     def has_chat_template(self) -> bool:
@@ -31,6 +33,10 @@ class ModelFacts:
 
 class ProjectorError(ValueError):
     """model.mmproj names a file that cannot serve this model's images."""
+
+
+class DraftError(ValueError):
+    """model.speculative.draft names a file that cannot draft for this model."""
 
 
 def inspect_model(entry: ModelEntry) -> ModelFacts:
@@ -51,7 +57,31 @@ def inspect_model(entry: ModelEntry) -> ModelFacts:
         need = replace(
             need, weights=need.weights + projector.tensor_bytes, overhead=need.overhead + entry.model.image_cache
         )
-    return ModelFacts(info=info, estimate=need, projector=projector)
+    draft = _draft(entry, info)
+    if draft is not None:
+        # The worker holds the draft model too: its weights, its own KV pool and its compute.
+        extra = draft_estimate(draft, entry)
+        need = replace(
+            need,
+            weights=need.weights + extra.weights,
+            kv_cache=need.kv_cache + extra.kv_cache,
+            overhead=need.overhead + extra.overhead,
+        )
+    return ModelFacts(info=info, estimate=need, projector=projector, draft=draft)
+
+
+def _draft(entry: ModelEntry, info: GGUFInfo) -> GGUFInfo | None:
+    speculative = entry.model.speculative
+    if speculative is None or speculative.draft is None:
+        return None
+    try:
+        draft = read_gguf_info(speculative.draft.path)
+    except (OSError, GGUFFormatError) as exc:
+        raise DraftError(f"cannot read GGUF {speculative.draft.path}: {exc}") from None
+    problem = draft_problem(info, draft)
+    if problem is not None:
+        raise DraftError(f"{speculative.draft.path.name}: {problem}")
+    return draft
 
 
 def inspect_models(settings: Settings) -> dict[str, ModelFacts]:
@@ -67,6 +97,11 @@ def inspect_models(settings: Settings) -> dict[str, ModelFacts]:
         except ProjectorError as exc:
             problems.append(f"models.{model_id}.model.mmproj: {exc}")
             continue
+        except DraftError as exc:
+            problems.append(f"models.{model_id}.model.speculative.draft: {exc}")
+            continue
+        if entry.embedding and entry.model.speculative is not None:
+            problems.append(f"models.{model_id}.model.speculative: an embedding model generates no tokens; remove it")
         if entry.embedding and entry.model.mmproj is not None:
             problems.append(f"models.{model_id}.model.mmproj: an embedding model reads no images; remove mmproj")
         chat_format = entry.model.chat_format

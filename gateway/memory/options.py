@@ -6,7 +6,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from gateway.config import ModelEntry, Settings
-from gateway.memory.estimate import after_load_bytes, cache_types, kv_cells, output_rows, ubatch
+from gateway.memory.estimate import (
+    WORKER_BASELINE_BYTES,
+    after_load_bytes,
+    cache_types,
+    draft_estimate,
+    kv_cells,
+    output_rows,
+    ubatch,
+)
 from gateway.memory.facts import ModelFacts
 from gateway.memory.footprint import footprint
 from gateway.memory.hostmem import host_memory_total
@@ -53,6 +61,20 @@ def model_options(
     def need_of(placement: Placement) -> Vector:
         cells, rows = kv_cells(entry), output_rows(entry)
         need = footprint(facts.info, cells, placement, ubatch(entry), rows, batch, cache_types(entry)).vector
-        return need + projector_need(entry, facts, placement)
+        return need + draft_need(entry, facts, placement) + projector_need(entry, facts, placement)
 
     return placement_options(placement_config(entry, settings), pools, held, need_of)
+
+
+def draft_need(entry: ModelEntry, facts: ModelFacts, placement: Placement) -> Vector:
+    """What a speculative draft model adds per pool: on the host, or its offloaded layers on the first
+    GPU of the target's placement (llama.cpp's main GPU in the worker)."""
+    speculative = entry.model.speculative
+    if facts.draft is None or speculative is None or speculative.draft is None:
+        return Vector()
+    layers = speculative.draft.n_gpu_layers
+    if not placement.on_gpu or layers == 0:
+        return Vector.of({HOST: draft_estimate(facts.draft, entry).total})
+    on_gpu = Placement(devices=placement.devices[:1], n_gpu_layers=layers)
+    need = footprint(facts.draft, kv_cells(entry), on_gpu, ubatch(entry)).vector
+    return need + Vector.of({HOST: -WORKER_BASELINE_BYTES})

@@ -40,6 +40,8 @@ class ModelState:
     keys: tuple[KeyLoad, ...] = ()
     preemptions: int = 0  # batch requests paused for interactive ones, since start
     replayed_tokens: int = 0  # recomputed for paused requests whose cells were given away (since the worker loaded)
+    drafted_tokens: int = 0  # speculative decoding: tokens drafted (since the worker loaded)
+    accepted_tokens: int = 0  # of those, tokens the model sampled too
     restored: int = 0  # prefixes loaded from the prefix store (since the worker loaded)
     restored_tokens: int = 0
     image_encodes: int = 0  # images run through the vision projector (since the worker loaded)
@@ -170,6 +172,7 @@ def _batch_gauges(models: list[ModelState]) -> Iterator[Metric]:
         labels=["model"],
     )
     yield from _priority_gauges(models)
+    yield from _speculation_metrics(models)
     yield from _image_counters(models)
     for m in models:
         reused.add_metric([m.model], m.reused_tokens)
@@ -221,6 +224,28 @@ class StoreCollector(Collector):
                 "gateway_prefix_store_files", "prompt prefixes kept in the prefix store", value=files
             )
             yield GaugeMetricFamily("gateway_prefix_store_bytes", "bytes the prefix store holds on disk", value=size)
+
+
+def _speculation_metrics(models: list[ModelState]) -> Iterator[Metric]:
+    """Speculative decoding (`model.speculative`), per model since its worker loaded."""
+    drafted = CounterMetricFamily(
+        "gateway_speculative_drafted_tokens",
+        "tokens drafted for verification (n-gram or draft model)",
+        labels=["model"],
+    )
+    accepted = CounterMetricFamily(
+        "gateway_speculative_accepted_tokens",
+        "drafted tokens the model sampled too: tokens made without a decode step of their own",
+        labels=["model"],
+    )
+    rate = GaugeMetricFamily(
+        "gateway_speculative_acceptance_ratio", "accepted / drafted tokens since the worker loaded", labels=["model"]
+    )
+    for m in models:
+        drafted.add_metric([m.model], m.drafted_tokens)
+        accepted.add_metric([m.model], m.accepted_tokens)
+        rate.add_metric([m.model], m.accepted_tokens / m.drafted_tokens if m.drafted_tokens else 0.0)
+    yield from (drafted, accepted, rate)
 
 
 def _image_counters(models: list[ModelState]) -> Iterator[Metric]:

@@ -28,6 +28,8 @@ def model_states(scheduler: Scheduler) -> tuple[list[ModelState], int]:
                 keys=tuple(KeyLoad(t.key, t.priority, t.running, t.waiting, t.paused) for t in v.tenants),
                 preemptions=v.preemptions,
                 replayed_tokens=batch.replayed_tokens if batch else 0,
+                drafted_tokens=batch.drafted_tokens if batch else 0,
+                accepted_tokens=batch.accepted_tokens if batch else 0,
                 restored=batch.restored if batch else 0,
                 restored_tokens=batch.restored_tokens if batch else 0,
                 image_encodes=batch.image_encodes if batch else 0,

@@ -29,6 +29,7 @@ from gateway.engine.worker.embedding import serve_embeddings
 from gateway.engine.worker.logcapture import LogCapture, failure_message
 from gateway.engine.worker.main import Worker
 from gateway.engine.worker.saved import open_saved
+from gateway.engine.worker.speculation import Speculation
 from gateway.testing.fakellama import FakeEmbedder, FakeLlama, FakeScript
 from gateway.testing.fakeprocess import RecordingChannel, ThreadProcess, hang_up
 
@@ -144,10 +145,13 @@ class FakeWorker:
         channel.send(
             wire.Loaded(n_ctx=backend.n_ctx, pid=self.pid, slots=slots, kv_cells=backend.kv_cells, memory=memory)
         )
-        saved = open_saved(config, backend, "fake llama.cpp")
         cache = config.get("image_cache", 0)
+        # n-gram drafts run on the fake as on llama.cpp (a draft model needs real weights: real tier).
+        ngram = (config.get("speculative") or {}).get("ngram")
+        spec = Speculation({"ngram": ngram} if ngram else None)
+        saved = open_saved(config, backend, "fake llama.cpp")
         worker = Worker(
-            channel, backend, backend.render, slots, config["repeat_last_n"], lambda: None, cache, saved=saved
+            channel, backend, backend.render, slots, config["repeat_last_n"], lambda: None, cache, spec, saved
         )
         threading.Thread(target=worker.read, daemon=True, name="fake-worker-reader").start()
         worker.run()

@@ -41,6 +41,7 @@ def worker_config(
         "parallel": entry.runtime.parallel,
         "embedding": entry.embedding,
         "pooling": entry.model.pooling,
+        "speculative": spec.model_dump(mode="json") if (spec := entry.model.speculative) is not None else None,
         "prefix_store": None if prefix_store is None or entry.embedding else prefix_store.model_dump(mode="json"),
     }
 

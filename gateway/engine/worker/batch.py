@@ -7,7 +7,8 @@ Each step (`Batch.step`):
    to make room;
 2. build one batch: one row per decoding sequence first, then prompt chunks of admitted requests in
    what is left of `n_batch` (a long prompt shares steps with the streams instead of freezing them);
-3. decode, then sample each sequence with its own sampler and feed its output;
+3. decode, then sample each sequence with its own sampler and feed its output (a speculating one
+   also had its drafted tokens in the batch: `speculation.py` verifies them row by row);
 4. retire what finished, was stopped or cancelled at once: its cells are released (a request's first
    sequence stays cached for prefix reuse, reclaimable whenever room is needed).
 
@@ -42,6 +43,7 @@ from gateway.engine.worker.pool import SequencePool
 from gateway.engine.worker.preemption import Preemption
 from gateway.engine.worker.saved import Cached, SavedPrefixes
 from gateway.engine.worker.sequences import ChoiceSequence, Job, Request
+from gateway.engine.worker.speculation import Speculation, verify
 from gateway.errors import GatewayError, internal_error
 
 EventSink = Callable[[int, Delta | ChoiceFinished | Finished], None]
@@ -56,10 +58,12 @@ class Batch:
         on_event: EventSink,
         on_error: ErrorSink,
         images: ImageFeeder | None = None,
+        speculation: Speculation | None = None,
         saved: SavedPrefixes | None = None,
     ) -> None:
         self._backend = backend
         self.images = images  # evaluates the images prompts reach (imagestep.py); None: no projector
+        self.speculation = speculation or Speculation(None)  # drafts verified in the step (speculation.py)
         self.slots = slots
         self._on_event = on_event
         self._on_error = on_error
@@ -123,12 +127,11 @@ class Batch:
         self._admit()
         self._image()
         rows: list[Row] = []
-        decoding: list[tuple[Job, ChoiceSequence, int]] = []
-        for job in self.running:
-            for choice in job.choices:
-                if choice.pending is not None and not choice.done and choice.replay is None:
-                    decoding.append((job, choice, len(rows)))
-                    rows.append(Row(choice.pending, choice.pos, choice.seq, True))
+        decoding: list[tuple[Job, ChoiceSequence, int, list[int]]] = []  # job, choice, its row, its draft
+        for job, choice, draft in self.speculation.decoding(self.running, self._backend.n_batch, self._backend.n_ctx):
+            decoding.append((job, choice, len(rows), draft))
+            rows.append(Row(choice.pending, choice.pos, choice.seq, True))  # type: ignore[arg-type]
+            rows.extend(Row(token, choice.pos + 1 + i, choice.seq, True) for i, token in enumerate(draft))
         budget = self._backend.n_batch - len(rows)
         replaying: list[tuple[Job, ChoiceSequence, int]] = []
         for job in self.running:
@@ -163,14 +166,12 @@ class Batch:
         if status != 0:
             self._decode_failed(status)
             return
-        for job, choice, row in decoding:
-            self.pool.wrote(choice.seq, 1)
-            job.reserve -= 1
-            if choice is job.primary:
-                job.tokens.append(choice.pending)  # type: ignore[arg-type]
-            choice.history.append(choice.pending)  # type: ignore[arg-type]
-            choice.pos += 1
-            self._sample(job, choice, row)
+        for job, choice, row, draft in decoding:
+            self._decoded(job, choice)
+            accepted = verify(job, choice, draft, row, self._sample, self._decoded)
+            if accepted < len(draft) and not choice.released:
+                self.pool.drop_unwritten(choice.seq, choice.pos)  # the rejected tokens' cells
+            self.speculation.record(choice, len(draft), accepted)
         for job, choice, take in replaying:
             self.pool.wrote(choice.seq, take)
             job.reserve -= take
@@ -185,6 +186,15 @@ class Batch:
             if job.prefilled == len(job.request.prompt):
                 self._first_tokens(job, last_row)
         self._retire()
+
+    def _decoded(self, job: Job, choice: ChoiceSequence) -> None:
+        """The choice's pending token is in its cells."""
+        self.pool.wrote(choice.seq, 1)
+        job.reserve -= 1
+        if choice is job.primary:
+            job.tokens.append(choice.pending)  # type: ignore[arg-type]
+        choice.history.append(choice.pending)  # type: ignore[arg-type]
+        choice.pos += 1
 
     def _image(self) -> None:
         """The next image a prompt has reached, in a decode of its own (imagestep.py)."""

@@ -11,6 +11,7 @@ from gateway.engine.worker.backend import Backend
 from gateway.engine.worker.guard import Tokenizer, nonempty_prompt, too_long_to_tokenize
 from gateway.engine.worker.media import ImageSpan, image_prompt
 from gateway.engine.worker.prompt import Render, TokenizeImages, formatter, renderer
+from gateway.engine.worker.speculation import Speculation
 from gateway.engine.worker.vision import Projector, load_projector
 from gateway.errors import context_length_exceeded
 
@@ -53,6 +54,18 @@ def _image_tokenizer(projector: Projector, tokenizer: Tokenizer, n_ctx: int) -> 
         return tokens, spans
 
     return tokenize_images
+
+
+def load_speculation(config: dict[str, Any], backend: Backend) -> Speculation:
+    """`model.speculative` for this worker: n-gram settings, and the draft model loaded beside the
+    target (its vocabulary checked token for token: a mismatch fails the load)."""
+    spec = config.get("speculative") or {}
+    drafter = None
+    if spec.get("draft"):
+        from gateway.engine.worker.draft import DraftModel
+
+        drafter = DraftModel(config, spec["draft"], backend)
+    return Speculation(spec, drafter)
 
 
 class _ModelView:

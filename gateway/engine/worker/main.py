@@ -41,13 +41,14 @@ from gateway.engine.wire import (
 from gateway.engine.worker.backend import Backend, SamplerSettings
 from gateway.engine.worker.batch import Batch
 from gateway.engine.worker.embedding import LlamaEmbedder, load_embedding, serve_embeddings
-from gateway.engine.worker.load import load
+from gateway.engine.worker.load import load, load_speculation
 from gateway.engine.worker.logcapture import LogCapture, failure_message
 from gateway.engine.worker.media import EncodeCache, ImageFeeder, check_images, text_tokens
 from gateway.engine.worker.prompt import Render
 from gateway.engine.worker.sampling import logit_bias
 from gateway.engine.worker.saved import SavedPrefixes, llama_build, open_saved
 from gateway.engine.worker.sequences import Request, Thinking, answer_reserve
+from gateway.engine.worker.speculation import Speculation
 from gateway.errors import GatewayError, context_length_exceeded, internal_error, invalid_request
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ def main(conn: Connection, env: dict[str, str] | None = None) -> None:
             llm = load_embedding(config)
         else:
             backend, render = load(config)
+            speculation = load_speculation(config, backend)
     except Exception as exc:  # anything llama.cpp raises is a load failure to report, not a crash
         report = capture.report()
         channel.send(LoadFailed(failure_message(exc, report, list(capture.errors)), report.to_wire()))
@@ -95,6 +97,7 @@ def main(conn: Connection, env: dict[str, str] | None = None) -> None:
             slots,
             config["repeat_last_n"],
             image_cache=config.get("image_cache", 0),
+            speculation=speculation,
             saved=saved,
         ).serve()
 
@@ -115,6 +118,7 @@ class Worker:
         repeat_last_n: int = 64,
         on_exit: Callable[[], None] = lambda: os._exit(0),
         image_cache: int = 64 * 2**20,
+        speculation: Speculation | None = None,
         saved: SavedPrefixes | None = None,
     ) -> None:
         self._channel = channel
@@ -127,7 +131,7 @@ class Worker:
         self._inbox: queue.SimpleQueue[Generate | Cancel | Pause | Resume | str | None] = queue.SimpleQueue()
         # Evaluates the images prompts reach, encoding them on a thread beside the batch.
         self.images = ImageFeeder(backend, EncodeCache(image_cache), background=True)
-        self.batch = Batch(backend, slots, self._event, self._error, self.images, saved)
+        self.batch = Batch(backend, slots, self._event, self._error, self.images, speculation, saved)
         self._usage: BatchState | None = None
 
     def serve(self) -> None:
@@ -309,6 +313,8 @@ class Worker:
             batch.reused_tokens,
             len(batch.paused),
             batch.replayed_tokens,
+            drafted_tokens=batch.speculation.drafted,
+            accepted_tokens=batch.speculation.accepted,
             restored=self._saved.restored if self._saved is not None else 0,
             restored_tokens=self._saved.restored_tokens if self._saved is not None else 0,
             image_encodes=self.images.cache.encodes,

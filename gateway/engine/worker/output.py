@@ -60,6 +60,11 @@ class ChoiceOutput:
         applies to the answer only."""
         return self._splitter is not None and self._splitter.free
 
+    @property
+    def remaining(self) -> int:
+        """Tokens this choice may still produce before its length limit."""
+        return self._limit - self.produced
+
     def opens(self) -> Callable[[int], bool] | None:
         """Before a constrained answer, where the prompt left the model outside its thinking: what
         tells the sampler that a token the grammar refuses begins the block (the sampler then takes

@@ -48,6 +48,11 @@ class SequencePool:
     def wrote(self, seq: int, n: int) -> None:
         self.ledger.extend(seq, n)
 
+    def drop_unwritten(self, seq: int, pos: int) -> None:
+        """Remove `seq`'s cells from `pos` on, which the ledger never counted (a speculative draft's
+        rejected tokens: decoded for verification, not kept)."""
+        self._backend.seq_rm(seq, pos, -1)
+
     def copy_prefix(self, source: int, dest: int, n: int) -> None:
         """`dest` starts with `source`'s first `n` cells, shared rather than copied."""
         self._backend.seq_cp(source, dest, 0, n)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from gateway.engine.worker.backend import Sampler, SamplerSettings
 from gateway.engine.worker.media import ImageSpan
@@ -57,6 +58,7 @@ class ChoiceSequence:
     released: bool = False  # its sequence id went back to the pool
     history: list[int] = field(default_factory=list)  # tokens it decoded after the prompt (replayed after a drop)
     replay: list[int] | None = None  # after a drop: the tokens its cells must hold again before it goes on
+    drafting: Any = None  # speculation.py's state for this choice, when its model speculates
 
 
 @dataclass
@@ -72,6 +74,11 @@ class Job:
     @property
     def primary(self) -> ChoiceSequence:
         return self.choices[0]
+
+    @property
+    def replaying(self) -> bool:
+        """A choice is recomputing its dropped cells."""
+        return any(choice.replay is not None for choice in self.choices)
 
     @property
     def finished(self) -> bool:
