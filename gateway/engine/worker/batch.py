@@ -5,8 +5,9 @@ Each step (`Batch.step`):
    reserves the cells it may ever write (prompt beyond a reused prefix + n x its token limit), so a
    shared pool never fills mid-generation; cached prefixes are evicted, least recently used first,
    to make room;
-2. build one batch: one row per decoding sequence first, then prompt chunks of admitted requests in
-   what is left of `n_batch` (a long prompt shares steps with the streams instead of freezing them);
+2. build one batch (`steprows.py`): one row per decoding sequence first, then prompt chunks of
+   admitted requests in what is left of `n_batch` (a long prompt shares steps with the streams
+   instead of freezing them);
 3. decode, then sample each sequence with its own sampler and feed its output (a speculating one
    also had its drafted tokens in the batch: `speculation.py` verifies them row by row);
 4. retire what finished, was stopped or cancelled at once: its cells are released (a request's first
@@ -34,9 +35,10 @@ from collections import deque
 from collections.abc import Callable
 
 from gateway.engine.base import ChoiceFinished, Delta, Finished
-from gateway.engine.worker.backend import Backend, Row
+from gateway.engine.worker import steprows
+from gateway.engine.worker.backend import Backend
 from gateway.engine.worker.guard import sampler_seed
-from gateway.engine.worker.imagestep import advance_image, text_take
+from gateway.engine.worker.imagestep import advance_image
 from gateway.engine.worker.media import ImageFeeder, text_tokens
 from gateway.engine.worker.output import ChoiceOutput
 from gateway.engine.worker.pool import SequencePool
@@ -126,65 +128,25 @@ class Batch:
         self._retire()
         self._admit()
         self._image()
-        rows: list[Row] = []
-        decoding: list[tuple[Job, ChoiceSequence, int, list[int]]] = []  # job, choice, its row, its draft
-        for job, choice, draft in self.speculation.decoding(self.running, self._backend.n_batch, self._backend.n_ctx):
-            decoding.append((job, choice, len(rows), draft))
-            rows.append(Row(choice.pending, choice.pos, choice.seq, True))  # type: ignore[arg-type]
-            rows.extend(Row(token, choice.pos + 1 + i, choice.seq, True) for i, token in enumerate(draft))
-        budget = self._backend.n_batch - len(rows)
-        replaying: list[tuple[Job, ChoiceSequence, int]] = []
-        for job in self.running:
-            for choice in job.choices:
-                if choice.replay is None or budget <= 0:
-                    continue
-                take = text_take(job, choice.pos, len(choice.replay), budget)
-                if take == 0:
-                    continue  # at an image: the next step's
-                rows.extend(Row(choice.replay[p], p, choice.seq, False) for p in range(choice.pos, choice.pos + take))
-                replaying.append((job, choice, take))
-                budget -= take
-        prefilling: list[tuple[Job, int, int]] = []  # job, prompt tokens, row of its last
-        for job in self.running:
-            prompt = job.request.prompt
-            if job.prefilled >= len(prompt) or budget <= 0:
-                continue
-            take = text_take(job, job.prefilled, len(prompt), budget)
-            if take == 0:
-                continue
-            seq = job.primary.seq
-            for pos in range(job.prefilled, job.prefilled + take):
-                rows.append(Row(prompt[pos], pos, seq, pos == len(prompt) - 1))
-            prefilling.append((job, take, len(rows) - 1))
-            budget -= take
-        if not rows:
+        step = steprows.plan(self.running, self.speculation, self._backend.n_batch, self._backend.n_ctx)
+        if not step.rows:
             if self.images is not None:
                 self.images.wait(0.05)  # only images being encoded: wait for one rather than spin
             return
-        status = self._backend.decode(rows)
+        status = self._backend.decode(step.rows)
         self.steps += 1
         if status != 0:
             self._decode_failed(status)
             return
-        for job, choice, row, draft in decoding:
+        for job, choice, row, draft in step.decoding:
             self._decoded(job, choice)
             accepted = verify(job, choice, draft, row, self._sample, self._decoded)
             if accepted < len(draft) and not choice.released:
                 self.pool.drop_unwritten(choice.seq, choice.pos)  # the rejected tokens' cells
             self.speculation.record(choice, len(draft), accepted)
-        for job, choice, take in replaying:
-            self.pool.wrote(choice.seq, take)
-            job.reserve -= take
-            choice.pos += take
-            if choice.replay is not None and choice.pos == len(choice.replay):
-                choice.replay = None  # its cells are back: it decodes its pending token next
-        for job, take, last_row in prefilling:
-            self.pool.wrote(job.primary.seq, take)
-            job.tokens.extend(job.request.prompt[job.prefilled : job.prefilled + take])
-            job.prefilled += take
-            job.reserve -= take
-            if job.prefilled == len(job.request.prompt):
-                self._first_tokens(job, last_row)
+        step.replayed(self.pool)
+        for job, last_row in step.prefilled(self.pool):
+            self._first_tokens(job, last_row)
         self._retire()
 
     def _decoded(self, job: Job, choice: ChoiceSequence) -> None:
@@ -278,7 +240,7 @@ class Batch:
         request = job.request
         # A seeded request evaluates its whole prompt, so that its output depends on its seed, prompt
         # and settings only, never on which batches earlier requests split the prompt into.
-        source, reused = (None, 0) if request.seed is not None else self._best_prefix(request.prompt)
+        source, reused = (None, 0) if request.seed is not None else self.pool.best_prefix(request.prompt, self.running)
         if request.seed is None:
             source, reused = self.pool.restore_prefix(request, source, reused, self.running)
         if request.seed is not None and not self.running:
@@ -320,19 +282,6 @@ class Batch:
         job.tokens = list(request.prompt[:reused])
         job.reserve = need
         return True
-
-    def _best_prefix(self, prompt: list[int]) -> tuple[int | None, int]:
-        """The cached or running sequence sharing the longest prefix with `prompt`."""
-        source, reused = self.pool.cache.best(prompt)
-        for job in self.running:
-            n = 0
-            for a, b in zip(job.tokens, prompt, strict=False):
-                if a != b:
-                    break
-                n += 1
-            if n > reused:
-                source, reused = job.primary.seq, n
-        return source, reused
 
     def _retire(self) -> None:
         for job in [j for j in self.running if j.finished]:

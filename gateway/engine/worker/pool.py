@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 
 from gateway.engine.prefixstore.store import Stored
 from gateway.engine.worker.backend import Backend
-from gateway.engine.worker.kv import KvLedger, PrefixCache
+from gateway.engine.worker.kv import KvLedger, PrefixCache, common_prefix
 from gateway.engine.worker.saved import Cached, SavedPrefixes
 from gateway.engine.worker.sequences import Job, Request
 
@@ -35,6 +35,15 @@ class SequencePool:
     def committed(self, running: Iterable[Job]) -> int:
         """Cells in use (cached prefixes included) plus what running requests may still write."""
         return self.ledger.used() + sum(job.reserve for job in running)
+
+    def best_prefix(self, prompt: list[int], running: Iterable[Job]) -> tuple[int | None, int]:
+        """The cached or running sequence sharing the longest prefix with `prompt`, and that length."""
+        source, reused = self.cache.best(prompt)
+        for job in running:
+            n = common_prefix(job.tokens, prompt)
+            if n > reused:
+                source, reused = job.primary.seq, n
+        return source, reused
 
     def take(self) -> int:
         """The lowest free id: llama.cpp splits a batch whose sequence ids are scattered."""
