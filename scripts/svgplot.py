@@ -17,6 +17,24 @@ def _nice_step(span: float) -> float:
     return next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
 
 
+def _frame(title: str, y1: float, step: float) -> list[str]:
+    """The SVG's opening, its title, and the y grid from 0 to `y1` every `step`."""
+    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" '
+        f'viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">',
+        f'<rect width="{WIDTH}" height="{HEIGHT}" fill="white"/>',
+        f'<text x="{LEFT + plot_w / 2}" y="22" text-anchor="middle" font-size="14">{escape(title)}</text>',
+    ]
+    tick = 0.0
+    while tick <= y1 + 1e-9:
+        y = TOP + plot_h - tick / y1 * plot_h
+        out.append(f'<line x1="{LEFT}" y1="{y:.1f}" x2="{LEFT + plot_w}" y2="{y:.1f}" stroke="#ddd"/>')
+        out.append(f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{tick:g}</text>')
+        tick += step
+    return out
+
+
 def line_chart(
     x: list[int], series: dict[str, list[float]], *, title: str, xlabel: str, ylabel: str, log2_x: bool = True
 ) -> str:
@@ -34,18 +52,7 @@ def line_chart(
     def py(v: float) -> float:
         return TOP + plot_h - v / y1 * plot_h
 
-    out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" '
-        f'viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">',
-        f'<rect width="{WIDTH}" height="{HEIGHT}" fill="white"/>',
-        f'<text x="{LEFT + plot_w / 2}" y="22" text-anchor="middle" font-size="14">{escape(title)}</text>',
-    ]
-    tick = 0.0
-    while tick <= y1 + 1e-9:
-        y = py(tick)
-        out.append(f'<line x1="{LEFT}" y1="{y:.1f}" x2="{LEFT + plot_w}" y2="{y:.1f}" stroke="#ddd"/>')
-        out.append(f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{tick:g}</text>')
-        tick += step
+    out = _frame(title, y1, step)
     for value, xv in zip(x, xs, strict=True):
         out.append(f'<text x="{px(xv):.1f}" y="{TOP + plot_h + 18}" text-anchor="middle">{value}</text>')
     out.append(f'<rect x="{LEFT}" y="{TOP}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#333"/>')
@@ -88,18 +95,7 @@ def bar_chart(
     def py(v: float) -> float:
         return TOP + plot_h - v / y1 * plot_h
 
-    out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" '
-        f'viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">',
-        f'<rect width="{WIDTH}" height="{HEIGHT}" fill="white"/>',
-        f'<text x="{LEFT + plot_w / 2}" y="22" text-anchor="middle" font-size="14">{escape(title)}</text>',
-    ]
-    tick = 0.0
-    while tick <= y1 + 1e-9:
-        y = py(tick)
-        out.append(f'<line x1="{LEFT}" y1="{y:.1f}" x2="{LEFT + plot_w}" y2="{y:.1f}" stroke="#ddd"/>')
-        out.append(f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{tick:g}</text>')
-        tick += step
+    out = _frame(title, y1, step)
     for g, label in enumerate(groups):
         x0 = LEFT + g * group_w + group_w * 0.15
         cx = LEFT + (g + 0.5) * group_w
