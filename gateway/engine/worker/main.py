@@ -3,8 +3,8 @@
 Started with the `spawn` method by `engine/process/`; speaks the messages of `engine/wire.py`. A
 worker imports llama_cpp as soon as it starts and then waits for its model, so a spare one can be
 started ahead of need. A reader thread takes commands (a cancel reaches the batch between two steps;
-tokenizer calls are answered at once); the batch thread validates each request (its prompt fits:
-`Started`, which the gateway waits for before its HTTP 200) and runs the continuous batch of
+tokenizer calls are answered at once); the batch thread validates each request (`validate.py`; its
+prompt fits: `Started`, which the gateway waits for before its HTTP 200) and runs the continuous batch of
 `batch.py`. The worker exits when its parent goes away (the pipe reaches EOF), or when told to
 (`Shutdown`): then, with a prefix store, the batch thread first writes the most valuable cached
 prefixes to it (`saved.py`, bounded by `save_max_bytes` and `save_time`).
@@ -20,8 +20,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-from gateway.engine.base import BatchState, ChoiceFinished, Delta, Finished, GenerationParams, Started
-from gateway.engine.reasoning import FORMATS, opens_block
+from gateway.engine.base import BatchState, ChoiceFinished, Delta, Finished, Started
 from gateway.engine.wire import (
     Call,
     Cancel,
@@ -38,18 +37,17 @@ from gateway.engine.wire import (
     Resume,
     Shutdown,
 )
-from gateway.engine.worker.backend import Backend, SamplerSettings
+from gateway.engine.worker.backend import Backend
 from gateway.engine.worker.batch import Batch
 from gateway.engine.worker.embedding import LlamaEmbedder, load_embedding, serve_embeddings
 from gateway.engine.worker.load import load, load_speculation
 from gateway.engine.worker.logcapture import LogCapture, failure_message
-from gateway.engine.worker.media import EncodeCache, ImageFeeder, check_images, text_tokens
+from gateway.engine.worker.media import EncodeCache, ImageFeeder
 from gateway.engine.worker.prompt import Render
-from gateway.engine.worker.sampling import logit_bias
 from gateway.engine.worker.saved import SavedPrefixes, llama_build, open_saved
-from gateway.engine.worker.sequences import Request, Thinking, answer_reserve
 from gateway.engine.worker.speculation import Speculation
-from gateway.errors import GatewayError, context_length_exceeded, internal_error, invalid_request
+from gateway.engine.worker.validate import Validator
+from gateway.errors import GatewayError, internal_error, invalid_request
 
 log = logging.getLogger(__name__)
 
@@ -124,10 +122,9 @@ class Worker:
         self._channel = channel
         self._saved = saved
         self._closing = False  # told to shut down: what the batch still sends goes nowhere
-        self._repeat_last_n = repeat_last_n
         self._on_exit = on_exit
         self._backend = backend
-        self._render = render
+        self._validate = Validator(backend, render, repeat_last_n)
         self._inbox: queue.SimpleQueue[Generate | Cancel | Pause | Resume | str | None] = queue.SimpleQueue()
         # Evaluates the images prompts reach, encoding them on a thread beside the batch.
         self.images = ImageFeeder(backend, EncodeCache(image_cache), background=True)
@@ -238,53 +235,6 @@ class Worker:
             return
         self._event(message.request_id, Started(len(request.prompt)))
         self.batch.submit(request)
-
-    def _validate(self, request_id: int, params: GenerationParams) -> Request:
-        """Everything that can be the client's fault, decided before `Started` (and the HTTP 200)."""
-        backend = self._backend
-        prompt, template_stops, images = self._render(params)
-        room = (backend.n_ctx - len(prompt)) // params.n
-        if room <= 0:
-            raise context_length_exceeded(len(prompt), backend.n_ctx, "messages" if params.prompt is None else "prompt")
-        check_images(images, len(prompt), backend.n_batch)
-        settings = SamplerSettings(
-            temperature=params.temperature,
-            top_p=params.top_p,
-            top_k=params.top_k,
-            min_p=params.min_p,
-            repeat_penalty=params.repeat_penalty,
-            repeat_last_n=self._repeat_last_n,
-            presence_penalty=params.presence_penalty,
-            frequency_penalty=params.frequency_penalty,
-            logit_bias=logit_bias(params.logit_bias, backend.n_vocab),
-            grammar=backend.grammar(params.constraint),
-        )
-        limit = min(params.max_tokens, room) if params.max_tokens else room
-        return Request(
-            request_id=request_id,
-            prompt=prompt,
-            n=params.n,
-            limit=limit,
-            settings=settings,
-            seed=params.seed,
-            stops=[*params.stop, *template_stops],
-            delta_interval=params.delta_interval,
-            top_logprobs=params.top_logprobs if params.logprobs else None,
-            thinking=self._thinking(params, prompt, limit),
-            images=images,
-        )
-
-    def _thinking(self, params: GenerationParams, prompt: list[int], limit: int) -> Thinking | None:
-        """What the worker follows of a reasoning model's thinking (a chat only: a raw prompt is the
-        caller's). With no budget set, the thinking leaves the answer its reserve of `limit`."""
-        spec = params.reasoning
-        if spec is None or params.prompt is not None:
-            return None
-        fmt = FORMATS[spec["format"]]
-        opened = opens_block(fmt, self._backend.detokenize(text_tokens(prompt[-16:])))
-        close = tuple(self._backend.tokenize(fmt.close, False))
-        budget = spec.get("budget")
-        return Thinking(fmt.name, limit - answer_reserve(limit) if budget is None else budget, opened, close)
 
     def _event(self, request_id: int, event: Started | Delta | ChoiceFinished | Finished) -> None:
         self._send(Event(request_id, event))
