@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from gateway.engine.prefixstore.store import common_prefix
 from gateway.engine.worker.backend import cache_type_arguments, without_amx
-from gateway.engine.worker.kv import common_prefix
 
 
 class VocabularyMismatch(ValueError):

@@ -15,6 +15,8 @@ import itertools
 from collections import OrderedDict
 from collections.abc import Sequence
 
+from gateway.engine.prefixstore.store import common_prefix
+
 
 class KvLedger:
     def __init__(self, cells: int) -> None:
@@ -66,15 +68,6 @@ class KvLedger:
             for block, length in segments:
                 held[block] = max(held.get(block, 0), length)
         return sum(held.values())
-
-
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 class PrefixCache:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from gateway.engine.prefixstore.store import Stored
+from gateway.engine.prefixstore.store import Stored, common_prefix
 from gateway.engine.worker.backend import Backend
-from gateway.engine.worker.kv import KvLedger, PrefixCache, common_prefix
+from gateway.engine.worker.kv import KvLedger, PrefixCache
 from gateway.engine.worker.saved import Cached, SavedPrefixes
 from gateway.engine.worker.sequences import Job, Request
 
