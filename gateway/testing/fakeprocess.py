@@ -68,6 +68,9 @@ class RecordingChannel(wire.Channel):
         super().send(message)
 
     def recv(self) -> Any:
-        message = super().recv()
+        try:
+            message = super().recv()
+        except TypeError as exc:  # its fd closed mid-read by the thread that killed this fake process
+            raise EOFError from exc
         self._received.append(message)
         return message
