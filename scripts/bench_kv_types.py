@@ -4,6 +4,7 @@ time, one sequence on one thread, with the cache filled to several depths.
 Thread CPU time of `llama_decode` is its compute, which other load on a shared machine does not change
 (wall clock would). Memory is llama.cpp's KV buffer at n_ctx 8192, which the gateway's estimate counts
 exactly (tests/real/test_real_kv_cache_types.py); docs/performance.md quotes a run.
+The last row is f16 with flash attention off, against the first (f16, llama.cpp's choice: on for the CPU).
 Usage: .venv/bin/python scripts/bench_kv_types.py [MODEL.gguf]
 """
 
@@ -28,8 +29,9 @@ STEPS = 16
 CHUNK = 512
 
 
-def step_cpu_ms(model: object, cache_type: str) -> dict[int, float]:
-    """Median thread CPU time of a one-token decode step at each depth of the cache."""
+def step_cpu_ms(model: object, cache_type: str, flash_attn: bool = True) -> dict[int, float]:
+    """Median thread CPU time of a one-token decode step at each depth of the cache (`flash_attn`:
+    llama.cpp's choice, as the worker runs it by default, or off)."""
     import llama_cpp
     from llama_cpp import _internals
 
@@ -40,7 +42,8 @@ def step_cpu_ms(model: object, cache_type: str) -> dict[int, float]:
     params.n_batch = params.n_ubatch = CHUNK
     params.n_threads = 1  # the timed one-token steps; the cache is filled on two
     params.n_threads_batch = 2
-    params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO  # as the worker runs it by default
+    auto, off = llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO, llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+    params.flash_attn_type = auto if flash_attn else off
     types = {"cache_type_k": cache_type, "cache_type_v": cache_type}
     for name, value in cache_type_arguments(llama_cpp, types).items():
         setattr(params, name, value)
@@ -89,6 +92,10 @@ def main() -> None:
         base = base or ms
         steps = ", ".join(f"{d}: {ms[d]:5.2f} ms ({ms[d] / base[d]:4.2f}x)" for d in DEPTHS)
         print(f"  {cache_type:5} KV {kv / 2**20:6.1f} MiB  {steps}")
+    # f16 with flash attention off (a quantized V needs it on): the other attention path's cost.
+    ms = step_cpu_ms(model, "f16", flash_attn=False)
+    steps = ", ".join(f"{d}: {ms[d]:5.2f} ms ({ms[d] / base[d]:4.2f}x)" for d in DEPTHS)
+    print(f"  f16, flash attention off        {steps}")
     model.close()
 
 
