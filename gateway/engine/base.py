@@ -103,6 +103,7 @@ class Finished:
     completion_tokens: int
     stop_sequence: str | None = None  # the stop string that ended a single choice
     reasoning_tokens: int = 0  # of completion_tokens, those inside the thinking
+    cached_tokens: int = 0  # of prompt_tokens, those whose cells were reused (a cached or stored prefix)
 
 
 Event = Started | Delta | ChoiceFinished | Finished

@@ -54,6 +54,7 @@ class Usage:
     prompt_tokens: int
     completion_tokens: int
     reasoning_tokens: int = 0  # of completion_tokens, those spent thinking
+    cached_tokens: int = 0  # of prompt_tokens, those read from a cached prefix's cells
 
     @property
     def total_tokens(self) -> int:

@@ -24,6 +24,8 @@ def usage(counts: Usage) -> dict[str, Any]:
     }
     if counts.reasoning_tokens:
         body["completion_tokens_details"] = {"reasoning_tokens": counts.reasoning_tokens}
+    if counts.cached_tokens:
+        body["prompt_tokens_details"] = {"cached_tokens": counts.cached_tokens}
     return body
 
 

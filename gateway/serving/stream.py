@@ -36,7 +36,7 @@ async def chunk_stream(
     generation that have sent nothing yet (a piece held back as part of a UTF-8 character or a possible
     stop string) open first, as tool calls: which they are is not known yet. Log probabilities of a
     delta that gave no text yet go with the choice's next text."""
-    prompt_tokens = completion_tokens = reasoning_tokens = 0
+    prompt_tokens = completion_tokens = reasoning_tokens = cached_tokens = 0
     opened: set[int] = set()
     pending: dict[int, Logprobs] = {}
 
@@ -81,6 +81,7 @@ async def chunk_stream(
                         prompt_tokens += event.prompt_tokens
                         completion_tokens += event.completion_tokens
                         reasoning_tokens += event.reasoning_tokens
+                        cached_tokens += event.cached_tokens
                     # A single choice ends with Finished; several end one by one first.
                     ended = [base + event.index] if isinstance(event, ChoiceFinished) else sorted(open_choices)
                     for index in ended:
@@ -96,8 +97,8 @@ async def chunk_stream(
         finally:
             generation.cancel()
     if record is not None:
-        record.finished(prompt_tokens, completion_tokens)
-    yield Usage(prompt_tokens, completion_tokens, reasoning_tokens)
+        record.finished(prompt_tokens, completion_tokens, reasoning_tokens, cached_tokens)
+    yield Usage(prompt_tokens, completion_tokens, reasoning_tokens, cached_tokens)
 
 
 @dataclass

@@ -147,6 +147,7 @@ def test_prefix_reuse_copies_cached_cells_instead_of_recomputing() -> None:
     assert first == 52
     assert len(backend.decodes[decodes_before]) == 2  # only what follows the shared 50 tokens
     assert batch.reused_tokens == 50
+    assert rec.finished(1).cached_tokens == 0 and rec.finished(2).cached_tokens == 50  # reported as cached
     # A seeded request evaluates its whole prompt: its output depends on seed, prompt and settings only.
     batch.submit(request(backend, 3, system + " third question", seed=5))
     decodes_before = len(backend.decodes)

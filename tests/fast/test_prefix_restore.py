@@ -74,7 +74,7 @@ def test_a_stored_prefix_is_restored_and_only_the_rest_evaluated(tmp_path: Path)
     run(batch, backend)
     assert batch.reused_tokens == 40
     assert rec.text(1) == "tok0 tok1 tok2 tok3 tok4 "
-    assert rec.finished(1) == Finished("stop", len(prompt.prompt), 5)
+    assert rec.finished(1) == Finished("stop", len(prompt.prompt), 5, cached_tokens=40)  # restored: cached
 
 
 def test_a_seeded_request_evaluates_its_whole_prompt(tmp_path: Path) -> None:

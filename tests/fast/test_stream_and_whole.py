@@ -71,7 +71,8 @@ def essentials(completion: ChatCompletion) -> dict[str, Any]:
             }
             for c in completion.choices
         ],
-        "usage": completion.usage.model_dump(),
+        # Cached prompt tokens depend on what ran before (the second of two requests reuses the first's cells).
+        "usage": completion.usage.model_dump(exclude={"prompt_tokens_details"}),
     }
 
 

@@ -33,7 +33,7 @@ class ResponseEvents:
         self._item: dict[str, Any] | None = None  # the output item being streamed
         self._parts: list[str] = []  # its text or arguments so far
         self._finish_reason = "stop"
-        self._usage = (0, 0, 0)
+        self._usage = (0, 0, 0, 0)
         self._summary = base["reasoning"]["summary"] is not None  # reasoning items carry a summary
 
     def _event(self, kind: str, **fields: Any) -> Event:
@@ -82,7 +82,7 @@ class ResponseEvents:
         elif isinstance(chunk, Ended):
             self._finish_reason = chunk.finish_reason
         elif isinstance(chunk, Usage):
-            self._usage = (chunk.prompt_tokens, chunk.completion_tokens, chunk.reasoning_tokens)
+            self._usage = (chunk.prompt_tokens, chunk.completion_tokens, chunk.reasoning_tokens, chunk.cached_tokens)
         return events
 
     def end(self) -> list[Event]:

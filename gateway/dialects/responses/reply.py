@@ -72,10 +72,12 @@ def skeleton(request: ResponsesRequest, model: str, response_id: str | None = No
     }
 
 
-def usage(prompt_tokens: int, completion_tokens: int, reasoning_tokens: int = 0) -> dict[str, Any]:
+def usage(
+    prompt_tokens: int, completion_tokens: int, reasoning_tokens: int = 0, cached_tokens: int = 0
+) -> dict[str, Any]:
     return {
         "input_tokens": prompt_tokens,
-        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+        "input_tokens_details": {"cached_tokens": cached_tokens, "cache_write_tokens": 0},
         "output_tokens": completion_tokens,
         "output_tokens_details": {"reasoning_tokens": reasoning_tokens},
         "total_tokens": prompt_tokens + completion_tokens,
@@ -126,7 +128,12 @@ def item_status(finish_reason: str) -> str:
 
 
 def finish(
-    response: dict[str, Any], finish_reason: str, prompt_tokens: int, completion_tokens: int, reasoning_tokens: int = 0
+    response: dict[str, Any],
+    finish_reason: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    reasoning_tokens: int = 0,
+    cached_tokens: int = 0,
 ) -> None:
     """Status, incomplete details and usage once the answer has ended."""
     if finish_reason == "length":
@@ -134,7 +141,7 @@ def finish(
         response["incomplete_details"] = {"reason": "max_output_tokens"}
     else:
         response["status"] = "completed"
-    response["usage"] = usage(prompt_tokens, completion_tokens, reasoning_tokens)
+    response["usage"] = usage(prompt_tokens, completion_tokens, reasoning_tokens, cached_tokens)
 
 
 def response(base: dict[str, Any], answer: Answer) -> dict[str, Any]:
@@ -154,7 +161,8 @@ def response(base: dict[str, Any], answer: Answer) -> dict[str, Any]:
         output.append(message_item(output_item_id(base["id"], "message", len(output)), choice.text or "", status))
     result = {**base, "output": output}
     usage = answer.usage
-    finish(result, choice.finish_reason, usage.prompt_tokens, usage.completion_tokens, usage.reasoning_tokens)
+    counts = (usage.prompt_tokens, usage.completion_tokens, usage.reasoning_tokens, usage.cached_tokens)
+    finish(result, choice.finish_reason, *counts)
     return result
 
 

@@ -277,7 +277,7 @@ class Batch:
             job.choices.append(ChoiceSequence(index, seq, sampler, output))
         if source is not None and reused > 0:
             self.pool.copy_prefix(source, seqs[0], reused)
-        job.prefilled = reused
+        job.prefilled = job.cached = reused
         self.reused_tokens += reused
         job.tokens = list(request.prompt[:reused])
         job.reserve = need
@@ -306,7 +306,8 @@ class Batch:
         else:
             reason = "stop"
         thought = sum(c.output.reasoning_tokens for c in job.choices)
-        self._on_event(request.request_id, Finished(reason, len(request.prompt), produced, stop_sequence, thought))
+        finished = Finished(reason, len(request.prompt), produced, stop_sequence, thought, job.cached)
+        self._on_event(request.request_id, finished)
         self._free_job(job)
 
     def _free_job(self, job: Job) -> None:

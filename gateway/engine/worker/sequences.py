@@ -70,6 +70,7 @@ class Job:
     tokens: list[int] = field(default_factory=list)  # what the first sequence's cells hold
     cancelled: bool = False
     dropped: bool = False  # paused, and its cells were given to others: recomputed when it resumes
+    cached: int = 0  # prompt tokens whose cells were reused when it was placed
 
     @property
     def primary(self) -> ChoiceSequence:
