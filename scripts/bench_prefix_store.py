@@ -36,6 +36,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import SMOLLM, THREADS, Server, gateway_server, median
+from sse_timing import sse_data
 
 N_CTX = 4096
 ADMIN = "bench-admin-key"
@@ -68,10 +69,7 @@ def ask(url: str, system: str, question: str) -> tuple[float, str, int]:
     started, first, text, prompt = time.perf_counter(), None, [], 0
     with httpx.Client(timeout=600) as client, client.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
         r.raise_for_status()
-        for line in r.iter_lines():
-            if not line.startswith("data: {"):
-                continue
-            data = json.loads(line[6:])
+        for data in sse_data(r):
             if data.get("usage"):
                 prompt = data["usage"]["prompt_tokens"]
             if data.get("choices") and (piece := data["choices"][0]["delta"].get("content")):

@@ -33,7 +33,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import SMOLLM, SMOLLM_Q8, THREADS, Server, free_port, gateway_server
-from sse_timing import Timing
+from sse_timing import Timing, sse_data
 from svgplot import bar_chart
 
 N_CTX = 2048
@@ -76,10 +76,7 @@ def complete(url: str, model: str, prompt: str, max_tokens: int) -> tuple[Timing
     text, usage = [], 0
     with httpx.Client() as client, client.stream("POST", f"{url}/v1/completions", json=body, timeout=600) as response:
         response.raise_for_status()
-        for line in response.iter_lines():
-            if not line.startswith("data: {"):
-                continue
-            data = json.loads(line[6:])
+        for data in sse_data(response):
             if data.get("usage"):
                 usage = data["usage"]["completion_tokens"]
             if data.get("choices") and data["choices"][0].get("text"):

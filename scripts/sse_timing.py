@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,13 @@ class Timing:
         return (self.tokens - 1) / self.decode_seconds if self.decode_seconds > 0 else 0.0
 
 
+def sse_data(response: httpx.Response) -> Iterator[dict[str, Any]]:
+    """The JSON payloads of an OpenAI stream's `data:` frames (`[DONE]` and comments left out)."""
+    for line in response.iter_lines():
+        if line.startswith("data: {"):
+            yield json.loads(line[6:])
+
+
 def stream_timing(client: httpx.Client, url: str, body: dict[str, Any], timeout: float = 300) -> Timing:
     """POST `body` streamed to `url`/v1/chat/completions (usage asked for) and time its content."""
     body = {**body, "stream": True, "stream_options": {"include_usage": True}}
@@ -31,10 +39,7 @@ def stream_timing(client: httpx.Client, url: str, body: dict[str, Any], timeout:
     usage_tokens = None
     with client.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=timeout) as response:
         response.raise_for_status()
-        for line in response.iter_lines():
-            if not line.startswith("data: {"):
-                continue
-            data = json.loads(line[6:])
+        for data in sse_data(response):
             if data.get("usage"):
                 usage_tokens = data["usage"]["completion_tokens"]
             if data.get("choices") and data["choices"][0]["delta"].get("content"):
