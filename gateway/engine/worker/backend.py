@@ -63,6 +63,16 @@ def cache_type_arguments(llama_cpp: Any, config: dict[str, Any]) -> dict[str, in
     return {"type_k": ggml[config.get("cache_type_k", "f16")], "type_v": ggml[config.get("cache_type_v", "f16")]}
 
 
+def flash_attn_type(llama_cpp: Any, config: dict[str, Any]) -> int:
+    """llama.cpp's flash attention setting for a load (`model.flash_attn`: auto, on, off)."""
+    types: dict[str, int] = {
+        "auto": llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
+        "on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+        "off": llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+    }
+    return types[config.get("flash_attn", "auto")]
+
+
 @dataclass(frozen=True)
 class SamplerSettings:
     temperature: float

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from gateway.engine.prefixstore.store import common_prefix
-from gateway.engine.worker.backend import cache_type_arguments, without_amx
+from gateway.engine.worker.backend import cache_type_arguments, flash_attn_type, without_amx
 
 
 class VocabularyMismatch(ValueError):
@@ -58,11 +58,7 @@ class DraftModel:
         context.n_seq_max = target.max_sequences
         context.kv_unified = True
         context.no_perf = True
-        context.flash_attn_type = {
-            "auto": llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
-            "on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
-            "off": llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
-        }[config.get("flash_attn", "auto")]
+        context.flash_attn_type = flash_attn_type(llama_cpp, config)
         for name, ggml_type in cache_type_arguments(llama_cpp, {}).items():
             setattr(context, name, ggml_type)  # f16: what the estimate counts for the draft
         if config["n_threads"]:

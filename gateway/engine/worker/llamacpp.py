@@ -14,7 +14,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from gateway.engine.sizing import batch_size
-from gateway.engine.worker.backend import Row, SamplerSettings, cache_type_arguments, device_arguments, without_amx
+from gateway.engine.worker.backend import (
+    Row,
+    SamplerSettings,
+    cache_type_arguments,
+    device_arguments,
+    flash_attn_type,
+    without_amx,
+)
 from gateway.engine.worker.constraint import Constraints, Grammar, Matcher
 
 
@@ -58,11 +65,7 @@ class LlamaCpp:
         # Flash attention stays llama.cpp's choice ("auto": on where the device supports it). It is ~8%
         # faster per token on CPU and, unlike the plain path, gives a sequence exactly the same logits
         # whether or not other sequences' cells lie below its own (tests/real/test_real_kv_cells.py).
-        params.flash_attn_type = {
-            "auto": llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
-            "on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
-            "off": llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
-        }[config.get("flash_attn", "auto")]
+        params.flash_attn_type = flash_attn_type(llama_cpp, config)
         for name, ggml_type in cache_type_arguments(llama_cpp, config).items():
             setattr(params, name, ggml_type)  # a quantized V turns "auto" flash attention on
         if config["n_threads"]:
